@@ -1,0 +1,469 @@
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::aggregate::{KeyAggregate, RollupRow};
+use super::{OVERFLOW_KEY, WindowConfig, user_hash};
+
+/// The fields of an event the core reads, borrowed from the decoded record.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a> {
+    pub project_id: &'a str,
+    pub event: &'a str,
+    pub user: &'a str,
+    pub timestamp_ms: i64,
+    pub value: Option<f64>,
+    pub properties: Option<&'a Map<String, Value>>,
+}
+
+/// What happened to one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    Added,
+    /// Added, but under the overflow key: the window had too many keys.
+    Overflow,
+    /// Its window had already closed.
+    Late,
+}
+
+/// What a flush must write with its rows so a restart resumes exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Where to resume reading: every event of a still-open window is at or after it.
+    pub resume_offset: i64,
+    /// Event-time watermark; windows it closed are never reopened after a restart.
+    pub watermark_ms: i64,
+}
+
+/// Closed windows taken from a partition, ready to flush in one INSERT.
+#[derive(Debug)]
+pub struct ClosedWindows {
+    pub rows: Vec<RollupRow>,
+    pub windows: usize,
+    pub last_window_start_ms: i64,
+    pub checkpoint: Checkpoint,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    keys: HashMap<Box<str>, KeyAggregate>,
+    min_offset: i64,
+}
+
+/// Open windows and watermark of one source partition.
+#[derive(Debug)]
+pub struct PartitionWindows {
+    cfg: Arc<WindowConfig>,
+    watermark: i64,
+    windows: BTreeMap<i64, Window>,
+    closed: Vec<(i64, Window)>,
+    next_offset: i64,
+    idle_since_ms: i64,
+    caught_up: bool,
+    key_buf: String,
+    dims_buf: Vec<u8>,
+    pub late_events: u64,
+    pub overflow_events: u64,
+    pub clamped_values: u64,
+}
+
+impl PartitionWindows {
+    /// A partition starting at `start_offset`, restoring the watermark of the
+    /// last flush when there was one.
+    pub fn new(cfg: Arc<WindowConfig>, start_offset: i64, watermark_ms: Option<i64>) -> Self {
+        Self {
+            cfg,
+            watermark: watermark_ms.unwrap_or(i64::MIN),
+            windows: BTreeMap::new(),
+            closed: Vec::new(),
+            next_offset: start_offset,
+            idle_since_ms: i64::MIN,
+            caught_up: false,
+            key_buf: String::new(),
+            dims_buf: Vec::new(),
+            late_events: 0,
+            overflow_events: 0,
+            clamped_values: 0,
+        }
+    }
+
+    pub fn watermark_ms(&self) -> Option<i64> {
+        (self.watermark != i64::MIN).then_some(self.watermark)
+    }
+
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.windows.len()
+    }
+
+    pub fn open_keys(&self) -> usize {
+        self.windows.values().map(|w| w.keys.len()).sum()
+    }
+
+    /// Add one event read at `offset` (offsets only grow within a partition).
+    pub fn ingest(&mut self, event: &EventRef<'_>, offset: i64, wall_ms: i64) -> Ingested {
+        self.next_offset = offset + 1;
+        self.caught_up = false;
+        self.idle_since_ms = wall_ms;
+        let start = self.cfg.window_start(event.timestamp_ms);
+        if self.cfg.is_closed(start, self.watermark) {
+            self.late_events += 1;
+            return Ingested::Late;
+        }
+
+        self.build_key(event);
+        let cfg = Arc::clone(&self.cfg);
+        let window = self.windows.entry(start).or_insert_with(|| Window {
+            keys: HashMap::new(),
+            min_offset: offset,
+        });
+        let mut outcome = Ingested::Added;
+        let aggregate = match window.keys.get_mut(self.key_buf.as_str()) {
+            Some(a) => a,
+            None => {
+                if window.keys.len() >= cfg.max_keys_per_window {
+                    outcome = Ingested::Overflow;
+                    self.overflow_events += 1;
+                    self.key_buf.clear();
+                    self.key_buf.push_str(event.project_id);
+                    self.key_buf.push('\u{1f}');
+                    self.key_buf.push_str(OVERFLOW_KEY);
+                    self.key_buf.push_str("\u{1f}{}");
+                }
+                window.keys.entry(self.key_buf.as_str().into()).or_default()
+            }
+        };
+        if aggregate.add(
+            user_hash(event.user),
+            event.value,
+            cfg.histogram_sigfig,
+            cfg.histogram_max_value,
+        ) {
+            self.clamped_values += 1;
+        }
+        if event.timestamp_ms > self.watermark {
+            self.watermark = event.timestamp_ms;
+            self.close_windows();
+        }
+        outcome
+    }
+
+    /// The consumer reached the end of the partition at `wall_ms`.
+    pub fn mark_caught_up(&mut self, wall_ms: i64) {
+        if !self.caught_up {
+            self.caught_up = true;
+            self.idle_since_ms = wall_ms;
+        }
+    }
+
+    /// Advance an idle, caught-up partition's watermark to the wall clock.
+    pub fn tick(&mut self, wall_ms: i64) {
+        if self.caught_up
+            && wall_ms.saturating_sub(self.idle_since_ms) >= self.cfg.idle_timeout_ms
+            && wall_ms > self.watermark
+        {
+            self.watermark = wall_ms;
+            self.close_windows();
+        }
+    }
+
+    fn close_windows(&mut self) {
+        while let Some(entry) = self.windows.first_entry() {
+            if !self.cfg.is_closed(*entry.key(), self.watermark) {
+                break;
+            }
+            let (start, window) = entry.remove_entry();
+            self.closed.push((start, window));
+        }
+    }
+
+    /// Take every closed window with the checkpoint to write alongside them.
+    pub fn take_closed(&mut self) -> Option<ClosedWindows> {
+        if self.closed.is_empty() {
+            return None;
+        }
+        let resume_offset = self
+            .windows
+            .values()
+            .map(|w| w.min_offset)
+            .min()
+            .unwrap_or(self.next_offset);
+        let closed = std::mem::take(&mut self.closed);
+        let windows = closed.len();
+        let last_window_start_ms = closed.last().map(|(s, _)| *s).unwrap_or_default();
+        let mut rows = Vec::new();
+        for (start, window) in closed {
+            let mut keys: Vec<_> = window.keys.into_iter().collect();
+            keys.sort_by(|a, b| a.0.cmp(&b.0));
+            rows.extend(keys.into_iter().map(|(key, agg)| RollupRow::new(start, &key, agg)));
+        }
+        Some(ClosedWindows {
+            rows,
+            windows,
+            last_window_start_ms,
+            checkpoint: Checkpoint {
+                resume_offset,
+                watermark_ms: self.watermark,
+            },
+        })
+    }
+
+    /// `project \x1f event \x1f {"dim":"value",...}` into `key_buf`, without
+    /// allocating once the buffers have grown.
+    fn build_key(&mut self, event: &EventRef<'_>) {
+        self.key_buf.clear();
+        self.key_buf.push_str(event.project_id);
+        self.key_buf.push('\u{1f}');
+        self.key_buf.push_str(event.event);
+        self.key_buf.push('\u{1f}');
+        self.dims_buf.clear();
+        self.dims_buf.push(b'{');
+        for (i, name) in self.cfg.dimensions.iter().enumerate() {
+            if i > 0 {
+                self.dims_buf.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut self.dims_buf, name);
+            self.dims_buf.push(b':');
+            let value = event.properties.and_then(|p| p.get(name));
+            let text: std::borrow::Cow<'_, str> = match value {
+                None | Some(Value::Null) => "".into(),
+                Some(Value::String(s)) => s.as_str().into(),
+                Some(other) => other.to_string().into(),
+            };
+            let text = truncate(&text, self.cfg.max_dimension_len);
+            let _ = serde_json::to_writer(&mut self.dims_buf, text);
+        }
+        self.dims_buf.push(b'}');
+        self.key_buf.push_str(std::str::from_utf8(&self.dims_buf).expect("serde_json writes UTF-8"));
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+    const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+    fn cfg(dimensions: &[&str], max_keys: usize) -> Arc<WindowConfig> {
+        Arc::new(WindowConfig {
+            window_ms: 5 * MIN,
+            grace_ms: MIN,
+            idle_timeout_ms: 10_000,
+            dimensions: dimensions.iter().map(|s| s.to_string()).collect(),
+            max_keys_per_window: max_keys,
+            max_dimension_len: 16,
+            histogram_sigfig: 3,
+            histogram_max_value: 1000.0,
+        })
+    }
+
+    fn ev(event: &str, user: &str, ts: i64, value: Option<f64>) -> EventRef<'static> {
+        EventRef {
+            project_id: "p",
+            event: Box::leak(event.to_owned().into_boxed_str()),
+            user: Box::leak(user.to_owned().into_boxed_str()),
+            timestamp_ms: ts,
+            value,
+            properties: None,
+        }
+    }
+
+    fn rows(p: &mut PartitionWindows) -> Vec<RollupRow> {
+        p.take_closed().map(|c| c.rows).unwrap_or_default()
+    }
+
+    #[test]
+    fn out_of_order_events_inside_grace_are_counted() {
+        let mut p = PartitionWindows::new(cfg(&[], 100), 0, None);
+        assert_eq!(p.ingest(&ev("a", "u1", T0 + 4 * MIN, None), 0, 0), Ingested::Added);
+        // next window, watermark T0+5m30s: window 0 not closed until T0+6m
+        assert_eq!(p.ingest(&ev("a", "u2", T0 + 5 * MIN + 30_000, None), 1, 0), Ingested::Added);
+        assert_eq!(p.ingest(&ev("a", "u3", T0 + MIN, None), 2, 0), Ingested::Added, "out of order, within grace");
+        assert!(p.take_closed().is_none());
+        p.ingest(&ev("a", "u1", T0 + 6 * MIN, None), 3, 0);
+        let closed = p.take_closed().unwrap();
+        assert_eq!(closed.rows.len(), 1);
+        assert_eq!(closed.rows[0].window_start_ms, T0);
+        assert_eq!(closed.rows[0].events, 2);
+        assert_eq!(closed.rows[0].users, 2);
+        assert_eq!(closed.checkpoint, Checkpoint { resume_offset: 1, watermark_ms: T0 + 6 * MIN });
+        assert_eq!(p.late_events, 0);
+    }
+
+    #[test]
+    fn late_events_after_grace_are_counted_not_added() {
+        let mut p = PartitionWindows::new(cfg(&[], 100), 0, None);
+        p.ingest(&ev("a", "u1", T0, None), 0, 0);
+        p.ingest(&ev("a", "u1", T0 + 6 * MIN, None), 1, 0);
+        let closed = rows(&mut p);
+        assert_eq!(closed[0].events, 1);
+        assert_eq!(p.ingest(&ev("a", "u9", T0 + 2 * MIN, None), 2, 0), Ingested::Late);
+        assert_eq!(p.late_events, 1);
+        assert!(p.take_closed().is_none(), "a late event never reopens a window");
+    }
+
+    #[test]
+    fn event_exactly_on_a_boundary_belongs_to_the_window_it_starts() {
+        let c = cfg(&[], 100);
+        assert_eq!(c.window_start(T0 + 5 * MIN), T0 + 5 * MIN);
+        assert_eq!(c.window_start(T0 + 5 * MIN - 1), T0);
+        assert_eq!(c.window_start(-1), -5 * MIN, "before the epoch still aligns");
+        let mut p = PartitionWindows::new(c, 0, None);
+        p.ingest(&ev("a", "u1", T0 + 5 * MIN, None), 0, 0);
+        // closes exactly when watermark == end + grace
+        p.ingest(&ev("a", "u1", T0 + 11 * MIN - 1, None), 1, 0);
+        assert!(p.take_closed().is_none());
+        p.ingest(&ev("a", "u1", T0 + 11 * MIN, None), 2, 0);
+        let r = rows(&mut p);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].window_start_ms, T0 + 5 * MIN);
+        assert_eq!(r[0].events, 2);
+    }
+
+    #[test]
+    fn idle_partition_closes_its_windows_by_wall_clock() {
+        let mut p = PartitionWindows::new(cfg(&[], 100), 0, None);
+        let wall = T0 + 60 * MIN;
+        p.ingest(&ev("a", "u1", T0, None), 0, wall);
+        p.tick(wall + 60_000);
+        assert!(p.take_closed().is_none(), "not idle until caught up");
+        p.mark_caught_up(wall + 1000);
+        p.tick(wall + 5_000);
+        assert!(p.take_closed().is_none(), "idle for less than the timeout");
+        p.tick(wall + 11_000);
+        let closed = p.take_closed().unwrap();
+        assert_eq!(closed.rows[0].events, 1);
+        assert_eq!(closed.checkpoint.resume_offset, 1, "nothing open: resume after the last event");
+        assert_eq!(closed.checkpoint.watermark_ms, wall + 11_000);
+    }
+
+    #[test]
+    fn cardinality_overflow_goes_to_the_other_key() {
+        let mut p = PartitionWindows::new(cfg(&[], 2), 0, None);
+        for (i, name) in ["a", "b", "c", "d", "a"].iter().enumerate() {
+            let expected = if i == 2 || i == 3 { Ingested::Overflow } else { Ingested::Added };
+            assert_eq!(p.ingest(&ev(name, "u", T0, None), i as i64, 0), expected, "{name}");
+        }
+        p.ingest(&ev("z", "u", T0 + 10 * MIN, None), 5, 0);
+        let r = rows(&mut p);
+        let names: Vec<(&str, u64)> = r.iter().map(|r| (r.event.as_str(), r.events)).collect();
+        assert_eq!(names, vec![(OVERFLOW_KEY, 2), ("a", 2), ("b", 1)]);
+        assert_eq!(p.overflow_events, 2);
+    }
+
+    #[test]
+    fn histogram_clamps_and_keeps_stats() {
+        let mut p = PartitionWindows::new(cfg(&[], 10), 0, None);
+        for (i, v) in [5.0, 10.0, 2000.0, -1.0].iter().enumerate() {
+            p.ingest(&ev("api", "u", T0, Some(*v)), i as i64, 0);
+        }
+        p.ingest(&ev("api", "u", T0 + 10 * MIN, None), 4, 0);
+        let r = &rows(&mut p)[0];
+        assert_eq!(p.clamped_values, 2);
+        assert_eq!((r.value_count, r.value_min, r.value_max, r.value_sum), (4, -1.0, 2000.0, 2014.0));
+        assert_eq!(r.hist_counts.iter().sum::<u64>(), 4);
+        assert!((r.p99 - 1000.0).abs() < 1.0, "clamped to the range: {}", r.p99);
+        assert_eq!(r.p50, 5.0);
+    }
+
+    #[test]
+    fn dimensions_split_keys_and_are_canonical_json() {
+        let mut p = PartitionWindows::new(cfg(&["path", "country"], 10), 0, None);
+        let props: Vec<Map<String, Value>> = [
+            r#"{"path":"/a","country":"US"}"#,
+            r#"{"country":"US","path":"/a","other":1}"#,
+            r#"{"path":"/a-very-long-path-indeed"}"#,
+            r#"{"path":7}"#,
+        ]
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect();
+        for (i, prop) in props.iter().enumerate() {
+            let mut e = ev("view", "u", T0, None);
+            e.properties = Some(prop);
+            p.ingest(&e, i as i64, 0);
+        }
+        p.ingest(&ev("x", "u", T0 + 10 * MIN, None), 9, 0);
+        let dims: Vec<(String, u64)> = rows(&mut p)
+            .into_iter()
+            .filter(|r| r.event == "view")
+            .map(|r| (r.dimensions, r.events))
+            .collect();
+        assert_eq!(
+            dims,
+            vec![
+                (r#"{"path":"/a","country":"US"}"#.to_string(), 2),
+                (r#"{"path":"/a-very-long-pat","country":""}"#.to_string(), 1),
+                (r#"{"path":"7","country":""}"#.to_string(), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn resume_offset_is_the_oldest_open_event() {
+        let mut p = PartitionWindows::new(cfg(&[], 10), 100, None);
+        p.ingest(&ev("a", "u", T0, None), 100, 0);
+        p.ingest(&ev("a", "u", T0 + 5 * MIN, None), 101, 0);
+        p.ingest(&ev("a", "u", T0 + 2 * MIN, None), 102, 0);
+        p.ingest(&ev("a", "u", T0 + 10 * MIN, None), 103, 0);
+        p.ingest(&ev("a", "u", T0 + 6 * MIN, None), 104, 0); // closes window 0
+        let c = p.take_closed().unwrap();
+        assert_eq!(c.rows[0].events, 2);
+        assert_eq!(c.checkpoint.resume_offset, 101);
+    }
+
+    #[test]
+    fn restart_from_checkpoint_gives_the_same_rows() {
+        // The same stream, once straight through and once "crashing" after a flush:
+        // the restarted run resumes at the checkpoint with its watermark.
+        let stream: Vec<(i64, &str)> = (0..400)
+            .map(|i| {
+                let jitter = (i * 7919 % 13) * 20_000; // out of order by up to 4 minutes
+                (T0 + i * 9_000 - jitter, if i % 3 == 0 { "a" } else { "b" })
+            })
+            .collect();
+        let c = cfg(&[], 100);
+        let run = |from: usize, start: Option<Checkpoint>, stop_after_flush: bool| {
+            let mut p = PartitionWindows::new(c.clone(), start.map_or(0, |s| s.resume_offset), start.map(|s| s.watermark_ms));
+            let mut out = Vec::new();
+            for (off, (ts, name)) in stream.iter().enumerate().skip(from) {
+                p.ingest(&ev(name, &format!("u{}", off % 17), *ts, None), off as i64, 0);
+                if off % 10 == 0
+                    && let Some(closed) = p.take_closed()
+                {
+                    out.extend(closed.rows);
+                    if stop_after_flush && out.len() > 6 {
+                        return (out, Some(closed.checkpoint));
+                    }
+                }
+            }
+            p.mark_caught_up(i64::MAX / 2);
+            p.tick(i64::MAX / 2 + 1_000_000);
+            out.extend(p.take_closed().map(|c| c.rows).unwrap_or_default());
+            (out, None)
+        };
+        let (straight, _) = run(0, None, false);
+        let (first, checkpoint) = run(0, None, true);
+        let checkpoint = checkpoint.unwrap();
+        let (rest, _) = run(checkpoint.resume_offset as usize, Some(checkpoint), false);
+        let mut crashed = first;
+        crashed.extend(rest);
+        assert_eq!(crashed, straight);
+    }
+}

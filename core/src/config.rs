@@ -1,0 +1,258 @@
+//! The one configuration tree.
+//!
+//! Layers, later wins: built-in defaults (which work against the local stack
+//! with no file at all), then a TOML file, then environment variables named
+//! `HOURGLASS_<SECTION>__<KEY>` (e.g. `HOURGLASS_KAFKA__BROKERS`,
+//! `HOURGLASS_AGGREGATOR__GRACE_SECS`). Unknown keys are refused by name.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::contract::ContractLimits;
+
+/// Environment variable naming the TOML file when `--config` is not given.
+pub const CONFIG_PATH_ENV: &str = "HOURGLASS_CONFIG";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub s3: S3Config,
+    pub telemetry: TelemetryConfig,
+    pub contract: ContractLimits,
+    pub aggregator: AggregatorConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Config {
+    /// Defaults, then `file` (or the file named by `HOURGLASS_CONFIG`), then
+    /// `HOURGLASS_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let env_file = std::env::var_os(CONFIG_PATH_ENV).map(std::path::PathBuf::from);
+        if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("HOURGLASS_").split("__").ignore(&["config"]));
+        figment.extract().map_err(|e| ConfigError(Box::new(e)))
+    }
+
+    /// The effective configuration as TOML (what `hourglass config` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config always serializes")
+    }
+}
+
+/// The Kafka-protocol cluster and the topics Hourglass uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated.
+    pub brokers: String,
+    /// Topic every normalized event is published to.
+    pub topic: String,
+    /// Topic for records that can never be processed (original bytes kept).
+    pub dlq_topic: String,
+    /// Partitions used when Hourglass creates `topic` (the local stack, tests).
+    pub partitions: i32,
+    /// Extra librdkafka properties applied to every client (e.g. SASL settings).
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:19092".into(),
+            topic: "events".into(),
+            dlq_topic: "events.dlq".into(),
+            partitions: 8,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+/// The ClickHouse server (HTTP interface).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP endpoint.
+    pub url: String,
+    /// Database holding every Hourglass table; created by `hourglass migrate`.
+    pub database: String,
+    pub user: String,
+    pub password: String,
+    /// Days of raw events kept (TTL), on servers that support TTL. 0 keeps forever.
+    pub events_retention_days: u32,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:18123".into(),
+            database: "hourglass".into(),
+            user: "default".into(),
+            password: String::new(),
+            events_retention_days: 0,
+        }
+    }
+}
+
+/// The S3-compatible object store of the lake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Endpoint URL; empty means AWS's own endpoint for `region`.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    /// Key prefix under which the lake's Hive-style folders live.
+    pub prefix: String,
+    /// Static credentials; when empty the standard AWS chain is used
+    /// (environment, profile, IRSA web identity, instance metadata).
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Path-style addressing, needed by most S3-compatible servers.
+    pub force_path_style: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: "http://127.0.0.1:19014".into(),
+            region: "us-east-1".into(),
+            bucket: "hourglass".into(),
+            prefix: "lake".into(),
+            access_key_id: "hourglass".into(),
+            secret_access_key: "hourglass-secret".into(),
+            force_path_style: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs, metrics and health endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `text` for people, `json` for log shippers.
+    pub log_format: LogFormat,
+    /// tracing filter directive (RUST_LOG syntax); RUST_LOG wins when set.
+    pub log_filter: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+/// The speed layer: event-time windows into `rollup_5m`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// Kafka consumer group.
+    pub group_id: String,
+    /// Tumbling window length in seconds, aligned to UTC (must divide a day).
+    pub window_secs: u32,
+    /// How long after a window's end, in event time, it still accepts events.
+    pub grace_secs: u32,
+    /// A partition without events for this long advances its watermark by wall clock.
+    pub idle_timeout_secs: u32,
+    /// Property names whose values become key dimensions (e.g. `path`, `country`).
+    pub dimensions: Vec<String>,
+    /// Most keys one window of one partition may hold; the rest fold into `__other__`.
+    pub max_keys_per_window: usize,
+    /// Longest dimension value kept, in bytes; longer ones are cut.
+    pub max_dimension_len: usize,
+    /// HdrHistogram significant figures (1..=5).
+    pub histogram_sigfig: u8,
+    /// Largest `value` the histogram tracks; larger values are clamped and counted.
+    pub histogram_max_value: f64,
+    /// How often closed windows are flushed, in milliseconds.
+    pub flush_interval_ms: u64,
+    /// Address of the health and metrics endpoint.
+    pub http_listen: String,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "hourglass-aggregator".into(),
+            window_secs: 300,
+            grace_secs: 60,
+            idle_timeout_secs: 30,
+            dimensions: Vec::new(),
+            max_keys_per_window: 10_000,
+            max_dimension_len: 200,
+            histogram_sigfig: 3,
+            histogram_max_value: 3_600_000.0,
+            flush_interval_ms: 1_000,
+            http_listen: "127.0.0.1:19102".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_point_at_the_local_stack() {
+        let c = Config::default();
+        assert_eq!(c.kafka.brokers, "127.0.0.1:19092");
+        assert_eq!(c.clickhouse.url, "http://127.0.0.1:18123");
+        assert_eq!(c.s3.endpoint, "http://127.0.0.1:19014");
+        assert_eq!(c.aggregator.window_secs, 300);
+    }
+
+    #[test]
+    fn file_and_environment_layer_over_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("h.toml", "[kafka]\ntopic = \"from-file\"\n[aggregator]\ngrace_secs = 5\n")?;
+            jail.set_env("HOURGLASS_AGGREGATOR__GRACE_SECS", "7");
+            jail.set_env("HOURGLASS_CLICKHOUSE__DATABASE", "envdb");
+            let c = Config::load(Some(Path::new("h.toml"))).unwrap();
+            assert_eq!(c.kafka.topic, "from-file");
+            assert_eq!(c.aggregator.grace_secs, 7, "environment wins over the file");
+            assert_eq!(c.clickhouse.database, "envdb");
+            assert_eq!(c.kafka.brokers, "127.0.0.1:19092", "untouched keys keep defaults");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("h.toml", "[kafka]\nbrokerz = \"x\"\n")?;
+            let err = Config::load(Some(Path::new("h.toml"))).unwrap_err().to_string();
+            assert!(err.contains("brokerz"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn printed_config_loads_back() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("h.toml", &Config::default().to_toml())?;
+            assert_eq!(Config::load(Some(Path::new("h.toml"))).unwrap(), Config::default());
+            Ok(())
+        });
+    }
+}

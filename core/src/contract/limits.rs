@@ -1,0 +1,33 @@
+use serde::{Deserialize, Serialize};
+
+/// Bounds on what one batch and one event may hold. Anything past them is
+/// rejected with a reason naming the limit, never truncated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContractLimits {
+    /// Most events one batch may carry.
+    pub max_batch_events: usize,
+    /// Most bytes one event's JSON may take, as sent.
+    pub max_event_bytes: usize,
+    /// Deepest nesting of objects and arrays inside `properties`.
+    pub max_property_depth: usize,
+    /// Longest event name, in bytes.
+    pub max_event_name_len: usize,
+    /// Longest `user_id`, `anonymous_id` or `session_id`, in bytes.
+    pub max_id_len: usize,
+    /// Longest string value or key anywhere inside `properties`, in bytes.
+    pub max_string_len: usize,
+}
+
+impl Default for ContractLimits {
+    fn default() -> Self {
+        Self {
+            max_batch_events: 1_000,
+            max_event_bytes: 32 * 1024,
+            max_property_depth: 8,
+            max_event_name_len: 200,
+            max_id_len: 256,
+            max_string_len: 8 * 1024,
+        }
+    }
+}

@@ -1,0 +1,436 @@
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{ContractLimits, EventEnvelope, SCHEMA_VERSION};
+
+/// Why one event of a batch was refused. The batch's other events go on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    #[error("event is not a JSON object")]
+    NotAnObject,
+    #[error("event is {size} bytes, over the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("missing required field `event`")]
+    MissingEvent,
+    #[error("field `{field}` must be {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("field `{field}` is {len} bytes, over the limit of {limit}")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        limit: usize,
+    },
+    #[error("field `{0}` must not be empty")]
+    Empty(&'static str),
+    #[error("one of `user_id` or `anonymous_id` is required")]
+    MissingIdentity,
+    #[error("`timestamp` is not an RFC 3339 date-time: {0}")]
+    BadTimestamp(String),
+    #[error("`event_id` is not a UUID: {0}")]
+    BadEventId(String),
+    #[error("`value` must be a finite number")]
+    BadValue,
+    #[error("`properties` nest deeper than {limit} levels")]
+    TooDeep { limit: usize },
+    #[error("a string inside `properties` is {len} bytes, over the limit of {limit}")]
+    PropertyTooLong { len: usize, limit: usize },
+}
+
+impl Rejection {
+    /// A short stable label, for metrics (bounded cardinality).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::NotAnObject => "not_an_object",
+            Rejection::TooLarge { .. } => "too_large",
+            Rejection::MissingEvent => "missing_event",
+            Rejection::WrongType { .. } => "wrong_type",
+            Rejection::TooLong { .. } => "too_long",
+            Rejection::Empty(_) => "empty",
+            Rejection::MissingIdentity => "missing_identity",
+            Rejection::BadTimestamp(_) => "bad_timestamp",
+            Rejection::BadEventId(_) => "bad_event_id",
+            Rejection::BadValue => "bad_value",
+            Rejection::TooDeep { .. } => "too_deep",
+            Rejection::PropertyTooLong { .. } => "property_too_long",
+        }
+    }
+}
+
+/// Why a whole batch was refused (nothing of it can be read).
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("body is not a JSON batch (an array, or an object with `batch`): {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("batch holds {count} events, over the limit of {limit}")]
+    TooManyEvents { count: usize, limit: usize },
+    #[error("`sent_at` is not an RFC 3339 date-time: {0}")]
+    BadSentAt(String),
+}
+
+/// A batch whose envelope parsed; its events are still raw, to be validated
+/// one by one with [`normalize`].
+#[derive(Debug)]
+pub struct ParsedBatch {
+    pub events: Vec<Box<RawValue>>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BatchShape {
+    Wrapped {
+        batch: Vec<Box<RawValue>>,
+        #[serde(default, alias = "sentAt")]
+        sent_at: Option<String>,
+    },
+    Bare(Vec<Box<RawValue>>),
+}
+
+/// Parse a batch body: `{"batch": [...], "sent_at": "..."}` (`sentAt` also
+/// accepted) or a bare JSON array of events.
+pub fn parse_batch(body: &[u8], limits: &ContractLimits) -> Result<ParsedBatch, BatchError> {
+    let (events, sent_at) = match serde_json::from_slice::<BatchShape>(body)? {
+        BatchShape::Wrapped { batch, sent_at } => (batch, sent_at),
+        BatchShape::Bare(batch) => (batch, None),
+    };
+    if events.len() > limits.max_batch_events {
+        return Err(BatchError::TooManyEvents {
+            count: events.len(),
+            limit: limits.max_batch_events,
+        });
+    }
+    let sent_at = sent_at
+        .map(|s| parse_time(&s).map_err(|_| BatchError::BadSentAt(s)))
+        .transpose()?;
+    Ok(ParsedBatch { events, sent_at })
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc))
+}
+
+/// Validate one raw event and normalize it into the Kafka envelope.
+///
+/// `sent_at` is the batch's client send time: when present the event time is
+/// shifted by `received_at - sent_at`, correcting the client's clock skew the
+/// way Segment does.
+pub fn normalize(
+    raw: &RawValue,
+    project_id: &str,
+    received_at: DateTime<Utc>,
+    sent_at: Option<DateTime<Utc>>,
+    limits: &ContractLimits,
+) -> Result<EventEnvelope, Rejection> {
+    let size = raw.get().len();
+    if size > limits.max_event_bytes {
+        return Err(Rejection::TooLarge {
+            size,
+            limit: limits.max_event_bytes,
+        });
+    }
+    let mut object = match serde_json::from_str::<Value>(raw.get()) {
+        Ok(Value::Object(map)) => map,
+        _ => return Err(Rejection::NotAnObject),
+    };
+
+    let event = match object.remove("event") {
+        None | Some(Value::Null) => return Err(Rejection::MissingEvent),
+        Some(v) => bounded_string(v, "event", limits.max_event_name_len)?,
+    };
+    let event = event.ok_or(Rejection::Empty("event"))?;
+    let user_id = optional_id(&mut object, "user_id", limits)?;
+    let anonymous_id = optional_id(&mut object, "anonymous_id", limits)?;
+    if user_id.is_none() && anonymous_id.is_none() {
+        return Err(Rejection::MissingIdentity);
+    }
+    let session_id = optional_id(&mut object, "session_id", limits)?;
+
+    let timestamp = match object.remove("timestamp") {
+        None | Some(Value::Null) => received_at,
+        Some(Value::String(s)) => {
+            let t = parse_time(&s).map_err(|e| Rejection::BadTimestamp(e.to_string()))?;
+            match sent_at {
+                Some(sent) => t + (received_at - sent),
+                None => t,
+            }
+        }
+        Some(_) => {
+            return Err(Rejection::WrongType {
+                field: "timestamp",
+                expected: "an RFC 3339 string",
+            });
+        }
+    };
+
+    let event_id = match object.remove("event_id") {
+        None | Some(Value::Null) => Uuid::now_v7(),
+        Some(Value::String(s)) => {
+            Uuid::parse_str(&s).map_err(|e| Rejection::BadEventId(e.to_string()))?
+        }
+        Some(_) => {
+            return Err(Rejection::WrongType {
+                field: "event_id",
+                expected: "a UUID string",
+            });
+        }
+    };
+
+    let value = match object.remove("value") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(n.as_f64().filter(|v| v.is_finite()).ok_or(Rejection::BadValue)?),
+        Some(_) => return Err(Rejection::BadValue),
+    };
+
+    let properties = match object.remove("properties") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => {
+            check_nested(&map, 1, limits)?;
+            map
+        }
+        Some(_) => {
+            return Err(Rejection::WrongType {
+                field: "properties",
+                expected: "a JSON object",
+            });
+        }
+    };
+
+    Ok(EventEnvelope {
+        schema_version: SCHEMA_VERSION,
+        project_id: project_id.to_owned(),
+        event_id,
+        event,
+        user_id,
+        anonymous_id,
+        session_id,
+        timestamp,
+        received_at,
+        value,
+        properties,
+    })
+}
+
+/// A string field, `None` when empty.
+fn bounded_string(value: Value, field: &'static str, limit: usize) -> Result<Option<String>, Rejection> {
+    let text = match value {
+        Value::String(s) => s,
+        // Numeric ids are common in the wild (Segment accepts them too).
+        Value::Number(n) if field != "event" => n.to_string(),
+        _ => {
+            return Err(Rejection::WrongType {
+                field,
+                expected: "a string",
+            });
+        }
+    };
+    if text.len() > limit {
+        return Err(Rejection::TooLong {
+            field,
+            len: text.len(),
+            limit,
+        });
+    }
+    Ok((!text.is_empty()).then_some(text))
+}
+
+fn optional_id(
+    object: &mut Map<String, Value>,
+    field: &'static str,
+    limits: &ContractLimits,
+) -> Result<Option<String>, Rejection> {
+    match object.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => bounded_string(v, field, limits.max_id_len),
+    }
+}
+
+fn check_nested(map: &Map<String, Value>, depth: usize, limits: &ContractLimits) -> Result<(), Rejection> {
+    if depth > limits.max_property_depth {
+        return Err(Rejection::TooDeep {
+            limit: limits.max_property_depth,
+        });
+    }
+    for (key, value) in map {
+        check_len(key, limits)?;
+        check_value(value, depth, limits)?;
+    }
+    Ok(())
+}
+
+fn check_value(value: &Value, depth: usize, limits: &ContractLimits) -> Result<(), Rejection> {
+    match value {
+        Value::String(s) => check_len(s, limits),
+        Value::Object(map) => check_nested(map, depth + 1, limits),
+        Value::Array(items) => {
+            if depth + 1 > limits.max_property_depth {
+                return Err(Rejection::TooDeep {
+                    limit: limits.max_property_depth,
+                });
+            }
+            items.iter().try_for_each(|v| check_value(v, depth + 1, limits))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_len(s: &str, limits: &ContractLimits) -> Result<(), Rejection> {
+    if s.len() > limits.max_string_len {
+        return Err(Rejection::PropertyTooLong {
+            len: s.len(),
+            limit: limits.max_string_len,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn limits() -> ContractLimits {
+        ContractLimits::default()
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap()
+    }
+
+    fn one(json: &str) -> Result<EventEnvelope, Rejection> {
+        let raw = RawValue::from_string(json.to_owned()).unwrap();
+        normalize(&raw, "p1", now(), None, &limits())
+    }
+
+    #[test]
+    fn minimal_event_is_normalized() {
+        let e = one(r#"{"event":"signup","user_id":"u1"}"#).unwrap();
+        assert_eq!(e.project_id, "p1");
+        assert_eq!(e.timestamp, now(), "timestamp defaults to received time");
+        assert_eq!(e.received_at, now());
+        assert_eq!(e.event_id.get_version_num(), 7, "assigned ids are UUIDv7");
+        assert_eq!(e.kafka_key(), "p1:u1");
+        assert_eq!(e.schema_version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn full_event_keeps_every_field() {
+        let e = one(
+            r#"{"event":"api","user_id":"u","anonymous_id":"a","session_id":"s","timestamp":"2026-11-25T11:00:00.250Z",
+                "event_id":"0192f0a4-8a40-7cc0-8000-000000000001","value":12.5,"properties":{"path":"/x"},"extra":"ignored"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.anonymous_id.as_deref(), Some("a"));
+        assert_eq!(e.session_id.as_deref(), Some("s"));
+        assert_eq!(e.timestamp_millis(), now().timestamp_millis() - 3_600_000 + 250);
+        assert_eq!(e.event_id.to_string(), "0192f0a4-8a40-7cc0-8000-000000000001");
+        assert_eq!(e.value, Some(12.5));
+        assert_eq!(e.properties["path"], "/x");
+    }
+
+    #[test]
+    fn sent_at_corrects_clock_skew() {
+        // Client clock runs 10 minutes fast: sent_at says 12:10, we received at 12:00.
+        let raw = RawValue::from_string(r#"{"event":"e","user_id":"u","timestamp":"2026-11-25T12:05:00Z"}"#.into()).unwrap();
+        let sent = Utc.with_ymd_and_hms(2026, 11, 25, 12, 10, 0).unwrap();
+        let e = normalize(&raw, "p", now(), Some(sent), &limits()).unwrap();
+        assert_eq!(e.timestamp, Utc.with_ymd_and_hms(2026, 11, 25, 11, 55, 0).unwrap());
+    }
+
+    #[test]
+    fn every_rule_rejects_with_its_reason() {
+        let long = "x".repeat(300);
+        let cases: Vec<(String, &str)> = vec![
+            ("[1]".into(), "not_an_object"),
+            (r#""text""#.into(), "not_an_object"),
+            (r#"{"user_id":"u"}"#.into(), "missing_event"),
+            (r#"{"event":null,"user_id":"u"}"#.into(), "missing_event"),
+            (r#"{"event":5,"user_id":"u"}"#.into(), "wrong_type"),
+            (r#"{"event":"","user_id":"u"}"#.into(), "empty"),
+            (format!(r#"{{"event":"{long}","user_id":"u"}}"#), "too_long"),
+            (r#"{"event":"e"}"#.into(), "missing_identity"),
+            (r#"{"event":"e","user_id":""}"#.into(), "missing_identity"),
+            (r#"{"event":"e","user_id":{"a":1}}"#.into(), "wrong_type"),
+            (format!(r#"{{"event":"e","user_id":"{long}"}}"#), "too_long"),
+            (format!(r#"{{"event":"e","user_id":"u","session_id":"{long}"}}"#), "too_long"),
+            (r#"{"event":"e","user_id":"u","timestamp":"yesterday"}"#.into(), "bad_timestamp"),
+            (r#"{"event":"e","user_id":"u","timestamp":1700000000}"#.into(), "wrong_type"),
+            (r#"{"event":"e","user_id":"u","event_id":"nope"}"#.into(), "bad_event_id"),
+            (r#"{"event":"e","user_id":"u","event_id":7}"#.into(), "wrong_type"),
+            (r#"{"event":"e","user_id":"u","value":"12"}"#.into(), "bad_value"),
+            (r#"{"event":"e","user_id":"u","properties":[1]}"#.into(), "wrong_type"),
+            (
+                r#"{"event":"e","user_id":"u","properties":{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{"i":1}}}}}}}}}}"#.into(),
+                "too_deep",
+            ),
+            (
+                r#"{"event":"e","user_id":"u","properties":{"a":[[[[[[[[1]]]]]]]]}}"#.into(),
+                "too_deep",
+            ),
+            (
+                format!(r#"{{"event":"e","user_id":"u","properties":{{"k":"{}"}}}}"#, "y".repeat(9000)),
+                "property_too_long",
+            ),
+            (
+                format!(r#"{{"event":"e","user_id":"u","properties":{{"k":"{}"}}}}"#, "y".repeat(40_000)),
+                "too_large",
+            ),
+        ];
+        for (json, code) in cases {
+            let err = one(&json).expect_err(&json);
+            assert_eq!(err.code(), code, "{json}: {err}");
+            assert!(!err.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn nesting_at_the_limit_is_accepted() {
+        // properties itself is level 1; 8 levels in all.
+        let e = one(r#"{"event":"e","user_id":"u","properties":{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":1}}}}}}}}}"#);
+        assert!(e.is_ok(), "{e:?}");
+    }
+
+    #[test]
+    fn numeric_user_ids_become_strings() {
+        assert_eq!(one(r#"{"event":"e","user_id":42}"#).unwrap().user_id.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn batch_shapes_parse() {
+        let b = parse_batch(br#"{"batch":[{"event":"a"},{"event":"b"}],"sent_at":"2026-11-25T12:00:00Z"}"#, &limits()).unwrap();
+        assert_eq!(b.events.len(), 2);
+        assert_eq!(b.sent_at, Some(now()));
+        let b = parse_batch(br#"{"batch":[],"sentAt":"2026-11-25T12:00:00Z"}"#, &limits()).unwrap();
+        assert_eq!(b.sent_at, Some(now()));
+        assert_eq!(parse_batch(br#"[{"event":"a"}]"#, &limits()).unwrap().events.len(), 1);
+    }
+
+    #[test]
+    fn batch_level_errors() {
+        assert!(matches!(parse_batch(b"{not json", &limits()), Err(BatchError::Malformed(_))));
+        assert!(matches!(parse_batch(br#"{"events":[]}"#, &limits()), Err(BatchError::Malformed(_))));
+        assert!(matches!(
+            parse_batch(br#"{"batch":[],"sent_at":"soon"}"#, &limits()),
+            Err(BatchError::BadSentAt(_))
+        ));
+        let many = format!("[{}]", vec!["{}"; 1001].join(","));
+        assert!(matches!(
+            parse_batch(many.as_bytes(), &limits()),
+            Err(BatchError::TooManyEvents { count: 1001, limit: 1000 })
+        ));
+    }
+
+    #[test]
+    fn one_bad_event_does_not_spoil_the_batch() {
+        let b = parse_batch(br#"[{"event":"a","user_id":"u"},{"user_id":"u"},{"event":"c","anonymous_id":"x"}]"#, &limits()).unwrap();
+        let results: Vec<_> = b.events.iter().map(|r| normalize(r, "p", now(), b.sent_at, &limits())).collect();
+        assert!(results[0].is_ok());
+        assert_eq!(results[1].as_ref().unwrap_err(), &Rejection::MissingEvent);
+        assert!(results[2].is_ok());
+    }
+}

@@ -1,0 +1,95 @@
+//! Kafka client builders: every producer and consumer in Hourglass is made
+//! here, so delivery guarantees are decided in one place.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+
+use crate::config::KafkaConfig;
+
+/// Base config shared by every client: brokers plus the user's extra properties.
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in &cfg.client {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The durable producer of the contract: idempotent, `acks=all`, zstd.
+pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    let mut c = client_config(cfg);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "zstd")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("message.timeout.ms", "30000");
+    // User overrides last, so they may tune linger/batch for their cluster.
+    for (k, v) in &cfg.client {
+        c.set(k, v);
+    }
+    c.create()
+}
+
+/// Consumer settings for components that own their offsets: nothing is
+/// committed or stored automatically; a component stores an offset only once
+/// the work it covers is durable.
+pub fn consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut c = client_config(cfg);
+    c.set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("fetch.max.bytes", "16777216")
+        .set("max.partition.fetch.bytes", "4194304");
+    for (k, v) in &cfg.client {
+        c.set(k, v);
+    }
+    c
+}
+
+fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    client_config(cfg).create()
+}
+
+/// Create topics that do not exist yet (the broker may not auto-create).
+/// Topics that already exist are left as they are.
+pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+    let admin = admin(cfg)?;
+    let retention = (7 * 24 * 3600 * 1000u64).to_string();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, partitions)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(1)).set("retention.ms", &retention)
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(%topic, ?code, "could not create topic");
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Delete topics (tests clean up after themselves with this).
+pub async fn delete_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), KafkaError> {
+    let admin = admin(cfg)?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    admin.delete_topics(topics, &opts).await?;
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! The ClickHouse schema of Hourglass and the runner behind `hourglass migrate`.
+//!
+//! Migrations are the `.sql` files in `migrations/`, compiled into the binary
+//! and applied in order. Each is rendered for the server it runs on
+//! ([`Features`]): modern-only DDL (LowCardinality, codecs, TTL, insert
+//! deduplication) is switched on only where the server has it, so the same
+//! files run on Debian's ClickHouse 18.16 and on 24.x. Every statement is
+//! idempotent (`IF NOT EXISTS`), which makes running twice, or from two
+//! processes at once, safe; `schema_migrations` records what ran and refuses
+//! a migration whose file changed after it was applied.
+
+use clickhouse::Client;
+use hourglass_core::clickhouse::{ServerVersion, server_client};
+use hourglass_core::config::ClickHouseConfig;
+
+/// One versioned migration file.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in the order it applies.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events",
+        sql: include_str!("../migrations/0001_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "rollups",
+        sql: include_str!("../migrations/0002_rollups.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "aggregator_progress",
+        sql: include_str!("../migrations/0003_aggregator_progress.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "serving_views",
+        sql: include_str!("../migrations/0004_serving_views.sql"),
+    },
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("ClickHouse at {url} did not answer: {source}")]
+    Unreachable {
+        url: String,
+        source: clickhouse::error::Error,
+    },
+    #[error("migration {version} ({name}) failed on statement:\n{statement}\n{source}")]
+    Statement {
+        version: u32,
+        name: &'static str,
+        statement: String,
+        source: clickhouse::error::Error,
+    },
+    #[error("migration {version} ({name}) was changed after it was applied (checksum {applied} in the database, {now} in this build)")]
+    Changed {
+        version: u32,
+        name: &'static str,
+        applied: String,
+        now: String,
+    },
+    #[error("ClickHouse query failed: {0}")]
+    Query(#[from] clickhouse::error::Error),
+}
+
+/// What the server supports, deciding how migrations are rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    pub modern_ddl: bool,
+    pub insert_dedup: bool,
+}
+
+impl From<ServerVersion> for Features {
+    fn from(v: ServerVersion) -> Self {
+        Self {
+            modern_ddl: v.has_modern_ddl(),
+            insert_dedup: v.has_insert_dedup(),
+        }
+    }
+}
+
+/// Substitute the placeholders of a migration for one database and server.
+pub fn render(sql: &str, database: &str, features: Features, retention_days: u32) -> Vec<String> {
+    let (lc_string, codec_time, codec_zstd) = if features.modern_ddl {
+        ("LowCardinality(String)", " CODEC(DoubleDelta, LZ4)", " CODEC(ZSTD(3))")
+    } else {
+        ("String", "", "")
+    };
+    let ttl = if features.modern_ddl && retention_days > 0 {
+        format!("TTL timestamp + INTERVAL {retention_days} DAY")
+    } else {
+        String::new()
+    };
+    let settings = if features.insert_dedup {
+        "SETTINGS non_replicated_deduplication_window = 10000"
+    } else {
+        ""
+    };
+    let without_comments: String = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    without_comments
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.replace("{db}", &quote_ident(database))
+                .replace("{lc_string}", lc_string)
+                .replace("{codec_time}", codec_time)
+                .replace("{codec_zstd}", codec_zstd)
+                .replace("{events_ttl}", &ttl)
+                .replace("{events_settings}", settings)
+        })
+        .collect()
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+/// FNV-1a: a checksum that stays the same across Rust releases.
+fn checksum(text: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// A racing process created the same object first: for `IF NOT EXISTS`
+/// statements that is success.
+fn is_already_exists(err: &clickhouse::error::Error) -> bool {
+    let text = err.to_string();
+    // 57 TABLE_ALREADY_EXISTS, 82 DATABASE_ALREADY_EXISTS
+    text.contains("Code: 57") || text.contains("Code: 82")
+}
+
+async fn execute(client: &Client, sql: &str) -> Result<(), clickhouse::error::Error> {
+    match client.query(sql).execute().await {
+        Err(e) if is_already_exists(&e) => Ok(()),
+        other => other,
+    }
+}
+
+/// The outcome of [`migrate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrateReport {
+    pub server_version: String,
+    pub features: Features,
+    pub applied: Vec<u32>,
+    pub already_applied: Vec<u32>,
+}
+
+/// Apply every pending migration to the configured database.
+pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport, MigrateError> {
+    let client = server_client(cfg);
+    let version_text: String = client
+        .query("SELECT version()")
+        .fetch_one()
+        .await
+        .map_err(|source| MigrateError::Unreachable {
+            url: cfg.url.clone(),
+            source,
+        })?;
+    let version = ServerVersion::parse(&version_text).ok_or_else(|| {
+        MigrateError::Query(clickhouse::error::Error::Custom(format!(
+            "unrecognized server version {version_text:?}"
+        )))
+    })?;
+    let features = Features::from(version);
+    let db = quote_ident(&cfg.database);
+
+    execute(&client, &format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
+    execute(
+        &client,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
+             (version UInt32, name String, checksum String, applied_at DateTime) \
+             ENGINE = ReplacingMergeTree() ORDER BY version"
+        ),
+    )
+    .await?;
+
+    let applied: Vec<(u32, String)> = client
+        .query(&format!("SELECT DISTINCT version, checksum FROM {db}.schema_migrations"))
+        .fetch_all()
+        .await?;
+
+    let mut report = MigrateReport {
+        server_version: version_text.clone(),
+        features,
+        applied: Vec::new(),
+        already_applied: Vec::new(),
+    };
+    for m in MIGRATIONS {
+        let sum = checksum(m.sql);
+        if let Some((_, old)) = applied.iter().find(|(v, _)| *v == m.version) {
+            if *old != sum {
+                return Err(MigrateError::Changed {
+                    version: m.version,
+                    name: m.name,
+                    applied: old.clone(),
+                    now: sum,
+                });
+            }
+            report.already_applied.push(m.version);
+            continue;
+        }
+        for statement in render(m.sql, &cfg.database, features, cfg.events_retention_days) {
+            execute(&client, &statement)
+                .await
+                .map_err(|source| MigrateError::Statement {
+                    version: m.version,
+                    name: m.name,
+                    statement: statement.clone(),
+                    source,
+                })?;
+        }
+        client
+            .query(&format!(
+                "INSERT INTO {db}.schema_migrations (version, name, checksum, applied_at) VALUES ({}, '{}', '{}', now())",
+                m.version, m.name, sum
+            ))
+            .execute()
+            .await?;
+        tracing::info!(version = m.version, name = m.name, "migration applied");
+        report.applied.push(m.version);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: Features = Features {
+        modern_ddl: false,
+        insert_dedup: false,
+    };
+    const NEW: Features = Features {
+        modern_ddl: true,
+        insert_dedup: true,
+    };
+
+    #[test]
+    fn every_placeholder_is_rendered() {
+        for m in MIGRATIONS {
+            for features in [OLD, NEW] {
+                for s in render(m.sql, "db", features, 30) {
+                    assert!(!s.contains('{') || s.contains("'{}'"), "{}: unrendered placeholder in {s}", m.name);
+                    assert!(!s.contains("--"), "comments are stripped");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn old_servers_get_plain_ddl() {
+        let events = render(MIGRATIONS[0].sql, "db", OLD, 30).join("\n");
+        assert!(!events.contains("LowCardinality") && !events.contains("CODEC") && !events.contains("TTL"));
+        let events = render(MIGRATIONS[0].sql, "db", NEW, 30).join("\n");
+        assert!(events.contains("LowCardinality(String)"));
+        assert!(events.contains("TTL timestamp + INTERVAL 30 DAY"));
+        assert!(events.contains("non_replicated_deduplication_window"));
+    }
+
+    #[test]
+    fn versions_are_increasing_and_checksums_stable() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+        assert_eq!(checksum("abc"), "e71fa2190541574b");
+    }
+
+    #[test]
+    fn database_names_are_quoted() {
+        let s = render("CREATE TABLE {db}.t (x UInt8) ENGINE = Memory", "a`b", OLD, 0);
+        assert_eq!(s, vec!["CREATE TABLE `a\\`b`.t (x UInt8) ENGINE = Memory"]);
+    }
+}

@@ -1,0 +1,75 @@
+//! Debian's clickhouse-server as a plain process with a generated config.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::process::{Install, Ready, Server};
+
+/// Native protocol port: the HTTP port's neighbour in our range.
+fn native_port(http_port: u16) -> u16 {
+    http_port.wrapping_add(877)
+}
+
+pub fn server(root: &Path, http_port: u16) -> Result<Server> {
+    let dir = root.join("clickhouse");
+    for sub in ["data", "tmp", "user_files", "format_schemas", "log"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let d = dir.display();
+    let config = format!(
+        r#"<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>{d}/log/server.log</log><errorlog>{d}/log/error.log</errorlog><size>100M</size><count>3</count></logger>
+  <listen_host>127.0.0.1</listen_host>
+  <http_port>{http_port}</http_port>
+  <tcp_port>{native}</tcp_port>
+  <path>{d}/data/</path>
+  <tmp_path>{d}/tmp/</tmp_path>
+  <user_files_path>{d}/user_files/</user_files_path>
+  <format_schema_path>{d}/format_schemas/</format_schema_path>
+  <users_config>{d}/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mark_cache_size>536870912</mark_cache_size>
+  <max_concurrent_queries>200</max_concurrent_queries>
+</yandex>
+"#,
+        native = native_port(http_port)
+    );
+    let users = r#"<?xml version="1.0"?>
+<yandex>
+  <profiles>
+    <default><max_memory_usage>8000000000</max_memory_usage></default>
+    <readonly><readonly>1</readonly></readonly>
+  </profiles>
+  <users>
+    <default>
+      <password></password>
+      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+      <profile>default</profile>
+      <quota>default</quota>
+    </default>
+    <grafana>
+      <password></password>
+      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+      <profile>readonly</profile>
+      <quota>default</quota>
+    </grafana>
+  </users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+"#;
+    std::fs::write(dir.join("config.xml"), config)?;
+    std::fs::write(dir.join("users.xml"), users)?;
+    Ok(Server {
+        name: "ClickHouse",
+        key: "clickhouse",
+        binary: "clickhouse-server",
+        install: Install::Apt(&["clickhouse-server", "clickhouse-client"]),
+        port: http_port,
+        args: vec![format!("--config-file={d}/config.xml")],
+        ready: Ready::HttpBody("/?query=SELECT%201", "1"),
+    })
+}

@@ -1,0 +1,158 @@
+//! The local stack: a Kafka-protocol broker (tansu), ClickHouse and an
+//! S3-compatible server (s3s-fs), all on 127.0.0.1, state under one folder.
+//!
+//! `up` is idempotent: it installs what is missing, reuses a server that
+//! already answers on its port (whoever started it), starts what is stopped,
+//! waits until each answers, then creates the topics and the bucket. `down`
+//! stops what `up` started, by the PIDs it recorded.
+
+mod clickhouse_server;
+mod process;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use hourglass_core::Config;
+
+use process::{Server, port_of};
+
+/// Where the stack keeps its data, logs and PID files.
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("HOURGLASS_STACK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".stack"))
+}
+
+fn servers(cfg: &Config, dir: &Path) -> Result<Vec<Server>> {
+    let kafka_port = port_of(&cfg.kafka.brokers).context("kafka.brokers has no port")?;
+    let ch_port = port_of(&cfg.clickhouse.url).context("clickhouse.url has no port")?;
+    let s3_port = port_of(&cfg.s3.endpoint).context("s3.endpoint has no port")?;
+    let listener = format!("tcp://127.0.0.1:{kafka_port}");
+    Ok(vec![
+        Server {
+            name: "kafka (tansu)",
+            key: "kafka",
+            binary: "tansu",
+            install: process::Install::Cargo {
+                krate: "tansu@0.6.0",
+                features: "dynostore,libsql",
+            },
+            port: kafka_port,
+            args: vec![
+                "broker".into(),
+                "--listener-url".into(),
+                listener.clone(),
+                "--advertised-listener-url".into(),
+                listener,
+                // sqlite paths resolve against the working directory, which is the data dir.
+                "--storage-engine".into(),
+                "sqlite://tansu.db".into(),
+            ],
+            ready: process::Ready::Tcp,
+        },
+        clickhouse_server::server(dir, ch_port)?,
+        Server {
+            name: "S3 (s3s-fs)",
+            key: "s3",
+            binary: "s3s-fs",
+            install: process::Install::Cargo {
+                krate: "s3s-fs@0.14.1",
+                features: "binary",
+            },
+            port: s3_port,
+            args: vec![
+                "--host".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                s3_port.to_string(),
+                "--access-key".into(),
+                cfg.s3.access_key_id.clone(),
+                "--secret-key".into(),
+                cfg.s3.secret_access_key.clone(),
+                dir.join("s3").join("data").display().to_string(),
+            ],
+            ready: process::Ready::HttpStatus("/", 403),
+        },
+    ])
+}
+
+/// Install, start and prepare everything; returns once all of it answers.
+pub async fn up(cfg: &Config, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create stack folder {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    std::fs::create_dir_all(dir.join("s3").join("data"))?;
+    for server in servers(cfg, &dir)? {
+        server.ensure_running(&dir).await?;
+    }
+    let topics = [
+        (cfg.kafka.topic.as_str(), cfg.kafka.partitions),
+        (cfg.kafka.dlq_topic.as_str(), 1),
+    ];
+    retry("kafka (tansu): creating topics", || {
+        hourglass_core::kafka::ensure_topics(&cfg.kafka, &topics)
+    })
+    .await?;
+    let s3 = hourglass_core::s3::client(&cfg.s3).await;
+    retry("S3 (s3s-fs): creating the bucket", || {
+        hourglass_core::s3::ensure_bucket(&s3, &cfg.s3.bucket)
+    })
+    .await?;
+    println!(
+        "stack ready: kafka {} (topics {}, {}), clickhouse {}, s3 {} (bucket {}); state in {}",
+        cfg.kafka.brokers,
+        cfg.kafka.topic,
+        cfg.kafka.dlq_topic,
+        cfg.clickhouse.url,
+        cfg.s3.endpoint,
+        cfg.s3.bucket,
+        dir.display()
+    );
+    Ok(())
+}
+
+async fn retry<F, Fut, E>(what: &str, mut f: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut last = String::new();
+    for _ in 0..20 {
+        match f().await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("{what} failed: {last}")
+}
+
+/// Stop the servers this stack started (by recorded PID).
+pub fn down(cfg: &Config, dir: &Path) -> Result<()> {
+    for server in servers(cfg, dir)? {
+        server.stop(dir)?;
+    }
+    Ok(())
+}
+
+/// One line per server: answering or not, and who started it.
+pub async fn status(cfg: &Config, dir: &Path) -> Result<bool> {
+    let mut all = true;
+    for server in servers(cfg, dir)? {
+        let answering = server.answers().await;
+        all &= answering;
+        let owner = match server.recorded_pid(dir) {
+            Some(pid) => format!("pid {pid}"),
+            None => "not started by this stack".into(),
+        };
+        println!(
+            "{:<18} port {:<6} {:<10} {}",
+            server.name,
+            server.port,
+            if answering { "up" } else { "DOWN" },
+            owner
+        );
+    }
+    Ok(all)
+}
