@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use hourglass_core::Config;
 
 #[derive(Parser)]
-#[command(name = "hourglass", version, about = "Self-hosted analytics event pipeline")]
+#[command(
+    name = "hourglass",
+    version,
+    about = "Self-hosted analytics event pipeline"
+)]
 struct Cli {
     /// TOML configuration file (also HOURGLASS_CONFIG); HOURGLASS_<SECTION>__<KEY> variables override it.
     #[arg(long, global = true)]
@@ -59,7 +63,11 @@ async fn main() -> Result<()> {
                 .context("hourglass migrate")?;
             println!(
                 "database {}: ClickHouse {} ({:?}); applied {:?}, already applied {:?}",
-                cfg.clickhouse.database, report.server_version, report.features, report.applied, report.already_applied
+                cfg.clickhouse.database,
+                report.server_version,
+                report.features,
+                report.applied,
+                report.already_applied
             );
         }
         Command::Stack { action, dir } => {

@@ -1,12 +1,140 @@
 //! The speed layer: Kafka `events` → 5-minute event-time windows →
 //! `rollup_5m`, exactly once in effect.
 //!
-//! [`window`] is the pure core (windows, watermarks, late events, cardinality
-//! guard, histograms). [`run`] drives it from a Kafka consumer group and
-//! flushes closed windows to ClickHouse with their checkpoint.
+//! - [`window`]: the pure core (windows, watermarks, late events, cardinality
+//!   guard, histograms), no Kafka or ClickHouse types.
+//! - `consumer`: one thread owns the consumer and all partitions' windows,
+//!   feeds records into the core and flushes closed windows.
+//! - `context`: the rebalance hook, which assigns each partition at the
+//!   checkpoint read back from ClickHouse.
+//! - [`sink`]: the INSERT into `rollup_5m` (whose progress view records the
+//!   checkpoint in the same request) and the checkpoint read.
+//!
+//! Exactly once: every flush of a partition writes its closed windows and the
+//! checkpoint (resume offset, watermark) in one INSERT. A restarted or newly
+//! assigned partition resumes at the checkpoint with the checkpoint's
+//! watermark, so windows already flushed count as closed and are never
+//! written again, and open windows are rebuilt from the same records in the
+//! same order. Kafka commits are written too, only as a hint for lag tools.
 
+mod consumer;
+mod context;
+pub mod metrics;
+pub mod sink;
 pub mod window;
 
-pub async fn run(_cfg: hourglass_core::Config) -> Result<(), std::io::Error> {
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hourglass_core::Config;
+use hourglass_core::telemetry::{self, Readiness};
+
+use context::AggregatorContext;
+use sink::RollupSink;
+use window::WindowConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AggregatorError {
+    #[error("invalid aggregator configuration: {0}")]
+    Config(String),
+    #[error("Kafka consumer failed: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("health endpoint failed: {0}")]
+    Http(#[from] std::io::Error),
+    #[error("aggregator thread panicked")]
+    Panicked,
+}
+
+fn validate(cfg: &Config) -> Result<(), AggregatorError> {
+    let a = &cfg.aggregator;
+    if a.window_secs == 0 || 86_400 % a.window_secs != 0 {
+        return Err(AggregatorError::Config(format!(
+            "aggregator.window_secs = {} must divide a day",
+            a.window_secs
+        )));
+    }
+    if !(1..=5).contains(&a.histogram_sigfig) {
+        return Err(AggregatorError::Config(
+            "aggregator.histogram_sigfig must be 1..=5".into(),
+        ));
+    }
+    if a.max_keys_per_window == 0 {
+        return Err(AggregatorError::Config(
+            "aggregator.max_keys_per_window must be > 0".into(),
+        ));
+    }
     Ok(())
+}
+
+/// Run the aggregator until SIGINT/SIGTERM.
+pub async fn run(cfg: Config) -> Result<(), AggregatorError> {
+    validate(&cfg)?;
+    metrics::describe();
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let readiness = Readiness::default();
+    let addr = cfg
+        .aggregator
+        .http_listen
+        .parse()
+        .map_err(|e| AggregatorError::Config(format!("aggregator.http_listen: {e}")))?;
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(telemetry::serve(
+        addr,
+        telemetry::health_router(readiness.clone()),
+        async {
+            let _ = http_stopped.await;
+        },
+    ));
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: finishing the current flush");
+            shutdown.store(true, Ordering::Relaxed);
+        });
+    }
+
+    let context = AggregatorContext {
+        sink: RollupSink::new(
+            hourglass_core::clickhouse::client(&cfg.clickhouse),
+            &cfg.kafka.topic,
+        ),
+        runtime: tokio::runtime::Handle::current(),
+        changes: Default::default(),
+    };
+    let consumer = hourglass_core::kafka::consumer_config(&cfg.kafka, &cfg.aggregator.group_id)
+        .set("enable.partition.eof", "true")
+        .set("statistics.interval.ms", "5000")
+        .set("partition.assignment.strategy", "range")
+        // Also the rebalance timeout: a member killed mid-rebalance holds the
+        // group up for this long. The loop polls every 100 ms, flushes included.
+        .set("max.poll.interval.ms", "30000")
+        .create_with_context(context)?;
+    let main = consumer::Loop {
+        consumer,
+        topic: cfg.kafka.topic.clone(),
+        windows: Arc::new(WindowConfig::from(&cfg.aggregator)),
+        flush_interval: Duration::from_millis(cfg.aggregator.flush_interval_ms.max(10)),
+        shutdown,
+        readiness,
+        partitions: BTreeMap::new(),
+    };
+    tracing::info!(topic = %cfg.kafka.topic, group = %cfg.aggregator.group_id, "aggregator starting");
+    let result = tokio::task::spawn_blocking(move || main.run())
+        .await
+        .map_err(|_| AggregatorError::Panicked)?;
+    let _ = stop_http.send(());
+    let _ = http.await;
+    Ok(result?)
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

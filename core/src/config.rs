@@ -225,14 +225,20 @@ mod tests {
     #[test]
     fn file_and_environment_layer_over_defaults() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("h.toml", "[kafka]\ntopic = \"from-file\"\n[aggregator]\ngrace_secs = 5\n")?;
+            jail.create_file(
+                "h.toml",
+                "[kafka]\ntopic = \"from-file\"\n[aggregator]\ngrace_secs = 5\n",
+            )?;
             jail.set_env("HOURGLASS_AGGREGATOR__GRACE_SECS", "7");
             jail.set_env("HOURGLASS_CLICKHOUSE__DATABASE", "envdb");
             let c = Config::load(Some(Path::new("h.toml"))).unwrap();
             assert_eq!(c.kafka.topic, "from-file");
             assert_eq!(c.aggregator.grace_secs, 7, "environment wins over the file");
             assert_eq!(c.clickhouse.database, "envdb");
-            assert_eq!(c.kafka.brokers, "127.0.0.1:19092", "untouched keys keep defaults");
+            assert_eq!(
+                c.kafka.brokers, "127.0.0.1:19092",
+                "untouched keys keep defaults"
+            );
             Ok(())
         });
     }
@@ -241,7 +247,9 @@ mod tests {
     fn unknown_keys_are_refused_by_name() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("h.toml", "[kafka]\nbrokerz = \"x\"\n")?;
-            let err = Config::load(Some(Path::new("h.toml"))).unwrap_err().to_string();
+            let err = Config::load(Some(Path::new("h.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("brokerz"), "{err}");
             Ok(())
         });
@@ -251,7 +259,10 @@ mod tests {
     fn printed_config_loads_back() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("h.toml", &Config::default().to_toml())?;
-            assert_eq!(Config::load(Some(Path::new("h.toml"))).unwrap(), Config::default());
+            assert_eq!(
+                Config::load(Some(Path::new("h.toml"))).unwrap(),
+                Config::default()
+            );
             Ok(())
         });
     }

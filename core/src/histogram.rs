@@ -75,7 +75,9 @@ impl ValueHistogram {
     }
 
     pub fn merge(&mut self, other: &ValueHistogram) {
-        self.hist.add(&other.hist).expect("same bounds on both sides");
+        self.hist
+            .add(&other.hist)
+            .expect("same bounds on both sides");
         self.clamped += other.clamped;
     }
 
@@ -86,7 +88,9 @@ impl ValueHistogram {
 }
 
 /// Merge bucket arrays (what `sumMap` does in ClickHouse).
-pub fn merge_buckets<'a>(parts: impl IntoIterator<Item = (&'a [u64], &'a [u64])>) -> (Vec<u64>, Vec<u64>) {
+pub fn merge_buckets<'a>(
+    parts: impl IntoIterator<Item = (&'a [u64], &'a [u64])>,
+) -> (Vec<u64>, Vec<u64>) {
     let mut merged = std::collections::BTreeMap::<u64, u64>::new();
     for (values, counts) in parts {
         for (v, c) in values.iter().zip(counts) {
@@ -120,7 +124,9 @@ mod tests {
     fn merged_buckets_give_the_same_quantiles_as_one_histogram() {
         let mut rng = SmallRng::seed_from_u64(7);
         let mut whole = ValueHistogram::new(3, 3_600_000.0);
-        let mut parts: Vec<ValueHistogram> = (0..8).map(|_| ValueHistogram::new(3, 3_600_000.0)).collect();
+        let mut parts: Vec<ValueHistogram> = (0..8)
+            .map(|_| ValueHistogram::new(3, 3_600_000.0))
+            .collect();
         for i in 0..50_000 {
             // long-tailed latencies
             let v = (rng.random::<f64>().powi(4) * 10_000.0 * 1000.0).round() / 1000.0;
@@ -128,9 +134,14 @@ mod tests {
             parts[i % 8].record(v);
         }
         let exported: Vec<_> = parts.iter().map(ValueHistogram::buckets).collect();
-        let (values, counts) = merge_buckets(exported.iter().map(|(v, c)| (v.as_slice(), c.as_slice())));
+        let (values, counts) =
+            merge_buckets(exported.iter().map(|(v, c)| (v.as_slice(), c.as_slice())));
         for q in [0.5, 0.9, 0.95, 0.99, 0.999, 1.0] {
-            assert_eq!(quantile_from_buckets(&values, &counts, q), whole.quantile(q), "q={q}");
+            assert_eq!(
+                quantile_from_buckets(&values, &counts, q),
+                whole.quantile(q),
+                "q={q}"
+            );
         }
     }
 
@@ -143,7 +154,11 @@ mod tests {
         assert_eq!(h.clamped, 2);
         assert_eq!(h.len(), 3);
         assert_eq!(h.quantile(0.0), 0.0);
-        assert!((h.quantile(1.0) - 10.0).abs() <= 0.01, "{}", h.quantile(1.0));
+        assert!(
+            (h.quantile(1.0) - 10.0).abs() <= 0.01,
+            "{}",
+            h.quantile(1.0)
+        );
     }
 
     #[test]

@@ -69,7 +69,8 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(name, partitions)| {
-            NewTopic::new(name, *partitions, TopicReplication::Fixed(1)).set("retention.ms", &retention)
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(1))
+                .set("retention.ms", &retention)
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));

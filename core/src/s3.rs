@@ -20,7 +20,8 @@ pub async fn client(cfg: &S3Config) -> Client {
         ));
     }
     let shared = loader.load().await;
-    let mut builder = aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.force_path_style);
+    let mut builder =
+        aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.force_path_style);
     if !cfg.endpoint.is_empty() {
         builder = builder.endpoint_url(&cfg.endpoint);
     }
@@ -43,7 +44,9 @@ pub async fn ensure_bucket(client: &Client, bucket: &str) -> Result<(), BucketEr
         Ok(_) => Ok(()),
         Err(e) => {
             let service = e.as_service_error();
-            if service.is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()) {
+            if service
+                .is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists())
+            {
                 return Ok(());
             }
             Err(BucketError {

@@ -59,7 +59,9 @@ pub enum MigrateError {
         statement: String,
         source: clickhouse::error::Error,
     },
-    #[error("migration {version} ({name}) was changed after it was applied (checksum {applied} in the database, {now} in this build)")]
+    #[error(
+        "migration {version} ({name}) was changed after it was applied (checksum {applied} in the database, {now} in this build)"
+    )]
     Changed {
         version: u32,
         name: &'static str,
@@ -89,7 +91,11 @@ impl From<ServerVersion> for Features {
 /// Substitute the placeholders of a migration for one database and server.
 pub fn render(sql: &str, database: &str, features: Features, retention_days: u32) -> Vec<String> {
     let (lc_string, codec_time, codec_zstd) = if features.modern_ddl {
-        ("LowCardinality(String)", " CODEC(DoubleDelta, LZ4)", " CODEC(ZSTD(3))")
+        (
+            "LowCardinality(String)",
+            " CODEC(DoubleDelta, LZ4)",
+            " CODEC(ZSTD(3))",
+        )
     } else {
         ("String", "", "")
     };
@@ -164,14 +170,15 @@ pub struct MigrateReport {
 /// Apply every pending migration to the configured database.
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport, MigrateError> {
     let client = server_client(cfg);
-    let version_text: String = client
-        .query("SELECT version()")
-        .fetch_one()
-        .await
-        .map_err(|source| MigrateError::Unreachable {
-            url: cfg.url.clone(),
-            source,
-        })?;
+    let version_text: String =
+        client
+            .query("SELECT version()")
+            .fetch_one()
+            .await
+            .map_err(|source| MigrateError::Unreachable {
+                url: cfg.url.clone(),
+                source,
+            })?;
     let version = ServerVersion::parse(&version_text).ok_or_else(|| {
         MigrateError::Query(clickhouse::error::Error::Custom(format!(
             "unrecognized server version {version_text:?}"
@@ -192,7 +199,9 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport, MigrateErr
     .await?;
 
     let applied: Vec<(u32, String)> = client
-        .query(&format!("SELECT DISTINCT version, checksum FROM {db}.schema_migrations"))
+        .query(&format!(
+            "SELECT DISTINCT version, checksum FROM {db}.schema_migrations"
+        ))
         .fetch_all()
         .await?;
 
@@ -257,7 +266,11 @@ mod tests {
         for m in MIGRATIONS {
             for features in [OLD, NEW] {
                 for s in render(m.sql, "db", features, 30) {
-                    assert!(!s.contains('{') || s.contains("'{}'"), "{}: unrendered placeholder in {s}", m.name);
+                    assert!(
+                        !s.contains('{') || s.contains("'{}'"),
+                        "{}: unrendered placeholder in {s}",
+                        m.name
+                    );
                     assert!(!s.contains("--"), "comments are stripped");
                 }
             }
@@ -267,7 +280,11 @@ mod tests {
     #[test]
     fn old_servers_get_plain_ddl() {
         let events = render(MIGRATIONS[0].sql, "db", OLD, 30).join("\n");
-        assert!(!events.contains("LowCardinality") && !events.contains("CODEC") && !events.contains("TTL"));
+        assert!(
+            !events.contains("LowCardinality")
+                && !events.contains("CODEC")
+                && !events.contains("TTL")
+        );
         let events = render(MIGRATIONS[0].sql, "db", NEW, 30).join("\n");
         assert!(events.contains("LowCardinality(String)"));
         assert!(events.contains("TTL timestamp + INTERVAL 30 DAY"));
@@ -282,7 +299,12 @@ mod tests {
 
     #[test]
     fn database_names_are_quoted() {
-        let s = render("CREATE TABLE {db}.t (x UInt8) ENGINE = Memory", "a`b", OLD, 0);
+        let s = render(
+            "CREATE TABLE {db}.t (x UInt8) ENGINE = Memory",
+            "a`b",
+            OLD,
+            0,
+        );
         assert_eq!(s, vec!["CREATE TABLE `a\\`b`.t (x UInt8) ENGINE = Memory"]);
     }
 }

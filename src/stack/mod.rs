@@ -79,7 +79,8 @@ fn servers(cfg: &Config, dir: &Path) -> Result<Vec<Server>> {
 
 /// Install, start and prepare everything; returns once all of it answers.
 pub async fn up(cfg: &Config, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create stack folder {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create stack folder {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     std::fs::create_dir_all(dir.join("s3").join("data"))?;
     for server in servers(cfg, &dir)? {

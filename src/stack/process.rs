@@ -41,7 +41,13 @@ pub struct Server {
 
 pub fn port_of(address: &str) -> Option<u16> {
     let without_path = address.split("://").last()?.split('/').next()?;
-    without_path.split(',').next()?.rsplit(':').next()?.parse().ok()
+    without_path
+        .split(',')
+        .next()?
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn find_binary(name: &str) -> Option<PathBuf> {
@@ -69,7 +75,11 @@ impl Server {
     }
 
     pub fn recorded_pid(&self, root: &Path) -> Option<i32> {
-        let pid: i32 = std::fs::read_to_string(self.pid_file(root)).ok()?.trim().parse().ok()?;
+        let pid: i32 = std::fs::read_to_string(self.pid_file(root))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         kill(Pid::from_raw(pid), None).is_ok().then_some(pid)
     }
 
@@ -90,7 +100,10 @@ impl Server {
         if let Some(path) = find_binary(self.binary) {
             return Ok(path);
         }
-        eprintln!("{}: `{}` not found, installing it (once)", self.name, self.binary);
+        eprintln!(
+            "{}: `{}` not found, installing it (once)",
+            self.name, self.binary
+        );
         let status = match self.install {
             Install::Cargo { krate, features } => {
                 eprintln!("  cargo install {krate} --locked --features {features}  (tansu takes about 15 minutes)");
@@ -116,10 +129,18 @@ impl Server {
         }
         .with_context(|| format!("{}: could not run the installer", self.name))?;
         if !status.success() {
-            bail!("{}: installing `{}` failed ({status})", self.name, self.binary);
+            bail!(
+                "{}: installing `{}` failed ({status})",
+                self.name,
+                self.binary
+            );
         }
-        find_binary(self.binary)
-            .with_context(|| format!("{}: `{}` still not found after installing", self.name, self.binary))
+        find_binary(self.binary).with_context(|| {
+            format!(
+                "{}: `{}` still not found after installing",
+                self.name, self.binary
+            )
+        })
     }
 
     /// Reuse, or install and start, then wait until it answers.
@@ -152,7 +173,12 @@ impl Server {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
             if self.answers().await {
-                eprintln!("{}: started (pid {}) in {:?}", self.name, child.id(), started.elapsed());
+                eprintln!(
+                    "{}: started (pid {}) in {:?}",
+                    self.name,
+                    child.id(),
+                    started.elapsed()
+                );
                 return Ok(());
             }
             if kill(Pid::from_raw(child.id() as i32), None).is_err() {
@@ -176,7 +202,8 @@ impl Server {
             return Ok(());
         };
         let pid = Pid::from_raw(pid);
-        kill(pid, Signal::SIGTERM).with_context(|| format!("{}: cannot signal pid {pid}", self.name))?;
+        kill(pid, Signal::SIGTERM)
+            .with_context(|| format!("{}: cannot signal pid {pid}", self.name))?;
         let started = Instant::now();
         while kill(pid, None).is_ok() {
             if started.elapsed() > Duration::from_secs(15) {
@@ -191,8 +218,15 @@ impl Server {
 }
 
 async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
-    let response = client.get(format!("http://127.0.0.1:{port}{path}")).send().await.ok()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let response = client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await
+        .ok()?;
     let status = response.status().as_u16();
     Some((status, response.text().await.unwrap_or_default()))
 }

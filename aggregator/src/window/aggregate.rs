@@ -38,7 +38,9 @@ impl KeyAggregate {
         self.value_sum += v;
         self.value_min = self.value_min.min(v);
         self.value_max = self.value_max.max(v);
-        let h = self.histogram.get_or_insert_with(|| ValueHistogram::new(sigfig, max_value));
+        let h = self
+            .histogram
+            .get_or_insert_with(|| ValueHistogram::new(sigfig, max_value));
         let before = h.clamped;
         h.record(v);
         h.clamped != before
@@ -78,7 +80,11 @@ impl RollupRow {
         let dimensions = parts.next().unwrap_or("{}").to_owned();
         let mut user_hashes: Vec<u64> = agg.users.into_iter().collect();
         user_hashes.sort_unstable();
-        let (hist_values, hist_counts) = agg.histogram.as_ref().map(|h| h.buckets()).unwrap_or_default();
+        let (hist_values, hist_counts) = agg
+            .histogram
+            .as_ref()
+            .map(|h| h.buckets())
+            .unwrap_or_default();
         let q = |q: f64| agg.histogram.as_ref().map_or(0.0, |h| h.quantile(q));
         let has_values = agg.value_count > 0;
         Self {

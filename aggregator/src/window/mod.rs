@@ -66,7 +66,10 @@ impl WindowConfig {
 
     /// Whether the window starting at `start` is closed under `watermark`.
     pub fn is_closed(&self, start: i64, watermark: i64) -> bool {
-        start.saturating_add(self.window_ms).saturating_add(self.grace_ms) <= watermark
+        start
+            .saturating_add(self.window_ms)
+            .saturating_add(self.grace_ms)
+            <= watermark
     }
 }
 

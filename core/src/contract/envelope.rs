@@ -152,6 +152,9 @@ mod tests {
     fn key_falls_back_to_anonymous_id() {
         let json = r#"{"schema_version":1,"project_id":"p","event_id":"0192f0a4-8a40-7cc0-8000-000000000001",
             "event":"e","anonymous_id":"a1","timestamp":"2026-01-01T00:00:00Z","received_at":"2026-01-01T00:00:00Z"}"#;
-        assert_eq!(EventEnvelope::decode(json.as_bytes()).unwrap().kafka_key(), "p:a1");
+        assert_eq!(
+            EventEnvelope::decode(json.as_bytes()).unwrap().kafka_key(),
+            "p:a1"
+        );
     }
 }

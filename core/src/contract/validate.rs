@@ -82,22 +82,23 @@ pub struct ParsedBatch {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum BatchShape {
-    Wrapped {
-        batch: Vec<Box<RawValue>>,
-        #[serde(default, alias = "sentAt")]
-        sent_at: Option<String>,
-    },
-    Bare(Vec<Box<RawValue>>),
+struct WrappedBatch {
+    batch: Vec<Box<RawValue>>,
+    #[serde(default, alias = "sentAt")]
+    sent_at: Option<String>,
 }
 
 /// Parse a batch body: `{"batch": [...], "sent_at": "..."}` (`sentAt` also
 /// accepted) or a bare JSON array of events.
 pub fn parse_batch(body: &[u8], limits: &ContractLimits) -> Result<ParsedBatch, BatchError> {
-    let (events, sent_at) = match serde_json::from_slice::<BatchShape>(body)? {
-        BatchShape::Wrapped { batch, sent_at } => (batch, sent_at),
-        BatchShape::Bare(batch) => (batch, None),
+    // Raw values cannot go through serde's untagged enums, so look at the
+    // first byte to pick the shape.
+    let is_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let (events, sent_at) = if is_array {
+        (serde_json::from_slice::<Vec<Box<RawValue>>>(body)?, None)
+    } else {
+        let w: WrappedBatch = serde_json::from_slice(body)?;
+        (w.batch, w.sent_at)
     };
     if events.len() > limits.max_batch_events {
         return Err(BatchError::TooManyEvents {
@@ -183,7 +184,11 @@ pub fn normalize(
 
     let value = match object.remove("value") {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(n.as_f64().filter(|v| v.is_finite()).ok_or(Rejection::BadValue)?),
+        Some(Value::Number(n)) => Some(
+            n.as_f64()
+                .filter(|v| v.is_finite())
+                .ok_or(Rejection::BadValue)?,
+        ),
         Some(_) => return Err(Rejection::BadValue),
     };
 
@@ -217,7 +222,11 @@ pub fn normalize(
 }
 
 /// A string field, `None` when empty.
-fn bounded_string(value: Value, field: &'static str, limit: usize) -> Result<Option<String>, Rejection> {
+fn bounded_string(
+    value: Value,
+    field: &'static str,
+    limit: usize,
+) -> Result<Option<String>, Rejection> {
     let text = match value {
         Value::String(s) => s,
         // Numeric ids are common in the wild (Segment accepts them too).
@@ -250,7 +259,11 @@ fn optional_id(
     }
 }
 
-fn check_nested(map: &Map<String, Value>, depth: usize, limits: &ContractLimits) -> Result<(), Rejection> {
+fn check_nested(
+    map: &Map<String, Value>,
+    depth: usize,
+    limits: &ContractLimits,
+) -> Result<(), Rejection> {
     if depth > limits.max_property_depth {
         return Err(Rejection::TooDeep {
             limit: limits.max_property_depth,
@@ -273,7 +286,9 @@ fn check_value(value: &Value, depth: usize, limits: &ContractLimits) -> Result<(
                     limit: limits.max_property_depth,
                 });
             }
-            items.iter().try_for_each(|v| check_value(v, depth + 1, limits))
+            items
+                .iter()
+                .try_for_each(|v| check_value(v, depth + 1, limits))
         }
         _ => Ok(()),
     }
@@ -327,8 +342,14 @@ mod tests {
         .unwrap();
         assert_eq!(e.anonymous_id.as_deref(), Some("a"));
         assert_eq!(e.session_id.as_deref(), Some("s"));
-        assert_eq!(e.timestamp_millis(), now().timestamp_millis() - 3_600_000 + 250);
-        assert_eq!(e.event_id.to_string(), "0192f0a4-8a40-7cc0-8000-000000000001");
+        assert_eq!(
+            e.timestamp_millis(),
+            now().timestamp_millis() - 3_600_000 + 250
+        );
+        assert_eq!(
+            e.event_id.to_string(),
+            "0192f0a4-8a40-7cc0-8000-000000000001"
+        );
         assert_eq!(e.value, Some(12.5));
         assert_eq!(e.properties["path"], "/x");
     }
@@ -336,10 +357,16 @@ mod tests {
     #[test]
     fn sent_at_corrects_clock_skew() {
         // Client clock runs 10 minutes fast: sent_at says 12:10, we received at 12:00.
-        let raw = RawValue::from_string(r#"{"event":"e","user_id":"u","timestamp":"2026-11-25T12:05:00Z"}"#.into()).unwrap();
+        let raw = RawValue::from_string(
+            r#"{"event":"e","user_id":"u","timestamp":"2026-11-25T12:05:00Z"}"#.into(),
+        )
+        .unwrap();
         let sent = Utc.with_ymd_and_hms(2026, 11, 25, 12, 10, 0).unwrap();
         let e = normalize(&raw, "p", now(), Some(sent), &limits()).unwrap();
-        assert_eq!(e.timestamp, Utc.with_ymd_and_hms(2026, 11, 25, 11, 55, 0).unwrap());
+        assert_eq!(
+            e.timestamp,
+            Utc.with_ymd_and_hms(2026, 11, 25, 11, 55, 0).unwrap()
+        );
     }
 
     #[test]
@@ -391,29 +418,57 @@ mod tests {
     #[test]
     fn nesting_at_the_limit_is_accepted() {
         // properties itself is level 1; 8 levels in all.
-        let e = one(r#"{"event":"e","user_id":"u","properties":{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":1}}}}}}}}}"#);
+        let e = one(
+            r#"{"event":"e","user_id":"u","properties":{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":1}}}}}}}}}"#,
+        );
         assert!(e.is_ok(), "{e:?}");
     }
 
     #[test]
     fn numeric_user_ids_become_strings() {
-        assert_eq!(one(r#"{"event":"e","user_id":42}"#).unwrap().user_id.as_deref(), Some("42"));
+        assert_eq!(
+            one(r#"{"event":"e","user_id":42}"#)
+                .unwrap()
+                .user_id
+                .as_deref(),
+            Some("42")
+        );
     }
 
     #[test]
     fn batch_shapes_parse() {
-        let b = parse_batch(br#"{"batch":[{"event":"a"},{"event":"b"}],"sent_at":"2026-11-25T12:00:00Z"}"#, &limits()).unwrap();
+        let b = parse_batch(
+            br#"{"batch":[{"event":"a"},{"event":"b"}],"sent_at":"2026-11-25T12:00:00Z"}"#,
+            &limits(),
+        )
+        .unwrap();
         assert_eq!(b.events.len(), 2);
         assert_eq!(b.sent_at, Some(now()));
-        let b = parse_batch(br#"{"batch":[],"sentAt":"2026-11-25T12:00:00Z"}"#, &limits()).unwrap();
+        let b = parse_batch(
+            br#"{"batch":[],"sentAt":"2026-11-25T12:00:00Z"}"#,
+            &limits(),
+        )
+        .unwrap();
         assert_eq!(b.sent_at, Some(now()));
-        assert_eq!(parse_batch(br#"[{"event":"a"}]"#, &limits()).unwrap().events.len(), 1);
+        assert_eq!(
+            parse_batch(br#"[{"event":"a"}]"#, &limits())
+                .unwrap()
+                .events
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn batch_level_errors() {
-        assert!(matches!(parse_batch(b"{not json", &limits()), Err(BatchError::Malformed(_))));
-        assert!(matches!(parse_batch(br#"{"events":[]}"#, &limits()), Err(BatchError::Malformed(_))));
+        assert!(matches!(
+            parse_batch(b"{not json", &limits()),
+            Err(BatchError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_batch(br#"{"events":[]}"#, &limits()),
+            Err(BatchError::Malformed(_))
+        ));
         assert!(matches!(
             parse_batch(br#"{"batch":[],"sent_at":"soon"}"#, &limits()),
             Err(BatchError::BadSentAt(_))
@@ -421,14 +476,25 @@ mod tests {
         let many = format!("[{}]", vec!["{}"; 1001].join(","));
         assert!(matches!(
             parse_batch(many.as_bytes(), &limits()),
-            Err(BatchError::TooManyEvents { count: 1001, limit: 1000 })
+            Err(BatchError::TooManyEvents {
+                count: 1001,
+                limit: 1000
+            })
         ));
     }
 
     #[test]
     fn one_bad_event_does_not_spoil_the_batch() {
-        let b = parse_batch(br#"[{"event":"a","user_id":"u"},{"user_id":"u"},{"event":"c","anonymous_id":"x"}]"#, &limits()).unwrap();
-        let results: Vec<_> = b.events.iter().map(|r| normalize(r, "p", now(), b.sent_at, &limits())).collect();
+        let b = parse_batch(
+            br#"[{"event":"a","user_id":"u"},{"user_id":"u"},{"event":"c","anonymous_id":"x"}]"#,
+            &limits(),
+        )
+        .unwrap();
+        let results: Vec<_> = b
+            .events
+            .iter()
+            .map(|r| normalize(r, "p", now(), b.sent_at, &limits()))
+            .collect();
         assert!(results[0].is_ok());
         assert_eq!(results[1].as_ref().unwrap_err(), &Rejection::MissingEvent);
         assert!(results[2].is_ok());

@@ -1,0 +1,299 @@
+//! The aggregator's loop: one thread owns the consumer and every partition's
+//! windows. It reads records into the windowing core and, every flush
+//! interval, writes each partition's closed windows in one INSERT with the
+//! partition's checkpoint. Writes happen outside `poll`, so a revocation never
+//! races a flush; while ClickHouse is down the partitions are paused and the
+//! flush is retried with backoff (the consumer keeps polling, so it stays in
+//! the group and memory stays bounded).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::context::{AggregatorContext, Change};
+use crate::metrics::*;
+use crate::window::{EventRef, Ingested, PartitionWindows, WindowConfig};
+use hourglass_core::telemetry::Readiness;
+
+/// The fields of a record the aggregator reads, borrowed from its bytes.
+#[derive(Deserialize)]
+struct RecordView<'a> {
+    #[serde(borrow)]
+    project_id: Cow<'a, str>,
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(borrow, default)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    anonymous_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    timestamp: Cow<'a, str>,
+    #[serde(default)]
+    value: Option<f64>,
+    #[serde(borrow, default)]
+    properties: Option<&'a RawValue>,
+}
+
+pub struct Loop {
+    pub consumer: BaseConsumer<AggregatorContext>,
+    pub topic: String,
+    pub windows: Arc<WindowConfig>,
+    pub flush_interval: Duration,
+    pub shutdown: Arc<AtomicBool>,
+    pub readiness: Readiness,
+    pub partitions: BTreeMap<i32, PartitionWindows>,
+}
+
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Loop {
+    pub fn run(mut self) -> Result<(), KafkaError> {
+        self.consumer.subscribe(&[&self.topic])?;
+        let mut last_flush = Instant::now();
+        while !self.shutdown.load(Ordering::Relaxed) {
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => handle_record(&mut self.partitions, &self.windows, &message),
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if let Some(windows) = self.partitions.get_mut(&p) {
+                        windows.mark_caught_up(wall_ms());
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None => {}
+            }
+            self.apply_rebalances();
+            if last_flush.elapsed() >= self.flush_interval {
+                self.flush_all();
+                last_flush = Instant::now();
+            }
+        }
+        // Complete windows only: open ones are rebuilt from the checkpoint on the next start.
+        self.flush_all();
+        tracing::info!("aggregator stopped");
+        Ok(())
+    }
+}
+
+/// Feed one record into its partition's windows.
+fn handle_record(
+    partitions: &mut BTreeMap<i32, PartitionWindows>,
+    cfg: &WindowConfig,
+    message: &BorrowedMessage<'_>,
+) {
+    let p = message.partition();
+    let Some(windows) = partitions.get_mut(&p) else {
+        // Not (or no longer) ours: a record fetched before a rebalance.
+        return;
+    };
+    let offset = message.offset();
+    if offset < windows.next_offset() {
+        return;
+    }
+    let view = message
+        .payload()
+        .and_then(|bytes| serde_json::from_slice::<RecordView<'_>>(bytes).ok());
+    let Some(view) = view else {
+        metrics::counter!(EVENTS, "outcome" => "undecodable").increment(1);
+        return;
+    };
+    let Ok(ts) = chrono::DateTime::parse_from_rfc3339(&view.timestamp) else {
+        metrics::counter!(EVENTS, "outcome" => "undecodable").increment(1);
+        return;
+    };
+    let properties: Option<Map<String, Value>> = if cfg.dimensions.is_empty() {
+        None
+    } else {
+        view.properties
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+    };
+    let user = view
+        .user_id
+        .as_deref()
+        .or(view.anonymous_id.as_deref())
+        .unwrap_or_default();
+    let event = EventRef {
+        project_id: &view.project_id,
+        event: &view.event,
+        user,
+        timestamp_ms: ts.timestamp_millis(),
+        value: view.value,
+        properties: properties.as_ref(),
+    };
+    let clamped_before = windows.clamped_values;
+    let outcome = match windows.ingest(&event, offset, wall_ms()) {
+        Ingested::Added => "added",
+        Ingested::Overflow => "overflow",
+        Ingested::Late => "late",
+    };
+    metrics::counter!(EVENTS, "outcome" => outcome).increment(1);
+    if windows.clamped_values != clamped_before {
+        metrics::counter!(CLAMPED_VALUES).increment(1);
+    }
+}
+
+impl Loop {
+    /// Adopt the assignments and revocations the rebalance hook recorded.
+    fn apply_rebalances(&mut self) {
+        let changes = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .changes
+                .lock()
+                .expect("not poisoned"),
+        );
+        for change in changes {
+            match change {
+                Change::Assigned(parts) => {
+                    for (p, checkpoint) in parts {
+                        let start = checkpoint.map_or(0, |c| c.resume_offset);
+                        let windows = PartitionWindows::new(
+                            self.windows.clone(),
+                            start,
+                            checkpoint.map(|c| c.watermark_ms),
+                        );
+                        self.partitions.insert(p, windows);
+                    }
+                    self.readiness.set(true);
+                }
+                Change::Revoked(parts) => {
+                    for p in parts {
+                        self.partitions.remove(&p);
+                        metrics::gauge!(WATERMARK_LAG, "partition" => p.to_string()).set(0.0);
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush_all(&mut self) {
+        let now = wall_ms();
+        let (mut open_windows, mut open_keys) = (0, 0);
+        let ps: Vec<i32> = self.partitions.keys().copied().collect();
+        for p in ps {
+            if let Some(w) = self.partitions.get_mut(&p) {
+                w.tick(now);
+                if let Some(wm) = w.watermark_ms() {
+                    metrics::gauge!(WATERMARK_LAG, "partition" => p.to_string())
+                        .set((now - wm) as f64 / 1000.0);
+                }
+            }
+            self.flush_partition(p);
+            if let Some(w) = self.partitions.get(&p) {
+                open_windows += w.open_windows();
+                open_keys += w.open_keys();
+            }
+        }
+        metrics::gauge!(OPEN_WINDOWS).set(open_windows as f64);
+        metrics::gauge!(OPEN_KEYS).set(open_keys as f64);
+    }
+
+    fn flush_partition(&mut self, p: i32) {
+        let Some(closed) = self
+            .partitions
+            .get_mut(&p)
+            .and_then(PartitionWindows::take_closed)
+        else {
+            return;
+        };
+        let sink = self.consumer.context().sink.clone();
+        let runtime = self.consumer.context().runtime.clone();
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        let mut paused: Option<TopicPartitionList> = None;
+        let mut touched = BTreeSet::new();
+        loop {
+            let error = match runtime.block_on(sink.write(p, &closed)) {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            metrics::counter!(FLUSH_RETRIES).increment(1);
+            tracing::warn!(partition = p, error = %error, retry_in = ?delay, "flush failed; partitions paused");
+            self.readiness.set(false);
+            if paused.is_none()
+                && let Ok(assignment) = self.consumer.assignment()
+            {
+                let _ = self.consumer.pause(&assignment);
+                paused = Some(assignment);
+            }
+            // The request may have reached the server before failing.
+            if matches!(
+                runtime.block_on(sink.landed(p, closed.checkpoint)),
+                Ok(true)
+            ) {
+                break;
+            }
+            // Keep polling while paused so the group keeps us; a record that still
+            // arrives is not processed here, and its partition is re-read from our
+            // position once resumed.
+            let until = Instant::now() + delay;
+            while Instant::now() < until {
+                if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(50)) {
+                    touched.insert(m.partition());
+                }
+                if self.shutdown.load(Ordering::Relaxed)
+                    && started.elapsed() > Duration::from_secs(30)
+                {
+                    tracing::error!(
+                        partition = p,
+                        "giving up a flush at shutdown; it is redone from the checkpoint on the next start"
+                    );
+                    return;
+                }
+            }
+            self.apply_rebalances();
+            if !self.partitions.contains_key(&p) {
+                tracing::warn!(
+                    partition = p,
+                    "partition revoked during a failed flush; its new owner redoes it"
+                );
+                break;
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+        if let Some(assignment) = paused {
+            let _ = self.consumer.resume(&assignment);
+            for tp in touched {
+                if let Some(w) = self.partitions.get(&tp) {
+                    let _ = self.consumer.seek(
+                        &self.topic,
+                        tp,
+                        Offset::Offset(w.next_offset()),
+                        Duration::from_secs(5),
+                    );
+                }
+            }
+            self.readiness.set(true);
+        }
+        if !self.partitions.contains_key(&p) {
+            return;
+        }
+        metrics::histogram!(FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::counter!(FLUSH_ROWS).increment(closed.rows.len() as u64);
+        tracing::debug!(partition = p, rows = closed.rows.len(), windows = closed.windows, checkpoint = ?closed.checkpoint, "flushed");
+        // Only a hint for lag tools: the checkpoint in ClickHouse is what counts.
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(
+                &self.topic,
+                p,
+                Offset::Offset(closed.checkpoint.resume_offset),
+            )
+            .is_ok()
+        {
+            let _ = self.consumer.commit(&tpl, CommitMode::Async);
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! ClickHouse side of the aggregator: writing closed windows with their
+//! checkpoint, and reading checkpoints back.
+
+use clickhouse::{Client, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::window::{Checkpoint, ClosedWindows, RollupRow};
+
+/// A `rollup_5m` row as sent (RowBinary, column order of the INSERT).
+#[derive(Row, Serialize)]
+struct Rollup5mRecord<'a> {
+    window_start: u32,
+    project_id: &'a str,
+    event: &'a str,
+    dimensions: &'a str,
+    source_topic: &'a str,
+    source_partition: u16,
+    events: u64,
+    users: u64,
+    user_hashes: &'a [u64],
+    value_count: u64,
+    value_sum: f64,
+    value_min: f64,
+    value_max: f64,
+    p50: f64,
+    p90: f64,
+    p95: f64,
+    p99: f64,
+    hist_values: &'a [u64],
+    hist_counts: &'a [u64],
+    resume_offset: i64,
+    watermark_ms: i64,
+}
+
+#[derive(Row, Deserialize)]
+struct CheckpointRecord {
+    partition_id: u16,
+    resume_offset: i64,
+    watermark_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("writing {rows} rollup rows of partition {partition} failed: {source}")]
+    Write {
+        partition: i32,
+        rows: usize,
+        source: clickhouse::error::Error,
+    },
+    #[error("reading checkpoints of topic {topic} failed: {source}")]
+    ReadCheckpoints {
+        topic: String,
+        source: clickhouse::error::Error,
+    },
+}
+
+/// Writes rollups of one source topic.
+#[derive(Clone)]
+pub struct RollupSink {
+    client: Client,
+    topic: String,
+}
+
+impl RollupSink {
+    pub fn new(client: Client, topic: impl Into<String>) -> Self {
+        Self {
+            client,
+            topic: topic.into(),
+        }
+    }
+
+    /// One INSERT holding every closed window of one partition plus its
+    /// checkpoint (the progress view derives the checkpoint row from it).
+    pub async fn write(&self, partition: i32, closed: &ClosedWindows) -> Result<(), SinkError> {
+        let err = |source| SinkError::Write {
+            partition,
+            rows: closed.rows.len(),
+            source,
+        };
+        let mut insert = self
+            .client
+            .insert::<Rollup5mRecord<'_>>("rollup_5m")
+            .await
+            .map_err(err)?;
+        for row in &closed.rows {
+            insert
+                .write(&self.record(partition, row, closed.checkpoint))
+                .await
+                .map_err(err)?;
+        }
+        insert.end().await.map_err(err)
+    }
+
+    fn record<'a>(
+        &'a self,
+        partition: i32,
+        row: &'a RollupRow,
+        cp: Checkpoint,
+    ) -> Rollup5mRecord<'a> {
+        Rollup5mRecord {
+            window_start: (row.window_start_ms / 1000) as u32,
+            project_id: &row.project_id,
+            event: &row.event,
+            dimensions: &row.dimensions,
+            source_topic: &self.topic,
+            source_partition: partition as u16,
+            events: row.events,
+            users: row.users,
+            user_hashes: &row.user_hashes,
+            value_count: row.value_count,
+            value_sum: row.value_sum,
+            value_min: row.value_min,
+            value_max: row.value_max,
+            p50: row.p50,
+            p90: row.p90,
+            p95: row.p95,
+            p99: row.p99,
+            hist_values: &row.hist_values,
+            hist_counts: &row.hist_counts,
+            resume_offset: cp.resume_offset,
+            watermark_ms: cp.watermark_ms,
+        }
+    }
+
+    /// The latest checkpoint of every partition that has flushed, from the
+    /// small progress table (never a scan of `rollup_5m`).
+    pub async fn checkpoints(&self) -> Result<Vec<(i32, Checkpoint)>, SinkError> {
+        let rows: Vec<CheckpointRecord> = self
+            .client
+            .query(
+                "SELECT partition_id, max(checkpoint_offset) AS resume, max(checkpoint_watermark_ms) AS wm \
+                 FROM aggregator_progress WHERE topic = ? GROUP BY partition_id",
+            )
+            .bind(&self.topic)
+            .fetch_all()
+            .await
+            .map_err(|source| SinkError::ReadCheckpoints {
+                topic: self.topic.clone(),
+                source,
+            })?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    i32::from(r.partition_id),
+                    Checkpoint {
+                        resume_offset: r.resume_offset,
+                        watermark_ms: r.watermark_ms,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Whether a flush whose outcome is unknown (the request failed after it
+    /// may have reached the server) actually landed. Each flush of a
+    /// partition carries a strictly larger watermark than the one before.
+    pub async fn landed(&self, partition: i32, cp: Checkpoint) -> Result<bool, SinkError> {
+        Ok(self
+            .checkpoints()
+            .await?
+            .into_iter()
+            .any(|(p, stored)| p == partition && stored.watermark_ms >= cp.watermark_ms))
+    }
+}

@@ -1,0 +1,201 @@
+//! End to end: N pre-produced events on a topic → `hourglass aggregate` →
+//! every event counted in `rollup_5m`. Prints events/s from the broker to
+//! flushed rollups.
+//!
+//! By default it starts its own tansu broker with `memory://` storage on
+//! 127.0.0.1:19192 (the local stack's sqlite broker reads about 20k msg/s,
+//! which would measure the broker, not the aggregator); `--brokers` uses an
+//! existing one instead. ClickHouse is the local stack's.
+//!
+//! `cargo run --release -p hourglass-bench --bin aggregator_e2e -- --events 1000000`
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures::StreamExt;
+use hourglass_core::Config;
+use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use rdkafka::producer::FutureRecord;
+use serde_json::{Map, Value};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Use this broker instead of starting a memory:// tansu.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// The hourglass binary.
+    #[arg(long, default_value = "target/release/hourglass")]
+    hourglass: String,
+}
+
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_memory_broker(dir: &std::path::Path) -> Result<Broker> {
+    let url = "tcp://127.0.0.1:19192";
+    let child = Command::new("tansu")
+        .args([
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting tansu (run `hourglass stack up` once to install it)")?;
+    let started = Instant::now();
+    while std::net::TcpStream::connect("127.0.0.1:19192").is_err() {
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("tansu did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Broker(child))
+}
+
+fn events(n: usize) -> Vec<EventEnvelope> {
+    let names = ["page_view", "click", "signup", "api_call", "purchase"];
+    let mut rng = SmallRng::seed_from_u64(9);
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    (0..n)
+        .map(|i| {
+            let event = names[rng.random_range(0..names.len())];
+            let ts = t0 + chrono::Duration::milliseconds((i as i64 * 12 * 300_000) / n as i64);
+            let mut properties = Map::new();
+            properties.insert(
+                "path".into(),
+                Value::from(format!("/p/{}", rng.random_range(0..50))),
+            );
+            EventEnvelope {
+                schema_version: SCHEMA_VERSION,
+                project_id: "bench".into(),
+                event_id: uuid::Uuid::now_v7(),
+                event: event.into(),
+                user_id: Some(format!("user-{}", rng.random_range(0..10_000))),
+                anonymous_id: None,
+                session_id: None,
+                timestamp: ts,
+                received_at: ts,
+                value: (event == "api_call").then(|| rng.random::<f64>() * 500.0),
+                properties,
+            }
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let tmp = std::env::temp_dir().join(format!("hourglass-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let mut cfg = Config::default();
+    let _broker = match &args.brokers {
+        Some(b) => {
+            cfg.kafka.brokers = b.clone();
+            None
+        }
+        None => {
+            cfg.kafka.brokers = "127.0.0.1:19192".into();
+            Some(start_memory_broker(&tmp)?)
+        }
+    };
+    let name = format!("bench_agg_{}", std::process::id());
+    cfg.kafka.topic = name.clone();
+    cfg.clickhouse.database = name.clone();
+    hourglass_core::kafka::ensure_topics(&cfg.kafka, &[(name.as_str(), 8)]).await?;
+    hourglass_sql::migrate(&cfg.clickhouse).await?;
+
+    let all = events(args.events);
+    let producer = hourglass_core::kafka::producer(&cfg.kafka)?;
+    let started = Instant::now();
+    let producer_ref = &producer;
+    let topic = name.as_str();
+    futures::stream::iter(all.iter())
+        .map(|e| async move {
+            let key = e.kafka_key();
+            let payload = e.encode();
+            producer_ref
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(&payload),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|(e, _)| e)
+        })
+        .buffer_unordered(50_000)
+        .for_each(|r| async {
+            r.expect("delivered");
+        })
+        .await;
+    println!(
+        "produced {} events in {:.1} s ({:.0}/s)",
+        args.events,
+        started.elapsed().as_secs_f64(),
+        args.events as f64 / started.elapsed().as_secs_f64()
+    );
+
+    let ch = hourglass_core::clickhouse::client(&cfg.clickhouse);
+    let started = Instant::now();
+    let mut child = Command::new(&args.hourglass)
+        .arg("aggregate")
+        .env("HOURGLASS_KAFKA__BROKERS", &cfg.kafka.brokers)
+        .env("HOURGLASS_KAFKA__TOPIC", &name)
+        .env("HOURGLASS_CLICKHOUSE__DATABASE", &name)
+        .env("HOURGLASS_AGGREGATOR__GROUP_ID", &name)
+        .env("HOURGLASS_AGGREGATOR__HTTP_LISTEN", "127.0.0.1:0")
+        .env("HOURGLASS_AGGREGATOR__IDLE_TIMEOUT_SECS", "1")
+        .env("HOURGLASS_AGGREGATOR__FLUSH_INTERVAL_MS", "200")
+        .env("HOURGLASS_AGGREGATOR__DIMENSIONS", r#"["path"]"#)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .context("starting hourglass aggregate (build it with cargo build --release)")?;
+    // The last windows close on the idle timeout once everything is read;
+    // the time to first flush of the final window includes that second.
+    let mut done_at = None;
+    while started.elapsed() < Duration::from_secs(600) {
+        let flushed: u64 = ch
+            .query("SELECT sum(events) FROM rollup_5m")
+            .fetch_one()
+            .await
+            .unwrap_or(0);
+        if flushed >= args.events as u64 {
+            done_at = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = nix_term(&mut child);
+    let _ = ch.query(&format!("DROP DATABASE `{name}`")).execute().await;
+    let _ = hourglass_core::kafka::delete_topics(&cfg.kafka, &[&name]).await;
+    let elapsed = done_at.context("not every event was flushed within 10 minutes")?;
+    let secs = elapsed.as_secs_f64() - 1.0; // idle timeout that closes the last windows
+    println!(
+        "aggregated {} events from the broker to flushed rollup_5m rows in {:.2} s: {:.0} events/s (idle timeout excluded)",
+        args.events,
+        secs,
+        args.events as f64 / secs
+    );
+    Ok(())
+}
+
+fn nix_term(child: &mut Child) -> std::io::Result<()> {
+    Command::new("kill").arg(child.id().to_string()).status()?;
+    child.wait().map(|_| ())
+}

@@ -1,0 +1,47 @@
+# Shared by scripts/run and scripts/test.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hourglass/target}"
+export PATH="$HOME/.cargo/bin:$PATH"
+HOURGLASS="$CARGO_TARGET_DIR/release/hourglass"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# rdkafka builds librdkafka from source (bundled; Debian's 2.0.2 cannot talk to
+# tansu): it needs a C toolchain, make, perl and pkg-config.
+ensure_build_tools() {
+  local missing=()
+  for tool in cc make perl pkg-config; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+  done
+  if ((${#missing[@]})); then
+    step "installing build tools (${missing[*]})"
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q build-essential perl pkg-config
+  fi
+  command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup)" >&2; exit 1; }
+}
+
+build_hourglass() {
+  step "building hourglass (release; target dir $CARGO_TARGET_DIR)"
+  cargo build --release --bin hourglass
+}
+
+# Kill one server of the stack, bring the stack up again, check it answers.
+restart_check() {
+  local dir="${HOURGLASS_STACK_DIR:-.stack}"
+  local killed=0
+  for key in kafka clickhouse; do
+    if [ -f "$dir/$key/pid" ] && kill -0 "$(cat "$dir/$key/pid")" 2>/dev/null; then
+      kill -9 "$(cat "$dir/$key/pid")"
+      killed=$((killed + 1))
+      echo "killed $key (pid $(cat "$dir/$key/pid"))"
+    fi
+  done
+  if [ "$killed" = 0 ]; then
+    echo "the stack's servers were started by someone else; not killing them"
+    return
+  fi
+  sleep 1
+  "$HOURGLASS" stack up
+  "$HOURGLASS" stack status
+}

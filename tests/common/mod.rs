@@ -1,0 +1,155 @@
+//! Helpers shared by the end-to-end tests: each test gets its own ClickHouse
+//! database, topic and consumer group (random names), so tests run in
+//! parallel against one local stack (`hourglass stack up`, which the README's
+//! test command starts) and clean up after themselves.
+#![allow(dead_code)]
+
+pub mod generator;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hourglass_core::Config;
+use rand::Rng;
+
+pub fn hourglass_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hourglass")
+}
+
+/// A per-test configuration with unique names.
+pub struct TestEnv {
+    pub cfg: Config,
+    pub name: String,
+}
+
+impl TestEnv {
+    pub async fn new(label: &str) -> Self {
+        let suffix: u32 = rand::rng().random();
+        let name = format!("hgt_{label}_{suffix:08x}");
+        let mut cfg = Config::default();
+        cfg.clickhouse.database = name.clone();
+        cfg.kafka.topic = name.clone();
+        cfg.kafka.dlq_topic = format!("{name}.dlq");
+        cfg.aggregator.group_id = format!("{name}-agg");
+        let env = Self { cfg, name };
+        env.check_stack().await;
+        env
+    }
+
+    async fn check_stack(&self) {
+        let ok = reqwest::get(format!("{}/?query=SELECT%201", self.cfg.clickhouse.url))
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        assert!(
+            ok,
+            "ClickHouse does not answer at {}: start the local stack with `hourglass stack up` (scripts/test does)",
+            self.cfg.clickhouse.url
+        );
+    }
+
+    pub async fn migrate(&self) {
+        hourglass_sql::migrate(&self.cfg.clickhouse)
+            .await
+            .expect("migrate");
+    }
+
+    pub async fn create_topic(&self, partitions: i32) {
+        hourglass_core::kafka::ensure_topics(
+            &self.cfg.kafka,
+            &[(self.cfg.kafka.topic.as_str(), partitions)],
+        )
+        .await
+        .expect("create topic");
+    }
+
+    pub fn clickhouse(&self) -> clickhouse::Client {
+        hourglass_core::clickhouse::client(&self.cfg.clickhouse)
+    }
+
+    /// Environment that points an `hourglass` child process at this test's names.
+    pub fn child_env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "HOURGLASS_KAFKA__TOPIC".into(),
+                self.cfg.kafka.topic.clone(),
+            ),
+            (
+                "HOURGLASS_KAFKA__DLQ_TOPIC".into(),
+                self.cfg.kafka.dlq_topic.clone(),
+            ),
+            (
+                "HOURGLASS_CLICKHOUSE__DATABASE".into(),
+                self.cfg.clickhouse.database.clone(),
+            ),
+            (
+                "HOURGLASS_AGGREGATOR__GROUP_ID".into(),
+                self.cfg.aggregator.group_id.clone(),
+            ),
+            (
+                "HOURGLASS_AGGREGATOR__HTTP_LISTEN".into(),
+                "127.0.0.1:0".into(),
+            ),
+        ]
+    }
+
+    pub fn spawn(&self, args: &[&str], extra_env: &[(&str, String)]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join(format!("{}.log", self.name)))
+            .expect("log file");
+        Command::new(hourglass_bin())
+            .args(args)
+            .envs(self.child_env())
+            .envs(extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())))
+            .env("RUST_LOG", "warn,hourglass_aggregator=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn hourglass")
+    }
+
+    pub async fn teardown(&self) {
+        self.drop_database().await;
+        let _ =
+            hourglass_core::kafka::delete_topics(&self.cfg.kafka, &[&self.cfg.kafka.topic]).await;
+    }
+
+    pub async fn drop_database(&self) {
+        let _ = self
+            .clickhouse()
+            .query(&format!("DROP DATABASE IF EXISTS `{}`", self.name))
+            .execute()
+            .await;
+    }
+}
+
+/// Poll `check` until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub fn sigterm(child: &mut Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}
+
+pub fn sigkill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
