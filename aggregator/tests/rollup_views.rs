@@ -70,7 +70,7 @@ async fn hourly_and_daily_views_equal_the_merged_five_minute_rows() {
                 watermark_ms: T0 + 61 * MIN,
             },
         };
-        sink.write(partition as i32, &closed).await.expect("write");
+        sink.write(partition, &closed).await.expect("write");
     }
 
     for view in ["metrics_1h", "metrics_1d"] {
