@@ -67,6 +67,13 @@ impl Loop {
                 Some(Ok(message)) => handle_record(&mut self.partitions, &self.windows, &message),
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     if let Some(windows) = self.partitions.get_mut(&p) {
+                        if !windows.is_caught_up() {
+                            tracing::debug!(
+                                partition = p,
+                                offset = windows.next_offset(),
+                                "caught up"
+                            );
+                        }
                         windows.mark_caught_up(wall_ms());
                     }
                 }

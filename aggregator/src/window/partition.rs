@@ -92,6 +92,10 @@ impl PartitionWindows {
         (self.watermark != i64::MIN).then_some(self.watermark)
     }
 
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up
+    }
+
     pub fn next_offset(&self) -> i64 {
         self.next_offset
     }

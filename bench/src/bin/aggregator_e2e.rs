@@ -28,6 +28,9 @@ struct Args {
     /// Use this broker instead of starting a memory:// tansu.
     #[arg(long)]
     brokers: Option<String>,
+    /// The aggregator's flush interval.
+    #[arg(long, default_value_t = 1000)]
+    flush_interval_ms: u64,
     /// The hourglass binary.
     #[arg(long, default_value = "target/release/hourglass")]
     hourglass: String,
@@ -151,6 +154,30 @@ async fn main() -> Result<()> {
         args.events as f64 / started.elapsed().as_secs_f64()
     );
 
+    // The ceiling: a bare consumer with the same settings reading everything.
+    {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer =
+            hourglass_core::kafka::consumer_config(&cfg.kafka, &format!("{name}-ceiling"))
+                .create()?;
+        consumer.subscribe(&[&name])?;
+        let started = Instant::now();
+        let mut first = None;
+        let mut read = 0usize;
+        while read < args.events && started.elapsed() < Duration::from_secs(300) {
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+                first.get_or_insert_with(Instant::now);
+                read += 1;
+            }
+        }
+        let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+        println!(
+            "ceiling: a bare consumer read {read} records in {secs:.2} s after its first record ({:.0}/s); group join took {:.2} s",
+            read as f64 / secs,
+            started.elapsed().as_secs_f64() - secs
+        );
+    }
+
     let ch = hourglass_core::clickhouse::client(&cfg.clickhouse);
     let started = Instant::now();
     let mut child = Command::new(&args.hourglass)
@@ -161,9 +188,15 @@ async fn main() -> Result<()> {
         .env("HOURGLASS_AGGREGATOR__GROUP_ID", &name)
         .env("HOURGLASS_AGGREGATOR__HTTP_LISTEN", "127.0.0.1:0")
         .env("HOURGLASS_AGGREGATOR__IDLE_TIMEOUT_SECS", "1")
-        .env("HOURGLASS_AGGREGATOR__FLUSH_INTERVAL_MS", "200")
+        .env(
+            "HOURGLASS_AGGREGATOR__FLUSH_INTERVAL_MS",
+            args.flush_interval_ms.to_string(),
+        )
         .env("HOURGLASS_AGGREGATOR__DIMENSIONS", r#"["path"]"#)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .spawn()
         .context("starting hourglass aggregate (build it with cargo build --release)")?;
     // The last windows close on the idle timeout once everything is read;
@@ -181,6 +214,7 @@ async fn main() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let cpu = cpu_seconds(child.id());
     let _ = nix_term(&mut child);
     let _ = ch.query(&format!("DROP DATABASE `{name}`")).execute().await;
     let _ = hourglass_core::kafka::delete_topics(&cfg.kafka, &[&name]).await;
@@ -192,10 +226,27 @@ async fn main() -> Result<()> {
         secs,
         args.events as f64 / secs
     );
+    println!(
+        "aggregator CPU time: {cpu:.2} s ({:.0} events per CPU-second)",
+        args.events as f64 / cpu
+    );
     Ok(())
 }
 
 fn nix_term(child: &mut Child) -> std::io::Result<()> {
     Command::new("kill").arg(child.id().to_string()).status()?;
     child.wait().map(|_| ())
+}
+
+/// utime + stime of a process, in seconds (clock ticks of 10 ms).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
 }
