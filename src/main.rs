@@ -38,6 +38,8 @@ enum Command {
     },
     /// Run the speed layer: windows from Kafka into rollup_5m, exactly once.
     Aggregate,
+    /// Run the loader: raw events from Kafka into ClickHouse `events`, exactly once.
+    Load,
 }
 
 #[derive(Subcommand)]
@@ -83,6 +85,7 @@ async fn main() -> Result<()> {
             }
         }
         Command::Aggregate => hourglass_aggregator::run(cfg).await?,
+        Command::Load => hourglass_loader::run(cfg).await?,
     }
     Ok(())
 }

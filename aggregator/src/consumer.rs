@@ -20,10 +20,14 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::context::{AggregatorContext, Change};
 use crate::metrics::*;
 use crate::window::{EventRef, Ingested, PartitionWindows, WindowConfig};
+use hourglass_core::kafka::assign::{AssignAtPositions, Change};
 use hourglass_core::telemetry::Readiness;
+
+use crate::sink::RollupSink;
+
+pub type AggregatorContext = AssignAtPositions<RollupSink>;
 
 /// The fields of a record the aggregator reads, borrowed from its bytes.
 #[derive(Deserialize)]
@@ -153,14 +157,7 @@ fn handle_record(
 impl Loop {
     /// Adopt the assignments and revocations the rebalance hook recorded.
     fn apply_rebalances(&mut self) {
-        let changes = std::mem::take(
-            &mut *self
-                .consumer
-                .context()
-                .changes
-                .lock()
-                .expect("not poisoned"),
-        );
+        let changes = self.consumer.context().take_changes();
         for change in changes {
             match change {
                 Change::Assigned(parts) => {
@@ -215,7 +212,7 @@ impl Loop {
         else {
             return;
         };
-        let sink = self.consumer.context().sink.clone();
+        let sink = self.consumer.context().source.clone();
         let runtime = self.consumer.context().runtime.clone();
         let started = Instant::now();
         let mut delay = Duration::from_millis(100);

@@ -5,8 +5,8 @@
 //!   guard, histograms), no Kafka or ClickHouse types.
 //! - `consumer`: one thread owns the consumer and all partitions' windows,
 //!   feeds records into the core and flushes closed windows.
-//! - `context`: the rebalance hook, which assigns each partition at the
-//!   checkpoint read back from ClickHouse.
+//! - the rebalance hook is core's `AssignAtPositions`, which assigns each
+//!   partition at the checkpoint read back from ClickHouse.
 //! - [`sink`]: the INSERT into `rollup_5m` (whose progress view records the
 //!   checkpoint in the same request) and the checkpoint read.
 //!
@@ -18,7 +18,6 @@
 //! same order. Kafka commits are written too, only as a hint for lag tools.
 
 mod consumer;
-mod context;
 pub mod metrics;
 pub mod sink;
 pub mod window;
@@ -31,7 +30,6 @@ use std::time::Duration;
 use hourglass_core::Config;
 use hourglass_core::telemetry::{self, Readiness};
 
-use context::AggregatorContext;
 use sink::RollupSink;
 use window::WindowConfig;
 
@@ -90,20 +88,17 @@ pub async fn run(cfg: Config) -> Result<(), AggregatorError> {
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            telemetry::wait_for_signal().await;
             tracing::info!("shutting down: finishing the current flush");
             shutdown.store(true, Ordering::Relaxed);
         });
     }
 
-    let context = AggregatorContext {
-        sink: RollupSink::new(
-            hourglass_core::clickhouse::client(&cfg.clickhouse),
-            &cfg.kafka.topic,
-        ),
-        runtime: tokio::runtime::Handle::current(),
-        changes: Default::default(),
-    };
+    let context = consumer::AggregatorContext::new(
+        RollupSink::new(hourglass_core::clickhouse::client(&cfg.clickhouse), &cfg.kafka.topic),
+        tokio::runtime::Handle::current(),
+        metrics::CONSUMER_LAG,
+    );
     let consumer = hourglass_core::kafka::consumer_config(&cfg.kafka, &cfg.aggregator.group_id)
         .set("enable.partition.eof", "true")
         .set("statistics.interval.ms", "5000")
@@ -130,11 +125,3 @@ pub async fn run(cfg: Config) -> Result<(), AggregatorError> {
     Ok(result?)
 }
 
-async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}

@@ -163,3 +163,15 @@ impl RollupSink {
             .any(|(p, stored)| p == partition && stored.watermark_ms >= cp.watermark_ms))
     }
 }
+
+impl hourglass_core::kafka::assign::StartPositions for RollupSink {
+    type Position = Checkpoint;
+
+    async fn read(&self) -> Result<Vec<(i32, Checkpoint)>, String> {
+        self.checkpoints().await.map_err(|e| e.to_string())
+    }
+
+    fn next_offset(position: &Checkpoint) -> i64 {
+        position.resume_offset
+    }
+}

@@ -26,6 +26,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub contract: ContractLimits,
     pub aggregator: AggregatorConfig,
+    pub loader: LoaderConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +206,37 @@ impl Default for AggregatorConfig {
             histogram_max_value: 3_600_000.0,
             flush_interval_ms: 1_000,
             http_listen: "127.0.0.1:19102".into(),
+        }
+    }
+}
+
+/// The batch layer's loader: raw events into ClickHouse `events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoaderConfig {
+    /// Kafka consumer group.
+    pub group_id: String,
+    /// A batch is written when it holds this many rows...
+    pub batch_rows: usize,
+    /// ...or this many bytes of record values...
+    pub batch_bytes: usize,
+    /// ...or its first record is this old, whichever comes first.
+    pub batch_age_ms: u64,
+    /// Longest backoff between retries while ClickHouse is down, in milliseconds.
+    pub max_backoff_ms: u64,
+    /// Address of the health and metrics endpoint.
+    pub http_listen: String,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "hourglass-loader".into(),
+            batch_rows: 100_000,
+            batch_bytes: 64 * 1024 * 1024,
+            batch_age_ms: 1_000,
+            max_backoff_ms: 10_000,
+            http_listen: "127.0.0.1:19103".into(),
         }
     }
 }

@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "serving_views",
         sql: include_str!("../migrations/0004_serving_views.sql"),
     },
+    Migration {
+        version: 5,
+        name: "loader_progress",
+        sql: include_str!("../migrations/0005_loader_progress.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,8 @@
 //! Kafka client builders: every producer and consumer in Hourglass is made
 //! here, so delivery guarantees are decided in one place.
 
+pub mod assign;
+
 use std::time::Duration;
 
 use rdkafka::ClientConfig;

@@ -1,0 +1,148 @@
+//! A consumer context that assigns every partition *at* a position read from
+//! the component's durable sink (ClickHouse), never from Kafka's committed
+//! offsets, which are only a hint. Components own their offsets this way:
+//! the aggregator (checkpoints in `aggregator_progress`) and the loader
+//! (`loader_progress`).
+//!
+//! Assignment and revocation are recorded for the component's loop, which
+//! applies them after `poll` returns; its writes happen outside `poll`, so a
+//! revocation never races a write.
+
+use std::fmt::Debug;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+
+/// Where each partition resumes, as the durable sink knows it.
+pub trait StartPositions: Send + Sync + 'static {
+    type Position: Copy + Debug + Send;
+
+    /// Every partition that has a position; the others start at the beginning.
+    fn read(&self) -> impl Future<Output = Result<Vec<(i32, Self::Position)>, String>> + Send;
+
+    /// The next offset to read for a position.
+    fn next_offset(position: &Self::Position) -> i64;
+}
+
+#[derive(Debug)]
+pub enum Change<P> {
+    Assigned(Vec<(i32, Option<P>)>),
+    Revoked(Vec<i32>),
+}
+
+pub struct AssignAtPositions<S: StartPositions> {
+    pub source: S,
+    pub runtime: Handle,
+    changes: Mutex<Vec<Change<S::Position>>>,
+    /// Gauge set from librdkafka statistics, labelled by partition.
+    lag_gauge: &'static str,
+}
+
+impl<S: StartPositions> AssignAtPositions<S> {
+    pub fn new(source: S, runtime: Handle, lag_gauge: &'static str) -> Self {
+        Self {
+            source,
+            runtime,
+            changes: Mutex::new(Vec::new()),
+            lag_gauge,
+        }
+    }
+
+    /// Assignments and revocations since the last call, in order.
+    pub fn take_changes(&self) -> Vec<Change<S::Position>> {
+        std::mem::take(&mut *self.changes.lock().expect("not poisoned"))
+    }
+
+    /// Retried until the sink answers: starting anywhere else could count
+    /// records twice or skip them.
+    fn positions(&self) -> Vec<(i32, S::Position)> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.runtime.block_on(self.source.read()) {
+                Ok(p) => return p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read start positions; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+impl<S: StartPositions> ClientContext for AssignAtPositions<S> {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Reaching the end of a partition is how idleness is detected, not a fault.
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::trace!(%reason, "partition EOF");
+        } else {
+            tracing::error!(error = %error, %reason, "librdkafka error");
+        }
+    }
+
+    fn stats(&self, stats: Statistics) {
+        for topic in stats.topics.values() {
+            for (partition, p) in &topic.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!(self.lag_gauge, "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl<S: StartPositions> ConsumerContext for AssignAtPositions<S> {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let positions = self.positions();
+                let mut assigned = Vec::new();
+                for element in tpl.elements() {
+                    let p = element.partition();
+                    let found = positions.iter().find(|(q, _)| *q == p).map(|(_, pos)| *pos);
+                    assigned.push((element.topic().to_owned(), p, found));
+                }
+                for (topic, p, position) in &assigned {
+                    let offset = position
+                        .as_ref()
+                        .map_or(Offset::Beginning, |pos| Offset::Offset(S::next_offset(pos)));
+                    if let Err(e) = tpl.set_partition_offset(topic, *p, offset) {
+                        tracing::error!(partition = p, error = %e, "cannot set start offset");
+                    }
+                }
+                let assigned: Vec<(i32, Option<S::Position>)> =
+                    assigned.into_iter().map(|(_, p, pos)| (p, pos)).collect();
+                tracing::info!(?assigned, "partitions assigned at their durable positions");
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "assign failed");
+                }
+                self.changes
+                    .lock()
+                    .expect("not poisoned")
+                    .push(Change::Assigned(assigned));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?revoked, "partitions revoked");
+                self.changes
+                    .lock()
+                    .expect("not poisoned")
+                    .push(Change::Revoked(revoked));
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "unassign failed");
+                }
+            }
+            other => tracing::error!(error = ?other, "rebalance error"),
+        }
+    }
+}

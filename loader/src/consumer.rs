@@ -1,0 +1,279 @@
+//! The loader's loop: poll, batch, insert, repeat.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hourglass_core::Config;
+use hourglass_core::kafka::assign::{AssignAtPositions, Change};
+use hourglass_core::telemetry::Readiness;
+use rand::Rng;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::metrics::*;
+use crate::rows::{EventRow, Refusal, to_row};
+use crate::sink::EventSink;
+
+type LoaderConsumer = BaseConsumer<AssignAtPositions<EventSink>>;
+
+/// Sends records that can never be loaded to the dead-letter topic.
+struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    source_topic: String,
+    runtime: tokio::runtime::Handle,
+    max_backoff: Duration,
+}
+
+pub struct Loop {
+    consumer: LoaderConsumer,
+    dead_letters: DeadLetters,
+    topic: String,
+    batch_rows: usize,
+    batch_bytes: usize,
+    batch_age: Duration,
+    max_backoff: Duration,
+    shutdown: Arc<AtomicBool>,
+    readiness: Readiness,
+    /// Next offset to load, per assigned partition.
+    batch: Batch,
+}
+
+/// Rows waiting for the next INSERT, and where each partition continues.
+#[derive(Default)]
+struct Batch {
+    /// Next offset to load, per assigned partition.
+    next: BTreeMap<i32, i64>,
+    rows: Vec<EventRow>,
+    bytes: usize,
+    started: Option<Instant>,
+}
+
+impl Batch {
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.bytes = 0;
+        self.started = None;
+    }
+
+    /// Highest offset of each partition in the batch.
+    fn last_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut last = BTreeMap::new();
+        for r in &self.rows {
+            let e = last.entry(i32::from(r.kafka_partition)).or_insert(r.kafka_offset);
+            *e = (*e).max(r.kafka_offset);
+        }
+        last
+    }
+
+    fn take(&mut self, message: &BorrowedMessage<'_>, dead_letters: &DeadLetters) {
+        let p = message.partition();
+        let offset = message.offset();
+        match self.next.get(&p) {
+            Some(next) if offset >= *next => {}
+            // Not ours, or already loaded (fetched before a seek).
+            _ => return,
+        }
+        self.next.insert(p, offset + 1);
+        match to_row(message.payload(), p, offset) {
+            Ok(row) => {
+                self.bytes += message.payload_len();
+                self.rows.push(row);
+                self.started.get_or_insert_with(Instant::now);
+            }
+            Err(refusal) => dead_letters.send(message, &refusal),
+        }
+    }
+}
+
+impl Loop {
+    pub fn new(
+        consumer: LoaderConsumer,
+        dlq: FutureProducer,
+        cfg: &Config,
+        shutdown: Arc<AtomicBool>,
+        readiness: Readiness,
+    ) -> Self {
+        let dead_letters = DeadLetters {
+            producer: dlq,
+            topic: cfg.kafka.dlq_topic.clone(),
+            source_topic: cfg.kafka.topic.clone(),
+            runtime: consumer.context().runtime.clone(),
+            max_backoff: Duration::from_millis(cfg.loader.max_backoff_ms.max(100)),
+        };
+        Self {
+            consumer,
+            dead_letters,
+            topic: cfg.kafka.topic.clone(),
+            batch_rows: cfg.loader.batch_rows,
+            batch_bytes: cfg.loader.batch_bytes,
+            batch_age: Duration::from_millis(cfg.loader.batch_age_ms),
+            max_backoff: Duration::from_millis(cfg.loader.max_backoff_ms.max(100)),
+            shutdown,
+            readiness,
+            batch: Batch::default(),
+        }
+    }
+
+    pub fn run(mut self) -> Result<(), KafkaError> {
+        self.consumer.subscribe(&[&self.topic])?;
+        while !self.shutdown.load(Ordering::Relaxed) {
+            match self.consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(message)) => self.batch.take(&message, &self.dead_letters),
+                Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            }
+            self.apply_rebalances();
+            let due = self.batch.rows.len() >= self.batch_rows
+                || self.batch.bytes >= self.batch_bytes
+                || self.batch.started.is_some_and(|s| s.elapsed() >= self.batch_age);
+            if due {
+                self.flush();
+            }
+        }
+        self.flush();
+        tracing::info!("loader stopped");
+        Ok(())
+    }
+
+}
+
+impl DeadLetters {
+    /// Send a record that can never be loaded to the dead-letter topic,
+    /// waiting for the broker's ack so it is never lost.
+    fn send(&self, message: &BorrowedMessage<'_>, refusal: &Refusal) {
+        let reason = refusal.to_string();
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "hourglass-reason", value: Some(reason.as_str()) })
+            .insert(Header { key: "hourglass-source-topic", value: Some(self.source_topic.as_str()) })
+            .insert(Header { key: "hourglass-source-partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "hourglass-source-offset", value: Some(offset.as_str()) });
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let mut record = FutureRecord::to(&self.topic)
+                .payload(message.payload().unwrap_or_default())
+                .headers(headers.clone());
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            match self.runtime.block_on(self.producer.send(record, Duration::from_secs(30))) {
+                Ok(_) => break,
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "dead-letter produce failed; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(self.max_backoff);
+                }
+            }
+        }
+        tracing::warn!(partition = %partition, offset = %offset, %reason, "record sent to the dead-letter topic");
+        metrics::counter!(DEAD_LETTERS, "reason" => refusal.code()).increment(1);
+    }
+}
+
+impl Loop {
+
+    fn apply_rebalances(&mut self) {
+        for change in self.consumer.context().take_changes() {
+            match change {
+                Change::Assigned(parts) => {
+                    for (p, last) in parts {
+                        self.batch.next.insert(p, last.map_or(0, |o| o + 1));
+                    }
+                    self.readiness.set(true);
+                }
+                Change::Revoked(parts) => {
+                    // Rows of a revoked partition are its new owner's to load.
+                    let revoked: BTreeSet<i32> = parts.into_iter().collect();
+                    for p in &revoked {
+                        self.batch.next.remove(p);
+                    }
+                    self.batch
+                        .rows
+                        .retain(|r| !revoked.contains(&i32::from(r.kafka_partition)));
+                    if self.batch.rows.is_empty() {
+                        self.batch.clear();
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.batch.rows.is_empty() {
+            self.batch.clear();
+            return;
+        }
+        let sink = self.consumer.context().source.clone();
+        let runtime = self.consumer.context().runtime.clone();
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        let mut paused: Option<TopicPartitionList> = None;
+        let mut touched = BTreeSet::new();
+        let rows = self.batch.rows.len();
+        loop {
+            let error = match runtime.block_on(sink.insert(&self.batch.rows)) {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            metrics::counter!(RETRIES).increment(1);
+            self.readiness.set(false);
+            // An attempt may have landed before the connection failed.
+            let last = self.batch.last_offsets();
+            if let Ok(progress) = runtime.block_on(sink.progress())
+                && last.iter().all(|(p, o)| progress.get(p).is_some_and(|done| done >= o))
+            {
+                break;
+            }
+            let jitter = rand::rng().random_range(0..=delay.as_millis() as u64 / 2);
+            let wait = delay + Duration::from_millis(jitter);
+            tracing::warn!(rows, error = %error, retry_in = ?wait, "insert failed; partitions paused");
+            if paused.is_none()
+                && let Ok(assignment) = self.consumer.assignment()
+            {
+                let _ = self.consumer.pause(&assignment);
+                paused = Some(assignment);
+            }
+            // Poll while paused so the group keeps us; records that still
+            // arrive are re-read after resuming.
+            let until = Instant::now() + wait;
+            while Instant::now() < until {
+                if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(50)) {
+                    touched.insert(m.partition());
+                }
+            }
+            self.apply_rebalances();
+            if self.batch.rows.is_empty() {
+                break;
+            }
+            delay = (delay * 2).min(self.max_backoff);
+        }
+        if let Some(assignment) = paused {
+            let _ = self.consumer.resume(&assignment);
+            for p in touched {
+                if let Some(next) = self.batch.next.get(&p) {
+                    let _ = self.consumer.seek(&self.topic, p, Offset::Offset(*next), Duration::from_secs(5));
+                }
+            }
+            self.readiness.set(true);
+        }
+        let loaded = self.batch.rows.len();
+        let last = self.batch.last_offsets();
+        self.batch.clear();
+        metrics::counter!(ROWS).increment(loaded as u64);
+        metrics::histogram!(BATCH_ROWS).record(loaded as f64);
+        metrics::histogram!(BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        // Only a hint for lag tools: loader_progress is what counts.
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in last {
+            let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(o + 1));
+        }
+        let _ = self.consumer.commit(&tpl, CommitMode::Async);
+    }
+}

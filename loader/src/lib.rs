@@ -1,0 +1,84 @@
+//! The batch layer's loader: Kafka `events` → ClickHouse `events`, batched,
+//! exactly once in effect, with a dead-letter topic.
+//!
+//! One thread owns the consumer. Records become rows ([`rows`]) in a batch
+//! that is written in one INSERT when it reaches `batch_rows`, `batch_bytes`
+//! or `batch_age_ms`. The same INSERT feeds `loader_progress` (a materialized
+//! view: the highest offset loaded per partition), and every assignment
+//! starts each partition right after that offset, so a crash at any moment
+//! neither loses nor repeats a row. While ClickHouse is down the partitions
+//! are paused and the INSERT retried with exponential backoff and jitter; a
+//! failed attempt whose outcome is unknown is checked against the progress
+//! table first. Records that can never be loaded go to the dead-letter topic
+//! with the original bytes and the reason in headers.
+
+mod consumer;
+pub mod metrics;
+pub mod rows;
+pub mod sink;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hourglass_core::Config;
+use hourglass_core::kafka::assign::AssignAtPositions;
+use hourglass_core::telemetry::{self, Readiness};
+
+use sink::EventSink;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("invalid loader configuration: {0}")]
+    Config(String),
+    #[error("Kafka client failed: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("health endpoint failed: {0}")]
+    Http(#[from] std::io::Error),
+    #[error("loader thread panicked")]
+    Panicked,
+}
+
+/// Run the loader until SIGINT/SIGTERM; the current batch is finished first.
+pub async fn run(cfg: Config) -> Result<(), LoaderError> {
+    if cfg.loader.batch_rows == 0 || cfg.loader.batch_bytes == 0 {
+        return Err(LoaderError::Config("loader.batch_rows and batch_bytes must be > 0".into()));
+    }
+    metrics::describe();
+    let readiness = Readiness::default();
+    let addr = cfg
+        .loader
+        .http_listen
+        .parse()
+        .map_err(|e| LoaderError::Config(format!("loader.http_listen: {e}")))?;
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(telemetry::serve(addr, telemetry::health_router(readiness.clone()), async {
+        let _ = http_stopped.await;
+    }));
+    let shutdown = Arc::new(AtomicBool::new(false));
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            telemetry::wait_for_signal().await;
+            tracing::info!("shutting down: finishing the current batch");
+            shutdown.store(true, Ordering::Relaxed);
+        });
+    }
+    let context = AssignAtPositions::new(
+        EventSink::new(hourglass_core::clickhouse::client(&cfg.clickhouse)),
+        tokio::runtime::Handle::current(),
+        metrics::CONSUMER_LAG,
+    );
+    let consumer = hourglass_core::kafka::consumer_config(&cfg.kafka, &cfg.loader.group_id)
+        .set("partition.assignment.strategy", "range")
+        .set("max.poll.interval.ms", "30000")
+        .create_with_context(context)?;
+    let dlq = hourglass_core::kafka::producer(&cfg.kafka)?;
+    let main = consumer::Loop::new(consumer, dlq, &cfg, shutdown, readiness);
+    tracing::info!(topic = %cfg.kafka.topic, group = %cfg.loader.group_id, "loader starting");
+    let result = tokio::task::spawn_blocking(move || main.run())
+        .await
+        .map_err(|_| LoaderError::Panicked)?;
+    let _ = stop_http.send(());
+    let _ = http.await;
+    Ok(result?)
+}
