@@ -95,7 +95,10 @@ pub async fn run(cfg: Config) -> Result<(), AggregatorError> {
     }
 
     let context = consumer::AggregatorContext::new(
-        RollupSink::new(hourglass_core::clickhouse::client(&cfg.clickhouse), &cfg.kafka.topic),
+        RollupSink::new(
+            hourglass_core::clickhouse::client(&cfg.clickhouse),
+            &cfg.kafka.topic,
+        ),
         tokio::runtime::Handle::current(),
         metrics::CONSUMER_LAG,
     );
@@ -124,4 +127,3 @@ pub async fn run(cfg: Config) -> Result<(), AggregatorError> {
     let _ = http.await;
     Ok(result?)
 }
-

@@ -42,7 +42,11 @@ impl Config {
         if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("HOURGLASS_").split("__").ignore(&["config"]));
+        figment = figment.merge(
+            Env::prefixed("HOURGLASS_")
+                .split("__")
+                .ignore(&["config", "stack_dir"]),
+        );
         figment.extract().map_err(|e| ConfigError(Box::new(e)))
     }
 
@@ -264,6 +268,9 @@ mod tests {
             )?;
             jail.set_env("HOURGLASS_AGGREGATOR__GRACE_SECS", "7");
             jail.set_env("HOURGLASS_CLICKHOUSE__DATABASE", "envdb");
+            // Variables of the scripts, not of the config tree, are not keys.
+            jail.set_env("HOURGLASS_STACK_DIR", "/tmp/x");
+            jail.set_env("HOURGLASS_CONFIG", "h.toml");
             let c = Config::load(Some(Path::new("h.toml"))).unwrap();
             assert_eq!(c.kafka.topic, "from-file");
             assert_eq!(c.aggregator.grace_secs, 7, "environment wins over the file");

@@ -65,7 +65,9 @@ impl Batch {
     fn last_offsets(&self) -> BTreeMap<i32, i64> {
         let mut last = BTreeMap::new();
         for r in &self.rows {
-            let e = last.entry(i32::from(r.kafka_partition)).or_insert(r.kafka_offset);
+            let e = last
+                .entry(i32::from(r.kafka_partition))
+                .or_insert(r.kafka_offset);
             *e = (*e).max(r.kafka_offset);
         }
         last
@@ -131,7 +133,10 @@ impl Loop {
             self.apply_rebalances();
             let due = self.batch.rows.len() >= self.batch_rows
                 || self.batch.bytes >= self.batch_bytes
-                || self.batch.started.is_some_and(|s| s.elapsed() >= self.batch_age);
+                || self
+                    .batch
+                    .started
+                    .is_some_and(|s| s.elapsed() >= self.batch_age);
             if due {
                 self.flush();
             }
@@ -140,7 +145,6 @@ impl Loop {
         tracing::info!("loader stopped");
         Ok(())
     }
-
 }
 
 impl DeadLetters {
@@ -151,10 +155,22 @@ impl DeadLetters {
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "hourglass-reason", value: Some(reason.as_str()) })
-            .insert(Header { key: "hourglass-source-topic", value: Some(self.source_topic.as_str()) })
-            .insert(Header { key: "hourglass-source-partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "hourglass-source-offset", value: Some(offset.as_str()) });
+            .insert(Header {
+                key: "hourglass-reason",
+                value: Some(reason.as_str()),
+            })
+            .insert(Header {
+                key: "hourglass-source-topic",
+                value: Some(self.source_topic.as_str()),
+            })
+            .insert(Header {
+                key: "hourglass-source-partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "hourglass-source-offset",
+                value: Some(offset.as_str()),
+            });
         let mut delay = Duration::from_millis(100);
         loop {
             let mut record = FutureRecord::to(&self.topic)
@@ -163,7 +179,10 @@ impl DeadLetters {
             if let Some(key) = message.key() {
                 record = record.key(key);
             }
-            match self.runtime.block_on(self.producer.send(record, Duration::from_secs(30))) {
+            match self
+                .runtime
+                .block_on(self.producer.send(record, Duration::from_secs(30)))
+            {
                 Ok(_) => break,
                 Err((e, _)) => {
                     tracing::warn!(error = %e, "dead-letter produce failed; retrying");
@@ -178,7 +197,6 @@ impl DeadLetters {
 }
 
 impl Loop {
-
     fn apply_rebalances(&mut self) {
         for change in self.consumer.context().take_changes() {
             match change {
@@ -227,7 +245,9 @@ impl Loop {
             // An attempt may have landed before the connection failed.
             let last = self.batch.last_offsets();
             if let Ok(progress) = runtime.block_on(sink.progress())
-                && last.iter().all(|(p, o)| progress.get(p).is_some_and(|done| done >= o))
+                && last
+                    .iter()
+                    .all(|(p, o)| progress.get(p).is_some_and(|done| done >= o))
             {
                 break;
             }
@@ -258,7 +278,12 @@ impl Loop {
             let _ = self.consumer.resume(&assignment);
             for p in touched {
                 if let Some(next) = self.batch.next.get(&p) {
-                    let _ = self.consumer.seek(&self.topic, p, Offset::Offset(*next), Duration::from_secs(5));
+                    let _ = self.consumer.seek(
+                        &self.topic,
+                        p,
+                        Offset::Offset(*next),
+                        Duration::from_secs(5),
+                    );
                 }
             }
             self.readiness.set(true);

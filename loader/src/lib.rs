@@ -41,7 +41,9 @@ pub enum LoaderError {
 /// Run the loader until SIGINT/SIGTERM; the current batch is finished first.
 pub async fn run(cfg: Config) -> Result<(), LoaderError> {
     if cfg.loader.batch_rows == 0 || cfg.loader.batch_bytes == 0 {
-        return Err(LoaderError::Config("loader.batch_rows and batch_bytes must be > 0".into()));
+        return Err(LoaderError::Config(
+            "loader.batch_rows and batch_bytes must be > 0".into(),
+        ));
     }
     metrics::describe();
     let readiness = Readiness::default();
@@ -51,9 +53,13 @@ pub async fn run(cfg: Config) -> Result<(), LoaderError> {
         .parse()
         .map_err(|e| LoaderError::Config(format!("loader.http_listen: {e}")))?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(telemetry::serve(addr, telemetry::health_router(readiness.clone()), async {
-        let _ = http_stopped.await;
-    }));
+    let http = tokio::spawn(telemetry::serve(
+        addr,
+        telemetry::health_router(readiness.clone()),
+        async {
+            let _ = http_stopped.await;
+        },
+    ));
     let shutdown = Arc::new(AtomicBool::new(false));
     {
         let shutdown = shutdown.clone();

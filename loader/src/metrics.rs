@@ -13,6 +13,12 @@ pub fn describe() {
     describe_histogram!(BATCH_ROWS, "Rows per INSERT");
     describe_histogram!(BATCH_SECONDS, "Time to insert one batch, retries included");
     describe_counter!(RETRIES, "Failed INSERT attempts that were retried");
-    describe_counter!(DEAD_LETTERS, "Records sent to the dead-letter topic, by reason");
-    describe_gauge!(CONSUMER_LAG, "Messages behind the partition's high watermark");
+    describe_counter!(
+        DEAD_LETTERS,
+        "Records sent to the dead-letter topic, by reason"
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Messages behind the partition's high watermark"
+    );
 }

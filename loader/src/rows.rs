@@ -30,7 +30,9 @@ pub enum Refusal {
     Empty,
     #[error("{0}")]
     Undecodable(String),
-    #[error("{field} {value} is outside what a ClickHouse DateTime holds (1970-01-01 to 2106-02-07)")]
+    #[error(
+        "{field} {value} is outside what a ClickHouse DateTime holds (1970-01-01 to 2106-02-07)"
+    )]
     OutOfRange { field: &'static str, value: String },
 }
 
@@ -96,8 +98,14 @@ mod tests {
     #[test]
     fn poison_records_are_refused_with_a_reason() {
         assert_eq!(to_row(None, 0, 0).unwrap_err(), Refusal::Empty);
-        assert_eq!(to_row(Some(b"not json"), 0, 0).unwrap_err().code(), "undecodable");
+        assert_eq!(
+            to_row(Some(b"not json"), 0, 0).unwrap_err().code(),
+            "undecodable"
+        );
         let early = GOOD.replace("2026-01-01T00:00:00.250Z", "1969-12-31T23:59:59Z");
-        assert_eq!(to_row(Some(early.as_bytes()), 0, 0).unwrap_err().code(), "out_of_range");
+        assert_eq!(
+            to_row(Some(early.as_bytes()), 0, 0).unwrap_err().code(),
+            "out_of_range"
+        );
     }
 }

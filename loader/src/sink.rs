@@ -52,7 +52,12 @@ impl StartPositions for EventSink {
     type Position = i64;
 
     async fn read(&self) -> Result<Vec<(i32, i64)>, String> {
-        Ok(self.progress().await.map_err(|e| e.to_string())?.into_iter().collect())
+        Ok(self
+            .progress()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect())
     }
 
     fn next_offset(last_loaded: &i64) -> i64 {

@@ -11,12 +11,24 @@ fn native_port(http_port: u16) -> u16 {
     http_port.wrapping_add(877)
 }
 
-pub fn server(root: &Path, http_port: u16) -> Result<Server> {
+pub fn server(root: &Path, http_port: u16, write_configs: bool) -> Result<Server> {
     let dir = root.join("clickhouse");
+    let d = dir.display();
+    let server = Server {
+        name: "ClickHouse",
+        key: "clickhouse",
+        binary: "clickhouse-server",
+        install: Install::Apt(&["clickhouse-server", "clickhouse-client"]),
+        port: http_port,
+        args: vec![format!("--config-file={d}/config.xml")],
+        ready: Ready::HttpBody("/?query=SELECT%201", "1"),
+    };
+    if !write_configs {
+        return Ok(server);
+    }
     for sub in ["data", "tmp", "user_files", "format_schemas", "log"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
-    let d = dir.display();
     let config = format!(
         r#"<?xml version="1.0"?>
 <yandex>
@@ -63,13 +75,5 @@ pub fn server(root: &Path, http_port: u16) -> Result<Server> {
 "#;
     std::fs::write(dir.join("config.xml"), config)?;
     std::fs::write(dir.join("users.xml"), users)?;
-    Ok(Server {
-        name: "ClickHouse",
-        key: "clickhouse",
-        binary: "clickhouse-server",
-        install: Install::Apt(&["clickhouse-server", "clickhouse-client"]),
-        port: http_port,
-        args: vec![format!("--config-file={d}/config.xml")],
-        ready: Ready::HttpBody("/?query=SELECT%201", "1"),
-    })
+    Ok(server)
 }

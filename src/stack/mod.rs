@@ -24,7 +24,9 @@ pub fn default_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".stack"))
 }
 
-fn servers(cfg: &Config, dir: &Path) -> Result<Vec<Server>> {
+/// The servers of the stack; `write_configs` (only when starting) writes
+/// their generated config files.
+fn servers(cfg: &Config, dir: &Path, write_configs: bool) -> Result<Vec<Server>> {
     let kafka_port = port_of(&cfg.kafka.brokers).context("kafka.brokers has no port")?;
     let ch_port = port_of(&cfg.clickhouse.url).context("clickhouse.url has no port")?;
     let s3_port = port_of(&cfg.s3.endpoint).context("s3.endpoint has no port")?;
@@ -51,7 +53,7 @@ fn servers(cfg: &Config, dir: &Path) -> Result<Vec<Server>> {
             ],
             ready: process::Ready::Tcp,
         },
-        clickhouse_server::server(dir, ch_port)?,
+        clickhouse_server::server(dir, ch_port, write_configs)?,
         Server {
             name: "S3 (s3s-fs)",
             key: "s3",
@@ -83,7 +85,7 @@ pub async fn up(cfg: &Config, dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot create stack folder {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     std::fs::create_dir_all(dir.join("s3").join("data"))?;
-    for server in servers(cfg, &dir)? {
+    for server in servers(cfg, &dir, true)? {
         server.ensure_running(&dir).await?;
     }
     let topics = [
@@ -131,7 +133,7 @@ where
 
 /// Stop the servers this stack started (by recorded PID).
 pub fn down(cfg: &Config, dir: &Path) -> Result<()> {
-    for server in servers(cfg, dir)? {
+    for server in servers(cfg, dir, false)? {
         server.stop(dir)?;
     }
     Ok(())
@@ -140,7 +142,7 @@ pub fn down(cfg: &Config, dir: &Path) -> Result<()> {
 /// One line per server: answering or not, and who started it.
 pub async fn status(cfg: &Config, dir: &Path) -> Result<bool> {
     let mut all = true;
-    for server in servers(cfg, dir)? {
+    for server in servers(cfg, dir, false)? {
         let answering = server.answers().await;
         all &= answering;
         let owner = match server.recorded_pid(dir) {

@@ -102,7 +102,12 @@ impl<S: StartPositions> ClientContext for AssignAtPositions<S> {
 }
 
 impl<S: StartPositions> ConsumerContext for AssignAtPositions<S> {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let positions = self.positions();
