@@ -7,7 +7,7 @@
 //! the group and memory stays bounded).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 
 use crate::metrics::*;
 use crate::window::{EventRef, Ingested, PartitionWindows, WindowConfig};
-use hourglass_core::kafka::assign::{AssignAtPositions, Change};
+use hourglass_core::kafka::assign::{AssignAtPositions, Change, Paused};
 use hourglass_core::telemetry::Readiness;
 
 use crate::sink::RollupSink;
@@ -216,8 +216,7 @@ impl Loop {
         let runtime = self.consumer.context().runtime.clone();
         let started = Instant::now();
         let mut delay = Duration::from_millis(100);
-        let mut paused: Option<TopicPartitionList> = None;
-        let mut touched = BTreeSet::new();
+        let mut paused: Option<Paused> = None;
         loop {
             let error = match runtime.block_on(sink.write(p, &closed)) {
                 Ok(()) => break,
@@ -226,11 +225,8 @@ impl Loop {
             metrics::counter!(FLUSH_RETRIES).increment(1);
             tracing::warn!(partition = p, error = %error, retry_in = ?delay, "flush failed; partitions paused");
             self.readiness.set(false);
-            if paused.is_none()
-                && let Ok(assignment) = self.consumer.assignment()
-            {
-                let _ = self.consumer.pause(&assignment);
-                paused = Some(assignment);
+            if paused.is_none() {
+                paused = Paused::start(&self.consumer);
             }
             // The request may have reached the server before failing.
             if matches!(
@@ -242,20 +238,18 @@ impl Loop {
             // Keep polling while paused so the group keeps us; a record that still
             // arrives is not processed here, and its partition is re-read from our
             // position once resumed.
-            let until = Instant::now() + delay;
-            while Instant::now() < until {
-                if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(50)) {
-                    touched.insert(m.partition());
-                }
-                if self.shutdown.load(Ordering::Relaxed)
-                    && started.elapsed() > Duration::from_secs(30)
-                {
-                    tracing::error!(
-                        partition = p,
-                        "giving up a flush at shutdown; it is redone from the checkpoint on the next start"
-                    );
-                    return;
-                }
+            if let Some(paused) = paused.as_mut() {
+                paused.poll_for(&self.consumer, delay);
+            } else {
+                std::thread::sleep(delay);
+            }
+            if self.shutdown.load(Ordering::Relaxed) && started.elapsed() > Duration::from_secs(30)
+            {
+                tracing::error!(
+                    partition = p,
+                    "giving up a flush at shutdown; it is redone from the checkpoint on the next start"
+                );
+                return;
             }
             self.apply_rebalances();
             if !self.partitions.contains_key(&p) {
@@ -267,18 +261,11 @@ impl Loop {
             }
             delay = (delay * 2).min(Duration::from_secs(10));
         }
-        if let Some(assignment) = paused {
-            let _ = self.consumer.resume(&assignment);
-            for tp in touched {
-                if let Some(w) = self.partitions.get(&tp) {
-                    let _ = self.consumer.seek(
-                        &self.topic,
-                        tp,
-                        Offset::Offset(w.next_offset()),
-                        Duration::from_secs(5),
-                    );
-                }
-            }
+        if let Some(paused) = paused {
+            let partitions = &self.partitions;
+            paused.resume(&self.consumer, &self.topic, |p| {
+                partitions.get(&p).map(PartitionWindows::next_offset)
+            });
             self.readiness.set(true);
         }
         if !self.partitions.contains_key(&p) {

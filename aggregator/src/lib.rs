@@ -24,11 +24,10 @@ pub mod window;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hourglass_core::Config;
-use hourglass_core::telemetry::{self, Readiness};
+use hourglass_core::telemetry;
 
 use sink::RollupSink;
 use window::WindowConfig;
@@ -70,30 +69,8 @@ fn validate(cfg: &Config) -> Result<(), AggregatorError> {
 pub async fn run(cfg: Config) -> Result<(), AggregatorError> {
     validate(&cfg)?;
     metrics::describe();
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let readiness = Readiness::default();
-    let addr = cfg
-        .aggregator
-        .http_listen
-        .parse()
+    let service = telemetry::Service::start(&cfg.aggregator.http_listen)
         .map_err(|e| AggregatorError::Config(format!("aggregator.http_listen: {e}")))?;
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(telemetry::serve(
-        addr,
-        telemetry::health_router(readiness.clone()),
-        async {
-            let _ = http_stopped.await;
-        },
-    ));
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            telemetry::wait_for_signal().await;
-            tracing::info!("shutting down: finishing the current flush");
-            shutdown.store(true, Ordering::Relaxed);
-        });
-    }
-
     let context = consumer::AggregatorContext::new(
         RollupSink::new(
             hourglass_core::clickhouse::client(&cfg.clickhouse),
@@ -115,15 +92,14 @@ pub async fn run(cfg: Config) -> Result<(), AggregatorError> {
         topic: cfg.kafka.topic.clone(),
         windows: Arc::new(WindowConfig::from(&cfg.aggregator)),
         flush_interval: Duration::from_millis(cfg.aggregator.flush_interval_ms.max(10)),
-        shutdown,
-        readiness,
+        shutdown: service.shutdown.clone(),
+        readiness: service.readiness.clone(),
         partitions: BTreeMap::new(),
     };
     tracing::info!(topic = %cfg.kafka.topic, group = %cfg.aggregator.group_id, "aggregator starting");
     let result = tokio::task::spawn_blocking(move || main.run())
         .await
         .map_err(|_| AggregatorError::Panicked)?;
-    let _ = stop_http.send(());
-    let _ = http.await;
+    service.stop().await?;
     Ok(result?)
 }

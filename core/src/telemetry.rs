@@ -95,3 +95,43 @@ pub async fn wait_for_signal() {
         _ = term.recv() => {}
     }
 }
+
+/// What every long-running component starts with: the health and metrics
+/// endpoint, a readiness flag, and a shutdown flag set on SIGINT/SIGTERM.
+pub struct Service {
+    pub readiness: Readiness,
+    pub shutdown: Arc<AtomicBool>,
+    stop_http: tokio::sync::oneshot::Sender<()>,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Service {
+    /// Serve health on `listen` (an `ip:port`; port 0 picks one).
+    pub fn start(listen: &str) -> Result<Self, std::net::AddrParseError> {
+        let addr: SocketAddr = listen.parse()?;
+        let readiness = Readiness::default();
+        let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+        let http = tokio::spawn(serve(addr, health_router(readiness.clone()), async {
+            let _ = stopped.await;
+        }));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let flag = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: finishing the work in flight");
+            flag.store(true, Ordering::Relaxed);
+        });
+        Ok(Self {
+            readiness,
+            shutdown,
+            stop_http,
+            http,
+        })
+    }
+
+    /// Stop the health endpoint; returns its error if it failed.
+    pub async fn stop(self) -> std::io::Result<()> {
+        let _ = self.stop_http.send(());
+        self.http.await.unwrap_or(Ok(()))
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hourglass_core::Config;
-use hourglass_core::kafka::assign::{AssignAtPositions, Change};
+use hourglass_core::kafka::assign::{AssignAtPositions, Change, Paused};
 use hourglass_core::telemetry::Readiness;
 use rand::Rng;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -232,8 +232,7 @@ impl Loop {
         let runtime = self.consumer.context().runtime.clone();
         let started = Instant::now();
         let mut delay = Duration::from_millis(100);
-        let mut paused: Option<TopicPartitionList> = None;
-        let mut touched = BTreeSet::new();
+        let mut paused: Option<Paused> = None;
         let rows = self.batch.rows.len();
         loop {
             let error = match runtime.block_on(sink.insert(&self.batch.rows)) {
@@ -254,19 +253,12 @@ impl Loop {
             let jitter = rand::rng().random_range(0..=delay.as_millis() as u64 / 2);
             let wait = delay + Duration::from_millis(jitter);
             tracing::warn!(rows, error = %error, retry_in = ?wait, "insert failed; partitions paused");
-            if paused.is_none()
-                && let Ok(assignment) = self.consumer.assignment()
-            {
-                let _ = self.consumer.pause(&assignment);
-                paused = Some(assignment);
+            if paused.is_none() {
+                paused = Paused::start(&self.consumer);
             }
-            // Poll while paused so the group keeps us; records that still
-            // arrive are re-read after resuming.
-            let until = Instant::now() + wait;
-            while Instant::now() < until {
-                if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(50)) {
-                    touched.insert(m.partition());
-                }
+            match paused.as_mut() {
+                Some(paused) => paused.poll_for(&self.consumer, wait),
+                None => std::thread::sleep(wait),
             }
             self.apply_rebalances();
             if self.batch.rows.is_empty() {
@@ -274,18 +266,9 @@ impl Loop {
             }
             delay = (delay * 2).min(self.max_backoff);
         }
-        if let Some(assignment) = paused {
-            let _ = self.consumer.resume(&assignment);
-            for p in touched {
-                if let Some(next) = self.batch.next.get(&p) {
-                    let _ = self.consumer.seek(
-                        &self.topic,
-                        p,
-                        Offset::Offset(*next),
-                        Duration::from_secs(5),
-                    );
-                }
-            }
+        if let Some(paused) = paused {
+            let next = &self.batch.next;
+            paused.resume(&self.consumer, &self.topic, |p| next.get(&p).copied());
             self.readiness.set(true);
         }
         let loaded = self.batch.rows.len();

@@ -17,12 +17,9 @@ pub mod metrics;
 pub mod rows;
 pub mod sink;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use hourglass_core::Config;
 use hourglass_core::kafka::assign::AssignAtPositions;
-use hourglass_core::telemetry::{self, Readiness};
+use hourglass_core::telemetry;
 
 use sink::EventSink;
 
@@ -46,29 +43,8 @@ pub async fn run(cfg: Config) -> Result<(), LoaderError> {
         ));
     }
     metrics::describe();
-    let readiness = Readiness::default();
-    let addr = cfg
-        .loader
-        .http_listen
-        .parse()
+    let service = telemetry::Service::start(&cfg.loader.http_listen)
         .map_err(|e| LoaderError::Config(format!("loader.http_listen: {e}")))?;
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(telemetry::serve(
-        addr,
-        telemetry::health_router(readiness.clone()),
-        async {
-            let _ = http_stopped.await;
-        },
-    ));
-    let shutdown = Arc::new(AtomicBool::new(false));
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            telemetry::wait_for_signal().await;
-            tracing::info!("shutting down: finishing the current batch");
-            shutdown.store(true, Ordering::Relaxed);
-        });
-    }
     let context = AssignAtPositions::new(
         EventSink::new(hourglass_core::clickhouse::client(&cfg.clickhouse)),
         tokio::runtime::Handle::current(),
@@ -79,12 +55,17 @@ pub async fn run(cfg: Config) -> Result<(), LoaderError> {
         .set("max.poll.interval.ms", "30000")
         .create_with_context(context)?;
     let dlq = hourglass_core::kafka::producer(&cfg.kafka)?;
-    let main = consumer::Loop::new(consumer, dlq, &cfg, shutdown, readiness);
+    let main = consumer::Loop::new(
+        consumer,
+        dlq,
+        &cfg,
+        service.shutdown.clone(),
+        service.readiness.clone(),
+    );
     tracing::info!(topic = %cfg.kafka.topic, group = %cfg.loader.group_id, "loader starting");
     let result = tokio::task::spawn_blocking(move || main.run())
         .await
         .map_err(|_| LoaderError::Panicked)?;
-    let _ = stop_http.send(());
-    let _ = http.await;
+    service.stop().await?;
     Ok(result?)
 }

@@ -151,3 +151,50 @@ impl<S: StartPositions> ConsumerContext for AssignAtPositions<S> {
         }
     }
 }
+
+/// A consumer's whole assignment paused while a write is retried: the
+/// component keeps polling (so the group keeps it and rebalances are served)
+/// without taking records; partitions whose records still arrive are re-read
+/// from the component's own position after [`Paused::resume`].
+pub struct Paused {
+    assignment: TopicPartitionList,
+    touched: std::collections::BTreeSet<i32>,
+}
+
+impl Paused {
+    pub fn start<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<Self> {
+        let assignment = consumer.assignment().ok()?;
+        let _ = consumer.pause(&assignment);
+        Some(Self {
+            assignment,
+            touched: Default::default(),
+        })
+    }
+
+    /// Poll for `wait` without processing anything.
+    pub fn poll_for<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, wait: Duration) {
+        let until = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < until {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                use rdkafka::Message;
+                self.touched.insert(m.partition());
+            }
+        }
+    }
+
+    /// Resume, and seek every partition that delivered a record while paused
+    /// to `next_offset(partition)` (None: no longer ours).
+    pub fn resume<C: ConsumerContext>(
+        self,
+        consumer: &BaseConsumer<C>,
+        topic: &str,
+        next_offset: impl Fn(i32) -> Option<i64>,
+    ) {
+        let _ = consumer.resume(&self.assignment);
+        for p in self.touched {
+            if let Some(next) = next_offset(p) {
+                let _ = consumer.seek(topic, p, Offset::Offset(next), Duration::from_secs(5));
+            }
+        }
+    }
+}
