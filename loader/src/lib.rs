@@ -18,6 +18,7 @@ pub mod rows;
 pub mod sink;
 
 use hourglass_core::Config;
+use hourglass_core::clickhouse::ServerVersion;
 use hourglass_core::kafka::assign::AssignAtPositions;
 use hourglass_core::telemetry;
 
@@ -45,8 +46,17 @@ pub async fn run(cfg: Config) -> Result<(), LoaderError> {
     metrics::describe();
     let service = telemetry::Service::start(&cfg.loader.http_listen)
         .map_err(|e| LoaderError::Config(format!("loader.http_listen: {e}")))?;
+    let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
+    let mut sink = EventSink::new(client.clone());
+    match ServerVersion::query(&client).await {
+        Ok(v) if v.has_insert_dedup() => sink = sink.with_dedup_tokens(&cfg.kafka.topic),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask ClickHouse its version; inserting without deduplication tokens")
+        }
+    }
     let context = AssignAtPositions::new(
-        EventSink::new(hourglass_core::clickhouse::client(&cfg.clickhouse)),
+        sink,
         tokio::runtime::Handle::current(),
         metrics::CONSUMER_LAG,
     );
