@@ -273,7 +273,7 @@ impl Loop {
         }
         metrics::histogram!(FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(FLUSH_ROWS).increment(closed.rows.len() as u64);
-        tracing::debug!(partition = p, rows = closed.rows.len(), windows = closed.windows, checkpoint = ?closed.checkpoint, "flushed");
+        tracing::debug!(partition = p, rows = closed.rows.len(), windows = closed.windows, elapsed = ?started.elapsed(), checkpoint = ?closed.checkpoint, "flushed");
         // Only a hint for lag tools: the checkpoint in ClickHouse is what counts.
         let mut tpl = TopicPartitionList::new();
         if tpl
