@@ -203,7 +203,8 @@ async fn rollups_are_exact_with_and_without_crashes() {
         }
     };
 
-    let only = std::env::var("HG_AGG_SCENARIOS").unwrap_or_else(|_| "clean,kills,pair".into());
+    let only =
+        std::env::var("HG_AGG_SCENARIOS").unwrap_or_else(|_| "clean,kills,pair,outage".into());
 
     // 1. A clean run.
     if only.contains("clean") {
@@ -282,6 +283,37 @@ async fn rollups_are_exact_with_and_without_crashes() {
         sigterm(&mut b);
         assert_matches_truth(&env, &generated).await;
         env.drop_database().await;
+    }
+
+    // 4. ClickHouse stopped for 20 s mid-run: partitions pause, flushes are
+    // retried, and the numbers are still exact.
+    if only.contains("outage") {
+        match common::stack_pid("clickhouse") {
+            None => {
+                eprintln!("ClickHouse was not started by this stack: skipping the outage scenario")
+            }
+            Some(pid) => {
+                let env = scenario_env("outage").await;
+                let mut child = env.spawn(&["aggregate"], &aggregator_env());
+                wait_until(Duration::from_secs(120), "a first flush", || async {
+                    flushed_events(&env).await > 0
+                })
+                .await;
+                let before = flushed_events(&env).await;
+                common::stop_clickhouse(pid);
+                eprintln!("outage: ClickHouse stopped with {before} events flushed");
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                common::stack_up();
+                wait_all_flushed(&env, n as u64).await;
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "the aggregator kept running through the outage"
+                );
+                sigterm(&mut child);
+                assert_matches_truth(&env, &generated).await;
+                env.drop_database().await;
+            }
+        }
     }
 
     topic_env.teardown().await;

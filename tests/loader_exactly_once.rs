@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::generator;
@@ -65,17 +64,6 @@ async fn scenario(label: &str, topic: &str) -> TestEnv {
         .await
         .unwrap();
     env
-}
-
-fn stack_pid(key: &str) -> Option<i32> {
-    let dir = std::env::var_os("HOURGLASS_STACK_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".stack"));
-    std::fs::read_to_string(dir.join(key).join("pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +178,7 @@ async fn every_event_loads_exactly_once_through_kills_and_a_clickhouse_outage() 
     env.drop_database().await;
 
     // 3. ClickHouse stopped for 30 s mid-run; the loader recovers by itself.
-    match stack_pid("clickhouse") {
+    match common::stack_pid("clickhouse") {
         None => eprintln!("ClickHouse was not started by this stack: skipping the outage scenario"),
         Some(pid) => {
             let env = scenario("load_outage", &topic).await;
@@ -209,12 +197,7 @@ async fn every_event_loads_exactly_once_through_kills_and_a_clickhouse_outage() 
             .unwrap();
             eprintln!("outage: ClickHouse stopped with {before} rows loaded");
             tokio::time::sleep(Duration::from_secs(30)).await;
-            let status = std::process::Command::new(common::hourglass_bin())
-                .args(["stack", "up"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .unwrap();
-            assert!(status.success(), "stack up after the outage");
+            common::stack_up();
             wait_all_loaded(&env, n as u64).await;
             assert!(
                 child.try_wait().unwrap().is_none(),

@@ -153,3 +153,34 @@ pub fn sigkill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// PID of a local-stack server this stack started (None: someone else's).
+pub fn stack_pid(key: &str) -> Option<i32> {
+    let dir = std::env::var_os("HOURGLASS_STACK_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".stack"));
+    std::fs::read_to_string(dir.join(key).join("pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Stop ClickHouse (SIGTERM) and wait until it is gone.
+pub fn stop_clickhouse(pid: i32) {
+    let pid = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal ClickHouse");
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `hourglass stack up`, as an operator would after an outage.
+pub fn stack_up() {
+    let status = Command::new(hourglass_bin())
+        .args(["stack", "up"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run hourglass stack up");
+    assert!(status.success(), "stack up after the outage");
+}
