@@ -105,6 +105,24 @@ async fn hourly_and_daily_views_equal_the_merged_five_minute_rows() {
         );
     }
 
+    // A dashboard selects only what it plots: each column must work alone.
+    for view in ["metrics_5m", "metrics_1h", "metrics_1d"] {
+        for column in ["p95", "users", "value_avg", "events"] {
+            let alone: Vec<f64> = client
+                .query(&format!("SELECT toFloat64({column}) FROM {view}"))
+                .fetch_all()
+                .await
+                .unwrap_or_else(|e| panic!("SELECT {column} FROM {view}: {e}"));
+            assert!(!alone.is_empty(), "{view}.{column}");
+        }
+    }
+    let p95_alone: Vec<f64> = client
+        .query("SELECT p95 FROM metrics_1h")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(p95_alone, vec![whole.quantile(0.95)]);
+
     // metrics_5m: 12 rows, each the sum over the 4 source partitions.
     let per_window: Vec<(u64, u64)> = client
         .query("SELECT events, value_count FROM metrics_5m ORDER BY window_start")

@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "loader_progress",
         sql: include_str!("../migrations/0005_loader_progress.sql"),
     },
+    Migration {
+        version: 6,
+        name: "flat_serving_views",
+        sql: include_str!("../migrations/0006_flat_serving_views.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]
