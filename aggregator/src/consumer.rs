@@ -84,7 +84,7 @@ impl Loop {
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => {}
             }
-            self.apply_rebalances();
+            let _ = self.apply_rebalances();
             if last_flush.elapsed() >= self.flush_interval {
                 self.flush_all();
                 last_flush = Instant::now();
@@ -155,8 +155,10 @@ fn handle_record(
 }
 
 impl Loop {
-    /// Adopt the assignments and revocations the rebalance hook recorded.
-    fn apply_rebalances(&mut self) {
+    /// Adopt the assignments and revocations the rebalance hook recorded;
+    /// returns the partitions revoked (some may have been assigned back).
+    fn apply_rebalances(&mut self) -> Vec<i32> {
+        let mut revoked = Vec::new();
         let changes = self.consumer.context().take_changes();
         for change in changes {
             match change {
@@ -176,10 +178,12 @@ impl Loop {
                     for p in parts {
                         self.partitions.remove(&p);
                         metrics::gauge!(WATERMARK_LAG, "partition" => p.to_string()).set(0.0);
+                        revoked.push(p);
                     }
                 }
             }
         }
+        revoked
     }
 
     fn flush_all(&mut self) {
@@ -217,6 +221,7 @@ impl Loop {
         let started = Instant::now();
         let mut delay = Duration::from_millis(100);
         let mut paused: Option<Paused> = None;
+        let mut abandoned = false;
         loop {
             let error = match runtime.block_on(sink.write(p, &closed)) {
                 Ok(()) => break,
@@ -251,12 +256,16 @@ impl Loop {
                 );
                 return;
             }
-            self.apply_rebalances();
-            if !self.partitions.contains_key(&p) {
+            // Revoked, even if assigned straight back (an eager rebalance does
+            // both): the partition now restarts from the checkpoint read at
+            // assignment, which these windows are not in, so writing them
+            // later would count them twice.
+            if self.apply_rebalances().contains(&p) {
                 tracing::warn!(
                     partition = p,
-                    "partition revoked during a failed flush; its new owner redoes it"
+                    "partition revoked during a failed flush; it is redone from its checkpoint"
                 );
+                abandoned = true;
                 break;
             }
             delay = (delay * 2).min(Duration::from_secs(10));
@@ -268,7 +277,7 @@ impl Loop {
             });
             self.readiness.set(true);
         }
-        if !self.partitions.contains_key(&p) {
+        if abandoned {
             return;
         }
         metrics::histogram!(FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
