@@ -12,17 +12,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::metrics::*;
 use crate::window::{EventRef, Ingested, PartitionWindows, WindowConfig};
-use hourglass_core::kafka::assign::{AssignAtPositions, Change, Paused};
+use hourglass_core::kafka::assign::{AssignAtPositions, Change, Paused, commit_hint};
 use hourglass_core::telemetry::Readiness;
 
 use crate::sink::RollupSink;
@@ -48,6 +47,29 @@ struct RecordView<'a> {
     properties: Option<&'a RawValue>,
 }
 
+/// Counter handles registered once: looking a labelled counter up by name for
+/// every record would put a registry lookup on the hot path.
+pub struct EventCounters {
+    added: metrics::Counter,
+    overflow: metrics::Counter,
+    late: metrics::Counter,
+    undecodable: metrics::Counter,
+    clamped: metrics::Counter,
+}
+
+impl EventCounters {
+    /// Call after the metrics recorder is installed.
+    pub fn register() -> Self {
+        Self {
+            added: metrics::counter!(EVENTS, "outcome" => "added"),
+            overflow: metrics::counter!(EVENTS, "outcome" => "overflow"),
+            late: metrics::counter!(EVENTS, "outcome" => "late"),
+            undecodable: metrics::counter!(EVENTS, "outcome" => "undecodable"),
+            clamped: metrics::counter!(CLAMPED_VALUES),
+        }
+    }
+}
+
 pub struct Loop {
     pub consumer: BaseConsumer<AggregatorContext>,
     pub topic: String,
@@ -56,6 +78,7 @@ pub struct Loop {
     pub shutdown: Arc<AtomicBool>,
     pub readiness: Readiness,
     pub partitions: BTreeMap<i32, PartitionWindows>,
+    pub counters: EventCounters,
 }
 
 fn wall_ms() -> i64 {
@@ -68,7 +91,12 @@ impl Loop {
         let mut last_flush = Instant::now();
         while !self.shutdown.load(Ordering::Relaxed) {
             match self.consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(message)) => handle_record(&mut self.partitions, &self.windows, &message),
+                Some(Ok(message)) => handle_record(
+                    &mut self.partitions,
+                    &self.windows,
+                    &self.counters,
+                    &message,
+                ),
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     if let Some(windows) = self.partitions.get_mut(&p) {
                         if !windows.is_caught_up() {
@@ -101,6 +129,7 @@ impl Loop {
 fn handle_record(
     partitions: &mut BTreeMap<i32, PartitionWindows>,
     cfg: &WindowConfig,
+    counters: &EventCounters,
     message: &BorrowedMessage<'_>,
 ) {
     let p = message.partition();
@@ -116,11 +145,11 @@ fn handle_record(
         .payload()
         .and_then(|bytes| serde_json::from_slice::<RecordView<'_>>(bytes).ok());
     let Some(view) = view else {
-        metrics::counter!(EVENTS, "outcome" => "undecodable").increment(1);
+        counters.undecodable.increment(1);
         return;
     };
     let Ok(ts) = chrono::DateTime::parse_from_rfc3339(&view.timestamp) else {
-        metrics::counter!(EVENTS, "outcome" => "undecodable").increment(1);
+        counters.undecodable.increment(1);
         return;
     };
     let properties: Option<Map<String, Value>> = if cfg.dimensions.is_empty() {
@@ -143,14 +172,13 @@ fn handle_record(
         properties: properties.as_ref(),
     };
     let clamped_before = windows.clamped_values;
-    let outcome = match windows.ingest(&event, offset, wall_ms()) {
-        Ingested::Added => "added",
-        Ingested::Overflow => "overflow",
-        Ingested::Late => "late",
-    };
-    metrics::counter!(EVENTS, "outcome" => outcome).increment(1);
+    match windows.ingest(&event, offset, wall_ms()) {
+        Ingested::Added => counters.added.increment(1),
+        Ingested::Overflow => counters.overflow.increment(1),
+        Ingested::Late => counters.late.increment(1),
+    }
     if windows.clamped_values != clamped_before {
-        metrics::counter!(CLAMPED_VALUES).increment(1);
+        counters.clamped.increment(1);
     }
 }
 
@@ -284,16 +312,10 @@ impl Loop {
         metrics::counter!(FLUSH_ROWS).increment(closed.rows.len() as u64);
         tracing::debug!(partition = p, rows = closed.rows.len(), windows = closed.windows, elapsed = ?started.elapsed(), checkpoint = ?closed.checkpoint, "flushed");
         // Only a hint for lag tools: the checkpoint in ClickHouse is what counts.
-        let mut tpl = TopicPartitionList::new();
-        if tpl
-            .add_partition_offset(
-                &self.topic,
-                p,
-                Offset::Offset(closed.checkpoint.resume_offset),
-            )
-            .is_ok()
-        {
-            let _ = self.consumer.commit(&tpl, CommitMode::Async);
-        }
+        commit_hint(
+            &self.consumer,
+            &self.topic,
+            [(p, closed.checkpoint.resume_offset)],
+        );
     }
 }

@@ -68,9 +68,10 @@ fn validate(cfg: &Config) -> Result<(), AggregatorError> {
 /// Run the aggregator until SIGINT/SIGTERM.
 pub async fn run(cfg: Config) -> Result<(), AggregatorError> {
     validate(&cfg)?;
-    metrics::describe();
     let service = telemetry::Service::start(&cfg.aggregator.http_listen)
         .map_err(|e| AggregatorError::Config(format!("aggregator.http_listen: {e}")))?;
+    // After the recorder exists (Service installs it), or the descriptions are lost.
+    metrics::describe();
     let context = consumer::AggregatorContext::new(
         RollupSink::new(
             hourglass_core::clickhouse::client(&cfg.clickhouse),
@@ -95,6 +96,7 @@ pub async fn run(cfg: Config) -> Result<(), AggregatorError> {
         shutdown: service.shutdown.clone(),
         readiness: service.readiness.clone(),
         partitions: BTreeMap::new(),
+        counters: consumer::EventCounters::register(),
     };
     tracing::info!(topic = %cfg.kafka.topic, group = %cfg.aggregator.group_id, "aggregator starting");
     let result = tokio::task::spawn_blocking(move || main.run())

@@ -6,14 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hourglass_core::Config;
-use hourglass_core::kafka::assign::{AssignAtPositions, Change, Paused};
+use hourglass_core::kafka::assign::{AssignAtPositions, Change, Paused, commit_hint};
 use hourglass_core::telemetry::Readiness;
 use rand::Rng;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::metrics::*;
 use crate::rows::{EventRow, Refusal, to_row};
@@ -278,10 +277,10 @@ impl Loop {
         metrics::histogram!(BATCH_ROWS).record(loaded as f64);
         metrics::histogram!(BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         // Only a hint for lag tools: loader_progress is what counts.
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in last {
-            let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(o + 1));
-        }
-        let _ = self.consumer.commit(&tpl, CommitMode::Async);
+        commit_hint(
+            &self.consumer,
+            &self.topic,
+            last.into_iter().map(|(p, o)| (p, o + 1)),
+        );
     }
 }

@@ -43,9 +43,10 @@ pub async fn run(cfg: Config) -> Result<(), LoaderError> {
             "loader.batch_rows and batch_bytes must be > 0".into(),
         ));
     }
-    metrics::describe();
     let service = telemetry::Service::start(&cfg.loader.http_listen)
         .map_err(|e| LoaderError::Config(format!("loader.http_listen: {e}")))?;
+    // After the recorder exists (Service installs it), or the descriptions are lost.
+    metrics::describe();
     let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
     let mut sink = EventSink::new(client.clone());
     match ServerVersion::query(&client).await {

@@ -33,6 +33,19 @@ struct Decoded {
     properties: Map<String, Value>,
 }
 
+impl Decoded {
+    fn as_event(&self) -> EventRef<'_> {
+        EventRef {
+            project_id: "proj",
+            event: self.event,
+            user: &self.user,
+            timestamp_ms: self.ts,
+            value: self.value,
+            properties: Some(&self.properties),
+        }
+    }
+}
+
 fn make(n: usize, users: usize) -> Vec<Decoded> {
     let names = ["page_view", "click", "signup", "api_call", "purchase"];
     let mut rng = SmallRng::seed_from_u64(1);
@@ -69,27 +82,18 @@ fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-/// Feed everything through one partition's windows; returns events/s and the
-/// RSS grown while the windows were open (input excluded).
-fn run(events: &[Decoded], dims: bool) -> (f64, u64, usize) {
+/// Feed everything through one partition's windows; returns events/s and
+/// the rows the closed windows made.
+fn run(events: &[Decoded], dims: bool) -> (f64, usize) {
     let cfg = Arc::new(WindowConfig {
         dimensions: if dims { vec!["path".into()] } else { vec![] },
         ..WindowConfig::default()
     });
     let mut p = PartitionWindows::new(cfg, 0, None);
-    let before = peak_rss_kb();
     let started = Instant::now();
     let mut rows = 0;
     for (i, e) in events.iter().enumerate() {
-        let ev = EventRef {
-            project_id: "proj",
-            event: e.event,
-            user: &e.user,
-            timestamp_ms: e.ts,
-            value: e.value,
-            properties: Some(&e.properties),
-        };
-        p.ingest(&ev, i as i64, 0);
+        p.ingest(&e.as_event(), i as i64, 0);
         if i % 100_000 == 0
             && let Some(c) = p.take_closed()
         {
@@ -100,11 +104,7 @@ fn run(events: &[Decoded], dims: bool) -> (f64, u64, usize) {
     p.tick(i64::MAX / 2);
     rows += p.take_closed().map_or(0, |c| c.rows.len());
     let secs = started.elapsed().as_secs_f64();
-    (
-        events.len() as f64 / secs,
-        peak_rss_kb().saturating_sub(before),
-        rows,
-    )
+    (events.len() as f64 / secs, rows)
 }
 
 fn main() {
@@ -129,15 +129,7 @@ fn main() {
                     + (e.ts - 1_767_225_600_000) / args.events.div_ceil(chunk) as i64;
             }
             for (i, e) in events.iter().enumerate() {
-                let ev = EventRef {
-                    project_id: "proj",
-                    event: e.event,
-                    user: &e.user,
-                    timestamp_ms: e.ts,
-                    value: e.value,
-                    properties: Some(&e.properties),
-                };
-                p.ingest(&ev, (c * chunk + i) as i64, 0);
+                p.ingest(&e.as_event(), (c * chunk + i) as i64, 0);
             }
             rows += p.take_closed().map_or(0, |c| c.rows.len());
         }
@@ -158,7 +150,7 @@ fn main() {
     );
     for dims in [false, true] {
         let events = make(args.events, args.users);
-        let (rate, _, rows) = run(&events, dims);
+        let (rate, rows) = run(&events, dims);
         println!(
             "  dimensions={:<5} {:>10} events: {:>12.0} events/s, {rows} rows",
             dims,

@@ -198,3 +198,19 @@ impl Paused {
         }
     }
 }
+
+/// Commit `next offset` per partition asynchronously, only as a hint for lag
+/// tools: components resume from their durable positions, never from this.
+pub fn commit_hint<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    next_offsets: impl IntoIterator<Item = (i32, i64)>,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for (p, next) in next_offsets {
+        let _ = tpl.add_partition_offset(topic, p, Offset::Offset(next));
+    }
+    if tpl.count() > 0 {
+        let _ = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async);
+    }
+}

@@ -80,9 +80,8 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
-                    tracing::error!(%topic, ?code, "could not create topic");
-                });
+                tracing::error!(%topic, ?code, "could not create topic");
+                return Err(KafkaError::AdminOp(code));
             }
         }
     }
