@@ -45,3 +45,22 @@ restart_check() {
   "$HOURGLASS" stack up
   "$HOURGLASS" stack status
 }
+
+# Python tools the tests drive: the official Segment SDK (ingest must work with
+# it unchanged) and pyarrow/duckdb (the lake must be readable by them). They
+# live in a venv outside the clone, reused across clones.
+export HOURGLASS_PYTHON="${HOURGLASS_PYTHON:-$HOME/.cache/hourglass/venv/bin/python}"
+ensure_python_tools() {
+  local venv; venv="$(dirname "$(dirname "$HOURGLASS_PYTHON")")"
+  if "$HOURGLASS_PYTHON" -c 'import segment.analytics, pyarrow, duckdb' 2>/dev/null; then
+    return
+  fi
+  step "installing Python test tools into $venv"
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q python3 python3-venv
+  fi
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check segment-analytics-python pyarrow duckdb
+}

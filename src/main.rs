@@ -36,10 +36,29 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Serve the HTTP ingest API: batches validated and published to Kafka.
+    Ingest,
+    /// Write keys for ingest.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Run the speed layer: windows from Kafka into rollup_5m, exactly once.
     Aggregate,
     /// Run the loader: raw events from Kafka into ClickHouse `events`, exactly once.
     Load,
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Print a new random write key and the config entry holding its hash.
+    New {
+        /// Project the key writes to.
+        #[arg(long, default_value = "default")]
+        project: String,
+    },
+    /// Print the SHA-256 of an existing key (for the config).
+    Hash { key: String },
 }
 
 #[derive(Subcommand)]
@@ -84,6 +103,17 @@ async fn main() -> Result<()> {
                 }
             }
         }
+        Command::Ingest => hourglass_ingest::run(cfg).await?,
+        Command::Keys { action } => match action {
+            KeysAction::New { project } => {
+                let (key, hash) = hourglass_ingest::keys::new_key();
+                println!("write key (give it to the app; it is not stored anywhere): {key}");
+                println!();
+                println!("config entry:");
+                println!("[[ingest.keys]]\nproject_id = {project:?}\nsha256 = \"{hash}\"");
+            }
+            KeysAction::Hash { key } => println!("{}", hourglass_ingest::keys::hash_key(&key)),
+        },
         Command::Aggregate => hourglass_aggregator::run(cfg).await?,
         Command::Load => hourglass_loader::run(cfg).await?,
     }

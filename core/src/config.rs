@@ -25,6 +25,7 @@ pub struct Config {
     pub s3: S3Config,
     pub telemetry: TelemetryConfig,
     pub contract: ContractLimits,
+    pub ingest: IngestConfig,
     pub aggregator: AggregatorConfig,
     pub loader: LoaderConfig,
 }
@@ -42,10 +43,13 @@ impl Config {
         if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
             figment = figment.merge(Toml::file_exact(path));
         }
+        // Every key lives in a section, so only `HOURGLASS_<SECTION>__<KEY>`
+        // names are config; the scripts' own variables (HOURGLASS_CONFIG,
+        // HOURGLASS_STACK_DIR, HOURGLASS_PYTHON) are not.
         figment = figment.merge(
             Env::prefixed("HOURGLASS_")
-                .split("__")
-                .ignore(&["config", "stack_dir"]),
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
         );
         figment.extract().map_err(|e| ConfigError(Box::new(e)))
     }
@@ -168,6 +172,74 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// One project's write key, stored as the SHA-256 of the key (hex): a leaked
+/// config file does not leak keys. `hourglass keys new` makes a key and its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteKey {
+    /// Project whose events this key may send; becomes every event's `project_id`.
+    pub project_id: String,
+    /// Lower-case hex SHA-256 of the key.
+    pub sha256: String,
+}
+
+/// The HTTP ingest service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Address the API, health and metrics endpoints listen on.
+    pub listen: String,
+    /// Write keys, one per project (more than one per project rotates keys).
+    pub keys: Vec<WriteKey>,
+    /// Optional file of more keys, one `project_id sha256` pair per line (`#`
+    /// comments): how a Kubernetes Secret is mounted.
+    pub keys_file: String,
+    /// Largest request body as sent (compressed or not), in bytes.
+    pub max_body_bytes: usize,
+    /// Largest body after decompression; a body that inflates past it is refused
+    /// while it is being decompressed, never expanded in full.
+    pub max_decoded_bytes: usize,
+    /// Events per second each write key may send (token bucket); 0 turns the limit off.
+    pub rate_limit_events_per_sec: u32,
+    /// Bucket size: how many events a key may send at once after a quiet spell.
+    pub rate_limit_burst: u32,
+    /// Origins allowed by CORS (`*` for any), for browsers and `sendBeacon`.
+    pub cors_origins: Vec<String>,
+    /// Requests handled at once; past this the service answers 503 at once
+    /// instead of queueing without bound.
+    pub max_in_flight_requests: usize,
+    /// Events waiting in the producer for the broker's acknowledgement; when
+    /// full, requests get 503 with Retry-After.
+    pub producer_queue_events: u32,
+    /// How long the producer keeps trying to deliver an event before the
+    /// request fails with 503, in milliseconds.
+    pub delivery_timeout_ms: u64,
+    /// Producer linger: how long records wait to fill a batch, in milliseconds.
+    pub linger_ms: u32,
+    /// Seconds a client is told to wait (Retry-After) on 503.
+    pub retry_after_secs: u32,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:19101".into(),
+            keys: Vec::new(),
+            keys_file: String::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_decoded_bytes: 16 * 1024 * 1024,
+            rate_limit_events_per_sec: 50_000,
+            rate_limit_burst: 100_000,
+            cors_origins: vec!["*".into()],
+            max_in_flight_requests: 1_024,
+            producer_queue_events: 200_000,
+            delivery_timeout_ms: 10_000,
+            linger_ms: 5,
+            retry_after_secs: 5,
+        }
+    }
+}
+
 /// The speed layer: event-time windows into `rollup_5m`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -270,6 +342,7 @@ mod tests {
             jail.set_env("HOURGLASS_CLICKHOUSE__DATABASE", "envdb");
             // Variables of the scripts, not of the config tree, are not keys.
             jail.set_env("HOURGLASS_STACK_DIR", "/tmp/x");
+            jail.set_env("HOURGLASS_PYTHON", "/usr/bin/python3");
             jail.set_env("HOURGLASS_CONFIG", "h.toml");
             let c = Config::load(Some(Path::new("h.toml"))).unwrap();
             assert_eq!(c.kafka.topic, "from-file");

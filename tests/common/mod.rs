@@ -110,10 +110,12 @@ impl TestEnv {
             .expect("spawn hourglass")
     }
 
+    /// Drop the test's database. Its topic stays: deleting a topic while
+    /// other clients refresh metadata crashed librdkafka (a SIGSEGV in its
+    /// metadata cache) against tansu, and the stack's broker state is thrown
+    /// away with the clone anyway.
     pub async fn teardown(&self) {
         self.drop_database().await;
-        let _ =
-            hourglass_core::kafka::delete_topics(&self.cfg.kafka, &[&self.cfg.kafka.topic]).await;
     }
 
     pub async fn drop_database(&self) {
@@ -183,4 +185,111 @@ pub fn stack_up() {
         .status()
         .expect("run hourglass stack up");
     assert!(status.success(), "stack up after the outage");
+}
+
+/// A port free right now on 127.0.0.1 (for a child's listen address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `hourglass ingest` as a child process with one write key.
+pub struct Ingest {
+    pub child: Child,
+    pub url: String,
+    pub key: String,
+    pub project: String,
+}
+
+impl Ingest {
+    /// Start ingest for `env`'s topic and wait until it is ready.
+    pub async fn start(env: &TestEnv, project: &str, extra_env: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let key = format!("hgk_test_{}", env.name);
+        let hash = hourglass_ingest::keys::hash_key(&key);
+        let mut vars = vec![
+            ("HOURGLASS_INGEST__LISTEN", format!("127.0.0.1:{port}")),
+            (
+                "HOURGLASS_INGEST__KEYS",
+                format!(r#"[{{project_id="{project}",sha256="{hash}"}}]"#),
+            ),
+        ];
+        vars.extend(extra_env.iter().cloned());
+        let child = env.spawn(&["ingest"], &vars);
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = format!("{url}/health/ready");
+        wait_until(Duration::from_secs(30), "ingest ready", || {
+            let ready = ready.clone();
+            async move {
+                reqwest::get(&ready)
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+        Self {
+            child,
+            url,
+            key,
+            project: project.into(),
+        }
+    }
+
+    /// POST `body` to `path` with this write key (Basic auth, as Segment SDKs do).
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .basic_auth(&self.key, Some(""))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("ingest answers")
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        sigterm(&mut self.child);
+    }
+}
+
+/// Every record of `topic` from the beginning, until `expected` are read and
+/// no more arrive for `quiet` (so extra records would be seen), or `timeout`.
+pub fn read_topic(
+    cfg: &hourglass_core::config::KafkaConfig,
+    expected: usize,
+    quiet: Duration,
+    timeout: Duration,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = hourglass_core::kafka::consumer_config(cfg, "hgt-reader")
+        .create()
+        .expect("reader");
+    let metadata = consumer
+        .fetch_metadata(Some(&cfg.topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        tpl.add_partition_offset(&cfg.topic, p.id(), rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let start = Instant::now();
+    let mut last = Instant::now();
+    let mut out = Vec::new();
+    while start.elapsed() < timeout && (out.len() < expected || last.elapsed() < quiet) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                out.push(m.detach());
+                last = Instant::now();
+            }
+            Some(Err(e)) => panic!("reading {}: {e}", cfg.topic),
+            None => {}
+        }
+    }
+    out
 }

@@ -7,6 +7,7 @@
 
 mod envelope;
 mod limits;
+mod segment;
 mod validate;
 
 pub use envelope::{DecodeError, EventEnvelope, SCHEMA_VERSION, SCHEMA_VERSION_HEADER};

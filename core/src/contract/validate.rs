@@ -40,6 +40,10 @@ pub enum Rejection {
     TooDeep { limit: usize },
     #[error("a string inside `properties` is {len} bytes, over the limit of {limit}")]
     PropertyTooLong { len: usize, limit: usize },
+    #[error(
+        "unknown Segment `type` {0:?} (expected track, page, screen, identify, group or alias)"
+    )]
+    UnknownType(String),
 }
 
 impl Rejection {
@@ -58,6 +62,7 @@ impl Rejection {
             Rejection::BadValue => "bad_value",
             Rejection::TooDeep { .. } => "too_deep",
             Rejection::PropertyTooLong { .. } => "property_too_long",
+            Rejection::UnknownType(_) => "unknown_type",
         }
     }
 }
@@ -116,7 +121,8 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
     DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc))
 }
 
-/// Validate one raw event and normalize it into the Kafka envelope.
+/// Validate one raw event and normalize it into the Kafka envelope. Native
+/// and Segment-shaped events are both accepted (see [`super::segment`]).
 ///
 /// `sent_at` is the batch's client send time: when present the event time is
 /// shifted by `received_at - sent_at`, correcting the client's clock skew the
@@ -137,8 +143,16 @@ pub fn normalize(
     }
     let mut object = match serde_json::from_str::<Value>(raw.get()) {
         Ok(Value::Object(map)) => map,
-        _ => return Err(Rejection::NotAnObject),
+        Ok(_) => return Err(Rejection::NotAnObject),
+        // The batch parser already checked the syntax; what fails now is
+        // serde_json's recursion limit.
+        Err(_) => {
+            return Err(Rejection::TooDeep {
+                limit: limits.max_property_depth,
+            });
+        }
     };
+    super::segment::to_native(&mut object)?;
 
     let event = match object.remove("event") {
         None | Some(Value::Null) => return Err(Rejection::MissingEvent),

@@ -25,15 +25,27 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 
 /// The durable producer of the contract: idempotent, `acks=all`, zstd.
 pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    producer_tuned(cfg, &[])
+}
+
+/// [`producer`] with throughput settings of the caller's (linger, queue size,
+/// delivery timeout). Delivery guarantees cannot be tuned away here; the
+/// user's own `kafka.client` properties still apply last.
+pub fn producer_tuned(
+    cfg: &KafkaConfig,
+    tuning: &[(&str, String)],
+) -> Result<FutureProducer, KafkaError> {
     let mut c = client_config(cfg);
-    c.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", "zstd")
-        .set("linger.ms", "5")
+    c.set("linger.ms", "5")
         .set("batch.size", "1000000")
         .set("queue.buffering.max.kbytes", "262144")
         .set("message.timeout.ms", "30000");
-    // User overrides last, so they may tune linger/batch for their cluster.
+    for (k, v) in tuning {
+        c.set(*k, v);
+    }
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "zstd");
     for (k, v) in &cfg.client {
         c.set(k, v);
     }

@@ -1,0 +1,154 @@
+//! Ingest: apps' batches over HTTP → validated, normalized events on Kafka.
+//!
+//! A request is authenticated by its write key ([`keys`]), its body decoded
+//! with a cap on the inflated size ([`body`]), every event validated on its
+//! own by the shared contract (native and Segment shapes), and the valid ones
+//! published with `acks=all` ([`publish`]). The answer is sent only once the
+//! broker has acknowledged every accepted event: 200 with the per-index
+//! rejections, or 503 with Retry-After when the broker is away or the
+//! producer queue is full. Memory is bounded by the body caps, the in-flight
+//! request limit and the producer queue.
+
+mod answer;
+mod api;
+pub mod body;
+pub mod keys;
+pub mod metrics;
+pub mod publish;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Method, header};
+use hourglass_core::Config;
+use hourglass_core::telemetry::{self, Readiness};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use api::AppState;
+use keys::WriteKeys;
+use publish::Publisher;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("invalid ingest configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Keys(#[from] keys::KeysError),
+    #[error("Kafka producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Serve until SIGINT/SIGTERM.
+pub async fn run(cfg: Config) -> Result<(), IngestError> {
+    run_until(cfg, telemetry::wait_for_signal()).await
+}
+
+/// Serve until `shutdown` resolves; then stop accepting, let the requests in
+/// flight finish (each waits for its broker acknowledgements), and flush the
+/// producer.
+pub async fn run_until(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), IngestError> {
+    let addr: SocketAddr =
+        cfg.ingest.listen.parse().map_err(|e| {
+            IngestError::Config(format!("ingest.listen {:?}: {e}", cfg.ingest.listen))
+        })?;
+    check(&cfg)?;
+    let keys = WriteKeys::from_config(&cfg.ingest)?;
+    telemetry::metrics_handle();
+    metrics::describe();
+    let readiness = Readiness::default();
+    let publisher = Publisher::new(&cfg.kafka, &cfg.ingest, readiness.clone())?;
+    let stop_watch = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let publisher = publisher.clone();
+        let stop = stop_watch.clone();
+        tokio::spawn(async move { publisher.watch_broker(Duration::from_secs(1), stop).await })
+    };
+    let projects = keys.len();
+    let state = Arc::new(AppState::new(
+        keys,
+        publisher.clone(),
+        cfg.contract.clone(),
+        cfg.ingest.clone(),
+    ));
+    let app = api::router(state)
+        .layer(DefaultBodyLimit::max(cfg.ingest.max_body_bytes))
+        .layer(cors(&cfg.ingest.cors_origins))
+        .merge(telemetry::health_router(readiness.clone()));
+
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| IngestError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    tracing::info!(%addr, topic = %cfg.kafka.topic, write_keys = projects, "ingest listening");
+    let draining = readiness.clone();
+    let stopping = stop_watch.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("ingest shutting down: no new requests, finishing those in flight");
+            stopping.store(true, Ordering::Relaxed);
+            draining.set(false);
+        })
+        .await;
+    stop_watch.store(true, Ordering::Relaxed);
+    watcher.abort();
+    if let Err(e) = publisher
+        .flush(Duration::from_millis(cfg.ingest.delivery_timeout_ms))
+        .await
+    {
+        tracing::warn!(error = %e, "producer flush on shutdown incomplete");
+    }
+    tracing::info!("ingest stopped");
+    served.map_err(IngestError::Serve)
+}
+
+fn check(cfg: &Config) -> Result<(), IngestError> {
+    let i = &cfg.ingest;
+    if i.rate_limit_events_per_sec > 0
+        && (i.rate_limit_burst as usize) < cfg.contract.max_batch_events
+    {
+        return Err(IngestError::Config(format!(
+            "ingest.rate_limit_burst ({}) must be at least contract.max_batch_events ({}), or a full batch could never pass",
+            i.rate_limit_burst, cfg.contract.max_batch_events
+        )));
+    }
+    if i.max_decoded_bytes < i.max_body_bytes {
+        return Err(IngestError::Config(
+            "ingest.max_decoded_bytes must be at least ingest.max_body_bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::CONTENT_ENCODING,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-hourglass-key"),
+        ])
+        .max_age(Duration::from_secs(86_400))
+}

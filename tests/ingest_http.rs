@@ -1,0 +1,563 @@
+//! Ingest against the local broker: what is accepted lands on Kafka exactly,
+//! what is refused gets its own 4xx, and the official Segment SDK works
+//! unchanged.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::{Ingest, TestEnv, read_topic};
+use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION_HEADER};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::Message;
+use rdkafka::message::Headers;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// What the generator knows about one event it made.
+enum Planned {
+    Valid {
+        id: Uuid,
+        user: String,
+        event: String,
+        value: f64,
+        ts: DateTime<Utc>,
+    },
+    Invalid {
+        code: &'static str,
+    },
+}
+
+/// A seeded mix of native and Segment-shaped events, about one in five
+/// invalid in a known way.
+fn plan(seed: u64, n: usize) -> Vec<(Value, Planned)> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let base: DateTime<Utc> = "2026-11-25T10:00:00Z".parse().unwrap();
+    (0..n)
+        .map(|i| {
+            let id = Uuid::from_u128(rng.random());
+            let user = format!("user-{}", rng.random_range(0..50));
+            let event = ["page_view", "click", "signup"][rng.random_range(0..3)].to_string();
+            let value = f64::from(rng.random_range(0..10_000u32)) / 8.0;
+            let ts = base + chrono::Duration::milliseconds(rng.random_range(0..3_600_000));
+            let t = ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            match rng.random_range(0..10) {
+                0 => (json!({"user_id": user, "event_id": id, "timestamp": t}), Planned::Invalid { code: "missing_event" }),
+                1 => (json!({"event": event, "user_id": user, "timestamp": "last tuesday"}), Planned::Invalid { code: "bad_timestamp" }),
+                2 => (json!({"event": event, "user_id": user, "value": "12"}), Planned::Invalid { code: "bad_value" }),
+                3..=5 => (
+                    json!({"type": "track", "event": event, "userId": user, "messageId": id, "timestamp": t,
+                           "properties": {"value": value, "i": i}, "context": {"library": {"name": "test"}}}),
+                    Planned::Valid { id, user, event, value, ts },
+                ),
+                _ => (
+                    json!({"event": event, "user_id": user, "event_id": id, "timestamp": t, "value": value,
+                           "properties": {"i": i}}),
+                    Planned::Valid { id, user, event, value, ts },
+                ),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mixed_batch_lands_exactly_its_valid_events() {
+    let env = TestEnv::new("ingest_mixed").await;
+    env.create_topic(8).await;
+    let ingest = Ingest::start(&env, "shop", &[]).await;
+
+    let planned = plan(7, 1_000);
+    // The client's clock runs an hour slow: event times shift by +1 h.
+    let sent_at = Utc::now() - chrono::Duration::hours(1);
+    let mut accepted = 0;
+    for (b, chunk) in planned.chunks(100).enumerate() {
+        let body =
+            json!({"batch": chunk.iter().map(|(v, _)| v).collect::<Vec<_>>(), "sentAt": sent_at});
+        let response = ingest.post("/v1/batch", body.to_string()).await;
+        assert_eq!(response.status(), 200, "batch {b}");
+        let report: Value = response.json().await.unwrap();
+        let expected: Vec<(usize, &str)> = chunk
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, p))| match p {
+                Planned::Invalid { code } => Some((i, *code)),
+                Planned::Valid { .. } => None,
+            })
+            .collect();
+        let got: Vec<(usize, &str)> = report["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["index"].as_u64().unwrap() as usize,
+                    r["code"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected, "batch {b}: rejections by index");
+        assert_eq!(
+            report["accepted"].as_u64().unwrap() as usize,
+            chunk.len() - expected.len()
+        );
+        accepted += chunk.len() - expected.len();
+    }
+    let valid: HashMap<Uuid, &Planned> = planned
+        .iter()
+        .filter_map(|(_, p)| match p {
+            Planned::Valid { id, .. } => Some((*id, p)),
+            Planned::Invalid { .. } => None,
+        })
+        .collect();
+    assert_eq!(valid.len(), accepted);
+
+    let records = read_topic(
+        &env.cfg.kafka,
+        accepted,
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        records.len(),
+        accepted,
+        "exactly the valid events are on the topic"
+    );
+    let mut seen = HashSet::new();
+    for r in &records {
+        let e = EventEnvelope::decode(r.payload().unwrap()).unwrap();
+        assert!(seen.insert(e.event_id), "event {} twice", e.event_id);
+        let Some(Planned::Valid {
+            user,
+            event,
+            value,
+            ts,
+            ..
+        }) = valid.get(&e.event_id)
+        else {
+            panic!("unexpected event {}", e.event_id)
+        };
+        assert_eq!(
+            std::str::from_utf8(r.key().unwrap()).unwrap(),
+            format!("shop:{user}")
+        );
+        assert_eq!(e.project_id, "shop");
+        assert_eq!(&e.event, event);
+        assert_eq!(e.value, Some(*value));
+        let shift = (e.timestamp - *ts - chrono::Duration::hours(1))
+            .num_milliseconds()
+            .abs();
+        assert!(shift < 10_000, "clock skew corrected (off by {shift} ms)");
+        let header = r
+            .headers()
+            .unwrap()
+            .iter()
+            .find(|h| h.key == SCHEMA_VERSION_HEADER)
+            .unwrap();
+        assert_eq!(header.value, Some(&b"1"[..]));
+    }
+    drop(ingest);
+    env.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_segment_python_sdk_works_unchanged() {
+    let env = TestEnv::new("ingest_segment").await;
+    env.create_topic(4).await;
+    let ingest = Ingest::start(&env, "app", &[]).await;
+    let python = std::env::var("HOURGLASS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let n = 600;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/segment_sdk.py");
+    let out = std::process::Command::new(&python)
+        .args([script, &ingest.url, &ingest.key, &n.to_string()])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("run {python}: {e} (scripts/test installs the Segment SDK venv)")
+        });
+    assert!(
+        out.status.success(),
+        "segment SDK script failed (scripts/test installs segment-analytics-python): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"], json!([]), "the SDK reported errors");
+    let mut expected: BTreeMap<String, HashSet<Uuid>> = BTreeMap::new();
+    for (kind, ids) in report["sent"].as_object().unwrap() {
+        let name = if kind == "track" {
+            "Order Completed".to_string()
+        } else {
+            format!("${kind}")
+        };
+        expected.insert(
+            name,
+            ids.as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_str().unwrap().parse().unwrap())
+                .collect(),
+        );
+    }
+    assert_eq!(expected.values().map(HashSet::len).sum::<usize>(), n);
+
+    let records = read_topic(
+        &env.cfg.kafka,
+        n,
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    );
+    assert_eq!(records.len(), n, "one record per SDK call");
+    let mut got: BTreeMap<String, HashSet<Uuid>> = BTreeMap::new();
+    for r in &records {
+        let e = EventEnvelope::decode(r.payload().unwrap()).unwrap();
+        assert_eq!(
+            std::str::from_utf8(r.key().unwrap()).unwrap(),
+            format!("app:{}", e.user())
+        );
+        match e.event.as_str() {
+            "Order Completed" => assert!(e.value.is_some(), "properties.value becomes value"),
+            "$page" => assert!(e.properties["path"].as_str().unwrap().starts_with("/docs/")),
+            "$identify" => assert!(
+                e.properties["email"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("@example.com")
+            ),
+            "$group" => assert!(
+                e.properties["group_id"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("org-")
+            ),
+            "$alias" => assert!(
+                e.properties["previous_id"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("anon-")
+            ),
+            _ => {}
+        }
+        assert_eq!(
+            e.properties["context"]["library"]["name"],
+            "analytics-python"
+        );
+        got.entry(e.event.clone()).or_default().insert(e.event_id);
+    }
+    assert_eq!(
+        got, expected,
+        "messageId becomes event_id, type becomes the event name"
+    );
+    drop(ingest);
+    env.teardown().await;
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_its_own_4xx_and_good_requests_keep_flowing() {
+    let env = TestEnv::new("ingest_corpus").await;
+    env.create_topic(2).await;
+    let ingest = Ingest::start(
+        &env,
+        "corp",
+        &[
+            ("HOURGLASS_INGEST__MAX_BODY_BYTES", "65536".into()),
+            ("HOURGLASS_INGEST__MAX_DECODED_BYTES", "1048576".into()),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", ingest.url);
+    let good = || json!({"batch": [{"event": "ok", "user_id": "u"}]}).to_string();
+    let nested = format!(
+        r#"[{{"event":"e","user_id":"u","properties":{}1{}}}]"#,
+        r#"{"a":"#.repeat(300),
+        "}".repeat(300)
+    );
+    let deep_props = json!([{"event": "e", "user_id": "u", "properties": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}}}]);
+    let too_many: Vec<Value> = (0..1001)
+        .map(|_| json!({"event": "e", "user_id": "u"}))
+        .collect();
+    let bomb = gzip(&vec![b' '; 50 << 20]);
+
+    type Case = (&'static str, reqwest::RequestBuilder, u16, &'static str);
+    let post = |path: &str| {
+        client
+            .post(url(path))
+            .basic_auth(&ingest.key, Some(""))
+            .header("content-type", "application/json")
+    };
+    let cases: Vec<Case> = vec![
+        (
+            "malformed JSON",
+            post("/v1/batch").body("{\"batch\": [ {\"event\": "),
+            400,
+            "malformed",
+        ),
+        (
+            "batch of the wrong type",
+            post("/v1/batch").body(r#"{"batch": "all of them"}"#),
+            400,
+            "malformed",
+        ),
+        (
+            "events of the wrong types",
+            post("/v1/batch")
+                .body(r#"[{"event": 5, "user_id": "u"}, {"event": "e", "user_id": []}]"#),
+            400,
+            "event:wrong_type",
+        ),
+        (
+            "invalid UTF-8",
+            post("/v1/batch").body(b"[{\"event\": \"\xff\xfe\", \"user_id\": \"u\"}]".to_vec()),
+            400,
+            "malformed",
+        ),
+        (
+            "oversized body",
+            post("/v1/batch").body(vec![b' '; 70_000]),
+            413,
+            "body_too_large",
+        ),
+        (
+            "gzip bomb",
+            post("/v1/batch")
+                .header("content-encoding", "gzip")
+                .body(bomb),
+            413,
+            "body_too_large",
+        ),
+        (
+            "corrupt gzip",
+            post("/v1/batch")
+                .header("content-encoding", "gzip")
+                .body("not gzip at all"),
+            400,
+            "corrupt_encoding",
+        ),
+        (
+            "deeply nested body",
+            post("/v1/batch").body(nested),
+            400,
+            "event:too_deep",
+        ),
+        (
+            "properties nested too deep",
+            post("/v1/batch").body(deep_props.to_string()),
+            400,
+            "event:too_deep",
+        ),
+        (
+            "too many events",
+            post("/v1/batch").body(Value::from(too_many).to_string()),
+            400,
+            "malformed",
+        ),
+        (
+            "no key",
+            client
+                .post(url("/v1/batch"))
+                .header("content-type", "application/json")
+                .body(good()),
+            401,
+            "missing_key",
+        ),
+        (
+            "wrong key",
+            client
+                .post(url("/v1/batch"))
+                .basic_auth("hgk_wrong", Some(""))
+                .body(good()),
+            401,
+            "unknown_key",
+        ),
+        (
+            "wrong key in the body",
+            client
+                .post(url("/v1/batch"))
+                .header("content-type", "text/plain")
+                .body(r#"{"writeKey":"nope","batch":[]}"#),
+            401,
+            "unknown_key",
+        ),
+        (
+            "unknown content type",
+            client
+                .post(url("/v1/batch"))
+                .basic_auth(&ingest.key, Some(""))
+                .header("content-type", "application/xml")
+                .body("<batch/>"),
+            415,
+            "unsupported_content_type",
+        ),
+        (
+            "unknown content encoding",
+            post("/v1/batch")
+                .header("content-encoding", "br")
+                .body(good()),
+            415,
+            "unsupported_content_encoding",
+        ),
+    ];
+    let mut accepted = 0;
+    for (name, request, status, code) in cases {
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(response.status().as_u16(), status, "{name}");
+        if status == 401 {
+            assert!(
+                response.headers().contains_key("www-authenticate"),
+                "{name}"
+            );
+        }
+        let body: Value = response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: answer is not JSON: {e}"));
+        if let Some(code) = code.strip_prefix("event:") {
+            // Every event refused on its own: 400 with the per-index reasons.
+            assert_eq!(body["accepted"], 0, "{name}");
+            assert_eq!(body["rejected"][0]["index"], 0, "{name}");
+            assert_eq!(body["rejected"][0]["code"], code, "{name}: {body}");
+        } else {
+            assert_eq!(body["code"], code, "{name}: {body}");
+            assert!(!body["message"].as_str().unwrap().is_empty(), "{name}");
+        }
+        // The service keeps serving good requests in between.
+        let ok = ingest.post("/v1/batch", good()).await;
+        assert_eq!(ok.status(), 200, "good request after {name}");
+        accepted += 1;
+    }
+
+    // Every other way in that must work.
+    let doc = br#"{"batch":[{"event":"gz","user_id":"u"},{"event":"gz","user_id":"v"}]}"#;
+    let r = post("/v1/batch")
+        .header("content-encoding", "gzip")
+        .body(gzip(doc))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "gzip body");
+    accepted += 2;
+    let r = post("/v1/batch")
+        .header("content-encoding", "zstd")
+        .body(zstd::encode_all(&doc[..], 3).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "zstd body");
+    accepted += 2;
+    let r = client
+        .post(url("/v1/track"))
+        .bearer_auth(&ingest.key)
+        .json(&json!({"event": "one", "userId": "u"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "single track with a bearer key");
+    accepted += 1;
+    let r = client
+        .post(url("/v1/page"))
+        .header("x-hourglass-key", &ingest.key)
+        .json(&json!({"userId": "u", "name": "Home"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "single page with X-Hourglass-Key");
+    accepted += 1;
+    let r = client
+        .post(url(&format!("/v1/beacon?key={}", ingest.key)))
+        .header("content-type", "text/plain;charset=UTF-8")
+        .body(r#"[{"event":"beacon","anonymous_id":"a1"}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "sendBeacon");
+    accepted += 1;
+    let body_key = json!({"writeKey": ingest.key, "batch": [{"type": "track", "event": "browser", "anonymousId": "a2"}]});
+    let r = client
+        .post(url("/v1/batch"))
+        .header("content-type", "text/plain")
+        .body(body_key.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "write key in the body, as analytics.js sends it"
+    );
+    accepted += 1;
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, url("/v1/batch"))
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,authorization",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "CORS preflight");
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+
+    let records = read_topic(
+        &env.cfg.kafka,
+        accepted,
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        records.len(),
+        accepted,
+        "exactly the accepted events reached the topic"
+    );
+    drop(ingest);
+    env.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_over_its_rate_gets_429_with_retry_after() {
+    let env = TestEnv::new("ingest_rate").await;
+    env.create_topic(1).await;
+    let ingest = Ingest::start(
+        &env,
+        "rl",
+        &[
+            ("HOURGLASS_INGEST__RATE_LIMIT_EVENTS_PER_SEC", "50".into()),
+            ("HOURGLASS_INGEST__RATE_LIMIT_BURST", "1000".into()),
+        ],
+    )
+    .await;
+    let full: Vec<Value> = (0..1000)
+        .map(|i| json!({"event": "e", "user_id": format!("u{i}")}))
+        .collect();
+    let r = ingest
+        .post("/v1/batch", Value::from(full.clone()).to_string())
+        .await;
+    assert_eq!(r.status(), 200, "a full burst passes");
+    // 100 more need 2 s of refill at 50/s.
+    let hundred = Value::from(full[..100].to_vec()).to_string();
+    let r = ingest.post("/v1/batch", hundred.clone()).await;
+    assert_eq!(r.status(), 429, "the bucket is empty");
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&wait), "Retry-After {wait}");
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let r = ingest.post("/v1/batch", hundred).await;
+    assert_eq!(r.status(), 200, "tokens come back at the configured rate");
+    drop(ingest);
+    env.teardown().await;
+}
