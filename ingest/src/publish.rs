@@ -1,7 +1,8 @@
 //! Publishing normalized events to Kafka, answering only once the broker has
 //! acknowledged every one of them (`acks=all`).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -22,9 +23,22 @@ pub enum PublishError {
     QueueFull(u64),
 }
 
+/// One producer instance. It is replaced, not repaired, after a delivery
+/// failure: an idempotent producer whose messages timed out bumps its epoch
+/// when the broker returns, which some Kafka-protocol brokers mishandle
+/// (tansu 0.6 panics in its storage layer), and fatal idempotence errors need
+/// a new producer anyway. A fresh producer gets a fresh producer id.
+struct Generation {
+    id: u64,
+    producer: FutureProducer,
+}
+
+type MakeProducer = dyn Fn() -> Result<FutureProducer, KafkaError> + Send + Sync;
+
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    current: Arc<RwLock<Arc<Generation>>>,
+    make: Arc<MakeProducer>,
     topic: Arc<str>,
     readiness: Readiness,
 }
@@ -35,24 +49,61 @@ impl Publisher {
         ingest: &IngestConfig,
         readiness: Readiness,
     ) -> Result<Self, KafkaError> {
-        let producer = hourglass_core::kafka::producer_tuned(
-            kafka,
-            &[
-                ("linger.ms", ingest.linger_ms.to_string()),
-                (
-                    "queue.buffering.max.messages",
-                    ingest.producer_queue_events.to_string(),
-                ),
-                ("message.timeout.ms", ingest.delivery_timeout_ms.to_string()),
-                ("batch.num.messages", "10000".into()),
-                ("statistics.interval.ms", "0".into()),
-            ],
-        )?;
+        let topic = Arc::from(kafka.topic.as_str());
+        let kafka = kafka.clone();
+        let tuning = vec![
+            ("linger.ms", ingest.linger_ms.to_string()),
+            (
+                "queue.buffering.max.messages",
+                ingest.producer_queue_events.to_string(),
+            ),
+            ("message.timeout.ms", ingest.delivery_timeout_ms.to_string()),
+            ("batch.num.messages", "10000".into()),
+        ];
+        let make: Arc<MakeProducer> =
+            Arc::new(move || hourglass_core::kafka::producer_tuned(&kafka, &tuning));
+        let producer = make()?;
         Ok(Self {
-            producer,
-            topic: Arc::from(kafka.topic.as_str()),
+            current: Arc::new(RwLock::new(Arc::new(Generation { id: 0, producer }))),
+            make,
+            topic,
             readiness,
         })
+    }
+
+    fn generation(&self) -> Arc<Generation> {
+        self.current.read().expect("publisher lock").clone()
+    }
+
+    /// Replace generation `id` with a fresh producer (once, however many
+    /// requests saw it fail). The old one is dropped off the async threads:
+    /// tearing down librdkafka may wait on its broker threads.
+    fn retire(&self, id: u64, why: &str) {
+        let mut current = self.current.write().expect("publisher lock");
+        if current.id != id {
+            return;
+        }
+        match (self.make)() {
+            Ok(producer) => {
+                tracing::warn!(
+                    generation = id + 1,
+                    reason = why,
+                    "replacing the Kafka producer after a delivery failure"
+                );
+                let old = std::mem::replace(
+                    &mut *current,
+                    Arc::new(Generation {
+                        id: id + 1,
+                        producer,
+                    }),
+                );
+                drop(current);
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a new Kafka producer; keeping the old one")
+            }
+        }
     }
 
     /// Publish `events` and wait for the broker to acknowledge all of them.
@@ -69,6 +120,8 @@ impl Publisher {
                 "no answer to metadata requests".into(),
             ));
         }
+        let generation = self.generation();
+        let producer = &generation.producer;
         let version = SCHEMA_VERSION.to_string();
         let started = Instant::now();
         let mut pending = Vec::with_capacity(events.len());
@@ -84,7 +137,7 @@ impl Publisher {
                 .key(&key)
                 .payload(&payload)
                 .headers(headers);
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => pending.push(delivery),
                 Err((error, _)) => {
                     refused = Some(error);
@@ -96,38 +149,40 @@ impl Publisher {
         // so the answer is never ahead of the broker.
         let outcomes = join_all(pending).await;
         metrics::delivery_latency(started.elapsed());
-        metrics::queue_depth(self.producer.in_flight_count());
-        if let Some(error) = refused {
-            return Err(self.refusal(error));
+        metrics::queue_depth(producer.in_flight_count());
+        let failed = outcomes.into_iter().find_map(|outcome| match outcome {
+            Ok(Ok(_)) => None,
+            Ok(Err((error, _))) => Some(error.to_string()),
+            Err(_) => Some("producer closed".to_owned()),
+        });
+        if let Some(reason) = failed {
+            self.retire(generation.id, &reason);
+            return Err(PublishError::Unavailable(reason));
         }
-        for outcome in outcomes {
-            match outcome {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => return Err(PublishError::Unavailable(error.to_string())),
-                Err(_) => return Err(PublishError::Unavailable("producer closed".into())),
-            }
-        }
-        Ok(())
-    }
-
-    fn refusal(&self, error: KafkaError) -> PublishError {
-        match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::QueueFull) => {
-                PublishError::QueueFull(self.producer.in_flight_count().max(0) as u64)
-            }
-            _ => PublishError::Unavailable(error.to_string()),
+        match refused {
+            None => Ok(()),
+            Some(error) => match error.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::QueueFull) => Err(PublishError::QueueFull(
+                    producer.in_flight_count().max(0) as u64,
+                )),
+                _ => {
+                    self.retire(generation.id, &error.to_string());
+                    Err(PublishError::Unavailable(error.to_string()))
+                }
+            },
         }
     }
 
     /// Ready while the broker answers metadata for the topic; checked every
     /// `every`, until `stop` is set.
-    pub async fn watch_broker(&self, every: Duration, stop: Arc<std::sync::atomic::AtomicBool>) {
+    pub async fn watch_broker(&self, every: Duration, stop: Arc<AtomicBool>) {
         let mut was_ready = None;
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let producer = self.producer.clone();
+        while !stop.load(Ordering::Relaxed) {
+            let generation = self.generation();
             let topic = self.topic.clone();
             let probe = tokio::task::spawn_blocking(move || {
-                producer
+                generation
+                    .producer
                     .client()
                     .fetch_metadata(Some(&topic), Duration::from_millis(1_500))
                     .map_err(|e| e.to_string())
@@ -139,8 +194,8 @@ impl Publisher {
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
             let ready = probe.is_ok();
-            self.readiness.set(ready);
-            metrics::queue_depth(self.producer.in_flight_count());
+            self.readiness.set(ready && !stop.load(Ordering::Relaxed));
+            metrics::queue_depth(self.generation().producer.in_flight_count());
             if was_ready != Some(ready) {
                 match &probe {
                     Ok(()) => tracing::info!(topic = %self.topic, "broker answers: ready"),
@@ -156,8 +211,8 @@ impl Publisher {
 
     /// Wait until every queued event is acknowledged (or `timeout` passes).
     pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || producer.flush(timeout))
+        let generation = self.generation();
+        tokio::task::spawn_blocking(move || generation.producer.flush(timeout))
             .await
             .unwrap_or(Ok(()))
     }
