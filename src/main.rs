@@ -2,6 +2,11 @@
 
 mod stack;
 
+/// glibc's allocator took a quarter of ingest's CPU under load (many small
+/// JSON values per event); mimalloc takes a fraction of that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};

@@ -9,12 +9,13 @@
 //!
 //! `cargo run --release -p hourglass-bench --bin aggregator_e2e -- --events 1000000`
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use futures::StreamExt;
+use hourglass_bench::MemoryBroker;
 use hourglass_core::Config;
 use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
@@ -34,41 +35,6 @@ struct Args {
     /// The hourglass binary.
     #[arg(long, default_value = "target/release/hourglass")]
     hourglass: String,
-}
-
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_memory_broker(dir: &std::path::Path) -> Result<Broker> {
-    let url = "tcp://127.0.0.1:19192";
-    let child = Command::new("tansu")
-        .args([
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting tansu (run `hourglass stack up` once to install it)")?;
-    let started = Instant::now();
-    while std::net::TcpStream::connect("127.0.0.1:19192").is_err() {
-        if started.elapsed() > Duration::from_secs(10) {
-            bail!("tansu did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(Broker(child))
 }
 
 fn events(n: usize) -> Vec<EventEnvelope> {
@@ -115,8 +81,9 @@ async fn main() -> Result<()> {
             None
         }
         None => {
-            cfg.kafka.brokers = "127.0.0.1:19192".into();
-            Some(start_memory_broker(&tmp)?)
+            let broker = MemoryBroker::start(&tmp, 19192)?;
+            cfg.kafka.brokers = broker.brokers.clone();
+            Some(broker)
         }
     };
     let name = format!("bench_agg_{}", std::process::id());

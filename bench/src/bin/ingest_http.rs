@@ -1,0 +1,375 @@
+//! Ingest over HTTP: batches of realistic events posted over N keep-alive
+//! connections to `hourglass ingest`, flat out and at a set rate. Prints
+//! accepted events/s and request latency (p50/p99/max, measured from each
+//! request's scheduled start so a stalled server cannot hide), next to the
+//! ceiling: a bare rdkafka producer with the same settings into the same
+//! broker.
+//!
+//! By default it starts its own tansu with `memory://` storage on
+//! 127.0.0.1:19193 (`--brokers` uses another).
+//!
+//! `cargo run --release -p hourglass-bench --bin ingest_http`
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use hourglass_bench::MemoryBroker;
+use hourglass_core::Config;
+use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use rdkafka::producer::FutureRecord;
+use serde_json::{Value, json};
+
+/// The load generator shares the two cores with ingest and the broker: keep
+/// its allocations cheap.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+struct Args {
+    /// Events posted in the flat-out run (also what the ceiling run produces).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Events/s of the paced run (0 skips it).
+    #[arg(long, default_value_t = 75_000)]
+    rate: usize,
+    /// Length of the paced run.
+    #[arg(long, default_value_t = 20)]
+    rate_seconds: u64,
+    /// Use this broker instead of starting a memory:// tansu.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// The hourglass binary.
+    #[arg(long, default_value = "target/release/hourglass")]
+    hourglass: String,
+}
+
+const KEY: &str = "hgk_bench_key";
+const PATHS: usize = 300;
+
+/// One request body: `batch` events as an app sends them (native shape).
+fn body(rng: &mut SmallRng, batch: usize) -> String {
+    let names = ["page_view", "click", "signup", "api_call", "purchase"];
+    let countries = ["DE", "US", "FR", "BR", "IN", "JP", "GB"];
+    let now = chrono::Utc::now();
+    let events: Vec<Value> = (0..batch)
+        .map(|_| {
+            let name = names[rng.random_range(0..names.len())];
+            let user = rng.random_range(0..5_000);
+            let ts = now - chrono::Duration::milliseconds(rng.random_range(0..5_000));
+            let mut e = json!({
+                "event": name,
+                "user_id": format!("user-{user}"),
+                "session_id": format!("s-{user}-{}", rng.random_range(0..4)),
+                "timestamp": ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "properties": {
+                    "path": format!("/docs/page-{}", rng.random_range(0..PATHS)),
+                    "country": countries[rng.random_range(0..countries.len())],
+                    "referrer": "https://www.example.com/search?q=hourglass",
+                    "device": if rng.random_bool(0.3) { "mobile" } else { "desktop" },
+                }
+            });
+            if name == "api_call" {
+                // Long-tailed latency in ms.
+                let v: f64 = rng.random::<f64>().powi(4) * 2_000.0 + 5.0;
+                e["value"] = json!((v * 10.0).round() / 10.0);
+            }
+            e
+        })
+        .collect();
+    json!({ "batch": events, "sent_at": now.to_rfc3339() }).to_string()
+}
+
+struct Ingest(Child);
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+fn start_ingest(args: &Args, cfg: &Config, port: u16) -> Result<Ingest> {
+    let hash = hourglass_ingest::keys::hash_key(KEY);
+    let child = Command::new(&args.hourglass)
+        .arg("ingest")
+        .env("HOURGLASS_KAFKA__BROKERS", &cfg.kafka.brokers)
+        .env("HOURGLASS_KAFKA__TOPIC", &cfg.kafka.topic)
+        .env("HOURGLASS_INGEST__LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "HOURGLASS_INGEST__KEYS",
+            format!(r#"[{{project_id="bench",sha256="{hash}"}}]"#),
+        )
+        .env("HOURGLASS_INGEST__RATE_LIMIT_EVENTS_PER_SEC", "0")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} (build it first)", args.hourglass))?;
+    Ok(Ingest(child))
+}
+
+async fn wait_ready(url: &str) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if reqwest::get(format!("{url}/health/ready"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("ingest not ready after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Bare producer, same settings as ingest's, pre-encoded records.
+async fn ceiling(cfg: &Config, n: usize) -> Result<f64> {
+    let mut rng = SmallRng::seed_from_u64(3);
+    let now = chrono::Utc::now();
+    let records: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let e = EventEnvelope {
+                schema_version: SCHEMA_VERSION,
+                project_id: "bench".into(),
+                event_id: uuid::Uuid::now_v7(),
+                event: "page_view".into(),
+                user_id: Some(format!("user-{}", rng.random_range(0..5_000))),
+                anonymous_id: None,
+                session_id: Some(format!("s-{i}")),
+                timestamp: now,
+                received_at: now,
+                value: None,
+                properties: serde_json::from_value(json!({"path": format!("/docs/page-{}", i % PATHS),
+                    "country": "DE", "referrer": "https://www.example.com/search?q=hourglass", "device": "desktop"}))
+                .unwrap(),
+            };
+            (e.kafka_key(), e.encode())
+        })
+        .collect();
+    let producer = hourglass_core::kafka::producer_tuned(
+        &cfg.kafka,
+        &[
+            ("linger.ms", cfg.ingest.linger_ms.to_string()),
+            (
+                "queue.buffering.max.messages",
+                cfg.ingest.producer_queue_events.to_string(),
+            ),
+            ("batch.num.messages", "10000".into()),
+        ],
+    )?;
+    let topic = cfg.kafka.topic.as_str();
+    let producer = &producer;
+    // Connection, metadata and producer id first, as ingest has them when
+    // its flat-out run starts.
+    let warm = records.len() / 10;
+    let mut started = Instant::now();
+    let mut timed = n;
+    futures::stream::iter(records.iter().enumerate())
+        .map(|(i, (key, payload))| async move {
+            let sent = producer
+                .send(
+                    FutureRecord::to(topic).key(key).payload(payload),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|(e, _)| e);
+            (i, sent)
+        })
+        .buffer_unordered(50_000)
+        .for_each(|(i, r)| {
+            r.expect("delivered");
+            if i == warm {
+                started = Instant::now();
+                timed = n - warm;
+            }
+            async {}
+        })
+        .await;
+    Ok(timed as f64 / started.elapsed().as_secs_f64())
+}
+
+struct Run {
+    events: usize,
+    seconds: f64,
+    latency_us: Histogram<u64>,
+    failures: usize,
+}
+
+/// Post `requests` bodies over `connections`; with `interval`, request i is
+/// due at start + i × interval and its latency counts from then.
+async fn load(
+    url: &str,
+    bodies: Arc<Vec<String>>,
+    requests: usize,
+    connections: usize,
+    interval: Option<Duration>,
+    batch: usize,
+) -> Run {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let next = next.clone();
+            let bodies = bodies.clone();
+            let url = format!("{url}/v1/batch");
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .build()
+                    .unwrap();
+                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                let mut failures = 0;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= requests {
+                        break;
+                    }
+                    let due = match interval {
+                        Some(d) => {
+                            let due = start + d * i as u32;
+                            tokio::time::sleep_until(due).await;
+                            due
+                        }
+                        None => tokio::time::Instant::now(),
+                    };
+                    let r = client
+                        .post(&url)
+                        .basic_auth(KEY, Some(""))
+                        .header("content-type", "application/json")
+                        .body(bodies[i % bodies.len()].clone())
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == 200 => {}
+                        _ => failures += 1,
+                    }
+                    h.record(due.elapsed().as_micros().max(1) as u64).unwrap();
+                }
+                (h, failures)
+            })
+        })
+        .collect();
+    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut failures = 0;
+    for t in tasks {
+        let (h, f) = t.await.unwrap();
+        latency_us.add(h).unwrap();
+        failures += f;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Run {
+        events: (requests - failures) * batch,
+        seconds,
+        latency_us,
+        failures,
+    }
+}
+
+fn report(label: &str, run: &Run) {
+    let ms = |q: f64| run.latency_us.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "{label}: {:.0} events/s accepted ({} events in {:.1} s, {} failed requests); latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        run.events as f64 / run.seconds,
+        run.events,
+        run.seconds,
+        run.failures,
+        ms(0.5),
+        ms(0.99),
+        run.latency_us.max() as f64 / 1000.0
+    );
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let tmp = std::env::temp_dir().join(format!("hourglass-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let mut cfg = Config::default();
+    let _broker = match &args.brokers {
+        Some(b) => {
+            cfg.kafka.brokers = b.clone();
+            None
+        }
+        None => {
+            let broker = MemoryBroker::start(&tmp, 19193)?;
+            cfg.kafka.brokers = broker.brokers.clone();
+            Some(broker)
+        }
+    };
+    cfg.kafka.topic = format!("bench_ingest_{}", std::process::id());
+    hourglass_core::kafka::ensure_topics(&cfg.kafka, &[(cfg.kafka.topic.as_str(), 8)]).await?;
+
+    let rate = ceiling(&cfg, args.events).await?;
+    println!("ceiling: bare rdkafka producer, same settings and broker: {rate:.0} events/s");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let _ingest = start_ingest(&args, &cfg, port)?;
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&url).await?;
+    let mut rng = SmallRng::seed_from_u64(7);
+    let bodies: Arc<Vec<String>> = Arc::new((0..200).map(|_| body(&mut rng, args.batch)).collect());
+    let avg = bodies.iter().map(String::len).sum::<usize>() / bodies.len();
+    println!(
+        "requests of {} events, {avg} bytes of JSON on average, {} connections",
+        args.batch, args.connections
+    );
+
+    // Warm up connections and the producer.
+    load(
+        &url,
+        bodies.clone(),
+        200,
+        args.connections,
+        None,
+        args.batch,
+    )
+    .await;
+    let flat = load(
+        &url,
+        bodies.clone(),
+        args.events / args.batch,
+        args.connections,
+        None,
+        args.batch,
+    )
+    .await;
+    report("flat out", &flat);
+    println!(
+        "flat out / ceiling: {:.0} %",
+        100.0 * flat.events as f64 / flat.seconds / rate
+    );
+    if args.rate > 0 {
+        let requests = args.rate * args.rate_seconds as usize / args.batch;
+        let interval = Duration::from_secs_f64(args.batch as f64 / args.rate as f64);
+        let paced = load(
+            &url,
+            bodies,
+            requests,
+            args.connections.max(64),
+            Some(interval),
+            args.batch,
+        )
+        .await;
+        report(&format!("at {} events/s", args.rate), &paced);
+    }
+    Ok(())
+}

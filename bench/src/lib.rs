@@ -1,0 +1,53 @@
+//! Pieces the benchmarks share.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A tansu broker with `memory://` storage, killed on drop. The local stack's
+/// sqlite broker moves about 20k records/s, which would measure the broker's
+/// storage instead of the component under test.
+pub struct MemoryBroker {
+    child: Child,
+    pub brokers: String,
+}
+
+impl MemoryBroker {
+    /// Start one on 127.0.0.1:`port`, working in `dir`.
+    pub fn start(dir: &std::path::Path, port: u16) -> Result<Self> {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting tansu (run `hourglass stack up` once to install it)")?;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("tansu did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self {
+            child,
+            brokers: format!("127.0.0.1:{port}"),
+        })
+    }
+}
+
+impl Drop for MemoryBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
