@@ -28,6 +28,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub aggregator: AggregatorConfig,
     pub loader: LoaderConfig,
+    pub lake: LakeConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -313,6 +314,56 @@ impl Default for LoaderConfig {
             batch_age_ms: 1_000,
             max_backoff_ms: 10_000,
             http_listen: "127.0.0.1:19103".into(),
+        }
+    }
+}
+
+/// Where the lake's objects live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LakeStorage {
+    /// A folder on this machine (`lake.local_dir`): the default for one machine.
+    Local,
+    /// The `[s3]` bucket, under `s3.prefix`.
+    S3,
+}
+
+/// The archiver (Kafka → Parquet in the lake) and replay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeConfig {
+    pub storage: LakeStorage,
+    /// Root folder of the lake when `storage = "local"`.
+    pub local_dir: String,
+    /// Kafka consumer group of the archiver.
+    pub group_id: String,
+    /// A file is closed when it holds this many events...
+    pub file_max_rows: usize,
+    /// ...or this many bytes of event JSON...
+    pub file_max_bytes: usize,
+    /// ...or its first event was read this long ago; files also end at every
+    /// hour boundary of `received_at`.
+    pub file_max_age_secs: u64,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// Files at least this large are uploaded in parts (S3 multipart).
+    pub multipart_threshold_bytes: usize,
+    /// Address of the archiver's health and metrics endpoint.
+    pub http_listen: String,
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        Self {
+            storage: LakeStorage::Local,
+            local_dir: ".stack/lake".into(),
+            group_id: "hourglass-archiver".into(),
+            file_max_rows: 1_000_000,
+            file_max_bytes: 128 * 1024 * 1024,
+            file_max_age_secs: 60,
+            row_group_rows: 128 * 1024,
+            multipart_threshold_bytes: 16 * 1024 * 1024,
+            http_listen: "127.0.0.1:19104".into(),
         }
     }
 }

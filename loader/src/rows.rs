@@ -57,6 +57,11 @@ fn datetime(field: &'static str, t: chrono::DateTime<chrono::Utc>) -> Result<u32
 pub fn to_row(payload: Option<&[u8]>, partition: i32, offset: i64) -> Result<EventRow, Refusal> {
     let bytes = payload.ok_or(Refusal::Empty)?;
     let e = EventEnvelope::decode(bytes).map_err(|e| Refusal::Undecodable(e.to_string()))?;
+    from_envelope(e, partition, offset)
+}
+
+/// An envelope (from Kafka or the lake) into a row.
+pub fn from_envelope(e: EventEnvelope, partition: i32, offset: i64) -> Result<EventRow, Refusal> {
     Ok(EventRow {
         timestamp: datetime("timestamp", e.timestamp)?,
         timestamp_ms: e.timestamp.timestamp_millis(),

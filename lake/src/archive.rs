@@ -1,0 +1,280 @@
+//! The archiver: Kafka `events` → one Parquet file per partition and hour of
+//! `received_at`, in the lake.
+//!
+//! Exactly once without a coordinator: a file's name is its topic,
+//! partition, first and last offset, and before a file is started at offset
+//! F the lake is asked whether a file starting at F already exists (written
+//! before a crash, whose commit was lost). If so its records are skipped
+//! through its last offset. Kafka commits (made only after an object is
+//! complete) say where to start reading; the lake says what is already there.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use hourglass_core::config::LakeConfig;
+use hourglass_core::contract::EventEnvelope;
+use hourglass_core::kafka::assign::{Paused, commit_hint};
+use hourglass_core::telemetry::Readiness;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+
+use crate::layout;
+use crate::metrics;
+use crate::schema::{BatchBuilder, to_parquet};
+use crate::store::{ObjectStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("Parquet: {0}")]
+    Parquet(#[from] crate::schema::SchemaError),
+}
+
+/// One file being filled.
+struct OpenFile {
+    hour: DateTime<Utc>,
+    first: i64,
+    last: i64,
+    builder: BatchBuilder,
+    bytes: usize,
+    opened: Instant,
+}
+
+pub struct Archiver {
+    consumer: BaseConsumer,
+    store: Arc<dyn ObjectStore>,
+    runtime: tokio::runtime::Handle,
+    topic: String,
+    cfg: LakeConfig,
+    files: HashMap<i32, OpenFile>,
+    /// Offsets already in the lake, per partition (found by the existence check).
+    skip_through: HashMap<i32, i64>,
+    /// Next offset to read per partition (to re-seek after a pause).
+    next: HashMap<i32, i64>,
+    shutdown: Arc<AtomicBool>,
+    readiness: Readiness,
+}
+
+impl Archiver {
+    pub fn new(
+        consumer: BaseConsumer,
+        store: Arc<dyn ObjectStore>,
+        topic: &str,
+        cfg: &LakeConfig,
+        shutdown: Arc<AtomicBool>,
+        readiness: Readiness,
+    ) -> Self {
+        Self {
+            consumer,
+            store,
+            runtime: tokio::runtime::Handle::current(),
+            topic: topic.to_owned(),
+            cfg: cfg.clone(),
+            files: HashMap::new(),
+            skip_through: HashMap::new(),
+            next: HashMap::new(),
+            shutdown,
+            readiness,
+        }
+    }
+
+    /// Archive until shutdown; files open then are written out first.
+    pub fn run(mut self) -> Result<(), ArchiveError> {
+        self.consumer.subscribe(&[&self.topic])?;
+        let mut housekeeping = Instant::now();
+        while !self.shutdown.load(Ordering::Relaxed) {
+            match self.consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    self.readiness.set(true);
+                    let (p, o) = (m.partition(), m.offset());
+                    let payload = m.payload().map(<[u8]>::to_vec);
+                    drop(m);
+                    self.on_record(p, o, payload.as_deref())?;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None => self.readiness.set(true),
+            }
+            if housekeeping.elapsed() > Duration::from_millis(500) {
+                housekeeping = Instant::now();
+                self.forget_revoked();
+                self.close_aged()?;
+            }
+        }
+        tracing::info!(open_files = self.files.len(), "archiver stopping: writing open files");
+        let partitions: Vec<i32> = self.files.keys().copied().collect();
+        for p in partitions {
+            self.close(p)?;
+        }
+        Ok(())
+    }
+
+    fn on_record(&mut self, partition: i32, offset: i64, payload: Option<&[u8]>) -> Result<(), ArchiveError> {
+        self.next.insert(partition, offset + 1);
+        if self.skip_through.get(&partition).is_some_and(|&s| offset <= s) {
+            metrics::skipped(1);
+            return Ok(());
+        }
+        let Some(event) = payload.and_then(|b| EventEnvelope::decode(b).ok()) else {
+            // Not an event (the loader dead-letters such records); nothing to archive.
+            metrics::undecodable();
+            return Ok(());
+        };
+        let hour = layout::hour_of(event.received_at);
+        if let Some(open) = self.files.get(&partition) {
+            if offset <= open.last {
+                // Re-delivered from an older position (the partition came back
+                // after a rebalance): start over from here.
+                self.files.remove(&partition);
+            } else if open.hour != hour {
+                self.close(partition)?;
+            }
+        }
+        if !self.files.contains_key(&partition) {
+            if let Some(last) = self.existing_file(hour, partition, offset) {
+                tracing::info!(partition, first = offset, last, "already in the lake; skipping through its last offset");
+                self.skip_through.insert(partition, last);
+                metrics::skipped(1);
+                return Ok(());
+            }
+            self.files.insert(
+                partition,
+                OpenFile {
+                    hour,
+                    first: offset,
+                    last: offset,
+                    builder: BatchBuilder::default(),
+                    bytes: 0,
+                    opened: Instant::now(),
+                },
+            );
+        }
+        let open = self.files.get_mut(&partition).expect("just opened");
+        open.builder.append(&event, partition, offset);
+        open.last = offset;
+        open.bytes += payload.map_or(0, <[u8]>::len);
+        if open.builder.rows() >= self.cfg.file_max_rows || open.bytes >= self.cfg.file_max_bytes {
+            self.close(partition)?;
+        }
+        Ok(())
+    }
+
+    /// Last offset of a file of this partition starting at `first`, if the
+    /// lake has one. Retried until the store answers: guessing would risk a
+    /// duplicate.
+    fn existing_file(&mut self, hour: DateTime<Utc>, partition: i32, first: i64) -> Option<i64> {
+        let prefix = format!(
+            "{}{}",
+            layout::hour_folder(hour),
+            layout::file_prefix(&self.topic, partition, first)
+        );
+        let store = self.store.clone();
+        let found = self.with_retries("list", || {
+            let store = store.clone();
+            let prefix = prefix.clone();
+            async move { store.list(&prefix).await }
+        })?;
+        found
+            .iter()
+            .filter_map(|o| layout::parse_key(&o.key))
+            .map(|f| f.last)
+            .max()
+    }
+
+    fn close_aged(&mut self) -> Result<(), ArchiveError> {
+        let max_age = Duration::from_secs(self.cfg.file_max_age_secs);
+        let aged: Vec<i32> = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.opened.elapsed() >= max_age)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in aged {
+            self.close(p)?;
+        }
+        Ok(())
+    }
+
+    /// Drop the state of partitions no longer assigned: their next owner
+    /// re-reads from the last commit.
+    fn forget_revoked(&mut self) {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let mine: std::collections::HashSet<i32> =
+            assignment.elements().iter().map(|e| e.partition()).collect();
+        self.files.retain(|p, _| mine.contains(p));
+        self.skip_through.retain(|p, _| mine.contains(p));
+        metrics::open_files(self.files.len());
+    }
+
+    /// Write a partition's open file to the lake, then commit past it.
+    fn close(&mut self, partition: i32) -> Result<(), ArchiveError> {
+        let Some(mut open) = self.files.remove(&partition) else {
+            return Ok(());
+        };
+        let rows = open.builder.rows();
+        let batch = open.builder.finish();
+        let body = to_parquet(&batch, self.cfg.row_group_rows)?;
+        let key = layout::file_key(open.hour, &self.topic, partition, open.first, open.last);
+        let started = Instant::now();
+        let store = self.store.clone();
+        let size = body.len();
+        let put = self.with_retries("put", || {
+            let (store, key, body) = (store.clone(), key.clone(), body.clone());
+            async move { store.put(&key, body).await }
+        });
+        if put.is_none() {
+            // Shutdown or revocation while the store was down: the records
+            // are re-read from the last commit by whoever owns the partition.
+            return Ok(());
+        }
+        metrics::file_written(rows, size, started.elapsed());
+        tracing::debug!(%key, rows, bytes = size, "file written");
+        commit_hint(&self.consumer, &self.topic, [(partition, open.last + 1)]);
+        metrics::open_files(self.files.len());
+        Ok(())
+    }
+
+    /// Run a store operation until it succeeds, pausing consumption and
+    /// backing off while it fails. None on shutdown.
+    fn with_retries<T, F, Fut>(&mut self, what: &'static str, op: F) -> Option<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut backoff = Duration::from_millis(200);
+        let mut paused: Option<Paused> = None;
+        let result = loop {
+            match self.runtime.block_on(op()) {
+                Ok(v) => break Some(v),
+                Err(e) => {
+                    self.readiness.set(false);
+                    metrics::store_error(what);
+                    tracing::warn!(error = %e, retry_in = ?backoff, "lake store failed; retrying");
+                    if paused.is_none() {
+                        paused = Paused::start(&self.consumer);
+                    }
+                    if let Some(p) = paused.as_mut() {
+                        p.poll_for(&self.consumer, backoff);
+                    }
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        break None;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        if let Some(p) = paused {
+            let next = self.next.clone();
+            p.resume(&self.consumer, &self.topic, |partition| next.get(&partition).copied());
+            self.readiness.set(true);
+        }
+        result
+    }
+}

@@ -1,0 +1,48 @@
+//! Prometheus metrics of the archiver.
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+pub const EVENTS: &str = "hourglass_archiver_events_total";
+pub const FILES: &str = "hourglass_archiver_files_total";
+pub const BYTES: &str = "hourglass_archiver_bytes_total";
+pub const UPLOAD_SECONDS: &str = "hourglass_archiver_upload_seconds";
+pub const OPEN_FILES: &str = "hourglass_archiver_open_files";
+pub const SKIPPED: &str = "hourglass_archiver_skipped_total";
+pub const UNDECODABLE: &str = "hourglass_archiver_undecodable_total";
+pub const STORE_ERRORS: &str = "hourglass_archiver_store_errors_total";
+
+pub fn describe() {
+    describe_counter!(EVENTS, "events written to the lake");
+    describe_counter!(FILES, "Parquet files written to the lake");
+    describe_counter!(BYTES, "Parquet bytes written to the lake");
+    describe_histogram!(UPLOAD_SECONDS, "time to write one file to the store");
+    describe_gauge!(OPEN_FILES, "files being filled (one per partition at most)");
+    describe_counter!(SKIPPED, "records skipped because the lake already holds them (after a crash)");
+    describe_counter!(UNDECODABLE, "records that are not events (left to the loader's dead-letter topic)");
+    describe_counter!(STORE_ERRORS, "failed store operations (retried), by operation");
+}
+
+pub fn file_written(rows: usize, bytes: usize, took: Duration) {
+    counter!(EVENTS).increment(rows as u64);
+    counter!(FILES).increment(1);
+    counter!(BYTES).increment(bytes as u64);
+    histogram!(UPLOAD_SECONDS).record(took.as_secs_f64());
+}
+
+pub fn open_files(n: usize) {
+    gauge!(OPEN_FILES).set(n as f64);
+}
+
+pub fn skipped(n: u64) {
+    counter!(SKIPPED).increment(n);
+}
+
+pub fn undecodable() {
+    counter!(UNDECODABLE).increment(1);
+}
+
+pub fn store_error(op: &'static str) {
+    counter!(STORE_ERRORS, "op" => op).increment(1);
+}

@@ -1,0 +1,414 @@
+//! Replay: rebuild any time range from the lake, into ClickHouse `events`,
+//! into the rollups (through the aggregator's own windowing core), or back
+//! onto a Kafka topic.
+//!
+//! Files are listed only in the hour folders that can hold the range, read
+//! a few at a time (bounded memory), and filtered by event time. The
+//! rollups mode feeds every event of those files to one windowing core per
+//! source partition in offset order, as the live aggregator saw them, so
+//! the recomputed windows (late events included or dropped alike) equal a
+//! live run's.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use hourglass_aggregator::sink::RollupSink;
+use hourglass_aggregator::window::{Checkpoint, ClosedWindows, EventRef, PartitionWindows, WindowConfig};
+use hourglass_core::Config;
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::producer::FutureRecord;
+
+use crate::layout;
+use crate::schema::{LakeEvent, read_parquet};
+use crate::store::{ObjectInfo, ObjectStore};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    ClickHouse,
+    Rollups,
+    Kafka,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub project: Option<String>,
+    pub target: Target,
+    /// Topic to re-publish to (`--into kafka`).
+    pub kafka_topic: String,
+    pub dry_run: bool,
+    /// Files read at once.
+    pub parallel: usize,
+    /// How much later than its event time an event may have arrived.
+    pub lateness: chrono::Duration,
+    /// How much earlier (a client clock running ahead).
+    pub lead: chrono::Duration,
+    pub progress: bool,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReplaySummary {
+    pub files: usize,
+    pub bytes: u64,
+    pub events_read: u64,
+    pub events_in_range: u64,
+    /// Raw events inserted (clickhouse), rollup rows written (rollups), records produced (kafka).
+    pub written: u64,
+    /// Raw events already in ClickHouse (clickhouse mode).
+    pub already_present: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("--from must be before --to")]
+    EmptyRange,
+    #[error("lake: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("reading {key}: {source}")]
+    Read {
+        key: String,
+        source: crate::schema::SchemaError,
+    },
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("writing rollups: {0}")]
+    Rollups(#[from] hourglass_aggregator::sink::SinkError),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("ClickHouse mutation on {table} not done after {secs} s")]
+    MutationTimeout { table: String, secs: u64 },
+}
+
+/// Files of `topic` that can hold events of the range, by partition and offset.
+pub async fn list_files(
+    store: &dyn ObjectStore,
+    topic: &str,
+    opts: &ReplayOptions,
+) -> Result<Vec<ObjectInfo>, ReplayError> {
+    let mut files = Vec::new();
+    for folder in layout::hour_folders(opts.from, opts.to, opts.lead, opts.lateness) {
+        files.extend(store.list(&folder).await?.into_iter().filter(|o| {
+            layout::parse_key(&o.key).is_some_and(|f| f.topic == topic)
+        }));
+    }
+    files.sort_by_key(|o| {
+        let f = layout::parse_key(&o.key).expect("filtered above");
+        (f.partition, f.first)
+    });
+    Ok(files)
+}
+
+pub async fn replay(
+    cfg: &Config,
+    store: Arc<dyn ObjectStore>,
+    opts: &ReplayOptions,
+) -> Result<ReplaySummary, ReplayError> {
+    if opts.from >= opts.to {
+        return Err(ReplayError::EmptyRange);
+    }
+    let started = Instant::now();
+    let files = list_files(store.as_ref(), &cfg.kafka.topic, opts).await?;
+    let mut summary = ReplaySummary {
+        files: files.len(),
+        bytes: files.iter().map(|f| f.size).sum(),
+        ..Default::default()
+    };
+    let bar = progress_bar(summary.bytes, opts.progress);
+    let mut sink = Sink::new(cfg, opts).await?;
+    let reads = futures::stream::iter(files.into_iter().map(|f| {
+        let store = store.clone();
+        async move {
+            let bytes = store.get(&f.key).await?;
+            let size = f.size;
+            let key = f.key.clone();
+            let events = tokio::task::spawn_blocking(move || read_parquet(bytes))
+                .await
+                .expect("decoder thread")
+                .map_err(|source| ReplayError::Read { key, source })?;
+            Ok::<_, ReplayError>((size, events))
+        }
+    }))
+    .buffered(opts.parallel.max(1));
+    futures::pin_mut!(reads);
+    while let Some(file) = reads.next().await {
+        let (size, events) = file?;
+        summary.events_read += events.len() as u64;
+        sink.take(events, opts, &mut summary).await?;
+        bar.inc(size);
+        let rate = summary.events_read as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        bar.set_message(format!("{} events read, {rate:.0}/s", summary.events_read));
+    }
+    sink.finish(opts, &mut summary).await?;
+    bar.finish_and_clear();
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn progress_bar(total: u64, visible: bool) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg} ETA {eta}",
+        )
+        .expect("a valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn in_range(e: &LakeEvent, opts: &ReplayOptions) -> bool {
+    e.event.timestamp >= opts.from
+        && e.event.timestamp < opts.to
+        && opts.project.as_ref().is_none_or(|p| &e.event.project_id == p)
+}
+
+enum Sink {
+    ClickHouse {
+        client: clickhouse::Client,
+        existing: HashSet<uuid::Uuid>,
+    },
+    Rollups {
+        client: clickhouse::Client,
+        topic: String,
+        window: Arc<WindowConfig>,
+        partitions: BTreeMap<i32, PartitionWindows>,
+    },
+    Kafka {
+        producer: rdkafka::producer::FutureProducer,
+    },
+}
+
+impl Sink {
+    async fn new(cfg: &Config, opts: &ReplayOptions) -> Result<Self, ReplayError> {
+        let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
+        Ok(match opts.target {
+            Target::ClickHouse => Sink::ClickHouse {
+                existing: existing_ids(&client, opts).await?,
+                client,
+            },
+            Target::Rollups => Sink::Rollups {
+                client,
+                topic: cfg.kafka.topic.clone(),
+                window: Arc::new(WindowConfig::from(&cfg.aggregator)),
+                partitions: BTreeMap::new(),
+            },
+            Target::Kafka => Sink::Kafka {
+                producer: hourglass_core::kafka::producer(&cfg.kafka)?,
+            },
+        })
+    }
+
+    async fn take(
+        &mut self,
+        events: Vec<LakeEvent>,
+        opts: &ReplayOptions,
+        summary: &mut ReplaySummary,
+    ) -> Result<(), ReplayError> {
+        match self {
+            Sink::ClickHouse { client, existing } => {
+                let mut rows = Vec::new();
+                for e in events.iter().filter(|e| in_range(e, opts)) {
+                    summary.events_in_range += 1;
+                    if !existing.insert(e.event.event_id) {
+                        summary.already_present += 1;
+                        continue;
+                    }
+                    match hourglass_loader::rows::from_envelope(e.event.clone(), e.partition, e.offset) {
+                        Ok(row) => rows.push(row),
+                        Err(why) => tracing::warn!(event_id = %e.event.event_id, %why, "not loadable; skipped"),
+                    }
+                }
+                if !opts.dry_run && !rows.is_empty() {
+                    let mut insert = client.insert::<hourglass_loader::rows::EventRow>("events").await?;
+                    for row in &rows {
+                        insert.write(row).await?;
+                    }
+                    insert.end().await?;
+                }
+                summary.written += rows.len() as u64;
+            }
+            Sink::Rollups { window, partitions, .. } => {
+                for e in &events {
+                    summary.events_in_range += u64::from(in_range(e, opts));
+                    let core = partitions
+                        .entry(e.partition)
+                        .or_insert_with(|| PartitionWindows::new(window.clone(), e.offset, None));
+                    let ev = &e.event;
+                    core.ingest(
+                        &EventRef {
+                            project_id: &ev.project_id,
+                            event: &ev.event,
+                            user: ev.user(),
+                            timestamp_ms: ev.timestamp_millis(),
+                            value: ev.value,
+                            properties: Some(&ev.properties),
+                        },
+                        e.offset,
+                        0,
+                    );
+                }
+            }
+            Sink::Kafka { producer } => {
+                let matching: Vec<&LakeEvent> = events.iter().filter(|e| in_range(e, opts)).collect();
+                summary.events_in_range += matching.len() as u64;
+                if !opts.dry_run {
+                    let topic = opts.kafka_topic.as_str();
+                    let producer = &*producer;
+                    let sends = matching.iter().map(|e| {
+                        let key = e.event.kafka_key();
+                        let payload = e.event.encode();
+                        async move {
+                            producer
+                                .send(FutureRecord::to(topic).key(&key).payload(&payload), Duration::from_secs(60))
+                                .await
+                                .map_err(|(err, _)| err)
+                        }
+                    });
+                    for r in futures::future::join_all(sends).await {
+                        r?;
+                    }
+                    summary.written += matching.len() as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self, opts: &ReplayOptions, summary: &mut ReplaySummary) -> Result<(), ReplayError> {
+        let Sink::Rollups { client, topic, window, partitions } = self else {
+            return Ok(());
+        };
+        let from_ms = opts.from.timestamp_millis();
+        let to_ms = opts.to.timestamp_millis();
+        let mut closed = Vec::new();
+        for (partition, core) in partitions.iter_mut() {
+            // The lake ends here: close every window, as an idle partition would.
+            core.mark_caught_up(0);
+            core.tick(i64::MAX);
+            if let Some(mut c) = core.take_closed() {
+                c.rows.retain(|r| {
+                    r.window_start_ms >= from_ms
+                        && r.window_start_ms < to_ms
+                        && opts.project.as_ref().is_none_or(|p| &r.project_id == p)
+                });
+                if !c.rows.is_empty() {
+                    closed.push((*partition, c));
+                }
+            }
+        }
+        summary.written = closed.iter().map(|(_, c)| c.rows.len() as u64).sum();
+        if opts.dry_run {
+            return Ok(());
+        }
+        let _ = window;
+        replace_rollups(client, topic, opts, &closed).await
+    }
+}
+
+/// Ids of the raw events ClickHouse already holds in the range, so a replay
+/// inserts only what is missing (running it twice changes nothing).
+async fn existing_ids(client: &clickhouse::Client, opts: &ReplayOptions) -> Result<HashSet<uuid::Uuid>, ReplayError> {
+    let from = opts.from.timestamp();
+    let to = opts.to.timestamp() + 1;
+    let mut cursor = client
+        .query("SELECT toString(event_id) FROM events WHERE timestamp >= toDateTime(?) AND timestamp < toDateTime(?) AND (? = '' OR project_id = ?)")
+        .bind(from)
+        .bind(to)
+        .bind(opts.project.clone().unwrap_or_default())
+        .bind(opts.project.clone().unwrap_or_default())
+        .fetch::<String>()?;
+    let mut ids = HashSet::new();
+    while let Some(id) = cursor.next().await? {
+        if let Ok(id) = id.parse() {
+            ids.insert(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Replace the range's `rollup_5m` rows, and the hourly and daily buckets
+/// they feed, with recomputed ones. Buckets the range covers only in part
+/// are rebuilt from the `rollup_5m` rows outside the range plus the new ones.
+async fn replace_rollups(
+    client: &clickhouse::Client,
+    topic: &str,
+    opts: &ReplayOptions,
+    closed: &[(i32, ClosedWindows)],
+) -> Result<(), ReplayError> {
+    let project = opts.project.clone().unwrap_or_default();
+    let (from, to) = (opts.from.timestamp(), opts.to.timestamp());
+    let only = "(? = '' OR project_id = ?)";
+    let h0 = layout::hour_of(opts.from).timestamp();
+    let h1 = layout::hour_of(opts.to - chrono::Duration::milliseconds(1)).timestamp() + 3600;
+    let d0 = opts.from.date_naive().and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp();
+    let d1 = (opts.to - chrono::Duration::milliseconds(1)).date_naive().and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp() + 86_400;
+
+    client
+        .query(&format!("ALTER TABLE rollup_5m DELETE WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?) AND {only}"))
+        .bind(from).bind(to).bind(&project).bind(&project)
+        .execute().await?;
+    for (table, a, b) in [("rollup_1h", h0, h1), ("rollup_1d", d0, d1)] {
+        client
+            .query(&format!("ALTER TABLE {table} DELETE WHERE bucket_start >= toDateTime(?) AND bucket_start < toDateTime(?) AND {only}"))
+            .bind(a).bind(b).bind(&project).bind(&project)
+            .execute().await?;
+    }
+    for table in ["rollup_5m", "rollup_1h", "rollup_1d"] {
+        wait_for_mutations(client, table).await?;
+    }
+    // The new rows; the views add them to the (now empty) hourly and daily buckets.
+    let sink = RollupSink::new(client.clone(), format!("replay:{topic}"));
+    for (partition, c) in closed {
+        let c = ClosedWindows {
+            rows: c.rows.clone(),
+            windows: c.windows,
+            last_window_start_ms: c.last_window_start_ms,
+            // The replay's rows carry no checkpoint of the live aggregator.
+            checkpoint: Checkpoint { resume_offset: 0, watermark_ms: 0 },
+        };
+        sink.write(*partition, &c).await?;
+    }
+    // The rest of partly covered buckets, from the rows outside the range.
+    // Same expressions as the rollup_1h/1d materialized views (sql/0002).
+    for (table, bucket, a, b) in [("rollup_1h", "toStartOfHour", h0, h1), ("rollup_1d", "toStartOfDay", d0, d1)] {
+        client
+            .query(&format!(
+                "INSERT INTO {table} SELECT {bucket}(window_start) AS bucket_start, project_id, event, dimensions, \
+                 sumState(events), uniqExactArrayState(user_hashes), sumState(value_count), sumState(value_sum), \
+                 minIfState(value_min, value_count > 0), maxIfState(value_max, value_count > 0), \
+                 sumMapState(hist_values, hist_counts) \
+                 FROM rollup_5m WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?) \
+                 AND NOT (window_start >= toDateTime(?) AND window_start < toDateTime(?)) AND {only} \
+                 GROUP BY bucket_start, project_id, event, dimensions"
+            ))
+            .bind(a).bind(b).bind(from).bind(to).bind(&project).bind(&project)
+            .execute().await?;
+    }
+    Ok(())
+}
+
+async fn wait_for_mutations(client: &clickhouse::Client, table: &str) -> Result<(), ReplayError> {
+    let started = Instant::now();
+    loop {
+        let pending: u64 = client
+            .query("SELECT count() FROM system.mutations WHERE database = currentDatabase() AND table = ? AND is_done = 0")
+            .bind(table)
+            .fetch_one()
+            .await?;
+        if pending == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            return Err(ReplayError::MutationTimeout { table: table.into(), secs: 300 });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
