@@ -204,13 +204,21 @@ async fn replay(cfg: &Config, args: ReplayArgs) -> Result<()> {
         "replay {} .. {} from {where_}{}: {} files ({:.1} MB), {} events read, {} in range, {} {what}{}, {:.1} s ({:.0} events/s)",
         opts.from,
         opts.to,
-        if opts.dry_run { " (dry run: nothing written)" } else { "" },
+        if opts.dry_run {
+            " (dry run: nothing written)"
+        } else {
+            ""
+        },
         s.files,
         s.bytes as f64 / 1e6,
         s.events_read,
         s.events_in_range,
         s.written,
-        if s.already_present > 0 { format!(", {} already present", s.already_present) } else { String::new() },
+        if s.already_present > 0 {
+            format!(", {} already present", s.already_present)
+        } else {
+            String::new()
+        },
         s.seconds,
         s.events_read as f64 / s.seconds.max(1e-3)
     );

@@ -106,7 +106,10 @@ impl Archiver {
                 self.close_aged()?;
             }
         }
-        tracing::info!(open_files = self.files.len(), "archiver stopping: writing open files");
+        tracing::info!(
+            open_files = self.files.len(),
+            "archiver stopping: writing open files"
+        );
         let partitions: Vec<i32> = self.files.keys().copied().collect();
         for p in partitions {
             self.close(p)?;
@@ -114,9 +117,18 @@ impl Archiver {
         Ok(())
     }
 
-    fn on_record(&mut self, partition: i32, offset: i64, payload: Option<&[u8]>) -> Result<(), ArchiveError> {
+    fn on_record(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        payload: Option<&[u8]>,
+    ) -> Result<(), ArchiveError> {
         self.next.insert(partition, offset + 1);
-        if self.skip_through.get(&partition).is_some_and(|&s| offset <= s) {
+        if self
+            .skip_through
+            .get(&partition)
+            .is_some_and(|&s| offset <= s)
+        {
             metrics::skipped(1);
             return Ok(());
         }
@@ -137,7 +149,12 @@ impl Archiver {
         }
         if !self.files.contains_key(&partition) {
             if let Some(last) = self.existing_file(hour, partition, offset) {
-                tracing::info!(partition, first = offset, last, "already in the lake; skipping through its last offset");
+                tracing::info!(
+                    partition,
+                    first = offset,
+                    last,
+                    "already in the lake; skipping through its last offset"
+                );
                 self.skip_through.insert(partition, last);
                 metrics::skipped(1);
                 return Ok(());
@@ -206,8 +223,11 @@ impl Archiver {
         let Ok(assignment) = self.consumer.assignment() else {
             return;
         };
-        let mine: std::collections::HashSet<i32> =
-            assignment.elements().iter().map(|e| e.partition()).collect();
+        let mine: std::collections::HashSet<i32> = assignment
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
         self.files.retain(|p, _| mine.contains(p));
         self.skip_through.retain(|p, _| mine.contains(p));
         metrics::open_files(self.files.len());
@@ -272,7 +292,9 @@ impl Archiver {
         };
         if let Some(p) = paused {
             let next = self.next.clone();
-            p.resume(&self.consumer, &self.topic, |partition| next.get(&partition).copied());
+            p.resume(&self.consumer, &self.topic, |partition| {
+                next.get(&partition).copied()
+            });
             self.readiness.set(true);
         }
         result

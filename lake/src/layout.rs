@@ -12,7 +12,8 @@ pub fn hour_folder(t: DateTime<Utc>) -> String {
 
 /// Start of the hour holding `t`.
 pub fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
-    t.duration_trunc(Duration::hours(1)).expect("an hour divides time")
+    t.duration_trunc(Duration::hours(1))
+        .expect("an hour divides time")
 }
 
 /// Name prefix of every file of `topic`/`partition` that starts at `first`.
@@ -97,15 +98,38 @@ mod tests {
                 last: 1_041
             })
         );
-        assert!(file_key(hour_of(t("2026-01-01T13:00:00Z")), "e", 0, 9, 9) < file_key(hour_of(t("2026-01-01T13:00:00Z")), "e", 0, 10, 10));
+        assert!(
+            file_key(hour_of(t("2026-01-01T13:00:00Z")), "e", 0, 9, 9)
+                < file_key(hour_of(t("2026-01-01T13:00:00Z")), "e", 0, 10, 10)
+        );
         assert!(k.contains(&file_prefix("events-eu", 3, 42)));
     }
 
     #[test]
     fn range_lists_only_hours_that_can_hold_it() {
-        let hours = hour_folders(t("2026-01-01T10:30:00Z"), t("2026-01-01T12:00:00Z"), Duration::zero(), Duration::zero());
-        assert_eq!(hours, vec!["dt=2026-01-01/hour=10/", "dt=2026-01-01/hour=11/"]);
-        let hours = hour_folders(t("2026-01-01T23:00:00Z"), t("2026-01-02T00:00:00Z"), Duration::hours(1), Duration::minutes(30));
-        assert_eq!(hours, vec!["dt=2026-01-01/hour=22/", "dt=2026-01-01/hour=23/", "dt=2026-01-02/hour=00/"]);
+        let hours = hour_folders(
+            t("2026-01-01T10:30:00Z"),
+            t("2026-01-01T12:00:00Z"),
+            Duration::zero(),
+            Duration::zero(),
+        );
+        assert_eq!(
+            hours,
+            vec!["dt=2026-01-01/hour=10/", "dt=2026-01-01/hour=11/"]
+        );
+        let hours = hour_folders(
+            t("2026-01-01T23:00:00Z"),
+            t("2026-01-02T00:00:00Z"),
+            Duration::hours(1),
+            Duration::minutes(30),
+        );
+        assert_eq!(
+            hours,
+            vec![
+                "dt=2026-01-01/hour=22/",
+                "dt=2026-01-01/hour=23/",
+                "dt=2026-01-02/hour=00/"
+            ]
+        );
     }
 }

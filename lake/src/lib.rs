@@ -39,7 +39,9 @@ pub enum LakeError {
 /// Run the archiver until SIGINT/SIGTERM; open files are written first.
 pub async fn run_archiver(cfg: Config) -> Result<(), LakeError> {
     if cfg.lake.file_max_rows == 0 || cfg.lake.file_max_bytes == 0 {
-        return Err(LakeError::Config("lake.file_max_rows and file_max_bytes must be > 0".into()));
+        return Err(LakeError::Config(
+            "lake.file_max_rows and file_max_bytes must be > 0".into(),
+        ));
     }
     let service = telemetry::Service::start(&cfg.lake.http_listen)
         .map_err(|e| LakeError::Config(format!("lake.http_listen: {e}")))?;

@@ -19,9 +19,18 @@ pub fn describe() {
     describe_counter!(BYTES, "Parquet bytes written to the lake");
     describe_histogram!(UPLOAD_SECONDS, "time to write one file to the store");
     describe_gauge!(OPEN_FILES, "files being filled (one per partition at most)");
-    describe_counter!(SKIPPED, "records skipped because the lake already holds them (after a crash)");
-    describe_counter!(UNDECODABLE, "records that are not events (left to the loader's dead-letter topic)");
-    describe_counter!(STORE_ERRORS, "failed store operations (retried), by operation");
+    describe_counter!(
+        SKIPPED,
+        "records skipped because the lake already holds them (after a crash)"
+    );
+    describe_counter!(
+        UNDECODABLE,
+        "records that are not events (left to the loader's dead-letter topic)"
+    );
+    describe_counter!(
+        STORE_ERRORS,
+        "failed store operations (retried), by operation"
+    );
 }
 
 pub fn file_written(rows: usize, bytes: usize, took: Duration) {

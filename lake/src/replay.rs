@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use hourglass_aggregator::sink::RollupSink;
-use hourglass_aggregator::window::{Checkpoint, ClosedWindows, EventRef, PartitionWindows, WindowConfig};
+use hourglass_aggregator::window::{
+    Checkpoint, ClosedWindows, EventRef, PartitionWindows, WindowConfig,
+};
 use hourglass_core::Config;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::FutureRecord;
@@ -92,9 +94,13 @@ pub async fn list_files(
 ) -> Result<Vec<ObjectInfo>, ReplayError> {
     let mut files = Vec::new();
     for folder in layout::hour_folders(opts.from, opts.to, opts.lead, opts.lateness) {
-        files.extend(store.list(&folder).await?.into_iter().filter(|o| {
-            layout::parse_key(&o.key).is_some_and(|f| f.topic == topic)
-        }));
+        files.extend(
+            store
+                .list(&folder)
+                .await?
+                .into_iter()
+                .filter(|o| layout::parse_key(&o.key).is_some_and(|f| f.topic == topic)),
+        );
     }
     files.sort_by_key(|o| {
         let f = layout::parse_key(&o.key).expect("filtered above");
@@ -167,7 +173,10 @@ fn progress_bar(total: u64, visible: bool) -> ProgressBar {
 fn in_range(e: &LakeEvent, opts: &ReplayOptions) -> bool {
     e.event.timestamp >= opts.from
         && e.event.timestamp < opts.to
-        && opts.project.as_ref().is_none_or(|p| &e.event.project_id == p)
+        && opts
+            .project
+            .as_ref()
+            .is_none_or(|p| &e.event.project_id == p)
 }
 
 enum Sink {
@@ -221,13 +230,21 @@ impl Sink {
                         summary.already_present += 1;
                         continue;
                     }
-                    match hourglass_loader::rows::from_envelope(e.event.clone(), e.partition, e.offset) {
+                    match hourglass_loader::rows::from_envelope(
+                        e.event.clone(),
+                        e.partition,
+                        e.offset,
+                    ) {
                         Ok(row) => rows.push(row),
-                        Err(why) => tracing::warn!(event_id = %e.event.event_id, %why, "not loadable; skipped"),
+                        Err(why) => {
+                            tracing::warn!(event_id = %e.event.event_id, %why, "not loadable; skipped")
+                        }
                     }
                 }
                 if !opts.dry_run && !rows.is_empty() {
-                    let mut insert = client.insert::<hourglass_loader::rows::EventRow>("events").await?;
+                    let mut insert = client
+                        .insert::<hourglass_loader::rows::EventRow>("events")
+                        .await?;
                     for row in &rows {
                         insert.write(row).await?;
                     }
@@ -235,7 +252,9 @@ impl Sink {
                 }
                 summary.written += rows.len() as u64;
             }
-            Sink::Rollups { window, partitions, .. } => {
+            Sink::Rollups {
+                window, partitions, ..
+            } => {
                 for e in &events {
                     summary.events_in_range += u64::from(in_range(e, opts));
                     let core = partitions
@@ -257,7 +276,8 @@ impl Sink {
                 }
             }
             Sink::Kafka { producer } => {
-                let matching: Vec<&LakeEvent> = events.iter().filter(|e| in_range(e, opts)).collect();
+                let matching: Vec<&LakeEvent> =
+                    events.iter().filter(|e| in_range(e, opts)).collect();
                 summary.events_in_range += matching.len() as u64;
                 if !opts.dry_run {
                     let topic = opts.kafka_topic.as_str();
@@ -267,7 +287,10 @@ impl Sink {
                         let payload = e.event.encode();
                         async move {
                             producer
-                                .send(FutureRecord::to(topic).key(&key).payload(&payload), Duration::from_secs(60))
+                                .send(
+                                    FutureRecord::to(topic).key(&key).payload(&payload),
+                                    Duration::from_secs(60),
+                                )
                                 .await
                                 .map_err(|(err, _)| err)
                         }
@@ -282,8 +305,18 @@ impl Sink {
         Ok(())
     }
 
-    async fn finish(&mut self, opts: &ReplayOptions, summary: &mut ReplaySummary) -> Result<(), ReplayError> {
-        let Sink::Rollups { client, topic, window, partitions } = self else {
+    async fn finish(
+        &mut self,
+        opts: &ReplayOptions,
+        summary: &mut ReplaySummary,
+    ) -> Result<(), ReplayError> {
+        let Sink::Rollups {
+            client,
+            topic,
+            window,
+            partitions,
+        } = self
+        else {
             return Ok(());
         };
         let from_ms = opts.from.timestamp_millis();
@@ -315,7 +348,10 @@ impl Sink {
 
 /// Ids of the raw events ClickHouse already holds in the range, so a replay
 /// inserts only what is missing (running it twice changes nothing).
-async fn existing_ids(client: &clickhouse::Client, opts: &ReplayOptions) -> Result<HashSet<uuid::Uuid>, ReplayError> {
+async fn existing_ids(
+    client: &clickhouse::Client,
+    opts: &ReplayOptions,
+) -> Result<HashSet<uuid::Uuid>, ReplayError> {
     let from = opts.from.timestamp();
     let to = opts.to.timestamp() + 1;
     let mut cursor = client
@@ -348,8 +384,20 @@ async fn replace_rollups(
     let only = "(? = '' OR project_id = ?)";
     let h0 = layout::hour_of(opts.from).timestamp();
     let h1 = layout::hour_of(opts.to - chrono::Duration::milliseconds(1)).timestamp() + 3600;
-    let d0 = opts.from.date_naive().and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp();
-    let d1 = (opts.to - chrono::Duration::milliseconds(1)).date_naive().and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp() + 86_400;
+    let d0 = opts
+        .from
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_utc()
+        .timestamp();
+    let d1 = (opts.to - chrono::Duration::milliseconds(1))
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_utc()
+        .timestamp()
+        + 86_400;
 
     client
         .query(&format!("ALTER TABLE rollup_5m DELETE WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?) AND {only}"))
@@ -372,13 +420,19 @@ async fn replace_rollups(
             windows: c.windows,
             last_window_start_ms: c.last_window_start_ms,
             // The replay's rows carry no checkpoint of the live aggregator.
-            checkpoint: Checkpoint { resume_offset: 0, watermark_ms: 0 },
+            checkpoint: Checkpoint {
+                resume_offset: 0,
+                watermark_ms: 0,
+            },
         };
         sink.write(*partition, &c).await?;
     }
     // The rest of partly covered buckets, from the rows outside the range.
     // Same expressions as the rollup_1h/1d materialized views (sql/0002).
-    for (table, bucket, a, b) in [("rollup_1h", "toStartOfHour", h0, h1), ("rollup_1d", "toStartOfDay", d0, d1)] {
+    for (table, bucket, a, b) in [
+        ("rollup_1h", "toStartOfHour", h0, h1),
+        ("rollup_1d", "toStartOfDay", d0, d1),
+    ] {
         client
             .query(&format!(
                 "INSERT INTO {table} SELECT {bucket}(window_start) AS bucket_start, project_id, event, dimensions, \
@@ -407,7 +461,10 @@ async fn wait_for_mutations(client: &clickhouse::Client, table: &str) -> Result<
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(300) {
-            return Err(ReplayError::MutationTimeout { table: table.into(), secs: 300 });
+            return Err(ReplayError::MutationTimeout {
+                table: table.into(),
+                secs: 300,
+            });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

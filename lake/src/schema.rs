@@ -104,7 +104,8 @@ impl BatchBuilder {
         self.anonymous_id.append_option(e.anonymous_id.as_deref());
         self.session_id.append_option(e.session_id.as_deref());
         self.timestamp.append_value(e.timestamp.timestamp_millis());
-        self.received_at.append_value(e.received_at.timestamp_millis());
+        self.received_at
+            .append_value(e.received_at.timestamp_millis());
         self.value.append_option(e.value);
         self.properties
             .append_value(serde_json::to_string(&e.properties).expect("a JSON map serializes"));
@@ -215,17 +216,17 @@ fn decode_batch(batch: &RecordBatch, out: &mut Vec<LakeEvent>) -> Result<(), Sch
     let offset = column(batch, "kafka_offset")?
         .as_primitive_opt::<Int64Type>()
         .ok_or_else(|| shape("kafka_offset"))?;
-    let opt = |a: &arrow_array::StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_owned());
+    let opt =
+        |a: &arrow_array::StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_owned());
     out.reserve(batch.num_rows());
     for i in 0..batch.num_rows() {
         out.push(LakeEvent {
             event: EventEnvelope {
                 schema_version: version.value(i),
                 project_id: project.value(i).to_owned(),
-                event_id: event_id
-                    .value(i)
-                    .parse()
-                    .map_err(|_| SchemaError::Shape(format!("event_id {:?} is not a UUID", event_id.value(i))))?,
+                event_id: event_id.value(i).parse().map_err(|_| {
+                    SchemaError::Shape(format!("event_id {:?} is not a UUID", event_id.value(i)))
+                })?,
                 event: event.value(i).to_owned(),
                 user_id: opt(user, i),
                 anonymous_id: opt(anon, i),
@@ -262,7 +263,10 @@ mod tests {
                 timestamp: t + chrono::Duration::milliseconds(i),
                 received_at: t,
                 value: (i % 5 == 0).then_some(i as f64 / 3.0),
-                properties: serde_json::from_str(&format!(r#"{{"path":"/p/{i}","n":{{"x":[1,2]}}}}"#)).unwrap(),
+                properties: serde_json::from_str(&format!(
+                    r#"{{"path":"/p/{i}","n":{{"x":[1,2]}}}}"#
+                ))
+                .unwrap(),
             })
             .collect();
         let mut b = BatchBuilder::default();

@@ -119,7 +119,9 @@ impl ObjectStore for LocalStore {
                     .replace('\\', "/");
                 if meta.is_dir() {
                     stack.push(path);
-                } else if rel.starts_with(prefix) && !entry.file_name().to_string_lossy().starts_with('.') {
+                } else if rel.starts_with(prefix)
+                    && !entry.file_name().to_string_lossy().starts_with('.')
+                {
                     out.push(ObjectInfo {
                         key: rel,
                         size: meta.len(),
@@ -178,7 +180,13 @@ impl S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| Self::err("CreateMultipartUpload", key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+            .map_err(|e| {
+                Self::err(
+                    "CreateMultipartUpload",
+                    key,
+                    aws_sdk_s3::error::DisplayErrorContext(e),
+                )
+            })?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
         let result = async {
             let mut parts = Vec::new();
@@ -194,7 +202,9 @@ impl S3Store {
                     .body(ByteStream::from(body.slice_ref(chunk)))
                     .send()
                     .await
-                    .map_err(|e| Self::err("UploadPart", key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                    .map_err(|e| {
+                        Self::err("UploadPart", key, aws_sdk_s3::error::DisplayErrorContext(e))
+                    })?;
                 parts.push(
                     CompletedPart::builder()
                         .part_number(number)
@@ -207,10 +217,20 @@ impl S3Store {
                 .bucket(&self.bucket)
                 .key(key)
                 .upload_id(&upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
                 .send()
                 .await
-                .map_err(|e| Self::err("CompleteMultipartUpload", key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                .map_err(|e| {
+                    Self::err(
+                        "CompleteMultipartUpload",
+                        key,
+                        aws_sdk_s3::error::DisplayErrorContext(e),
+                    )
+                })?;
             Ok(())
         }
         .await;
@@ -262,7 +282,13 @@ impl ObjectStore for S3Store {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| Self::err("ListObjectsV2", &full, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+            let page = page.map_err(|e| {
+                Self::err(
+                    "ListObjectsV2",
+                    &full,
+                    aws_sdk_s3::error::DisplayErrorContext(e),
+                )
+            })?;
             for o in page.contents() {
                 if let Some(k) = o.key() {
                     out.push(ObjectInfo {
@@ -307,17 +333,47 @@ mod tests {
     async fn local_store_puts_lists_and_gets() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path());
-        store.put("dt=2026-01-01/hour=00/a-1.parquet", Bytes::from_static(b"one")).await.unwrap();
-        store.put("dt=2026-01-01/hour=01/a-2.parquet", Bytes::from_static(b"two!")).await.unwrap();
-        store.put("dt=2026-01-02/hour=00/b-1.parquet", Bytes::from_static(b"3")).await.unwrap();
+        store
+            .put(
+                "dt=2026-01-01/hour=00/a-1.parquet",
+                Bytes::from_static(b"one"),
+            )
+            .await
+            .unwrap();
+        store
+            .put(
+                "dt=2026-01-01/hour=01/a-2.parquet",
+                Bytes::from_static(b"two!"),
+            )
+            .await
+            .unwrap();
+        store
+            .put(
+                "dt=2026-01-02/hour=00/b-1.parquet",
+                Bytes::from_static(b"3"),
+            )
+            .await
+            .unwrap();
         let all = store.list("").await.unwrap();
         assert_eq!(all.len(), 3);
         let day = store.list("dt=2026-01-01/").await.unwrap();
         assert_eq!(day.iter().map(|o| o.size).collect::<Vec<_>>(), vec![3, 4]);
         let named = store.list("dt=2026-01-01/hour=01/a-").await.unwrap();
         assert_eq!(named.len(), 1);
-        assert!(store.list("dt=2026-01-01/hour=01/b-").await.unwrap().is_empty());
+        assert!(
+            store
+                .list("dt=2026-01-01/hour=01/b-")
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert!(store.list("dt=2030-01-01/").await.unwrap().is_empty());
-        assert_eq!(&store.get("dt=2026-01-02/hour=00/b-1.parquet").await.unwrap()[..], b"3");
+        assert_eq!(
+            &store
+                .get("dt=2026-01-02/hour=00/b-1.parquet")
+                .await
+                .unwrap()[..],
+            b"3"
+        );
     }
 }

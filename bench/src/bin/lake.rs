@@ -1,0 +1,216 @@
+//! The lake: archive throughput (the archiver's own work, and end to end
+//! from a `memory://` tansu through `hourglass archive`), Parquet size per
+//! 1,000 events against the JSON on Kafka, and replay throughput.
+//!
+//! `cargo run --release -p hourglass-bench --bin lake -- --events 1000000`
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures::StreamExt;
+use hourglass_bench::MemoryBroker;
+use hourglass_core::Config;
+use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION};
+use hourglass_lake::replay::{ReplayOptions, Target};
+use hourglass_lake::schema::{BatchBuilder, to_parquet};
+use hourglass_lake::store::{LocalStore, ObjectStore};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use rdkafka::producer::FutureRecord;
+use serde_json::json;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Events per Parquet file.
+    #[arg(long, default_value_t = 250_000)]
+    file_rows: usize,
+    /// The hourglass binary.
+    #[arg(long, default_value = "target/release/hourglass")]
+    hourglass: String,
+}
+
+fn events(n: usize) -> Vec<EventEnvelope> {
+    let names = ["page_view", "click", "signup", "api_call", "purchase"];
+    let countries = ["DE", "US", "FR", "BR", "IN", "JP", "GB"];
+    let mut rng = SmallRng::seed_from_u64(5);
+    let t0: chrono::DateTime<chrono::Utc> = "2026-01-01T10:00:00Z".parse().unwrap();
+    (0..n)
+        .map(|i| {
+            let name = names[rng.random_range(0..names.len())];
+            let user = rng.random_range(0..5_000);
+            let ts = t0 + chrono::Duration::milliseconds((i as i64 * 3_000_000) / n as i64);
+            EventEnvelope {
+                schema_version: SCHEMA_VERSION,
+                project_id: "bench".into(),
+                event_id: uuid::Uuid::now_v7(),
+                event: name.into(),
+                user_id: Some(format!("user-{user}")),
+                anonymous_id: None,
+                session_id: Some(format!("s-{user}-{}", rng.random_range(0..4))),
+                timestamp: ts,
+                received_at: ts + chrono::Duration::milliseconds(rng.random_range(0..2_000)),
+                value: (name == "api_call")
+                    .then(|| (rng.random::<f64>().powi(4) * 2_000.0 * 10.0).round() / 10.0),
+                properties: serde_json::from_value(json!({
+                    "path": format!("/docs/page-{}", rng.random_range(0..300)),
+                    "country": countries[rng.random_range(0..countries.len())],
+                    "referrer": "https://www.example.com/search?q=hourglass",
+                    "device": if rng.random_bool(0.3) { "mobile" } else { "desktop" },
+                }))
+                .unwrap(),
+            }
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let tmp = std::env::temp_dir().join(format!("hourglass-bench-lake-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let all = events(args.events);
+    let records: Vec<(String, Vec<u8>)> = all.iter().map(|e| (e.kafka_key(), e.encode())).collect();
+    let json_bytes: usize = records.iter().map(|(_, v)| v.len()).sum();
+
+    // 1. The archiver's own work: record bytes → envelope → Arrow → zstd Parquet → folder.
+    let store = LocalStore::new(tmp.join("core"));
+    let started = Instant::now();
+    let mut parquet_bytes = 0;
+    for (f, chunk) in records.chunks(args.file_rows).enumerate() {
+        let mut b = BatchBuilder::default();
+        for (i, (_, payload)) in chunk.iter().enumerate() {
+            let e = EventEnvelope::decode(payload)?;
+            b.append(&e, 0, (f * args.file_rows + i) as i64);
+        }
+        let body = to_parquet(&b.finish(), 128 * 1024)?;
+        parquet_bytes += body.len();
+        store
+            .put(
+                &format!("dt=2026-01-01/hour=10/bench-0000-{f:020}-0.parquet"),
+                body,
+            )
+            .await?;
+    }
+    let core = args.events as f64 / started.elapsed().as_secs_f64();
+    println!("archive core (decode, Arrow, zstd Parquet, write; one thread): {core:.0} events/s");
+    println!(
+        "size per 1,000 events: Parquet {:.1} KB, JSON {:.1} KB: Parquet is 1/{:.1} of the JSON",
+        parquet_bytes as f64 / args.events as f64,
+        json_bytes as f64 / args.events as f64,
+        json_bytes as f64 / parquet_bytes as f64
+    );
+
+    // 2. End to end through Kafka: memory:// tansu → hourglass archive → folder.
+    let broker = MemoryBroker::start(&tmp, 19194)?;
+    let mut cfg = Config::default();
+    cfg.kafka.brokers = broker.brokers.clone();
+    cfg.kafka.topic = "bench_lake".into();
+    hourglass_core::kafka::ensure_topics(&cfg.kafka, &[("bench_lake", 8)]).await?;
+    let producer = hourglass_core::kafka::producer(&cfg.kafka)?;
+    let producer = &producer;
+    futures::stream::iter(records.iter())
+        .map(|(k, v)| async move {
+            producer
+                .send(
+                    FutureRecord::to("bench_lake").key(k).payload(v),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|(e, _)| e)
+        })
+        .buffer_unordered(50_000)
+        .for_each(|r| async {
+            r.expect("delivered");
+        })
+        .await;
+    let lake_dir = tmp.join("e2e");
+    let mut child = Command::new(&args.hourglass)
+        .arg("archive")
+        .env("HOURGLASS_KAFKA__BROKERS", &cfg.kafka.brokers)
+        .env("HOURGLASS_KAFKA__TOPIC", "bench_lake")
+        .env("HOURGLASS_LAKE__LOCAL_DIR", &lake_dir)
+        .env("HOURGLASS_LAKE__HTTP_LISTEN", "127.0.0.1:0")
+        .env("HOURGLASS_LAKE__FILE_MAX_AGE_SECS", "5")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", args.hourglass))?;
+    let e2e_store = LocalStore::new(&lake_dir);
+    let started = Instant::now();
+    loop {
+        let done: i64 = e2e_store
+            .list("")
+            .await?
+            .iter()
+            .filter_map(|o| hourglass_lake::layout::parse_key(&o.key))
+            .map(|f| f.last - f.first + 1)
+            .sum();
+        if done >= args.events as i64 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("archiver did not finish in 600 s ({done} events)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e2e = started.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(broker);
+    println!(
+        "archive end to end (tansu memory:// → hourglass archive → folder, 8 partitions): {:.0} events/s ({:.1} s, includes the last file's 5 s age limit)",
+        args.events as f64 / e2e.as_secs_f64(),
+        e2e.as_secs_f64()
+    );
+
+    // 3. Replay: list, read and decode in parallel, filter by event time.
+    let mut cfg = Config::default();
+    cfg.kafka.topic = "bench".into();
+    let opts = ReplayOptions {
+        from: "2026-01-01T00:00:00Z".parse()?,
+        to: "2026-01-02T00:00:00Z".parse()?,
+        project: None,
+        target: Target::ClickHouse,
+        kafka_topic: String::new(),
+        dry_run: true,
+        parallel: 4,
+        lateness: chrono::Duration::hours(24),
+        lead: chrono::Duration::hours(1),
+        progress: false,
+    };
+    cfg.clickhouse.database = format!("bench_lake_{}", std::process::id());
+    hourglass_sql::migrate(&cfg.clickhouse).await?;
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(tmp.join("core")));
+    let s = hourglass_lake::replay::replay(&cfg, store.clone(), &opts).await?;
+    println!(
+        "replay read (4 files at a time, decode, filter; dry run): {:.0} events/s ({} events)",
+        s.events_read as f64 / s.seconds,
+        s.events_read
+    );
+    let opts = ReplayOptions {
+        dry_run: false,
+        ..opts
+    };
+    let s = hourglass_lake::replay::replay(&cfg, store, &opts).await?;
+    println!(
+        "replay into ClickHouse `events`: {:.0} events/s ({} inserted)",
+        s.events_read as f64 / s.seconds,
+        s.written
+    );
+    hourglass_core::clickhouse::server_client(&cfg.clickhouse)
+        .query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            cfg.clickhouse.database
+        ))
+        .execute()
+        .await?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
