@@ -159,3 +159,29 @@ async fn every_event_is_archived_exactly_once_through_kills() {
     assert_eq!(per_day, n as u64, "DuckDB's count per day adds up");
     env.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_go_up_in_parts_and_come_back_whole() {
+    let mut env = TestEnv::new("lake_multipart").await;
+    env.cfg.lake.storage = LakeStorage::S3;
+    env.cfg.s3.prefix = env.name.clone();
+    // Parts of 5 MiB (S3's minimum), a 12 MiB object: three parts.
+    env.cfg.lake.multipart_threshold_bytes = 5 * 1024 * 1024;
+    let store = hourglass_lake::store::open(&env.cfg).await.unwrap();
+    let body: Vec<u8> = (0..12 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let key = "dt=2026-01-01/hour=00/big-0000-00000000000000000000-00000000000000000001.parquet";
+    store
+        .put(key, bytes::Bytes::from(body.clone()))
+        .await
+        .unwrap();
+    let listed = store.list("dt=2026-01-01/").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].size, body.len() as u64);
+    assert!(
+        store.get(key).await.unwrap() == body,
+        "the object reads back byte for byte"
+    );
+    env.teardown().await;
+}

@@ -137,7 +137,7 @@ async fn main() -> Result<()> {
         .env("HOURGLASS_KAFKA__TOPIC", "bench_lake")
         .env("HOURGLASS_LAKE__LOCAL_DIR", &lake_dir)
         .env("HOURGLASS_LAKE__HTTP_LISTEN", "127.0.0.1:0")
-        .env("HOURGLASS_LAKE__FILE_MAX_AGE_SECS", "5")
+        .env("HOURGLASS_LAKE__FILE_MAX_AGE_SECS", "1")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()
@@ -165,7 +165,7 @@ async fn main() -> Result<()> {
     let _ = child.wait();
     drop(broker);
     println!(
-        "archive end to end (tansu memory:// → hourglass archive → folder, 8 partitions): {:.0} events/s ({:.1} s, includes the last file's 5 s age limit)",
+        "archive end to end (tansu memory:// → hourglass archive → folder, 8 partitions): {:.0} events/s ({:.1} s, includes the last file's 1 s age limit)",
         args.events as f64 / e2e.as_secs_f64(),
         e2e.as_secs_f64()
     );
