@@ -1,6 +1,7 @@
 //! `hourglass`: one binary, one subcommand per component.
 
 mod stack;
+mod up;
 
 /// glibc's allocator took a quarter of ingest's CPU under load (many small
 /// JSON values per event); mimalloc takes a fraction of that.
@@ -38,6 +39,15 @@ enum Command {
         #[command(subcommand)]
         action: StackAction,
         /// Folder holding the stack's data, logs and PID files (also HOURGLASS_STACK_DIR).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The whole pipeline on this machine: local stack, migrations, ingest,
+    /// aggregator, loader and archiver in one process, with a live view.
+    Up {
+        #[command(flatten)]
+        args: up::UpArgs,
+        /// Folder of the local stack's state, logs and the local write key (also HOURGLASS_STACK_DIR).
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -122,8 +132,14 @@ enum StackAction {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     let cfg = Config::load(cli.config.as_deref())?;
+    if let Command::Up { args, dir } = cli.command {
+        // Logs go to a file: the terminal shows the live view.
+        let dir = dir.unwrap_or_else(stack::default_dir);
+        return up::run(cfg, &dir, args).await;
+    }
     hourglass_core::telemetry::init_tracing(&cfg.telemetry);
     match cli.command {
+        Command::Up { .. } => unreachable!("handled above"),
         Command::Config => print!("{}", cfg.to_toml()),
         Command::Migrate => {
             let report = hourglass_sql::migrate(&cfg.clickhouse)

@@ -220,6 +220,26 @@ impl Loop {
         let ps: Vec<i32> = self.partitions.keys().copied().collect();
         for p in ps {
             if let Some(w) = self.partitions.get_mut(&p) {
+                if w.needs_idle_check(now) {
+                    let idle = match self.consumer.fetch_watermarks(
+                        &self.topic,
+                        p,
+                        Duration::from_secs(2),
+                    ) {
+                        Ok((_, high)) => w.next_offset() >= high,
+                        Err(e) => {
+                            tracing::debug!(partition = p, error = %e, "cannot confirm idleness");
+                            false
+                        }
+                    };
+                    if !idle {
+                        tracing::debug!(
+                            partition = p,
+                            "end-of-partition came early: records are waiting"
+                        );
+                    }
+                    w.confirm_idle(idle);
+                }
                 w.tick(now);
                 if let Some(wm) = w.watermark_ms() {
                     metrics::gauge!(WATERMARK_LAG, "partition" => p.to_string())

@@ -67,8 +67,16 @@ fn validate(cfg: &Config) -> Result<(), AggregatorError> {
 
 /// Run the aggregator until SIGINT/SIGTERM.
 pub async fn run(cfg: Config) -> Result<(), AggregatorError> {
+    run_with(cfg, telemetry::shutdown_on_signal()).await
+}
+
+/// Run the aggregator until `shutdown` is set.
+pub async fn run_with(
+    cfg: Config,
+    shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), AggregatorError> {
     validate(&cfg)?;
-    let service = telemetry::Service::start(&cfg.aggregator.http_listen)
+    let service = telemetry::Service::start_with(&cfg.aggregator.http_listen, shutdown)
         .map_err(|e| AggregatorError::Config(format!("aggregator.http_listen: {e}")))?;
     // After the recorder exists (Service installs it), or the descriptions are lost.
     metrics::describe();

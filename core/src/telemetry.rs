@@ -27,6 +27,26 @@ pub fn init_tracing(cfg: &TelemetryConfig) {
     };
 }
 
+/// Like [`init_tracing`], into `path` (appended, no colours): for
+/// `hourglass up`, whose terminal shows the live view instead.
+pub fn init_tracing_to_file(cfg: &TelemetryConfig, path: &std::path::Path) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(Arc::new(file));
+    let _ = match cfg.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    Ok(())
+}
+
 /// The process-wide Prometheus recorder (installed on first call).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -96,6 +116,25 @@ pub async fn wait_for_signal() {
     }
 }
 
+/// A flag set on the first SIGINT or SIGTERM.
+pub fn shutdown_on_signal() -> Arc<AtomicBool> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let flag = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing the work in flight");
+        flag.store(true, Ordering::Relaxed);
+    });
+    shutdown
+}
+
+/// Resolves once `flag` is set (polled every 100 ms).
+pub async fn flag_set(flag: Arc<AtomicBool>) {
+    while !flag.load(Ordering::Relaxed) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// What every long-running component starts with: the health and metrics
 /// endpoint, a readiness flag, and a shutdown flag set on SIGINT/SIGTERM.
 pub struct Service {
@@ -106,21 +145,24 @@ pub struct Service {
 }
 
 impl Service {
-    /// Serve health on `listen` (an `ip:port`; port 0 picks one).
+    /// Serve health on `listen` (an `ip:port`; port 0 picks one); the
+    /// shutdown flag is set on SIGINT/SIGTERM.
     pub fn start(listen: &str) -> Result<Self, std::net::AddrParseError> {
+        Self::start_with(listen, shutdown_on_signal())
+    }
+
+    /// Like [`Service::start`], with a shutdown flag owned by the caller
+    /// (`hourglass up` runs every component on one runtime, one flag).
+    pub fn start_with(
+        listen: &str,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Self, std::net::AddrParseError> {
         let addr: SocketAddr = listen.parse()?;
         let readiness = Readiness::default();
         let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
         let http = tokio::spawn(serve(addr, health_router(readiness.clone()), async {
             let _ = stopped.await;
         }));
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let flag = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down: finishing the work in flight");
-            flag.store(true, Ordering::Relaxed);
-        });
         Ok(Self {
             readiness,
             shutdown,

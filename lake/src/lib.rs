@@ -38,12 +38,20 @@ pub enum LakeError {
 
 /// Run the archiver until SIGINT/SIGTERM; open files are written first.
 pub async fn run_archiver(cfg: Config) -> Result<(), LakeError> {
+    run_archiver_with(cfg, telemetry::shutdown_on_signal()).await
+}
+
+/// Run the archiver until `shutdown` is set.
+pub async fn run_archiver_with(
+    cfg: Config,
+    shutdown: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), LakeError> {
     if cfg.lake.file_max_rows == 0 || cfg.lake.file_max_bytes == 0 {
         return Err(LakeError::Config(
             "lake.file_max_rows and file_max_bytes must be > 0".into(),
         ));
     }
-    let service = telemetry::Service::start(&cfg.lake.http_listen)
+    let service = telemetry::Service::start_with(&cfg.lake.http_listen, shutdown)
         .map_err(|e| LakeError::Config(format!("lake.http_listen: {e}")))?;
     metrics::describe();
     let store: Arc<dyn store::ObjectStore> = Arc::from(store::open(&cfg).await?);

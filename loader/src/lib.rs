@@ -38,12 +38,20 @@ pub enum LoaderError {
 
 /// Run the loader until SIGINT/SIGTERM; the current batch is finished first.
 pub async fn run(cfg: Config) -> Result<(), LoaderError> {
+    run_with(cfg, telemetry::shutdown_on_signal()).await
+}
+
+/// Run the loader until `shutdown` is set.
+pub async fn run_with(
+    cfg: Config,
+    shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), LoaderError> {
     if cfg.loader.batch_rows == 0 || cfg.loader.batch_bytes == 0 {
         return Err(LoaderError::Config(
             "loader.batch_rows and batch_bytes must be > 0".into(),
         ));
     }
-    let service = telemetry::Service::start(&cfg.loader.http_listen)
+    let service = telemetry::Service::start_with(&cfg.loader.http_listen, shutdown)
         .map_err(|e| LoaderError::Config(format!("loader.http_listen: {e}")))?;
     // After the recorder exists (Service installs it), or the descriptions are lost.
     metrics::describe();

@@ -61,6 +61,7 @@ pub struct PartitionWindows {
     next_offset: i64,
     idle_since_ms: i64,
     caught_up: bool,
+    idle_confirmed: bool,
     key_buf: String,
     dims_buf: Vec<u8>,
     pub late_events: u64,
@@ -80,6 +81,7 @@ impl PartitionWindows {
             next_offset: start_offset,
             idle_since_ms: i64::MIN,
             caught_up: false,
+            idle_confirmed: false,
             key_buf: String::new(),
             dims_buf: Vec::new(),
             late_events: 0,
@@ -112,6 +114,7 @@ impl PartitionWindows {
     pub fn ingest(&mut self, event: &EventRef<'_>, offset: i64, wall_ms: i64) -> Ingested {
         self.next_offset = offset + 1;
         self.caught_up = false;
+        self.idle_confirmed = false;
         self.idle_since_ms = wall_ms;
         let start = self.cfg.window_start(event.timestamp_ms);
         if self.cfg.is_closed(start, self.watermark) {
@@ -161,6 +164,27 @@ impl PartitionWindows {
         if !self.caught_up {
             self.caught_up = true;
             self.idle_since_ms = wall_ms;
+        }
+    }
+
+    /// Whether [`tick`](Self::tick) at `wall_ms` would move the watermark on
+    /// an idle state nobody has confirmed yet. An end-of-partition signal can
+    /// come early (a broker answering a fetch for other partitions), so the
+    /// consumer asks the broker for the partition's end first.
+    pub fn needs_idle_check(&self, wall_ms: i64) -> bool {
+        self.caught_up
+            && !self.idle_confirmed
+            && wall_ms.saturating_sub(self.idle_since_ms) >= self.cfg.idle_timeout_ms
+            && wall_ms > self.watermark
+    }
+
+    /// The broker's answer to [`needs_idle_check`](Self::needs_idle_check):
+    /// records are waiting (`false`), so the partition is not idle after all.
+    pub fn confirm_idle(&mut self, idle: bool) {
+        if idle {
+            self.idle_confirmed = true;
+        } else {
+            self.caught_up = false;
         }
     }
 
@@ -391,6 +415,35 @@ mod tests {
             "nothing open: resume after the last event"
         );
         assert_eq!(closed.checkpoint.watermark_ms, wall + 11_000);
+    }
+
+    #[test]
+    fn an_early_end_of_partition_is_checked_before_the_watermark_jumps() {
+        let mut p = PartitionWindows::new(cfg(&[], 100), 0, None);
+        let wall = T0 + 60 * MIN;
+        p.ingest(&ev("a", "u1", T0, None), 0, wall);
+        p.mark_caught_up(wall);
+        assert!(
+            !p.needs_idle_check(wall + 5_000),
+            "not idle for the timeout yet"
+        );
+        assert!(p.needs_idle_check(wall + 11_000));
+        // The broker says records are waiting: not idle, the watermark stays.
+        p.confirm_idle(false);
+        assert!(!p.needs_idle_check(wall + 11_000));
+        p.tick(wall + 11_000);
+        assert!(p.take_closed().is_none(), "no jump to the wall clock");
+        // The next record arrives; later the partition is really idle.
+        p.ingest(&ev("a", "u2", T0 + 1, None), 1, wall + 12_000);
+        p.mark_caught_up(wall + 12_000);
+        assert!(p.needs_idle_check(wall + 23_000));
+        p.confirm_idle(true);
+        assert!(
+            !p.needs_idle_check(wall + 24_000),
+            "confirmed once per idle spell"
+        );
+        p.tick(wall + 23_000);
+        assert_eq!(p.take_closed().unwrap().rows[0].events, 2);
     }
 
     #[test]

@@ -1,0 +1,264 @@
+//! `hourglass up`: the whole pipeline on one machine, in one process.
+//!
+//! Starts the local stack when it is not running, applies migrations, then
+//! runs ingest, aggregator, loader and archiver as tasks on one runtime with
+//! one shutdown flag; optionally demo traffic through the real HTTP
+//! endpoint; and a live view in the terminal. Logs go to a file.
+
+mod demo;
+mod view;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hourglass_core::Config;
+use hourglass_core::config::WriteKey;
+use hourglass_core::telemetry;
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Post realistic demo traffic through the ingest endpoint.
+    #[arg(long)]
+    demo: bool,
+    /// Demo events per second.
+    #[arg(long, default_value_t = 2_000)]
+    demo_rate: u32,
+    /// Stop the demo traffic after this many seconds (the pipeline keeps running).
+    #[arg(long)]
+    demo_seconds: Option<u64>,
+    /// Stop everything after this many seconds, as a Ctrl-C would.
+    #[arg(long)]
+    run_seconds: Option<u64>,
+    /// Do not start the local stack (use the servers the config names).
+    #[arg(long)]
+    no_stack: bool,
+}
+
+/// A write key for project `demo`, made once per stack folder; only its hash
+/// goes into the config. The key itself is kept for the README's curl.
+fn local_key(dir: &Path) -> Result<(String, String)> {
+    let key_path = dir.join("ingest-key");
+    let key = match std::fs::read_to_string(&key_path) {
+        Ok(k) if !k.trim().is_empty() => k.trim().to_owned(),
+        _ => {
+            let (key, hash) = hourglass_ingest::keys::new_key();
+            std::fs::write(&key_path, format!("{key}\n")).context("writing the local write key")?;
+            std::fs::write(dir.join("ingest-keys"), format!("demo {hash}\n"))?;
+            key
+        }
+    };
+    let hash = hourglass_ingest::keys::hash_key(&key);
+    Ok((key, hash))
+}
+
+fn banner(cfg: &Config, key: &str, log: &Path) {
+    let ingest = format!("http://{}", cfg.ingest.listen);
+    let ch = &cfg.clickhouse.url;
+    let db = &cfg.clickhouse.database;
+    let w = cfg.aggregator.window_secs;
+    let lake = match cfg.lake.storage {
+        hourglass_core::config::LakeStorage::Local => format!("folder {}", cfg.lake.local_dir),
+        hourglass_core::config::LakeStorage::S3 => {
+            format!("s3://{}/{}", cfg.s3.bucket, cfg.s3.prefix)
+        }
+    };
+    println!(
+        r#"
+Hourglass is up.
+
+Send events (write key of project "demo"):
+  curl -s -u '{key}:' -H 'content-type: application/json' {ingest}/v1/batch \
+    -d '{{"batch":[{{"event":"page_view","user_id":"u1","properties":{{"path":"/"}}}},{{"event":"api_call","user_id":"u2","value":182.5}}]}}'
+
+ClickHouse ({ch}, database {db}):
+  # last hour per event, with p95
+  curl -s '{ch}/?database={db}' --data-binary "SELECT window_start, event, events, users, p95 FROM metrics_1h WHERE window_start >= toStartOfHour(now()) - 3600 ORDER BY window_start, events DESC FORMAT PrettyCompact"
+  # distinct users per hour, over all events
+  curl -s '{ch}/?database={db}' --data-binary "SELECT bucket_start, uniqExactArrayMerge(users_state) AS users FROM rollup_1h GROUP BY bucket_start ORDER BY bucket_start DESC LIMIT 24 FORMAT PrettyCompact"
+  # late events per window: raw events the rollups did not take
+  curl -s '{ch}/?database={db}' --data-binary "SELECT window_start, raw, rolled, raw - rolled AS late FROM (SELECT toDateTime(intDiv(toUInt32(timestamp), {w}) * {w}) AS window_start, count() AS raw FROM events GROUP BY window_start) ANY LEFT JOIN (SELECT window_start, sum(events) AS rolled FROM rollup_5m GROUP BY window_start) USING window_start ORDER BY window_start DESC LIMIT 12 FORMAT PrettyCompact"
+
+Lake: {lake}
+Logs: {}
+"#,
+        log.display()
+    );
+}
+
+pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log = dir.join("up.log");
+    telemetry::init_tracing_to_file(&cfg.telemetry, &log)
+        .with_context(|| format!("opening the log file {}", log.display()))?;
+    if !args.no_stack {
+        crate::stack::up(&cfg, dir).await?;
+    }
+    hourglass_core::kafka::ensure_topics(
+        &cfg.kafka,
+        &[
+            (cfg.kafka.topic.as_str(), cfg.kafka.partitions),
+            (cfg.kafka.dlq_topic.as_str(), 1),
+        ],
+    )
+    .await
+    .context("creating the Kafka topics")?;
+    let report = hourglass_sql::migrate(&cfg.clickhouse)
+        .await
+        .context("applying the ClickHouse migrations")?;
+    tracing::info!(applied = ?report.applied, "migrations");
+    let (key, hash) = local_key(dir)?;
+    if cfg.ingest.keys.iter().all(|k| k.sha256 != hash) {
+        cfg.ingest.keys.push(WriteKey {
+            project_id: "demo".into(),
+            sha256: hash,
+        });
+    }
+
+    // One flag for every component; a second Ctrl-C does not wait.
+    let shutdown = Arc::new(AtomicBool::new(false));
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            telemetry::wait_for_signal().await;
+            shutdown.store(true, Ordering::Relaxed);
+            eprintln!("\nstopping: draining every component (Ctrl-C again stops at once)");
+            telemetry::wait_for_signal().await;
+            eprintln!("stopped at once");
+            std::process::exit(130);
+        });
+    }
+    if let Some(secs) = args.run_seconds {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            shutdown.store(true, Ordering::Relaxed);
+        });
+    }
+
+    let ingest = tokio::spawn(hourglass_ingest::run_until(
+        cfg.clone(),
+        telemetry::flag_set(shutdown.clone()),
+    ));
+    let aggregator = tokio::spawn(hourglass_aggregator::run_with(
+        cfg.clone(),
+        shutdown.clone(),
+    ));
+    let loader = tokio::spawn(hourglass_loader::run_with(cfg.clone(), shutdown.clone()));
+    let archiver = tokio::spawn(hourglass_lake::run_archiver_with(
+        cfg.clone(),
+        shutdown.clone(),
+    ));
+
+    let ingest_url = format!("http://{}", cfg.ingest.listen);
+    let ready = format!("{ingest_url}/health/ready");
+    for _ in 0..300 {
+        if reqwest::get(&ready)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+            || ingest.is_finished()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    banner(&cfg, &key, &log);
+
+    let mut demo_counters = None;
+    let mut demo_task = None;
+    if args.demo {
+        let counters = Arc::new(demo::DemoCounters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (stop, shutdown) = (stop.clone(), shutdown.clone());
+            let limit = args.demo_seconds.map(Duration::from_secs);
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                while !shutdown.load(Ordering::Relaxed)
+                    && limit.is_none_or(|l| started.elapsed() < l)
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                stop.store(true, Ordering::Relaxed);
+            });
+        }
+        let late_by = Duration::from_secs(
+            2 * u64::from(cfg.aggregator.window_secs) + u64::from(cfg.aggregator.grace_secs) + 5,
+        );
+        demo_task = Some(tokio::spawn(
+            demo::Demo {
+                url: ingest_url.clone(),
+                key: key.clone(),
+                events_per_sec: args.demo_rate,
+                late_by,
+                stop,
+                counters: counters.clone(),
+            }
+            .run(),
+        ));
+        demo_counters = Some(counters);
+    }
+    let view = tokio::spawn(
+        view::View {
+            cfg: cfg.clone(),
+            stop: shutdown.clone(),
+            demo: demo_counters.clone(),
+            log_file: log.display().to_string(),
+        }
+        .run(),
+    );
+
+    let mut failures = Vec::new();
+    let results = [
+        (
+            "ingest",
+            ingest.await.map(|r| r.map_err(anyhow::Error::from)),
+        ),
+        (
+            "aggregator",
+            aggregator.await.map(|r| r.map_err(anyhow::Error::from)),
+        ),
+        (
+            "loader",
+            loader.await.map(|r| r.map_err(anyhow::Error::from)),
+        ),
+        (
+            "archiver",
+            archiver.await.map(|r| r.map_err(anyhow::Error::from)),
+        ),
+    ];
+    shutdown.store(true, Ordering::Relaxed);
+    for (name, result) in results {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(format!("{name}: {e:#}")),
+            Err(e) => failures.push(format!("{name}: task failed: {e}")),
+        }
+    }
+    if let Some(t) = demo_task {
+        let _ = t.await;
+    }
+    let _ = view.await;
+    let text = telemetry::metrics_handle().render();
+    println!();
+    if let Some(d) = &demo_counters {
+        println!(
+            "demo: {} events sent, {} accepted, {} dated past the grace period on purpose",
+            d.sent.load(Ordering::Relaxed),
+            d.accepted.load(Ordering::Relaxed),
+            d.late_on_purpose.load(Ordering::Relaxed)
+        );
+    }
+    println!(
+        "late events (aggregator): {}",
+        view::late_events(&text) as u64
+    );
+    if failures.is_empty() {
+        println!("stopped cleanly");
+        Ok(())
+    } else {
+        anyhow::bail!("components failed: {}", failures.join("; "))
+    }
+}

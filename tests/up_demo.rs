@@ -1,0 +1,124 @@
+//! `hourglass up --demo` for a bounded time with short windows: rows land in
+//! `events`, `rollup_5m`, the hourly view and the lake, and the counts agree
+//! (raw = lake = accepted; rollups = raw − the late events it reports).
+
+mod common;
+
+use std::process::Command;
+
+use common::{TestEnv, free_port, hourglass_bin};
+use hourglass_lake::store::{LocalStore, ObjectStore};
+
+fn number_after(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_with_demo_traffic_fills_every_store_consistently() {
+    let env = TestEnv::new("up_demo").await;
+    let dir = std::env::temp_dir().join(&env.name);
+    let lake = dir.join("lake");
+    let port = free_port();
+    let vars = [
+        ("HOURGLASS_INGEST__LISTEN", format!("127.0.0.1:{port}")),
+        ("HOURGLASS_AGGREGATOR__WINDOW_SECS", "10".into()),
+        ("HOURGLASS_AGGREGATOR__GRACE_SECS", "2".into()),
+        ("HOURGLASS_AGGREGATOR__IDLE_TIMEOUT_SECS", "2".into()),
+        ("HOURGLASS_AGGREGATOR__FLUSH_INTERVAL_MS", "200".into()),
+        ("HOURGLASS_LOADER__GROUP_ID", format!("{}-load", env.name)),
+        ("HOURGLASS_LOADER__HTTP_LISTEN", "127.0.0.1:0".into()),
+        ("HOURGLASS_LAKE__GROUP_ID", format!("{}-arch", env.name)),
+        ("HOURGLASS_LAKE__HTTP_LISTEN", "127.0.0.1:0".into()),
+        ("HOURGLASS_LAKE__LOCAL_DIR", lake.display().to_string()),
+        ("HOURGLASS_LAKE__FILE_MAX_AGE_SECS", "2".into()),
+    ];
+    let mut cmd = Command::new(hourglass_bin());
+    cmd.args([
+        "up",
+        "--no-stack",
+        "--demo",
+        "--demo-rate",
+        "1000",
+        "--demo-seconds",
+        "12",
+        "--run-seconds",
+        "35",
+        "--dir",
+    ])
+    .arg(&dir)
+    .envs(env.child_env())
+    .envs(vars.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("run hourglass up");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "hourglass up failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("http://127.0.0.1:{port}/v1/batch")),
+        "prints a ready-to-paste curl"
+    );
+    assert!(stdout.contains("stopped cleanly"), "{stdout}");
+    let accepted = {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("demo: "))
+            .expect("demo summary");
+        line.split(", ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .expect("accepted count")
+    };
+    let late = number_after(&stdout, "late events (aggregator): ");
+    assert!(accepted > 5_000, "demo traffic got through: {accepted}");
+
+    let ch = env.clickhouse();
+    let raw: u64 = ch
+        .query("SELECT count() FROM events")
+        .fetch_one()
+        .await
+        .unwrap();
+    let rolled: u64 = ch
+        .query("SELECT sum(events) FROM rollup_5m")
+        .fetch_one()
+        .await
+        .unwrap();
+    let hourly: (u64, u64) = ch
+        .query("SELECT count(), sum(events) FROM metrics_1h")
+        .fetch_one()
+        .await
+        .unwrap();
+    let archived: i64 = LocalStore::new(&lake)
+        .list("")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|o| hourglass_lake::layout::parse_key(&o.key))
+        .map(|f| f.last - f.first + 1)
+        .sum();
+    eprintln!(
+        "accepted {accepted}, raw {raw}, rollups {rolled}, late {late}, hourly {hourly:?}, lake {archived}"
+    );
+    assert_eq!(raw, accepted, "every accepted event is in `events`");
+    assert_eq!(
+        archived as u64, accepted,
+        "every accepted event is in the lake"
+    );
+    assert!(late > 0, "the demo sends late events on purpose");
+    assert_eq!(
+        rolled + late,
+        raw,
+        "rollups hold every event but the late ones"
+    );
+    assert!(hourly.0 > 0, "the hourly view has rows");
+    assert_eq!(hourly.1, rolled, "the hourly view adds up to rollup_5m");
+    let _ = std::fs::remove_dir_all(&dir);
+    env.teardown().await;
+}
