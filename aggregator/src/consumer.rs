@@ -238,7 +238,7 @@ impl Loop {
                             "end-of-partition came early: records are waiting"
                         );
                     }
-                    w.confirm_idle(idle);
+                    w.confirm_idle(idle, now);
                 }
                 w.tick(now);
                 if let Some(wm) = w.watermark_ms() {

@@ -62,6 +62,7 @@ pub struct PartitionWindows {
     idle_since_ms: i64,
     caught_up: bool,
     idle_confirmed: bool,
+    idle_doubted: bool,
     key_buf: String,
     dims_buf: Vec<u8>,
     pub late_events: u64,
@@ -82,6 +83,7 @@ impl PartitionWindows {
             idle_since_ms: i64::MIN,
             caught_up: false,
             idle_confirmed: false,
+            idle_doubted: false,
             key_buf: String::new(),
             dims_buf: Vec::new(),
             late_events: 0,
@@ -115,6 +117,7 @@ impl PartitionWindows {
         self.next_offset = offset + 1;
         self.caught_up = false;
         self.idle_confirmed = false;
+        self.idle_doubted = false;
         self.idle_since_ms = wall_ms;
         let start = self.cfg.window_start(event.timestamp_ms);
         if self.cfg.is_closed(start, self.watermark) {
@@ -178,13 +181,17 @@ impl PartitionWindows {
             && wall_ms > self.watermark
     }
 
-    /// The broker's answer to [`needs_idle_check`](Self::needs_idle_check):
-    /// records are waiting (`false`), so the partition is not idle after all.
-    pub fn confirm_idle(&mut self, idle: bool) {
-        if idle {
+    /// The broker's answer to [`needs_idle_check`](Self::needs_idle_check)
+    /// at `wall_ms`. When it says records are waiting, the idle jump is put
+    /// off by nine more idle timeouts: records arriving meanwhile end the idle
+    /// spell. A second doubt is not held against the partition (a broker may
+    /// report an end past the last readable record), so it never stalls.
+    pub fn confirm_idle(&mut self, idle: bool, wall_ms: i64) {
+        if idle || self.idle_doubted {
             self.idle_confirmed = true;
         } else {
-            self.caught_up = false;
+            self.idle_doubted = true;
+            self.idle_since_ms = wall_ms.saturating_add(9 * self.cfg.idle_timeout_ms);
         }
     }
 
@@ -428,22 +435,37 @@ mod tests {
             "not idle for the timeout yet"
         );
         assert!(p.needs_idle_check(wall + 11_000));
-        // The broker says records are waiting: not idle, the watermark stays.
-        p.confirm_idle(false);
-        assert!(!p.needs_idle_check(wall + 11_000));
-        p.tick(wall + 11_000);
-        assert!(p.take_closed().is_none(), "no jump to the wall clock");
-        // The next record arrives; later the partition is really idle.
-        p.ingest(&ev("a", "u2", T0 + 1, None), 1, wall + 12_000);
-        p.mark_caught_up(wall + 12_000);
-        assert!(p.needs_idle_check(wall + 23_000));
-        p.confirm_idle(true);
+        // The broker says records are waiting: the jump is put off.
+        p.confirm_idle(false, wall + 11_000);
+        assert!(!p.needs_idle_check(wall + 12_000));
+        p.tick(wall + 12_000);
+        assert!(p.take_closed().is_none(), "no jump to the wall clock yet");
+        // A record arrives: the idle spell is over.
+        p.ingest(&ev("a", "u2", T0 + 1, None), 1, wall + 13_000);
+        p.mark_caught_up(wall + 13_000);
+        assert!(!p.needs_idle_check(wall + 20_000));
+        assert!(p.needs_idle_check(wall + 24_000));
+        p.confirm_idle(true, wall + 24_000);
         assert!(
-            !p.needs_idle_check(wall + 24_000),
+            !p.needs_idle_check(wall + 25_000),
             "confirmed once per idle spell"
         );
-        p.tick(wall + 23_000);
+        p.tick(wall + 24_000);
         assert_eq!(p.take_closed().unwrap().rows[0].events, 2);
+
+        // A broker that keeps reporting records past the last one cannot stall it.
+        let mut q = PartitionWindows::new(cfg(&[], 100), 0, None);
+        q.ingest(&ev("a", "u1", T0, None), 0, wall);
+        q.mark_caught_up(wall);
+        q.confirm_idle(false, wall + 11_000);
+        assert!(
+            !q.needs_idle_check(wall + 101_000),
+            "put off by nine idle timeouts"
+        );
+        assert!(q.needs_idle_check(wall + 111_000));
+        q.confirm_idle(false, wall + 111_000);
+        q.tick(wall + 111_000);
+        assert_eq!(q.take_closed().unwrap().rows[0].events, 1);
     }
 
     #[test]
