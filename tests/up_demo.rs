@@ -95,14 +95,8 @@ async fn up_with_demo_traffic_fills_every_store_consistently() {
         .fetch_one()
         .await
         .unwrap();
-    let archived: i64 = LocalStore::new(&lake)
-        .list("")
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|o| hourglass_lake::layout::parse_key(&o.key))
-        .map(|f| f.last - f.first + 1)
-        .sum();
+    let objects = LocalStore::new(&lake).list("").await.unwrap();
+    let archived = hourglass_lake::layout::records_named(objects.iter().map(|o| o.key.as_str()));
     eprintln!(
         "accepted {accepted}, raw {raw}, rollups {rolled}, late {late}, hourly {hourly:?}, lake {archived}"
     );

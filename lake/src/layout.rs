@@ -55,6 +55,15 @@ pub fn parse_key(key: &str) -> Option<FileName> {
     })
 }
 
+/// Records the named files hold, by their names' offset ranges (a file
+/// named twice, or overlapping another, counts twice: how tests see duplicates).
+pub fn records_named<'a>(keys: impl IntoIterator<Item = &'a str>) -> i64 {
+    keys.into_iter()
+        .filter_map(parse_key)
+        .map(|f| f.last - f.first + 1)
+        .sum()
+}
+
 /// Hour folders whose files can hold events with event time in `[from, to)`:
 /// files are foldered by arrival, so look `before` earlier (clients whose
 /// clocks run ahead) and `after` later (events that arrive late).
@@ -103,6 +112,10 @@ mod tests {
                 < file_key(hour_of(t("2026-01-01T13:00:00Z")), "e", 0, 10, 10)
         );
         assert!(k.contains(&file_prefix("events-eu", 3, 42)));
+        assert_eq!(
+            records_named([k.as_str(), "dt=x/hour=y/not-a-file.txt", k.as_str()]),
+            2_000
+        );
     }
 
     #[test]

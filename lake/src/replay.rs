@@ -313,8 +313,8 @@ impl Sink {
         let Sink::Rollups {
             client,
             topic,
-            window,
             partitions,
+            ..
         } = self
         else {
             return Ok(());
@@ -341,7 +341,6 @@ impl Sink {
         if opts.dry_run {
             return Ok(());
         }
-        let _ = window;
         replace_rollups(client, topic, opts, &closed).await
     }
 }

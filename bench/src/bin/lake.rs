@@ -145,13 +145,8 @@ async fn main() -> Result<()> {
     let e2e_store = LocalStore::new(&lake_dir);
     let started = Instant::now();
     loop {
-        let done: i64 = e2e_store
-            .list("")
-            .await?
-            .iter()
-            .filter_map(|o| hourglass_lake::layout::parse_key(&o.key))
-            .map(|f| f.last - f.first + 1)
-            .sum();
+        let objects = e2e_store.list("").await?;
+        let done = hourglass_lake::layout::records_named(objects.iter().map(|o| o.key.as_str()));
         if done >= args.events as i64 {
             break;
         }
