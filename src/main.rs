@@ -31,7 +31,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Apply the ClickHouse migrations in sql/ (safe to run again, or concurrently).
-    Migrate,
+    Migrate {
+        /// Also create the Kafka topics (kafka.topic with kafka.partitions, and
+        /// kafka.dlq_topic) where they do not exist yet.
+        #[arg(long)]
+        create_topics: bool,
+    },
     /// Print the effective configuration as TOML.
     Config,
     /// The local stack: Kafka-protocol broker, ClickHouse and S3 on 127.0.0.1.
@@ -141,7 +146,20 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Up { .. } => unreachable!("handled above"),
         Command::Config => print!("{}", cfg.to_toml()),
-        Command::Migrate => {
+        Command::Migrate { create_topics } => {
+            if create_topics {
+                let topics = [
+                    (cfg.kafka.topic.as_str(), cfg.kafka.partitions),
+                    (cfg.kafka.dlq_topic.as_str(), 1),
+                ];
+                hourglass_core::kafka::ensure_topics(&cfg.kafka, &topics)
+                    .await
+                    .with_context(|| format!("creating topics on {}", cfg.kafka.brokers))?;
+                println!(
+                    "topics {} ({} partitions) and {} exist",
+                    cfg.kafka.topic, cfg.kafka.partitions, cfg.kafka.dlq_topic
+                );
+            }
             let report = hourglass_sql::migrate(&cfg.clickhouse)
                 .await
                 .context("hourglass migrate")?;

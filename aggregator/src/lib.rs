@@ -90,7 +90,6 @@ pub async fn run_with(
     );
     let consumer = hourglass_core::kafka::consumer_config(&cfg.kafka, &cfg.aggregator.group_id)
         .set("enable.partition.eof", "true")
-        .set("statistics.interval.ms", "5000")
         .set("partition.assignment.strategy", "range")
         // Also the rebalance timeout: a member killed mid-rebalance holds the
         // group up for this long. The loop polls every 100 ms, flushes included.

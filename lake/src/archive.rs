@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use hourglass_core::config::LakeConfig;
 use hourglass_core::contract::EventEnvelope;
+use hourglass_core::kafka::LagReporting;
 use hourglass_core::kafka::assign::{Paused, commit_hint};
 use hourglass_core::telemetry::Readiness;
 use rdkafka::Message;
@@ -46,7 +47,7 @@ struct OpenFile {
 }
 
 pub struct Archiver {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<LagReporting>,
     store: Arc<dyn ObjectStore>,
     runtime: tokio::runtime::Handle,
     topic: String,
@@ -62,7 +63,7 @@ pub struct Archiver {
 
 impl Archiver {
     pub fn new(
-        consumer: BaseConsumer,
+        consumer: BaseConsumer<LagReporting>,
         store: Arc<dyn ObjectStore>,
         topic: &str,
         cfg: &LakeConfig,

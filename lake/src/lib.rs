@@ -58,7 +58,9 @@ pub async fn run_archiver_with(
     let consumer = hourglass_core::kafka::consumer_config(&cfg.kafka, &cfg.lake.group_id)
         .set("partition.assignment.strategy", "range")
         .set("max.poll.interval.ms", "60000")
-        .create()?;
+        .create_with_context(hourglass_core::kafka::LagReporting {
+            gauge: metrics::CONSUMER_LAG,
+        })?;
     tracing::info!(topic = %cfg.kafka.topic, group = %cfg.lake.group_id, lake = %store.describe(), "archiver starting");
     let archiver = archive::Archiver::new(
         consumer,

@@ -12,6 +12,7 @@ pub const OPEN_FILES: &str = "hourglass_archiver_open_files";
 pub const SKIPPED: &str = "hourglass_archiver_skipped_total";
 pub const UNDECODABLE: &str = "hourglass_archiver_undecodable_total";
 pub const STORE_ERRORS: &str = "hourglass_archiver_store_errors_total";
+pub const CONSUMER_LAG: &str = "hourglass_archiver_consumer_lag_messages";
 
 pub fn describe() {
     describe_counter!(EVENTS, "events written to the lake");
@@ -19,6 +20,10 @@ pub fn describe() {
     describe_counter!(BYTES, "Parquet bytes written to the lake");
     describe_histogram!(UPLOAD_SECONDS, "time to write one file to the store");
     describe_gauge!(OPEN_FILES, "files being filled (one per partition at most)");
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Messages behind the partition's high watermark (librdkafka statistics)"
+    );
     describe_counter!(
         SKIPPED,
         "records skipped because the lake already holds them (after a crash)"

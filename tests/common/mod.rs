@@ -102,7 +102,12 @@ impl TestEnv {
             .args(args)
             .envs(self.child_env())
             .envs(extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())))
-            .env("RUST_LOG", "warn,hourglass_aggregator=info")
+            .env(
+                "RUST_LOG",
+                // HG_TEST_RUST_LOG raises a child's log level when chasing a failure.
+                std::env::var("HG_TEST_RUST_LOG")
+                    .unwrap_or_else(|_| "warn,hourglass_aggregator=info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

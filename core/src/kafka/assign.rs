@@ -90,14 +90,7 @@ impl<S: StartPositions> ClientContext for AssignAtPositions<S> {
     }
 
     fn stats(&self, stats: Statistics) {
-        for topic in stats.topics.values() {
-            for (partition, p) in &topic.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    metrics::gauge!(self.lag_gauge, "partition" => partition.to_string())
-                        .set(p.consumer_lag as f64);
-                }
-            }
-        }
+        super::record_consumer_lag(&stats, self.lag_gauge);
     }
 }
 

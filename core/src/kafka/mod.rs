@@ -5,11 +5,13 @@ pub mod assign;
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::KafkaConfig;
 
@@ -64,12 +66,41 @@ pub fn consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("fetch.max.bytes", "16777216")
-        .set("max.partition.fetch.bytes", "4194304");
+        .set("max.partition.fetch.bytes", "4194304")
+        // Statistics carry each partition's lag: see `record_consumer_lag`.
+        .set("statistics.interval.ms", "5000");
     for (k, v) in &cfg.client {
         c.set(k, v);
     }
     c
 }
+
+/// Set `gauge` (labelled by partition) to each assigned partition's lag
+/// behind its high watermark, from librdkafka's periodic statistics.
+pub fn record_consumer_lag(stats: &Statistics, gauge: &'static str) {
+    for topic in stats.topics.values() {
+        for (partition, p) in &topic.partitions {
+            if *partition >= 0 && p.consumer_lag >= 0 {
+                metrics::gauge!(gauge, "partition" => partition.to_string())
+                    .set(p.consumer_lag as f64);
+            }
+        }
+    }
+}
+
+/// A consumer context that only reports lag (for consumers that keep their
+/// offsets in Kafka and need no rebalance hooks).
+pub struct LagReporting {
+    pub gauge: &'static str,
+}
+
+impl ClientContext for LagReporting {
+    fn stats(&self, stats: Statistics) {
+        record_consumer_lag(&stats, self.gauge);
+    }
+}
+
+impl ConsumerContext for LagReporting {}
 
 fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
     client_config(cfg).create()

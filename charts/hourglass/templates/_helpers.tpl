@@ -1,0 +1,129 @@
+{{- define "hourglass.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "hourglass.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "hourglass.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "hourglass.labels" -}}
+helm.sh/chart: {{ include "hourglass.chart" . }}
+app.kubernetes.io/name: {{ include "hourglass.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: hourglass
+{{- end }}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "ingest") */}}
+{{- define "hourglass.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "hourglass.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "hourglass.componentLabels" -}}
+{{ include "hourglass.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "hourglass.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "hourglass.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "hourglass.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "hourglass.writeKeysPath" -}}
+/etc/hourglass/keys/{{ .Values.secrets.writeKeys.key }}
+{{- end }}
+
+{{/*
+hourglass.toml: the user's config with the listen addresses (and the write
+keys file) the chart owns. Helm holds every number as a float, and toToml
+writes 8 as 8.0, which an integer setting refuses; bare whole numbers are
+written back as integers (quoted strings are left alone).
+*/}}
+{{- define "hourglass.configToml" -}}
+{{- $cfg := deepCopy (default dict .Values.config) }}
+{{- $metrics := printf "0.0.0.0:%d" (int .Values.metricsPort) }}
+{{- $ingest := dict "listen" (printf "0.0.0.0:%d" (int .Values.ingest.port)) }}
+{{- if .Values.secrets.writeKeys.name }}
+{{- $_ := set $ingest "keys_file" (include "hourglass.writeKeysPath" .) }}
+{{- end }}
+{{- $_ := set $cfg "ingest" (merge $ingest (default dict $cfg.ingest)) }}
+{{- $_ := set $cfg "aggregator" (merge (dict "http_listen" $metrics) (default dict $cfg.aggregator)) }}
+{{- $_ := set $cfg "loader" (merge (dict "http_listen" $metrics) (default dict $cfg.loader)) }}
+{{- $_ := set $cfg "lake" (merge (dict "http_listen" $metrics) (default dict $cfg.lake)) }}
+{{- regexReplaceAll "(?m)^(\\s*[A-Za-z0-9_]+ = -?[0-9]+)\\.0$" (toToml $cfg) "${1}" }}
+{{- end }}
+
+{{/* Environment every component gets: secrets by reference, then extraEnv. */}}
+{{- define "hourglass.env" -}}
+- name: HOURGLASS_CONFIG
+  value: /etc/hourglass/hourglass.toml
+{{- with .Values.secrets.clickhousePassword.name }}
+- name: HOURGLASS_CLICKHOUSE__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.secrets.clickhousePassword.key }}
+{{- end }}
+{{- with .Values.secrets.s3Credentials.name }}
+- name: HOURGLASS_S3__ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.secrets.s3Credentials.accessKeyIdKey }}
+- name: HOURGLASS_S3__SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.secrets.s3Credentials.secretAccessKeyKey }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "hourglass.configChecksum" -}}
+{{ include "hourglass.configToml" . | sha256sum }}
+{{- end }}
+
+{{/* Refuse values that would deploy something broken. */}}
+{{- define "hourglass.validate" -}}
+{{- $partitions := int (default 1 .Values.config.kafka.partitions) }}
+{{- range $c := list "aggregator" "loader" "archiver" }}
+{{- $v := index $.Values $c }}
+{{- if gt (int $v.replicas) $partitions }}
+{{- fail (printf "%s.replicas (%d) exceeds config.kafka.partitions (%d): the extra members would get no partition" $c (int $v.replicas) $partitions) }}
+{{- end }}
+{{- if and $v.keda.enabled (gt (int $v.keda.maxReplicaCount) $partitions) }}
+{{- fail (printf "%s.keda.maxReplicaCount (%d) exceeds config.kafka.partitions (%d)" $c (int $v.keda.maxReplicaCount) $partitions) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.ingest.enabled (not .Values.secrets.writeKeys.name) (not (and .Values.config.ingest .Values.config.ingest.keys)) }}
+{{- fail "ingest needs write keys: set secrets.writeKeys.name (a Secret of `project_id sha256` lines) or config.ingest.keys" }}
+{{- end }}
+{{- if and .Values.archiver.enabled (ne (default "s3" (and .Values.config.lake .Values.config.lake.storage)) "s3") }}
+{{- fail "the archiver in a cluster writes to S3: set config.lake.storage to s3 (a local folder would be lost with the pod)" }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,271 @@
+//! The Helm chart and the Grafana dashboards, checked offline with real
+//! tools: `helm lint --strict` and `helm template` for every values file in
+//! `charts/hourglass/ci/`, the rendered manifests against Kubernetes' schemas
+//! (kubernetes-validate --strict) and the custom resources against their
+//! CRDs' schemas, the rendered hourglass.toml parsed by the real binary, and
+//! every dashboard type-checked against @grafana/schema. scripts/test
+//! installs the tools (scripts/lib.sh `ensure_chart_tools`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/hourglass");
+const CHECKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/chart");
+
+fn tool(var: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        panic!(
+            "{var} is not set: run the tests with scripts/test, which installs the chart's tools"
+        )
+    });
+    assert!(
+        path.exists(),
+        "{var}={} does not exist: run scripts/test",
+        path.display()
+    );
+    path
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let shown = format!("{cmd:?}");
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"))
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let shown = format!("{cmd:?}");
+    let out = run(cmd);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{shown} failed:\n{text}");
+    text
+}
+
+fn helm() -> Command {
+    Command::new(tool("HOURGLASS_HELM"))
+}
+
+fn values_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(Path::new(CHART).join("ci"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 3,
+        "defaults, KEDA and external-secrets values files"
+    );
+    files
+}
+
+/// The block of `key: |` in a rendered manifest, unindented.
+fn literal_block(manifest: &str, key: &str) -> String {
+    let mut lines = manifest
+        .lines()
+        .skip_while(|l| l.trim() != format!("{key}: |"));
+    assert!(lines.next().is_some(), "no `{key}: |` in:\n{manifest}");
+    lines
+        .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+        .map(|l| l.get(4..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+/// Resources of `kind` (top-level `kind:` lines only, not references).
+fn kinds(manifests: &str, kind: &str) -> usize {
+    count(manifests, &format!("\nkind: {kind}\n"))
+}
+
+#[test]
+fn chart_lints_renders_and_validates_with_every_values_file() {
+    let scratch = std::env::temp_dir().join(format!("hg_chart_{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    for values in values_files() {
+        let name = values.file_stem().unwrap().to_string_lossy().into_owned();
+        ok(helm().args(["lint", "--strict", CHART, "-f"]).arg(&values));
+        let manifests = ok(helm()
+            .args(["template", "hg", CHART, "--namespace", "analytics", "-f"])
+            .arg(&values));
+        let rendered = scratch.join(format!("{name}.yaml"));
+        std::fs::write(&rendered, &manifests).unwrap();
+
+        // Kubernetes' own schemas, strict: unknown fields are errors.
+        let report = ok(Command::new(tool("HOURGLASS_KUBE_VALIDATE"))
+            .args(["--strict", "--quiet"])
+            .arg(&rendered));
+        for line in report.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                line.contains("Couldn't find schema for kind ScaledObject")
+                    || line.contains("Couldn't find schema for kind ServiceMonitor"),
+                "{name}: kubernetes-validate: {line}"
+            );
+        }
+        // ...and the custom resources against their CRDs.
+        let crs = ok(Command::new("node")
+            .arg(Path::new(CHECKS).join("check_custom_resources.mjs"))
+            .arg(&rendered));
+        let scaled = kinds(&manifests, "ScaledObject");
+        let monitors = kinds(&manifests, "ServiceMonitor");
+        assert!(
+            crs.contains(&format!(
+                "{} custom resources checked, 0 invalid",
+                scaled + monitors
+            )),
+            "{name}: {crs}"
+        );
+
+        // Every component, hardened.
+        assert_eq!(kinds(&manifests, "Deployment"), 4, "{name}");
+        let pods = 4 + kinds(&manifests, "Job");
+        assert_eq!(
+            count(&manifests, "readOnlyRootFilesystem: true"),
+            pods,
+            "{name}"
+        );
+        assert_eq!(
+            count(&manifests, "allowPrivilegeEscalation: false"),
+            pods,
+            "{name}"
+        );
+        assert_eq!(count(&manifests, "runAsNonRoot: true"), pods, "{name}");
+        assert_eq!(count(&manifests, "path: /health/ready"), 4, "{name}");
+        for command in [
+            "[\"ingest\"]",
+            "[\"aggregate\"]",
+            "[\"load\"]",
+            "[\"archive\"]",
+        ] {
+            assert!(
+                manifests.contains(&format!("args: {command}")),
+                "{name}: no {command}"
+            );
+        }
+
+        // The rendered config is one the binary accepts.
+        let toml = literal_block(&manifests, "hourglass.toml");
+        let config_file = scratch.join(format!("{name}.toml"));
+        std::fs::write(&config_file, &toml).unwrap();
+        let effective = ok(Command::new(common::hourglass_bin())
+            .arg("--config")
+            .arg(&config_file)
+            .arg("config")
+            .env_remove("HOURGLASS_CONFIG"));
+        assert!(
+            effective.contains("listen = \"0.0.0.0:8080\""),
+            "{name}: {effective}"
+        );
+        assert!(
+            effective.contains("http_listen = \"0.0.0.0:9090\""),
+            "{name}"
+        );
+
+        match name.as_str() {
+            "keda-values" => {
+                assert_eq!(scaled, 3, "a ScaledObject per consumer");
+                assert_eq!(
+                    kinds(&manifests, "HorizontalPodAutoscaler"),
+                    0,
+                    "ingest's HPA is off"
+                );
+                assert!(manifests.contains("consumerGroup: \"hourglass-aggregator\""));
+                assert!(effective.contains("partitions = 12"));
+            }
+            "external-secrets-values" => {
+                assert!(
+                    manifests.contains("eks.amazonaws.com/role-arn"),
+                    "IRSA annotation"
+                );
+                assert!(manifests.contains("name: clickhouse-hourglass"));
+                assert!(
+                    !manifests.contains("HOURGLASS_S3__ACCESS_KEY_ID"),
+                    "S3 from the AWS chain, not keys"
+                );
+                assert_eq!(monitors, 1);
+                assert_eq!(kinds(&manifests, "NetworkPolicy"), 2);
+                assert_eq!(kinds(&manifests, "Ingress"), 1);
+                assert!(effective.contains("grace_secs = 120"));
+            }
+            "default-values" => {
+                assert_eq!(kinds(&manifests, "HorizontalPodAutoscaler"), 1);
+                assert_eq!(kinds(&manifests, "PodDisruptionBudget"), 1);
+                assert!(manifests.contains("grafana_dashboard: \"1\""));
+                assert!(manifests.contains("helm.sh/hook: pre-install,pre-upgrade"));
+                assert!(manifests.contains("- --create-topics"));
+            }
+            _ => {}
+        }
+        // Secrets are referenced, never inlined.
+        assert_eq!(kinds(&manifests, "Secret"), 0, "{name}");
+        assert!(!manifests.contains("testsecret"), "{name}");
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[test]
+fn chart_refuses_values_that_would_deploy_something_broken() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--set", "aggregator.replicas=9"],
+            "aggregator.replicas (9) exceeds config.kafka.partitions (8)",
+        ),
+        (
+            &["--set", "config.clickhouse.password=hunter2"],
+            "/config/clickhouse/password",
+        ),
+        (
+            &["--set", "secrets.writeKeys.name="],
+            "ingest needs write keys",
+        ),
+        (
+            &["--set", "config.lake.storage=local"],
+            "the archiver in a cluster writes to S3",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = run(helm().args(["template", "hg", CHART]).args(args));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn dashboards_match_grafanas_schema_types() {
+    let dir = Path::new(CHART).join("dashboards");
+    let report = ok(Command::new("node")
+        .arg(Path::new(CHECKS).join("check_dashboards.mjs"))
+        .arg(&dir));
+    let files = std::fs::read_dir(&dir).unwrap().count();
+    assert!(files >= 3, "overview, drill-down, pipeline health");
+    assert!(
+        report.contains(&format!(
+            "{files} dashboards match @grafana/schema's Dashboard type"
+        )),
+        "{report}"
+    );
+    // The chart ships every dashboard in its ConfigMap.
+    let manifests = ok(helm().args([
+        "template",
+        "hg",
+        CHART,
+        "--show-only",
+        "templates/grafana.yaml",
+    ]));
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let file = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            manifests.contains(&format!("hourglass-{file}: |-")),
+            "{file} not in the dashboards ConfigMap"
+        );
+    }
+}
