@@ -243,10 +243,7 @@ async fn rollups_are_exact_with_and_without_crashes() {
             );
             kills += 1;
             eprintln!("kill {kills}: {before} events flushed before it");
-            // tansu keeps a member that dies mid-rebalance in the group for good;
-            // let the dead member's session (10 s) expire before its replacement
-            // joins, as a restarted pod would come back anyway.
-            tokio::time::sleep(Duration::from_secs(11)).await;
+            common::after_sigkill().await;
         }
         let mut child = env.spawn(&["aggregate"], &aggregator_env());
         wait_all_flushed(&env, n as u64).await;

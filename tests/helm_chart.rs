@@ -269,3 +269,44 @@ fn dashboards_match_grafanas_schema_types() {
         );
     }
 }
+
+#[test]
+fn pipeline_dashboard_uses_only_metrics_the_components_export() {
+    let dashboard =
+        std::fs::read_to_string(Path::new(CHART).join("dashboards/pipeline-health.json")).unwrap();
+    let mut exported = String::new();
+    for krate in ["ingest", "aggregator", "loader", "lake"] {
+        exported += &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(krate)
+                .join("src/metrics.rs"),
+        )
+        .unwrap();
+    }
+    let mut names: Vec<&str> = dashboard
+        .match_indices("hourglass_")
+        .map(|(at, _)| {
+            let rest = &dashboard[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let base = name.strip_suffix("_bucket").unwrap_or(name);
+        assert!(
+            exported.contains(&format!("\"{base}\"")),
+            "{name} is not a metric of any component"
+        );
+        if name.ends_with("_bucket") {
+            assert!(
+                base.ends_with("_seconds"),
+                "{name}: only *_seconds metrics are histograms"
+            );
+        }
+    }
+}

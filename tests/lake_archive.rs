@@ -39,11 +39,6 @@ async fn archived(store: &dyn ObjectStore) -> u64 {
     hourglass_lake::layout::records_named(objects.iter().map(|o| o.key.as_str())) as u64
 }
 
-// Passed on this machine (1 M events, 5 SIGKILLs, 285 s), then in a
-// clean-clone CI trial the final archiver made no progress for 600 s after a
-// consumer-group session timeout on a busy tansu; until that is understood it
-// runs on demand: `cargo test --release --test lake_archive -- --ignored`.
-#[ignore = "the final run can stall on tansu's group coordinator after the kills; see the comment"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_is_archived_exactly_once_through_kills() {
     let n = event_count();
@@ -77,8 +72,7 @@ async fn every_event_is_archived_exactly_once_through_kills() {
             "kill {kill} came after the run had finished"
         );
         eprintln!("kill {kill}: {seen} events archived before it");
-        // tansu keeps a member that dies mid-rebalance; let its session expire.
-        tokio::time::sleep(Duration::from_secs(11)).await;
+        common::after_sigkill().await;
     }
     let mut child = env.spawn(&["archive"], &archiver_env(&env));
     wait_until(Duration::from_secs(600), "every event in the lake", || {

@@ -169,8 +169,7 @@ async fn every_event_loads_exactly_once_through_kills_and_a_clickhouse_outage() 
             "kill {kill} came after the run had finished"
         );
         eprintln!("kill {kill}: {seen} rows loaded before it");
-        // tansu keeps a member that dies mid-rebalance; let its session expire.
-        tokio::time::sleep(Duration::from_secs(11)).await;
+        common::after_sigkill().await;
     }
     let mut child = env.spawn(&["load"], &loader_env());
     wait_all_loaded(&env, n as u64).await;

@@ -28,6 +28,8 @@ async fn up_with_demo_traffic_fills_every_store_consistently() {
         ("HOURGLASS_AGGREGATOR__GRACE_SECS", "2".into()),
         ("HOURGLASS_AGGREGATOR__IDLE_TIMEOUT_SECS", "2".into()),
         ("HOURGLASS_AGGREGATOR__FLUSH_INTERVAL_MS", "200".into()),
+        // The drill-down dashboard splits by a dimension.
+        ("HOURGLASS_AGGREGATOR__DIMENSIONS", r#"["path"]"#.into()),
         ("HOURGLASS_LOADER__GROUP_ID", format!("{}-load", env.name)),
         ("HOURGLASS_LOADER__HTTP_LISTEN", "127.0.0.1:0".into()),
         ("HOURGLASS_LAKE__GROUP_ID", format!("{}-arch", env.name)),
@@ -113,6 +115,28 @@ async fn up_with_demo_traffic_fills_every_store_consistently() {
     );
     assert!(hourly.0 > 0, "the hourly view has rows");
     assert_eq!(hourly.1, rolled, "the hourly view adds up to rollup_5m");
+
+    // Every ClickHouse query of the Grafana dashboards, for a fixed range
+    // over this run's data, as the read-only user.
+    let (from, to): (u32, u32) = ch
+        .query("SELECT toUInt32(toStartOfDay(min(window_start))), toUInt32(max(window_start)) + 3600 FROM rollup_5m")
+        .fetch_one()
+        .await
+        .unwrap();
+    let checked = common::grafana::assert_every_query_returns_rows(
+        &env.cfg.clickhouse.url,
+        &env.name,
+        i64::from(from),
+        i64::from(to),
+        &[
+            ("project", "demo"),
+            ("event", "api_call"),
+            ("dimension", "path"),
+            ("window_minutes", "5"),
+        ],
+    )
+    .await;
+    eprintln!("{checked} dashboard queries returned rows");
     let _ = std::fs::remove_dir_all(&dir);
     env.teardown().await;
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod generator;
+pub mod grafana;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -154,6 +155,19 @@ pub fn sigterm(child: &mut Child) {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = child.wait();
+}
+
+/// Wait after SIGKILLing a consumer-group member before starting its
+/// replacement. tansu 0.6 keeps the dead member until its session (10 s)
+/// lapses, counted from the last request it *processed*, which on a busy
+/// broker can be seconds after the kill. If the replacement joins before
+/// that while the dead member leads the group, tansu answers the follower's
+/// SyncGroup with an empty assignment and the group stays formed with no
+/// partition assigned for good (seen in the loader's kills test: the new
+/// member heartbeated, assigned nothing, for 120 s). A restarted pod comes
+/// back after a similar delay; 16 s leaves the session a 6 s margin.
+pub async fn after_sigkill() {
+    tokio::time::sleep(Duration::from_secs(16)).await;
 }
 
 pub fn sigkill(child: &mut Child) {
