@@ -71,6 +71,8 @@ enum Command {
     Aggregate,
     /// Run the loader: raw events from Kafka into ClickHouse `events`, exactly once.
     Load,
+    /// Serve the read API: JWT-scoped rollups, raw events and sessions.
+    Query,
 }
 
 #[derive(clap::Args)]
@@ -131,6 +133,8 @@ enum StackAction {
     Down,
     /// Show which servers answer.
     Status,
+    /// Stop the broker, delete its data, start it empty (between test suites).
+    ResetKafka,
 }
 
 #[tokio::main]
@@ -177,6 +181,7 @@ async fn main() -> Result<()> {
             match action {
                 StackAction::Up => stack::up(&cfg, &dir).await?,
                 StackAction::Down => stack::down(&cfg, &dir)?,
+                StackAction::ResetKafka => stack::reset_kafka(&cfg, &dir).await?,
                 StackAction::Status => {
                     if !stack::status(&cfg, &dir).await? {
                         std::process::exit(1);
@@ -199,6 +204,7 @@ async fn main() -> Result<()> {
         Command::Replay(args) => replay(&cfg, args).await?,
         Command::Aggregate => hourglass_aggregator::run(cfg).await?,
         Command::Load => hourglass_loader::run(cfg).await?,
+        Command::Query => hourglass_query::run(cfg).await?,
     }
     Ok(())
 }
@@ -250,6 +256,10 @@ async fn replay(cfg: &Config, args: ReplayArgs) -> Result<()> {
         s.written,
         if s.already_present > 0 {
             format!(", {} already present", s.already_present)
+        } else {
+            String::new()
+        } + &if s.deleted_skipped > 0 {
+            format!(", {} of deleted users skipped", s.deleted_skipped)
         } else {
             String::new()
         },

@@ -125,8 +125,10 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
         );
 
         // Every component, hardened.
-        assert_eq!(kinds(&manifests, "Deployment"), 4, "{name}");
-        let pods = 4 + kinds(&manifests, "Job");
+        let with_query = manifests.contains("args: [\"query\"]");
+        let deployments = 4 + usize::from(with_query);
+        assert_eq!(kinds(&manifests, "Deployment"), deployments, "{name}");
+        let pods = deployments + kinds(&manifests, "Job");
         assert_eq!(
             count(&manifests, "readOnlyRootFilesystem: true"),
             pods,
@@ -138,7 +140,11 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
             "{name}"
         );
         assert_eq!(count(&manifests, "runAsNonRoot: true"), pods, "{name}");
-        assert_eq!(count(&manifests, "path: /health/ready"), 4, "{name}");
+        assert_eq!(
+            count(&manifests, "path: /health/ready"),
+            deployments,
+            "{name}"
+        );
         for command in [
             "[\"ingest\"]",
             "[\"aggregate\"]",
@@ -179,6 +185,8 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
                 );
                 assert!(manifests.contains("consumerGroup: \"hourglass-aggregator\""));
                 assert!(effective.contains("partitions = 12"));
+                assert!(with_query, "the query API is on");
+                assert!(manifests.contains("name: HOURGLASS_QUERY__JWT_SECRET"));
             }
             "external-secrets-values" => {
                 assert!(
@@ -194,6 +202,8 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
                 assert_eq!(kinds(&manifests, "NetworkPolicy"), 2);
                 assert_eq!(kinds(&manifests, "Ingress"), 1);
                 assert!(effective.contains("grace_secs = 120"));
+                assert!(with_query, "the query API is on");
+                assert!(effective.contains("jwt_jwks_file = \"/etc/hourglass/jwt/jwks.json\""));
             }
             "default-values" => {
                 assert_eq!(kinds(&manifests, "HorizontalPodAutoscaler"), 1);
@@ -213,7 +223,7 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
 
 #[test]
 fn chart_refuses_values_that_would_deploy_something_broken() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &["--set", "aggregator.replicas=9"],
             "aggregator.replicas (9) exceeds config.kafka.partitions (8)",
@@ -229,6 +239,10 @@ fn chart_refuses_values_that_would_deploy_something_broken() {
         (
             &["--set", "config.lake.storage=local"],
             "the archiver in a cluster writes to S3",
+        ),
+        (
+            &["--set", "query.enabled=true"],
+            "the query API needs the key its tokens are checked with",
         ),
     ];
     for (args, expected) in cases {

@@ -29,6 +29,7 @@ pub struct Config {
     pub aggregator: AggregatorConfig,
     pub loader: LoaderConfig,
     pub lake: LakeConfig,
+    pub query: QueryConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -364,6 +365,87 @@ impl Default for LakeConfig {
             row_group_rows: 128 * 1024,
             multipart_threshold_bytes: 16 * 1024 * 1024,
             http_listen: "127.0.0.1:19104".into(),
+        }
+    }
+}
+
+/// Signature algorithm the query API accepts (one, pinned: a token signed
+/// with any other is refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+/// The read API (`hourglass query`): JWT-scoped reads for apps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// Address of the API (and its health and metrics endpoints).
+    pub listen: String,
+    pub jwt_algorithm: JwtAlgorithm,
+    /// HS256 shared secret (prefer HOURGLASS_QUERY__JWT_SECRET).
+    pub jwt_secret: String,
+    /// RS256/ES256: a PEM public key file...
+    pub jwt_public_key_file: String,
+    /// ...or a JWKS file (keys picked by `kid`).
+    pub jwt_jwks_file: String,
+    /// Required `iss` and `aud`, when set.
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub jwt_leeway_secs: u64,
+    /// Claim naming the project (required in every token).
+    pub project_claim: String,
+    /// Claim naming the tenant within the project (optional in tokens).
+    pub tenant_claim: String,
+    /// Event property (and aggregator dimension) holding the tenant.
+    pub tenant_property: String,
+    /// Boolean claim that allows deleting a user's data.
+    pub admin_claim: String,
+    /// Events whose name marks them as errors (sessions' error counts)...
+    pub error_events: Vec<String>,
+    /// ...and a boolean property that does the same.
+    pub error_property: String,
+    /// Page size of raw events when none is asked, and the most allowed.
+    pub default_page_size: u32,
+    pub max_page_size: u32,
+    /// Longest range of a raw-events or sessions query.
+    pub max_raw_range_days: u32,
+    /// Most buckets one `/v1/metrics` answer may hold.
+    pub max_buckets: u32,
+    /// ClickHouse time limit per query.
+    pub query_timeout_ms: u64,
+    /// Requests per second per token, and the burst above it.
+    pub rate_limit_per_sec: u32,
+    pub rate_limit_burst: u32,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:19105".into(),
+            jwt_algorithm: JwtAlgorithm::HS256,
+            jwt_secret: String::new(),
+            jwt_public_key_file: String::new(),
+            jwt_jwks_file: String::new(),
+            jwt_issuer: String::new(),
+            jwt_audience: String::new(),
+            jwt_leeway_secs: 30,
+            project_claim: "project_id".into(),
+            tenant_claim: "tenant_id".into(),
+            tenant_property: "tenant_id".into(),
+            admin_claim: "hourglass_admin".into(),
+            error_events: vec!["error".into(), "$exception".into()],
+            error_property: "error".into(),
+            default_page_size: 100,
+            max_page_size: 1000,
+            max_raw_range_days: 31,
+            max_buckets: 2016,
+            query_timeout_ms: 10_000,
+            rate_limit_per_sec: 50,
+            rate_limit_burst: 100,
         }
     }
 }

@@ -9,7 +9,7 @@
 //! the recomputed windows (late events included or dropped alike) equal a
 //! live run's.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,8 @@ pub struct ReplaySummary {
     pub written: u64,
     /// Raw events already in ClickHouse (clickhouse mode).
     pub already_present: u64,
+    /// Events of users whose data was deleted (the `deletions` table), skipped.
+    pub deleted_skipped: u64,
     pub seconds: f64,
 }
 
@@ -125,6 +127,7 @@ pub async fn replay(
         ..Default::default()
     };
     let bar = progress_bar(summary.bytes, opts.progress);
+    let deleted = DeletedUsers::read(&hourglass_core::clickhouse::client(&cfg.clickhouse)).await?;
     let mut sink = Sink::new(cfg, opts).await?;
     let reads = futures::stream::iter(files.into_iter().map(|f| {
         let store = store.clone();
@@ -142,8 +145,13 @@ pub async fn replay(
     .buffered(opts.parallel.max(1));
     futures::pin_mut!(reads);
     while let Some(file) = reads.next().await {
-        let (size, events) = file?;
+        let (size, mut events) = file?;
         summary.events_read += events.len() as u64;
+        if !deleted.is_empty() {
+            let before = events.len();
+            events.retain(|e| !deleted.covers(e));
+            summary.deleted_skipped += (before - events.len()) as u64;
+        }
         sink.take(events, opts, &mut summary).await?;
         bar.inc(size);
         let rate = summary.events_read as f64 / started.elapsed().as_secs_f64().max(1e-3);
@@ -168,6 +176,40 @@ fn progress_bar(total: u64, visible: bool) -> ProgressBar {
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+/// Users whose data was deleted through the query API: their events
+/// received up to the request are not brought back by a replay.
+struct DeletedUsers(HashMap<(String, String), i64>);
+
+impl DeletedUsers {
+    async fn read(client: &clickhouse::Client) -> Result<Self, ReplayError> {
+        let rows: Vec<(String, String, u32)> = client
+            .query("SELECT project_id, user, toUInt32(max(requested_at)) FROM deletions GROUP BY project_id, user")
+            .fetch_all()
+            .await?;
+        Ok(Self(
+            rows.into_iter()
+                .map(|(p, u, at)| ((p, u), i64::from(at)))
+                .collect(),
+        ))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn covers(&self, e: &LakeEvent) -> bool {
+        let ev = &e.event;
+        [ev.user_id.as_deref(), ev.anonymous_id.as_deref()]
+            .into_iter()
+            .flatten()
+            .any(|user| {
+                self.0
+                    .get(&(ev.project_id.clone(), user.to_owned()))
+                    .is_some_and(|&at| ev.received_at.timestamp() <= at)
+            })
+    }
 }
 
 fn in_range(e: &LakeEvent, opts: &ReplayOptions) -> bool {

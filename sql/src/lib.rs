@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "flat_serving_views",
         sql: include_str!("../migrations/0006_flat_serving_views.sql"),
     },
+    Migration {
+        version: 7,
+        name: "deletions",
+        sql: include_str!("../migrations/0007_deletions.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -131,6 +131,47 @@ where
     bail!("{what} failed: {last}")
 }
 
+/// Stop the broker, delete everything it stored, and start it again with
+/// the default topics. The test command runs each end-to-end suite on a
+/// fresh broker: tansu's SQLite store slows as it grows (group coordinator
+/// answers stalled past the consumers' session timeout after a few million
+/// records), which is a fact of the local stack, not of what is tested.
+pub async fn reset_kafka(cfg: &Config, dir: &Path) -> Result<()> {
+    let dir = dir.canonicalize()?;
+    let kafka = servers(cfg, &dir, false)?
+        .into_iter()
+        .find(|s| s.key == "kafka")
+        .expect("the stack has a broker");
+    if kafka.recorded_pid(&dir).is_none() {
+        bail!(
+            "the broker was not started by this stack ({}): not resetting it",
+            dir.display()
+        );
+    }
+    kafka.stop(&dir)?;
+    for entry in std::fs::read_dir(dir.join("kafka"))? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("tansu.db"))
+        {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    kafka.ensure_running(&dir).await?;
+    let topics = [
+        (cfg.kafka.topic.as_str(), cfg.kafka.partitions),
+        (cfg.kafka.dlq_topic.as_str(), 1),
+    ];
+    retry("kafka (tansu): creating topics", || {
+        hourglass_core::kafka::ensure_topics(&cfg.kafka, &topics)
+    })
+    .await?;
+    println!("kafka (tansu): reset to an empty store");
+    Ok(())
+}
+
 /// Stop the servers this stack started (by recorded PID).
 pub fn down(cfg: &Config, dir: &Path) -> Result<()> {
     for server in servers(cfg, dir, false)? {

@@ -73,6 +73,16 @@ written back as integers (quoted strings are left alone).
 {{- $_ := set $cfg "aggregator" (merge (dict "http_listen" $metrics) (default dict $cfg.aggregator)) }}
 {{- $_ := set $cfg "loader" (merge (dict "http_listen" $metrics) (default dict $cfg.loader)) }}
 {{- $_ := set $cfg "lake" (merge (dict "http_listen" $metrics) (default dict $cfg.lake)) }}
+{{- $query := dict "listen" (printf "0.0.0.0:%d" (int .Values.query.port)) }}
+{{- with .Values.query.publicKey.secretName }}
+{{- $file := printf "/etc/hourglass/jwt/%s" $.Values.query.publicKey.key }}
+{{- if eq $.Values.query.publicKey.format "jwks" }}
+{{- $_ := set $query "jwt_jwks_file" $file }}
+{{- else }}
+{{- $_ := set $query "jwt_public_key_file" $file }}
+{{- end }}
+{{- end }}
+{{- $_ := set $cfg "query" (merge $query (default dict $cfg.query)) }}
 {{- regexReplaceAll "(?m)^(\\s*[A-Za-z0-9_]+ = -?[0-9]+)\\.0$" (toToml $cfg) "${1}" }}
 {{- end }}
 
@@ -99,6 +109,13 @@ written back as integers (quoted strings are left alone).
       name: {{ . }}
       key: {{ $.Values.secrets.s3Credentials.secretAccessKeyKey }}
 {{- end }}
+{{- with .Values.secrets.jwt.name }}
+- name: HOURGLASS_QUERY__JWT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.secrets.jwt.key }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -122,6 +139,9 @@ written back as integers (quoted strings are left alone).
 {{- end }}
 {{- if and .Values.ingest.enabled (not .Values.secrets.writeKeys.name) (not (and .Values.config.ingest .Values.config.ingest.keys)) }}
 {{- fail "ingest needs write keys: set secrets.writeKeys.name (a Secret of `project_id sha256` lines) or config.ingest.keys" }}
+{{- end }}
+{{- if and .Values.query.enabled (not .Values.secrets.jwt.name) (not .Values.query.publicKey.secretName) }}
+{{- fail "the query API needs the key its tokens are checked with: secrets.jwt.name (HS256) or query.publicKey.secretName (RS256/ES256)" }}
 {{- end }}
 {{- if and .Values.archiver.enabled (ne (default "s3" (and .Values.config.lake .Values.config.lake.storage)) "s3") }}
 {{- fail "the archiver in a cluster writes to S3: set config.lake.storage to s3 (a local folder would be lost with the pod)" }}

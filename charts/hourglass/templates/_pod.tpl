@@ -75,6 +75,11 @@ spec:
           mountPath: /etc/hourglass/keys
           readOnly: true
         {{- end }}
+        {{- if and (eq .component "query") $root.Values.query.publicKey.secretName }}
+        - name: jwt-public-key
+          mountPath: /etc/hourglass/jwt
+          readOnly: true
+        {{- end }}
   volumes:
     - name: config
       configMap:
@@ -90,6 +95,11 @@ spec:
         items:
           - key: {{ $root.Values.secrets.writeKeys.key }}
             path: {{ $root.Values.secrets.writeKeys.key }}
+    {{- end }}
+    {{- if and (eq .component "query") $root.Values.query.publicKey.secretName }}
+    - name: jwt-public-key
+      secret:
+        secretName: {{ $root.Values.query.publicKey.secretName }}
     {{- end }}
   {{- with $v.nodeSelector }}
   nodeSelector:

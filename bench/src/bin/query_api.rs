@@ -1,0 +1,282 @@
+//! Query API latency over 10 M events and their rollups in the local
+//! ClickHouse: the events are generated over 30 days, written to `events`,
+//! and run through the aggregator's windowing core and sink (so `rollup_5m`,
+//! `rollup_1h` and `rollup_1d` hold what a live run would); then the API,
+//! in this process, answers three requests repeatedly from `--concurrency`
+//! clients: a 24-hour `/v1/metrics` at 5m, a 30-day one at 1d, and one page
+//! of `/v1/events`. Prints p50/p99/max latency and requests/s of each.
+//!
+//! `cargo run --release -p hourglass-bench --bin query_api -- --events 10000000`
+//! (the data stays in database `hg_bench_query`; `--reuse` skips loading it
+//! again when it is already there).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use hourglass_aggregator::sink::RollupSink;
+use hourglass_aggregator::window::{EventRef, PartitionWindows, WindowConfig, user_hash};
+use hourglass_core::Config;
+use hourglass_loader::rows::EventRow;
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use serde_json::{Map, Value, json};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 10_000_000)]
+    events: usize,
+    #[arg(long, default_value_t = 30)]
+    days: i64,
+    /// Requests per scenario (after 20 warm-up requests).
+    #[arg(long, default_value_t = 2_000)]
+    requests: usize,
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    #[arg(long, default_value = "hg_bench_query")]
+    database: String,
+    /// Keep the database when it already holds `--events` events.
+    #[arg(long)]
+    reuse: bool,
+}
+
+const PARTITIONS: u64 = 8;
+const EVENTS: [&str; 5] = ["page_view", "click", "signup", "api_call", "purchase"];
+const PATHS: usize = 10;
+const SECRET: &str = "bench-secret-0123456789-0123456789";
+/// 2026-01-01T00:00:00Z.
+const T0: i64 = 1_767_225_600;
+
+async fn load(cfg: &Config, args: &Args) -> Result<()> {
+    let server = hourglass_core::clickhouse::server_client(&cfg.clickhouse);
+    server
+        .query(&format!(
+            "DROP DATABASE IF EXISTS `{}`",
+            cfg.clickhouse.database
+        ))
+        .execute()
+        .await?;
+    hourglass_sql::migrate(&cfg.clickhouse).await?;
+    let ch = hourglass_core::clickhouse::client(&cfg.clickhouse);
+    let window = Arc::new(WindowConfig::from(&cfg.aggregator));
+    let sink = RollupSink::new(ch.clone(), "events");
+    let mut cores: Vec<PartitionWindows> = (0..PARTITIONS)
+        .map(|_| PartitionWindows::new(window.clone(), 0, None))
+        .collect();
+    let mut offsets = [0i64; PARTITIONS as usize];
+    let mut rng = SmallRng::seed_from_u64(10);
+    let span_ms = args.days * 86_400_000;
+    let started = Instant::now();
+    let mut batch: Vec<EventRow> = Vec::with_capacity(200_000);
+    let mut rollup_rows = 0usize;
+    for i in 0..args.events {
+        let ts = T0 * 1000 + (i as i64 * span_ms) / args.events as i64;
+        let user = format!("user-{}", rng.random_range(0..50_000));
+        let event = EVENTS[rng.random_range(0..EVENTS.len())];
+        let value = (event == "api_call")
+            .then(|| (rng.random::<f64>().powi(3) * 2_000.0 * 1000.0).round() / 1000.0 + 1.0);
+        let mut properties = Map::new();
+        properties.insert(
+            "path".into(),
+            json!(format!("/page/{}", rng.random_range(0..PATHS))),
+        );
+        let p = (user_hash(&user) % PARTITIONS) as usize;
+        let offset = offsets[p];
+        offsets[p] += 1;
+        cores[p].ingest(
+            &EventRef {
+                project_id: "bench",
+                event,
+                user: &user,
+                timestamp_ms: ts,
+                value,
+                properties: Some(&properties),
+            },
+            offset,
+            0,
+        );
+        batch.push(EventRow {
+            project_id: "bench".into(),
+            event: event.into(),
+            event_id: uuid::Uuid::from_u64_pair(7, i as u64).to_string(),
+            user_id: user,
+            anonymous_id: String::new(),
+            session_id: format!("s{}", i / 20),
+            timestamp: (ts / 1000) as u32,
+            timestamp_ms: ts,
+            received_at: (ts / 1000) as u32,
+            value,
+            properties: Value::Object(properties).to_string(),
+            schema_version: 1,
+            kafka_partition: p as u16,
+            kafka_offset: offset,
+        });
+        if batch.len() == batch.capacity() || i + 1 == args.events {
+            let mut insert = ch.insert::<EventRow>("events").await?;
+            for row in &batch {
+                insert.write(row).await?;
+            }
+            insert.end().await?;
+            batch.clear();
+            for (p, core) in cores.iter_mut().enumerate() {
+                if i + 1 == args.events {
+                    core.mark_caught_up(0);
+                    core.tick(i64::MAX);
+                }
+                if let Some(closed) = core.take_closed() {
+                    rollup_rows += closed.rows.len();
+                    sink.write(p as i32, &closed).await?;
+                }
+            }
+            eprint!(
+                "\rloaded {} events, {rollup_rows} rollup_5m rows, {:.0} s",
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    eprintln!();
+    Ok(())
+}
+
+struct Scenario {
+    name: &'static str,
+    path: String,
+}
+
+async fn run(
+    base: &str,
+    token: &str,
+    s: &Scenario,
+    requests: usize,
+    concurrency: usize,
+) -> Result<()> {
+    let http = reqwest::Client::new();
+    let url = format!("{base}{}", s.path);
+    for _ in 0..20 {
+        let r = http.get(&url).bearer_auth(token).send().await?;
+        anyhow::ensure!(r.status().is_success(), "{}: {}", s.name, r.text().await?);
+    }
+    let started = Instant::now();
+    let per_worker = requests / concurrency;
+    let workers = (0..concurrency).map(|_| {
+        let http = http.clone();
+        let url = url.clone();
+        let token = token.to_owned();
+        tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).expect("sigfig");
+            for _ in 0..per_worker {
+                let t = Instant::now();
+                let r = http.get(&url).bearer_auth(&token).send().await?;
+                let ok = r.status().is_success();
+                let _ = r.bytes().await?;
+                anyhow::ensure!(ok, "request failed");
+                h.record(t.elapsed().as_micros() as u64).expect("in range");
+            }
+            Ok::<_, anyhow::Error>(h)
+        })
+    });
+    let mut all = Histogram::<u64>::new(3).expect("sigfig");
+    for w in futures::future::join_all(workers).await {
+        all.add(w??).expect("same bounds");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{:<34} {:>6} req  {:>8.1} req/s  p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>6.1} ms",
+        s.name,
+        all.len(),
+        all.len() as f64 / secs,
+        all.value_at_quantile(0.5) as f64 / 1000.0,
+        all.value_at_quantile(0.99) as f64 / 1000.0,
+        all.max() as f64 / 1000.0
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut cfg = Config::default();
+    cfg.clickhouse.database = args.database.clone();
+    cfg.aggregator.dimensions = vec!["path".into()];
+    cfg.query.jwt_secret = SECRET.into();
+    cfg.query.rate_limit_per_sec = 1_000_000;
+    cfg.query.rate_limit_burst = 1_000_000;
+    let ch = hourglass_core::clickhouse::client(&cfg.clickhouse);
+    let have: u64 = ch
+        .query("SELECT count() FROM events")
+        .fetch_one()
+        .await
+        .unwrap_or(0);
+    if !(args.reuse && have >= args.events as u64) {
+        load(&cfg, &args).await.context("loading the data")?;
+    }
+    let counts: (u64, u64, u64) = ch
+        .query("SELECT (SELECT count() FROM events), (SELECT count() FROM rollup_5m), (SELECT sum(events) FROM rollup_5m)")
+        .fetch_one()
+        .await?;
+    println!(
+        "data: {} events in `events`, {} rollup_5m rows adding up to {} events, over {} days",
+        counts.0, counts.1, counts.2, args.days
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    cfg.query.listen = format!("127.0.0.1:{port}");
+    let stop = Arc::new(AtomicBool::new(false));
+    tokio::spawn(hourglass_query::run_with(cfg.clone(), stop.clone()));
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if reqwest::get(format!("{base}/health/ready"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"project_id": "bench", "exp": chrono::Utc::now().timestamp() + 86_400}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )?;
+    let last_day = T0 + (args.days - 1) * 86_400;
+    let scenarios = [
+        Scenario {
+            name: "/v1/metrics 24 h at 5m",
+            path: format!(
+                "/v1/metrics?event=api_call&step=5m&from={last_day}&to={}",
+                last_day + 86_400
+            ),
+        },
+        Scenario {
+            name: "/v1/metrics 30 d at 1d",
+            path: format!(
+                "/v1/metrics?event=api_call&step=1d&from={T0}&to={}",
+                T0 + args.days * 86_400
+            ),
+        },
+        Scenario {
+            name: "/v1/events one page (100)",
+            path: format!(
+                "/v1/events?event=api_call&from={last_day}&to={}&limit=100",
+                last_day + 86_400
+            ),
+        },
+    ];
+    println!(
+        "{} requests per scenario, {} concurrent clients, API and ClickHouse on this machine",
+        args.requests, args.concurrency
+    );
+    for s in &scenarios {
+        run(&base, &token, s, args.requests, args.concurrency).await?;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! `DELETE /v1/users/{user}`: removes the user's rows from `events` and
+//! records the request in `deletions`, which replay from the lake reads so a
+//! rebuild does not bring the rows back. Needs a token with the admin claim.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use clickhouse::Row;
+use serde::Serialize;
+
+use crate::auth::Scope;
+use crate::error::ApiError;
+use crate::sql::{Sql, events_scope};
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Deletion {
+    pub user: String,
+    pub project_id: String,
+    pub requested_at: DateTime<Utc>,
+    /// Rows removed from `events`.
+    pub events_removed: u64,
+    /// True once ClickHouse has applied the delete; false if it was still
+    /// running when the answer was sent (it completes on its own).
+    pub completed: bool,
+    /// Where the user's data still is, and why.
+    pub still_held: Vec<String>,
+}
+
+#[derive(Row, Serialize)]
+struct DeletionRow {
+    project_id: String,
+    user: String,
+    requested_at: u32,
+    requested_by: String,
+    events_removed: u64,
+}
+
+fn user_rows(state: &AppState, scope: &Scope, user: &str) -> Sql {
+    let mut sql = Sql::default();
+    events_scope(&mut sql, scope, &state.cfg.query.tenant_property);
+    sql.push_bound(
+        " AND (user_id = ? OR anonymous_id = ?)",
+        [user.into(), user.into()],
+    );
+    sql
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{user}",
+    params(("user" = String, Path, description = "user_id or anonymous_id")),
+    responses(
+        (status = 200, description = "Removed from `events`; what still holds the data", body = Deletion),
+        (status = 202, description = "Recorded; ClickHouse is still applying the delete", body = Deletion),
+        (status = 403, description = "The token has no admin claim", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+    tag = "users"
+)]
+pub async fn delete_user(
+    State(state): State<Arc<AppState>>,
+    scope: Scope,
+    Path(user): Path<String>,
+) -> Result<(StatusCode, Json<Deletion>), ApiError> {
+    if !scope.admin {
+        return Err(ApiError::Forbidden(format!(
+            "deleting a user's data needs a token with `{}: true`",
+            state.cfg.query.admin_claim
+        )));
+    }
+    if user.is_empty() {
+        return Err(ApiError::bad("the user is empty"));
+    }
+    let ch = &state.clickhouse;
+    let requested_at = Utc::now();
+    let mut count = Sql::new("SELECT count() FROM events WHERE");
+    count.append(user_rows(&state, &scope, &user));
+    let removed: u64 = count.query(ch).fetch_one().await?;
+    // Recorded first: if the delete below fails, a replay already skips the user.
+    let mut insert = ch.insert::<DeletionRow>("deletions").await?;
+    insert
+        .write(&DeletionRow {
+            project_id: scope.project_id.clone(),
+            user: user.clone(),
+            requested_at: requested_at.timestamp() as u32,
+            requested_by: scope.subject.clone(),
+            events_removed: removed,
+        })
+        .await?;
+    insert.end().await?;
+    if removed > 0 {
+        let mut delete = Sql::new("ALTER TABLE events DELETE WHERE");
+        delete.append(user_rows(&state, &scope, &user));
+        delete.query(ch).execute().await?;
+    }
+    let completed = wait_for_mutations(&state, Duration::from_secs(30)).await?;
+    tracing::info!(project = %scope.project_id, by = %scope.subject, removed, completed, "user data deleted");
+    crate::metrics::deletion(removed);
+    let answer = Deletion {
+        user,
+        project_id: scope.project_id,
+        requested_at,
+        events_removed: removed,
+        completed,
+        still_held: vec![
+            "rollup_5m, rollup_1h and rollup_1d: aggregates (counts, hashed user ids in distinct-user sets, value histograms) that include the user's past events; they hold no per-user rows and are not rewritten".into(),
+            "the Parquet lake: the raw events stay in their files; replay skips them (the request is in `deletions`)".into(),
+            "Kafka: the raw events stay on the topic until its retention removes them".into(),
+        ],
+    };
+    let status = if completed {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(answer)))
+}
+
+/// Until `events` has no unfinished mutation, or `limit` passes (false).
+async fn wait_for_mutations(state: &AppState, limit: Duration) -> Result<bool, ApiError> {
+    let started = Instant::now();
+    loop {
+        let pending: u64 = state
+            .clickhouse
+            .query("SELECT count() FROM system.mutations WHERE database = ? AND table = 'events' AND is_done = 0")
+            .bind(state.cfg.clickhouse.database.as_str())
+            .fetch_one()
+            .await?;
+        if pending == 0 {
+            return Ok(true);
+        }
+        if started.elapsed() > limit {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

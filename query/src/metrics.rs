@@ -1,0 +1,30 @@
+//! Prometheus metrics of the query API.
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_histogram, histogram};
+
+pub const REQUESTS: &str = "hourglass_query_requests_total";
+pub const REQUEST_SECONDS: &str = "hourglass_query_request_seconds";
+pub const ERRORS: &str = "hourglass_query_errors_total";
+pub const DELETED_EVENTS: &str = "hourglass_query_deleted_events_total";
+
+pub fn describe() {
+    describe_counter!(REQUESTS, "requests answered, by route and status");
+    describe_histogram!(REQUEST_SECONDS, "request handling time, by route");
+    describe_counter!(ERRORS, "refused or failed requests, by code");
+    describe_counter!(DELETED_EVENTS, "rows removed from events by user deletions");
+}
+
+pub fn request(route: &str, status: u16, took: Duration) {
+    counter!(REQUESTS, "route" => route.to_owned(), "status" => status.to_string()).increment(1);
+    histogram!(REQUEST_SECONDS, "route" => route.to_owned()).record(took.as_secs_f64());
+}
+
+pub fn error(code: &'static str) {
+    counter!(ERRORS, "code" => code).increment(1);
+}
+
+pub fn deletion(events: u64) {
+    counter!(DELETED_EVENTS).increment(events);
+}

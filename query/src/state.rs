@@ -1,0 +1,58 @@
+//! What every handler shares.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use clickhouse::Client;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use hourglass_core::Config;
+
+use crate::auth::{Scope, Verifier};
+use crate::error::ApiError;
+
+pub struct AppState {
+    pub cfg: Config,
+    pub clickhouse: Client,
+    pub verifier: Verifier,
+    limiter: DefaultKeyedRateLimiter<u64>,
+}
+
+impl AppState {
+    pub fn new(cfg: Config, verifier: Verifier) -> Self {
+        let per_sec = NonZeroU32::new(cfg.query.rate_limit_per_sec.max(1)).expect("max(1)");
+        let burst = NonZeroU32::new(cfg.query.rate_limit_burst.max(1)).expect("max(1)");
+        let clickhouse = hourglass_core::clickhouse::client(&cfg.clickhouse)
+            // Also enforced here: a query the server has not stopped is dropped.
+            .with_setting(
+                "max_execution_time",
+                cfg.query.query_timeout_ms.div_ceil(1000).max(1).to_string(),
+            );
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
+            clickhouse,
+            verifier,
+            cfg,
+        }
+    }
+
+    /// 429 with the wait when this token is over its rate.
+    pub fn check_rate(&self, scope: &Scope) -> Result<(), ApiError> {
+        self.limiter
+            .check_key(&scope.token_key)
+            .map_err(|not_until| {
+                ApiError::RateLimited(not_until.wait_time_from(DefaultClock::default().now()))
+            })
+    }
+
+    /// Forget tokens not seen for a while (the limiter keeps one entry per key).
+    pub fn forget_idle_tokens(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.query.query_timeout_ms)
+    }
+}
