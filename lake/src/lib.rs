@@ -55,12 +55,13 @@ pub async fn run_archiver_with(
         .map_err(|e| LakeError::Config(format!("lake.http_listen: {e}")))?;
     metrics::describe();
     let store: Arc<dyn store::ObjectStore> = Arc::from(store::open(&cfg).await?);
-    let consumer = hourglass_core::kafka::consumer_config(&cfg.kafka, &cfg.lake.group_id)
-        .set("partition.assignment.strategy", "range")
-        .set("max.poll.interval.ms", "60000")
-        .create_with_context(hourglass_core::kafka::LagReporting {
-            gauge: metrics::CONSUMER_LAG,
-        })?;
+    let consumer =
+        hourglass_core::kafka::lag_reporting_consumer_config(&cfg.kafka, &cfg.lake.group_id)
+            .set("partition.assignment.strategy", "range")
+            .set("max.poll.interval.ms", "60000")
+            .create_with_context(hourglass_core::kafka::LagReporting {
+                gauge: metrics::CONSUMER_LAG,
+            })?;
     tracing::info!(topic = %cfg.kafka.topic, group = %cfg.lake.group_id, lake = %store.describe(), "archiver starting");
     let archiver = archive::Archiver::new(
         consumer,

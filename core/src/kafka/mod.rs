@@ -66,12 +66,20 @@ pub fn consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("fetch.max.bytes", "16777216")
-        .set("max.partition.fetch.bytes", "4194304")
-        // Statistics carry each partition's lag: see `record_consumer_lag`.
-        .set("statistics.interval.ms", "5000");
+        .set("max.partition.fetch.bytes", "4194304");
     for (k, v) in &cfg.client {
         c.set(k, v);
     }
+    c
+}
+
+/// [`consumer_config`] plus statistics every 5 s, which carry each
+/// partition's lag: for consumers whose context reports it
+/// ([`record_consumer_lag`]) and that poll. Others would queue them, and
+/// the default context logs each one.
+pub fn lag_reporting_consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut c = consumer_config(cfg, group_id);
+    c.set("statistics.interval.ms", "5000");
     c
 }
 
