@@ -420,6 +420,8 @@ pub struct QueryConfig {
     /// Requests per second per token, and the burst above it.
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
+    /// Keep `/v1/metrics` answers over closed windows in memory (5 minutes).
+    pub cache_closed_answers: bool,
 }
 
 impl Default for QueryConfig {
@@ -446,6 +448,7 @@ impl Default for QueryConfig {
             query_timeout_ms: 10_000,
             rate_limit_per_sec: 50,
             rate_limit_burst: 100,
+            cache_closed_answers: true,
         }
     }
 }

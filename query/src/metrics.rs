@@ -8,12 +8,17 @@ pub const REQUESTS: &str = "hourglass_query_requests_total";
 pub const REQUEST_SECONDS: &str = "hourglass_query_request_seconds";
 pub const ERRORS: &str = "hourglass_query_errors_total";
 pub const DELETED_EVENTS: &str = "hourglass_query_deleted_events_total";
+pub const CLOSED_ANSWERS: &str = "hourglass_query_closed_answers_total";
 
 pub fn describe() {
     describe_counter!(REQUESTS, "requests answered, by route and status");
     describe_histogram!(REQUEST_SECONDS, "request handling time, by route");
     describe_counter!(ERRORS, "refused or failed requests, by code");
     describe_counter!(DELETED_EVENTS, "rows removed from events by user deletions");
+    describe_counter!(
+        CLOSED_ANSWERS,
+        "/v1/metrics answers over closed windows, by whether memory had them (hit) or ClickHouse was asked (miss)"
+    );
 }
 
 pub fn request(route: &str, status: u16, took: Duration) {
@@ -27,4 +32,8 @@ pub fn error(code: &'static str) {
 
 pub fn deletion(events: u64) {
     counter!(DELETED_EVENTS).increment(events);
+}
+
+pub fn closed_answer(hit: bool) {
+    counter!(CLOSED_ANSWERS, "cache" => if hit { "hit" } else { "miss" }).increment(1);
 }

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -245,6 +244,18 @@ pub async fn metrics(
         filters.push((d, tenant.clone()));
     }
     let fill = p.flag("fill")?;
+    let closed = to_s <= closed_before(cfg);
+    let cache = closed && cfg.query.cache_closed_answers;
+    let key = format!(
+        "{}\u{1f}{:?}\u{1f}{event}\u{1f}{}\u{1f}{from_s}\u{1f}{to_s}\u{1f}{group_by:?}\u{1f}{filters:?}\u{1f}{fill}",
+        scope.project_id,
+        scope.tenant_id,
+        step.name()
+    );
+    if cache && let Some(body) = state.closed_answers.get(&key).await {
+        crate::metrics::closed_answer(true);
+        return Ok(json_response(body, true));
+    }
 
     let (table, time_col, aggregates) = match step {
         Step::FiveMinutes => (
@@ -325,24 +336,40 @@ pub async fn metrics(
             })
             .collect(),
     };
-    let mut response = Json(answer).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, cache_control(cfg, to_s));
-    Ok(response)
+    let body = bytes::Bytes::from(serde_json::to_vec(&answer).expect("an answer serializes"));
+    if cache {
+        crate::metrics::closed_answer(false);
+        state.closed_answers.insert(key, body.clone()).await;
+    }
+    Ok(json_response(body, closed))
 }
 
-/// Windows that closed (end + grace passed) no longer change, but a replay
-/// may rewrite them: cache for an hour. Open ones: revalidate.
-fn cache_control(cfg: &hourglass_core::Config, to_s: i64) -> HeaderValue {
-    let closed_before = Utc::now().timestamp()
+/// Windows that ended (plus grace) before this instant have closed: only a
+/// replay changes them now.
+fn closed_before(cfg: &hourglass_core::Config) -> i64 {
+    Utc::now().timestamp()
         - i64::from(cfg.aggregator.window_secs)
-        - i64::from(cfg.aggregator.grace_secs);
-    if to_s <= closed_before {
+        - i64::from(cfg.aggregator.grace_secs)
+}
+
+/// Closed windows may be cached by the client for an hour; open ones revalidate.
+fn json_response(body: bytes::Bytes, closed: bool) -> Response {
+    let cache = if closed {
         HeaderValue::from_static("private, max-age=3600")
     } else {
         HeaderValue::from_static("private, no-cache")
-    }
+    };
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::CACHE_CONTROL, cache),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 fn point(r: BucketRow) -> Point {

@@ -17,7 +17,15 @@ pub struct AppState {
     pub clickhouse: Client,
     pub verifier: Verifier,
     limiter: DefaultKeyedRateLimiter<u64>,
+    /// `/v1/metrics` answers over ranges whose windows have all closed, by
+    /// scope and parameters. Closed windows change only by a replay, so an
+    /// answer is kept for `CLOSED_ANSWER_TTL`.
+    pub closed_answers: moka::future::Cache<String, bytes::Bytes>,
 }
+
+/// How long an answer over closed windows is served from memory (a replay
+/// that rewrites them shows within this).
+pub const CLOSED_ANSWER_TTL: Duration = Duration::from_secs(300);
 
 impl AppState {
     pub fn new(cfg: Config, verifier: Verifier) -> Self {
@@ -30,6 +38,13 @@ impl AppState {
                 cfg.query.query_timeout_ms.div_ceil(1000).max(1).to_string(),
             );
         Self {
+            closed_answers: moka::future::Cache::builder()
+                .max_capacity(64 * 1024 * 1024)
+                .weigher(|key: &String, answer: &bytes::Bytes| {
+                    u32::try_from(key.len() + answer.len()).unwrap_or(u32::MAX)
+                })
+                .time_to_live(CLOSED_ANSWER_TTL)
+                .build(),
             limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
             clickhouse,
             verifier,
