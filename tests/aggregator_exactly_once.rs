@@ -270,8 +270,8 @@ async fn rollups_are_exact_with_and_without_crashes() {
             "the kill came after the run had finished"
         );
         eprintln!("pair: killed one of two with {before} events flushed");
-        // The survivor takes over once the dead member's session (10 s) expires.
-        tokio::time::sleep(Duration::from_secs(15)).await;
+        // The survivor takes over once the dead member's session expires.
+        common::after_sigkill().await;
         let mid = flushed_events(&env).await;
         eprintln!("pair: {mid} events flushed by the survivor alone; restarting the killed one");
         let mut a = env.spawn(&["aggregate"], &aggregator_env());

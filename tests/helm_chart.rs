@@ -194,6 +194,11 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
                     "IRSA annotation"
                 );
                 assert!(manifests.contains("name: clickhouse-hourglass"));
+                assert!(manifests.contains("name: HOURGLASS_KAFKA__SASL_PASSWORD"));
+                assert!(
+                    effective.contains("\"security.protocol\" = \"SASL_SSL\""),
+                    "{effective}"
+                );
                 assert!(
                     !manifests.contains("HOURGLASS_S3__ACCESS_KEY_ID"),
                     "S3 from the AWS chain, not keys"

@@ -92,9 +92,6 @@ pub async fn run_with(
         hourglass_core::kafka::lag_reporting_consumer_config(&cfg.kafka, &cfg.aggregator.group_id)
             .set("enable.partition.eof", "true")
             .set("partition.assignment.strategy", "range")
-            // Also the rebalance timeout: a member killed mid-rebalance holds the
-            // group up for this long. The loop polls every 100 ms, flushes included.
-            .set("max.poll.interval.ms", "30000")
             .create_with_context(context)?;
     let main = consumer::Loop {
         consumer,

@@ -74,8 +74,18 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Partitions used when Hourglass creates `topic` (the local stack, tests).
     pub partitions: i32,
-    /// Extra librdkafka properties applied to every client (e.g. SASL settings).
+    /// Extra librdkafka properties applied to every client, e.g.
+    /// `security.protocol = "SASL_SSL"`, `sasl.mechanism = "SCRAM-SHA-512"`,
+    /// `sasl.username`, `ssl.ca.location`.
     pub client: BTreeMap<String, String>,
+    /// `sasl.password`, kept apart from `client` so it can come from the
+    /// environment (`HOURGLASS_KAFKA__SASL_PASSWORD`, a Secret in the chart).
+    pub sasl_password: String,
+    /// Consumer-group session: a member silent this long is dropped. Long
+    /// enough to ride out a broker that stalls (tansu's SQLite store went
+    /// 10 s without answering heartbeats under load), short enough that a
+    /// crashed member's partitions move on.
+    pub session_timeout_ms: u32,
 }
 
 impl Default for KafkaConfig {
@@ -86,6 +96,8 @@ impl Default for KafkaConfig {
             dlq_topic: "events.dlq".into(),
             partitions: 8,
             client: BTreeMap::new(),
+            sasl_password: String::new(),
+            session_timeout_ms: 30_000,
         }
     }
 }

@@ -58,7 +58,6 @@ pub async fn run_archiver_with(
     let consumer =
         hourglass_core::kafka::lag_reporting_consumer_config(&cfg.kafka, &cfg.lake.group_id)
             .set("partition.assignment.strategy", "range")
-            .set("max.poll.interval.ms", "60000")
             .create_with_context(hourglass_core::kafka::LagReporting {
                 gauge: metrics::CONSUMER_LAG,
             })?;

@@ -72,7 +72,6 @@ pub async fn run_with(
     let consumer =
         hourglass_core::kafka::lag_reporting_consumer_config(&cfg.kafka, &cfg.loader.group_id)
             .set("partition.assignment.strategy", "range")
-            .set("max.poll.interval.ms", "30000")
             .create_with_context(context)?;
     let dlq = hourglass_core::kafka::producer(&cfg.kafka)?;
     let main = consumer::Loop::new(

@@ -21,6 +21,27 @@ pub fn hourglass_bin() -> &'static str {
 pub struct TestEnv {
     pub cfg: Config,
     pub name: String,
+    /// Children started by [`TestEnv::spawn`]: killed when the env drops, so
+    /// a failed assertion does not leave a component running into the next
+    /// suite.
+    children: std::sync::Mutex<Vec<u32>>,
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let me = hourglass_bin();
+        for pid in self.children.lock().map(|c| c.clone()).unwrap_or_default() {
+            // Only if the pid is still one of ours (pids are reused).
+            let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(me.as_bytes()));
+            if ours {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
 }
 
 impl TestEnv {
@@ -32,7 +53,11 @@ impl TestEnv {
         cfg.kafka.topic = name.clone();
         cfg.kafka.dlq_topic = format!("{name}.dlq");
         cfg.aggregator.group_id = format!("{name}-agg");
-        let env = Self { cfg, name };
+        let env = Self {
+            cfg,
+            name,
+            children: Default::default(),
+        };
         env.check_stack().await;
         env
     }
@@ -99,7 +124,7 @@ impl TestEnv {
             .append(true)
             .open(std::env::temp_dir().join(format!("{}.log", self.name)))
             .expect("log file");
-        Command::new(hourglass_bin())
+        let child = Command::new(hourglass_bin())
             .args(args)
             .envs(self.child_env())
             .envs(extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())))
@@ -113,7 +138,11 @@ impl TestEnv {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("spawn hourglass")
+            .expect("spawn hourglass");
+        if let Ok(mut children) = self.children.lock() {
+            children.push(child.id());
+        }
+        child
     }
 
     /// Drop the test's database. Its topic stays: deleting a topic while
@@ -158,16 +187,18 @@ pub fn sigterm(child: &mut Child) {
 }
 
 /// Wait after SIGKILLing a consumer-group member before starting its
-/// replacement. tansu 0.6 keeps the dead member until its session (10 s)
-/// lapses, counted from the last request it *processed*, which on a busy
-/// broker can be seconds after the kill. If the replacement joins before
-/// that while the dead member leads the group, tansu answers the follower's
-/// SyncGroup with an empty assignment and the group stays formed with no
-/// partition assigned for good (seen in the loader's kills test: the new
-/// member heartbeated, assigned nothing, for 120 s). A restarted pod comes
-/// back after a similar delay; 16 s leaves the session a 6 s margin.
+/// replacement. tansu 0.6 keeps the dead member until its session
+/// (`kafka.session_timeout_ms`, 30 s) lapses, counted from the last request
+/// it *processed*, which on a busy broker can be seconds after the kill. If
+/// the replacement joins before that while the dead member leads the group,
+/// tansu answers the follower's SyncGroup with an empty assignment and the
+/// group stays formed with no partition assigned for good (seen in the
+/// loader's kills test: the new member heartbeated, assigned nothing, for
+/// 120 s). A restarted pod comes back after a similar delay; 36 s leaves the
+/// session a 6 s margin.
 pub async fn after_sigkill() {
-    tokio::time::sleep(Duration::from_secs(16)).await;
+    let session = hourglass_core::config::KafkaConfig::default().session_timeout_ms;
+    tokio::time::sleep(Duration::from_millis(u64::from(session) + 6_000)).await;
 }
 
 pub fn sigkill(child: &mut Child) {

@@ -109,6 +109,13 @@ written back as integers (quoted strings are left alone).
       name: {{ . }}
       key: {{ $.Values.secrets.s3Credentials.secretAccessKeyKey }}
 {{- end }}
+{{- with .Values.secrets.kafkaSaslPassword.name }}
+- name: HOURGLASS_KAFKA__SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.secrets.kafkaSaslPassword.key }}
+{{- end }}
 {{- with .Values.secrets.jwt.name }}
 - name: HOURGLASS_QUERY__JWT_SECRET
   valueFrom:

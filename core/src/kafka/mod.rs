@@ -19,10 +19,19 @@ use crate::config::KafkaConfig;
 pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers);
+    user_properties(&mut c, cfg);
+    c
+}
+
+/// `kafka.client`, then `kafka.sasl_password`: applied last by every
+/// builder, so the user's settings win over Hourglass's tuning.
+fn user_properties(c: &mut ClientConfig, cfg: &KafkaConfig) {
     for (k, v) in &cfg.client {
         c.set(k, v);
     }
-    c
+    if !cfg.sasl_password.is_empty() {
+        c.set("sasl.password", &cfg.sasl_password);
+    }
 }
 
 /// The durable producer of the contract: idempotent, `acks=all`, zstd.
@@ -48,9 +57,7 @@ pub fn producer_tuned(
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "zstd");
-    for (k, v) in &cfg.client {
-        c.set(k, v);
-    }
+    user_properties(&mut c, cfg);
     c.create()
 }
 
@@ -63,13 +70,19 @@ pub fn consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
+        .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (cfg.session_timeout_ms / 10).max(100).to_string(),
+        )
+        // The rebalance timeout too; librdkafka wants it >= the session.
+        .set(
+            "max.poll.interval.ms",
+            cfg.session_timeout_ms.max(60_000).to_string(),
+        )
         .set("fetch.max.bytes", "16777216")
         .set("max.partition.fetch.bytes", "4194304");
-    for (k, v) in &cfg.client {
-        c.set(k, v);
-    }
+    user_properties(&mut c, cfg);
     c
 }
 
@@ -145,4 +158,29 @@ pub async fn delete_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), Kaf
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     admin.delete_topics(topics, &opts).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_properties_and_the_sasl_password_apply_to_every_client() {
+        let mut cfg = KafkaConfig::default();
+        cfg.client
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        cfg.client.insert("linger.ms".into(), "50".into());
+        cfg.sasl_password = "s3cret".into();
+        for c in [client_config(&cfg), consumer_config(&cfg, "g")] {
+            assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+            assert_eq!(c.get("sasl.password"), Some("s3cret"));
+        }
+        let consumer = consumer_config(&cfg, "g");
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+        // librdkafka is built with OpenSSL: a TLS client can be made.
+        cfg.client.insert("security.protocol".into(), "SSL".into());
+        cfg.sasl_password.clear();
+        let made: Result<rdkafka::producer::BaseProducer, _> = client_config(&cfg).create();
+        assert!(made.is_ok(), "{:?}", made.err());
+    }
 }
