@@ -152,11 +152,7 @@ async fn main() -> Result<()> {
         Command::Config => print!("{}", cfg.to_toml()),
         Command::Migrate { create_topics } => {
             if create_topics {
-                let topics = [
-                    (cfg.kafka.topic.as_str(), cfg.kafka.partitions),
-                    (cfg.kafka.dlq_topic.as_str(), 1),
-                ];
-                hourglass_core::kafka::ensure_topics(&cfg.kafka, &topics)
+                hourglass_core::kafka::ensure_pipeline_topics(&cfg.kafka)
                     .await
                     .with_context(|| format!("creating topics on {}", cfg.kafka.brokers))?;
                 println!(

@@ -51,3 +51,34 @@ impl Drop for MemoryBroker {
         let _ = self.child.wait();
     }
 }
+
+/// Produce every record to `topic`, 50,000 in flight at a time (records are
+/// made from `records` as they are sent); a failed delivery ends the
+/// benchmark.
+pub async fn produce_all<K, V>(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    records: impl Iterator<Item = (K, V)>,
+) where
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    use futures::StreamExt;
+    futures::stream::iter(records)
+        .map(|(key, payload)| async move {
+            producer
+                .send(
+                    rdkafka::producer::FutureRecord::to(topic)
+                        .key(key.as_ref())
+                        .payload(payload.as_ref()),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|(e, _)| e)
+        })
+        .buffer_unordered(50_000)
+        .for_each(|r| async {
+            r.expect("delivered");
+        })
+        .await;
+}

@@ -7,6 +7,31 @@ use clickhouse::Client;
 
 use crate::config::ClickHouseConfig;
 
+/// Wait until `table` of the client's database has no unfinished mutation
+/// (`ALTER ... DELETE` applies in the background), polling every 100 ms;
+/// false if `limit` passes first.
+pub async fn mutations_done(
+    client: &Client,
+    table: &str,
+    limit: std::time::Duration,
+) -> Result<bool, clickhouse::error::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        let pending: u64 = client
+            .query("SELECT count() FROM system.mutations WHERE database = currentDatabase() AND table = ? AND is_done = 0")
+            .bind(table)
+            .fetch_one()
+            .await?;
+        if pending == 0 {
+            return Ok(true);
+        }
+        if started.elapsed() > limit {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// A client bound to the configured database.
 pub fn client(cfg: &ClickHouseConfig) -> Client {
     server_client(cfg).with_database(&cfg.database)

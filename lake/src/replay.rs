@@ -180,7 +180,8 @@ fn progress_bar(total: u64, visible: bool) -> ProgressBar {
 
 /// Users whose data was deleted through the query API: their events
 /// received up to the request are not brought back by a replay.
-struct DeletedUsers(HashMap<(String, String), i64>);
+/// By project, then user: when the deletion was requested (Unix seconds).
+struct DeletedUsers(HashMap<String, HashMap<String, i64>>);
 
 impl DeletedUsers {
     async fn read(client: &clickhouse::Client) -> Result<Self, ReplayError> {
@@ -188,25 +189,33 @@ impl DeletedUsers {
             .query("SELECT project_id, user, toUInt32(max(requested_at)) FROM deletions GROUP BY project_id, user")
             .fetch_all()
             .await?;
-        Ok(Self(
-            rows.into_iter()
-                .map(|(p, u, at)| ((p, u), i64::from(at)))
-                .collect(),
-        ))
+        let mut by_project: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        for (project, user, at) in rows {
+            by_project
+                .entry(project)
+                .or_default()
+                .insert(user, i64::from(at));
+        }
+        Ok(Self(by_project))
     }
 
     fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// Called for every event read while any deletion exists: looks up by
+    /// reference, no allocation.
     fn covers(&self, e: &LakeEvent) -> bool {
         let ev = &e.event;
+        let Some(users) = self.0.get(ev.project_id.as_str()) else {
+            return false;
+        };
         [ev.user_id.as_deref(), ev.anonymous_id.as_deref()]
             .into_iter()
             .flatten()
             .any(|user| {
-                self.0
-                    .get(&(ev.project_id.clone(), user.to_owned()))
+                users
+                    .get(user)
                     .is_some_and(|&at| ev.received_at.timestamp() <= at)
             })
     }
@@ -491,22 +500,15 @@ async fn replace_rollups(
 }
 
 async fn wait_for_mutations(client: &clickhouse::Client, table: &str) -> Result<(), ReplayError> {
-    let started = Instant::now();
-    loop {
-        let pending: u64 = client
-            .query("SELECT count() FROM system.mutations WHERE database = currentDatabase() AND table = ? AND is_done = 0")
-            .bind(table)
-            .fetch_one()
-            .await?;
-        if pending == 0 {
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(300) {
-            return Err(ReplayError::MutationTimeout {
-                table: table.into(),
-                secs: 300,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    const LIMIT_SECS: u64 = 300;
+    if hourglass_core::clickhouse::mutations_done(client, table, Duration::from_secs(LIMIT_SECS))
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(ReplayError::MutationTimeout {
+            table: table.into(),
+            secs: LIMIT_SECS,
+        })
     }
 }

@@ -3,7 +3,7 @@
 //! rebuild does not bring the rows back. Needs a token with the admin claim.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::auth::Scope;
 use crate::error::ApiError;
-use crate::sql::{Sql, events_scope};
+use crate::sql::{Sql, events_scope, user_filter};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -43,10 +43,7 @@ struct DeletionRow {
 fn user_rows(state: &AppState, scope: &Scope, user: &str) -> Sql {
     let mut sql = Sql::default();
     events_scope(&mut sql, scope, &state.cfg.query.tenant_property);
-    sql.push_bound(
-        " AND (user_id = ? OR anonymous_id = ?)",
-        [user.into(), user.into()],
-    );
+    user_filter(&mut sql, user);
     sql
 }
 
@@ -98,7 +95,8 @@ pub async fn delete_user(
         delete.append(user_rows(&state, &scope, &user));
         delete.query(ch).execute().await?;
     }
-    let completed = wait_for_mutations(&state, Duration::from_secs(30)).await?;
+    let completed =
+        hourglass_core::clickhouse::mutations_done(ch, "events", Duration::from_secs(30)).await?;
     tracing::info!(project = %scope.project_id, by = %scope.subject, removed, completed, "user data deleted");
     crate::metrics::deletion(removed);
     let answer = Deletion {
@@ -119,24 +117,4 @@ pub async fn delete_user(
         StatusCode::ACCEPTED
     };
     Ok((status, Json(answer)))
-}
-
-/// Until `events` has no unfinished mutation, or `limit` passes (false).
-async fn wait_for_mutations(state: &AppState, limit: Duration) -> Result<bool, ApiError> {
-    let started = Instant::now();
-    loop {
-        let pending: u64 = state
-            .clickhouse
-            .query("SELECT count() FROM system.mutations WHERE database = ? AND table = 'events' AND is_done = 0")
-            .bind(state.cfg.clickhouse.database.as_str())
-            .fetch_one()
-            .await?;
-        if pending == 0 {
-            return Ok(true);
-        }
-        if started.elapsed() > limit {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::params::{Params, raw_range};
-use crate::sql::{Sql, events_scope};
+use crate::sql::{Sql, events_scope, user_filter};
 use crate::state::AppState;
 
 #[derive(Debug, Row, Deserialize)]
@@ -128,10 +128,7 @@ async fn page(
         sql.push_bound(" AND event = ?", [event.into()]);
     }
     if let Some(user) = user {
-        sql.push_bound(
-            " AND (user_id = ? OR anonymous_id = ?)",
-            [user.into(), user.into()],
-        );
+        user_filter(&mut sql, user);
     }
     if let Some(session) = p.get("session") {
         sql.push_bound(" AND session_id = ?", [session.into()]);
@@ -148,10 +145,9 @@ async fn page(
         " ORDER BY timestamp_ms DESC, event_id DESC LIMIT ?",
         [i64::from(limit + 1).into()],
     );
-    let mut rows: Vec<EventRow> =
-        tokio::time::timeout(state.timeout(), sql.query(&state.clickhouse).fetch_all())
-            .await
-            .map_err(|_| ApiError::Timeout)??;
+    let mut rows: Vec<EventRow> = state
+        .bounded(sql.query(&state.clickhouse).fetch_all())
+        .await?;
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next_cursor = more
@@ -233,12 +229,9 @@ pub async fn one(
     let mut sql = Sql::new(COLUMNS);
     events_scope(&mut sql, &scope, &state.cfg.query.tenant_property);
     sql.push_bound(" AND event_id = ? LIMIT 1", [event_id.as_str().into()]);
-    let row: Option<EventRow> = tokio::time::timeout(
-        state.timeout(),
-        sql.query(&state.clickhouse).fetch_optional(),
-    )
-    .await
-    .map_err(|_| ApiError::Timeout)??;
+    let row: Option<EventRow> = state
+        .bounded(sql.query(&state.clickhouse).fetch_optional())
+        .await?;
     row.map(|r| Json(to_event(r)))
         .ok_or_else(|| ApiError::NotFound(format!("no event {event_id:?} in this project")))
 }

@@ -305,10 +305,9 @@ pub async fn metrics(
         );
     }
     sql.push(" GROUP BY t, g ORDER BY g, t");
-    let rows: Vec<BucketRow> =
-        tokio::time::timeout(state.timeout(), sql.query(&state.clickhouse).fetch_all())
-            .await
-            .map_err(|_| ApiError::Timeout)??;
+    let rows: Vec<BucketRow> = state
+        .bounded(sql.query(&state.clickhouse).fetch_all())
+        .await?;
 
     let mut series: BTreeMap<Vec<String>, Vec<Point>> = BTreeMap::new();
     for r in rows {

@@ -154,9 +154,7 @@ pub async fn sessions(
         let total: SummaryRow = summary.query(&state.clickhouse).fetch_one().await?;
         Ok::<_, clickhouse::error::Error>((rows, total))
     };
-    let (rows, total) = tokio::time::timeout(state.timeout(), fetch)
-        .await
-        .map_err(|_| ApiError::Timeout)??;
+    let (rows, total) = state.bounded(fetch).await?;
     let at = |ms: i64| Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
     let empty = total.sessions == 0;
     Ok(Json(SessionsAnswer {

@@ -101,3 +101,12 @@ pub fn events_scope(sql: &mut Sql, scope: &Scope, tenant_property: &str) {
         );
     }
 }
+
+/// `AND` the events of `user` (as `user_id` or `anonymous_id`, the two ways
+/// an event names who sent it).
+pub fn user_filter(sql: &mut Sql, user: &str) {
+    sql.push_bound(
+        " AND (user_id = ? OR anonymous_id = ?)",
+        [user.into(), user.into()],
+    );
+}

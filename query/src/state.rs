@@ -67,7 +67,15 @@ impl AppState {
         self.limiter.shrink_to_fit();
     }
 
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.cfg.query.query_timeout_ms)
+    /// `work` (ClickHouse queries), or 504 once `query.query_timeout_ms` has
+    /// passed.
+    pub async fn bounded<T>(
+        &self,
+        work: impl Future<Output = Result<T, clickhouse::error::Error>>,
+    ) -> Result<T, ApiError> {
+        let limit = Duration::from_millis(self.cfg.query.query_timeout_ms);
+        Ok(tokio::time::timeout(limit, work)
+            .await
+            .map_err(|_| ApiError::Timeout)??)
     }
 }

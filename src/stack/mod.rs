@@ -88,12 +88,8 @@ pub async fn up(cfg: &Config, dir: &Path) -> Result<()> {
     for server in servers(cfg, &dir, true)? {
         server.ensure_running(&dir).await?;
     }
-    let topics = [
-        (cfg.kafka.topic.as_str(), cfg.kafka.partitions),
-        (cfg.kafka.dlq_topic.as_str(), 1),
-    ];
     retry("kafka (tansu): creating topics", || {
-        hourglass_core::kafka::ensure_topics(&cfg.kafka, &topics)
+        hourglass_core::kafka::ensure_pipeline_topics(&cfg.kafka)
     })
     .await?;
     let s3 = hourglass_core::s3::client(&cfg.s3).await;
@@ -160,12 +156,8 @@ pub async fn reset_kafka(cfg: &Config, dir: &Path) -> Result<()> {
         }
     }
     kafka.ensure_running(&dir).await?;
-    let topics = [
-        (cfg.kafka.topic.as_str(), cfg.kafka.partitions),
-        (cfg.kafka.dlq_topic.as_str(), 1),
-    ];
     retry("kafka (tansu): creating topics", || {
-        hourglass_core::kafka::ensure_topics(&cfg.kafka, &topics)
+        hourglass_core::kafka::ensure_pipeline_topics(&cfg.kafka)
     })
     .await?;
     println!("kafka (tansu): reset to an empty store");

@@ -96,15 +96,9 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
     if !args.no_stack {
         crate::stack::up(&cfg, dir).await?;
     }
-    hourglass_core::kafka::ensure_topics(
-        &cfg.kafka,
-        &[
-            (cfg.kafka.topic.as_str(), cfg.kafka.partitions),
-            (cfg.kafka.dlq_topic.as_str(), 1),
-        ],
-    )
-    .await
-    .context("creating the Kafka topics")?;
+    hourglass_core::kafka::ensure_pipeline_topics(&cfg.kafka)
+        .await
+        .context("creating the Kafka topics")?;
     let report = hourglass_sql::migrate(&cfg.clickhouse)
         .await
         .context("applying the ClickHouse migrations")?;

@@ -14,12 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use futures::StreamExt;
 use hourglass_bench::MemoryBroker;
 use hourglass_core::Config;
 use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use rdkafka::producer::FutureRecord;
 use serde_json::{Map, Value};
 
 #[derive(Parser)]
@@ -95,25 +93,12 @@ async fn main() -> Result<()> {
     let all = events(args.events);
     let producer = hourglass_core::kafka::producer(&cfg.kafka)?;
     let started = Instant::now();
-    let producer_ref = &producer;
-    let topic = name.as_str();
-    futures::stream::iter(all.iter())
-        .map(|e| async move {
-            let key = e.kafka_key();
-            let payload = e.encode();
-            producer_ref
-                .send(
-                    FutureRecord::to(topic).key(&key).payload(&payload),
-                    Duration::from_secs(60),
-                )
-                .await
-                .map_err(|(e, _)| e)
-        })
-        .buffer_unordered(50_000)
-        .for_each(|r| async {
-            r.expect("delivered");
-        })
-        .await;
+    hourglass_bench::produce_all(
+        &producer,
+        &name,
+        all.iter().map(|e| (e.kafka_key(), e.encode())),
+    )
+    .await;
     println!(
         "produced {} events in {:.1} s ({:.0}/s)",
         args.events,

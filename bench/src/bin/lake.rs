@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use futures::StreamExt;
 use hourglass_bench::MemoryBroker;
 use hourglass_core::Config;
 use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION};
@@ -18,7 +17,6 @@ use hourglass_lake::replay::{ReplayOptions, Target};
 use hourglass_lake::schema::{BatchBuilder, to_parquet};
 use hourglass_lake::store::{LocalStore, ObjectStore};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use rdkafka::producer::FutureRecord;
 use serde_json::json;
 
 #[global_allocator]
@@ -114,22 +112,12 @@ async fn main() -> Result<()> {
     cfg.kafka.topic = "bench_lake".into();
     hourglass_core::kafka::ensure_topics(&cfg.kafka, &[("bench_lake", 8)]).await?;
     let producer = hourglass_core::kafka::producer(&cfg.kafka)?;
-    let producer = &producer;
-    futures::stream::iter(records.iter())
-        .map(|(k, v)| async move {
-            producer
-                .send(
-                    FutureRecord::to("bench_lake").key(k).payload(v),
-                    Duration::from_secs(60),
-                )
-                .await
-                .map_err(|(e, _)| e)
-        })
-        .buffer_unordered(50_000)
-        .for_each(|r| async {
-            r.expect("delivered");
-        })
-        .await;
+    hourglass_bench::produce_all(
+        &producer,
+        "bench_lake",
+        records.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())),
+    )
+    .await;
     let lake_dir = tmp.join("e2e");
     let mut child = Command::new(&args.hourglass)
         .arg("archive")

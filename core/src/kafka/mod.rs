@@ -127,6 +127,19 @@ fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaEr
     client_config(cfg).create()
 }
 
+/// The pipeline's own topics, where missing: `kafka.topic` with
+/// `kafka.partitions` partitions, and the one-partition dead-letter topic.
+pub async fn ensure_pipeline_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
+    ensure_topics(
+        cfg,
+        &[
+            (cfg.topic.as_str(), cfg.partitions),
+            (cfg.dlq_topic.as_str(), 1),
+        ],
+    )
+    .await
+}
+
 /// Create topics that do not exist yet (the broker may not auto-create).
 /// Topics that already exist are left as they are.
 pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
