@@ -18,7 +18,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use hourglass_core::config::IngestConfig;
 use hourglass_core::contract::{
-    ContractLimits, EventEnvelope, ParsedBatch, normalize, parse_batch,
+    ContractLimits, EncodedEvent, Normalizer, ParsedBatch, parse_batch,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -333,12 +333,12 @@ fn validate(
     batch: &ParsedBatch,
     project: &Project,
     limits: &ContractLimits,
-) -> (Vec<EventEnvelope>, Vec<Rejected>) {
-    let received_at = Utc::now();
+) -> (Vec<EncodedEvent>, Vec<Rejected>) {
+    let normalizer = Normalizer::new(&project.id, Utc::now(), batch.sent_at, limits);
     let mut valid = Vec::with_capacity(batch.events.len());
     let mut rejected = Vec::new();
     for (index, raw) in batch.events.iter().enumerate() {
-        match normalize(raw, &project.id, received_at, batch.sent_at, limits) {
+        match normalizer.encode(raw) {
             Ok(event) => valid.push(event),
             Err(why) => {
                 metrics::rejected(why.code());

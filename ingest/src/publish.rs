@@ -5,13 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use hourglass_core::config::{IngestConfig, KafkaConfig};
-use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
+use hourglass_core::contract::{EncodedEvent, SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
+use hourglass_core::kafka::BatchProducer;
 use hourglass_core::telemetry::Readiness;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::Producer;
 
 use crate::metrics;
 
@@ -30,10 +29,10 @@ pub enum PublishError {
 /// a new producer anyway. A fresh producer gets a fresh producer id.
 struct Generation {
     id: u64,
-    producer: FutureProducer,
+    producer: BatchProducer,
 }
 
-type MakeProducer = dyn Fn() -> Result<FutureProducer, KafkaError> + Send + Sync;
+type MakeProducer = dyn Fn() -> Result<BatchProducer, KafkaError> + Send + Sync;
 
 #[derive(Clone)]
 pub struct Publisher {
@@ -60,8 +59,7 @@ impl Publisher {
             ("message.timeout.ms", ingest.delivery_timeout_ms.to_string()),
             ("batch.num.messages", "10000".into()),
         ];
-        let make: Arc<MakeProducer> =
-            Arc::new(move || hourglass_core::kafka::producer_tuned(&kafka, &tuning));
+        let make: Arc<MakeProducer> = Arc::new(move || BatchProducer::new(&kafka, &tuning));
         let producer = make()?;
         Ok(Self {
             current: Arc::new(RwLock::new(Arc::new(Generation { id: 0, producer }))),
@@ -111,7 +109,7 @@ impl Publisher {
     /// An error means the request must be answered 503: some events may have
     /// landed, so clients retry with the same `event_id`s (Segment SDKs keep
     /// `messageId` across retries) and the loader keeps one row per id.
-    pub async fn publish(&self, events: &[EventEnvelope]) -> Result<(), PublishError> {
+    pub async fn publish(&self, events: &[EncodedEvent]) -> Result<(), PublishError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -124,42 +122,24 @@ impl Publisher {
         let producer = &generation.producer;
         let version = SCHEMA_VERSION.to_string();
         let started = Instant::now();
-        let mut pending = Vec::with_capacity(events.len());
-        let mut refused = None;
-        for event in events {
-            let key = event.kafka_key();
-            let payload = event.encode();
-            let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
-                key: SCHEMA_VERSION_HEADER,
-                value: Some(version.as_bytes()),
-            });
-            let record = FutureRecord::to(&self.topic)
-                .key(&key)
-                .payload(&payload)
-                .headers(headers);
-            match producer.send_result(record) {
-                Ok(delivery) => pending.push(delivery),
-                Err((error, _)) => {
-                    refused = Some(error);
-                    break;
-                }
-            }
-        }
-        // Whatever was enqueued may still land: wait for it before answering,
-        // so the answer is never ahead of the broker.
-        let outcomes = join_all(pending).await;
+        let outcome = producer
+            .send_all(
+                &self.topic,
+                &[(SCHEMA_VERSION_HEADER, version.as_bytes())],
+                events
+                    .iter()
+                    .map(|e| (e.key.as_bytes(), e.payload.as_slice())),
+            )
+            .await;
         metrics::delivery_latency(started.elapsed());
         metrics::queue_depth(producer.in_flight_count());
-        let failed = outcomes.into_iter().find_map(|outcome| match outcome {
-            Ok(Ok(_)) => None,
-            Ok(Err((error, _))) => Some(error.to_string()),
-            Err(_) => Some("producer closed".to_owned()),
-        });
-        if let Some(reason) = failed {
-            self.retire(generation.id, &reason);
-            return Err(PublishError::Unavailable(reason));
+        // Whatever was enqueued has settled by now: the answer is never
+        // ahead of the broker.
+        if let Some(error) = outcome.failed {
+            self.retire(generation.id, &error.to_string());
+            return Err(PublishError::Unavailable(error.to_string()));
         }
-        match refused {
+        match outcome.refused {
             None => Ok(()),
             Some(error) => match error.rdkafka_error_code() {
                 Some(RDKafkaErrorCode::QueueFull) => Err(PublishError::QueueFull(
@@ -183,6 +163,7 @@ impl Publisher {
             let probe = tokio::task::spawn_blocking(move || {
                 generation
                     .producer
+                    .producer()
                     .client()
                     .fetch_metadata(Some(&topic), Duration::from_millis(1_500))
                     .map_err(|e| e.to_string())
@@ -212,7 +193,7 @@ impl Publisher {
     /// Wait until every queued event is acknowledged (or `timeout` passes).
     pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         let generation = self.generation();
-        tokio::task::spawn_blocking(move || generation.producer.flush(timeout))
+        tokio::task::spawn_blocking(move || generation.producer.producer().flush(timeout))
             .await
             .unwrap_or(Ok(()))
     }

@@ -166,7 +166,7 @@ async fn main() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let cpu = cpu_seconds(child.id());
+    let cpu = hourglass_bench::cpu_seconds(child.id());
     let _ = nix_term(&mut child);
     let _ = ch.query(&format!("DROP DATABASE `{name}`")).execute().await;
     let _ = hourglass_core::kafka::delete_topics(&cfg.kafka, &[&name]).await;
@@ -188,17 +188,4 @@ async fn main() -> Result<()> {
 fn nix_term(child: &mut Child) -> std::io::Result<()> {
     Command::new("kill").arg(child.id().to_string()).status()?;
     child.wait().map(|_| ())
-}
-
-/// utime + stime of a process, in seconds (clock ticks of 10 ms).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or_default();
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
 }

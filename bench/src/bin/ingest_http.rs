@@ -21,9 +21,8 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use hourglass_bench::MemoryBroker;
 use hourglass_core::Config;
-use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION};
+use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
 
 /// The load generator shares the two cores with ingest and the broker: keep
@@ -39,8 +38,10 @@ struct Args {
     /// Events per request.
     #[arg(long, default_value_t = 100)]
     batch: usize,
-    /// Concurrent keep-alive connections.
-    #[arg(long, default_value_t = 32)]
+    /// Concurrent keep-alive connections. Throughput at a given number of
+    /// events in flight is bound by the producer's linger and the broker's
+    /// round trip (Little's law), so flat out needs enough of them.
+    #[arg(long, default_value_t = 64)]
     connections: usize,
     /// Events/s of the paced run (0 skips it).
     #[arg(long, default_value_t = 75_000)]
@@ -139,8 +140,19 @@ async fn wait_ready(url: &str) -> Result<()> {
     }
 }
 
-/// Bare producer, same settings as ingest's, pre-encoded records.
-async fn ceiling(cfg: &Config, n: usize) -> Result<f64> {
+/// Bare producer, same settings and batch acknowledgement as ingest's,
+/// pre-encoded records, no HTTP.
+struct Ceiling {
+    rate: f64,
+    cpu_us_per_event: f64,
+}
+
+async fn ceiling(
+    cfg: &Config,
+    n: usize,
+    batch: usize,
+    in_flight_batches: usize,
+) -> Result<Ceiling> {
     let mut rng = SmallRng::seed_from_u64(3);
     let now = chrono::Utc::now();
     let records: Vec<(String, Vec<u8>)> = (0..n)
@@ -163,7 +175,7 @@ async fn ceiling(cfg: &Config, n: usize) -> Result<f64> {
             (e.kafka_key(), e.encode())
         })
         .collect();
-    let producer = hourglass_core::kafka::producer_tuned(
+    let producer = hourglass_core::kafka::BatchProducer::new(
         &cfg.kafka,
         &[
             ("linger.ms", cfg.ingest.linger_ms.to_string()),
@@ -176,33 +188,38 @@ async fn ceiling(cfg: &Config, n: usize) -> Result<f64> {
     )?;
     let topic = cfg.kafka.topic.as_str();
     let producer = &producer;
+    let version = SCHEMA_VERSION.to_string();
+    let headers = [(SCHEMA_VERSION_HEADER, version.as_bytes())];
+    let headers = &headers;
+    // Batches as ingest sends them (one request's events, acknowledged
+    // together), `in_flight_batches` of them at a time.
+    let send = |chunk: &'static [(String, Vec<u8>)]| async move {
+        let outcome = producer
+            .send_all(
+                topic,
+                headers,
+                chunk.iter().map(|(k, p)| (k.as_bytes(), p.as_slice())),
+            )
+            .await;
+        assert!(outcome.all_acknowledged(), "ceiling run: {outcome:?}");
+    };
+    let records: &'static [(String, Vec<u8>)] = records.leak();
     // Connection, metadata and producer id first, as ingest has them when
     // its flat-out run starts.
     let warm = records.len() / 10;
-    let mut started = Instant::now();
-    let mut timed = n;
-    futures::stream::iter(records.iter().enumerate())
-        .map(|(i, (key, payload))| async move {
-            let sent = producer
-                .send(
-                    FutureRecord::to(topic).key(key).payload(payload),
-                    Duration::from_secs(60),
-                )
-                .await
-                .map_err(|(e, _)| e);
-            (i, sent)
-        })
-        .buffer_unordered(50_000)
-        .for_each(|(i, r)| {
-            r.expect("delivered");
-            if i == warm {
-                started = Instant::now();
-                timed = n - warm;
-            }
-            async {}
-        })
+    futures::stream::iter(records[..warm].chunks(batch))
+        .for_each_concurrent(in_flight_batches, send)
         .await;
-    Ok(timed as f64 / started.elapsed().as_secs_f64())
+    let started = Instant::now();
+    let cpu = hourglass_bench::cpu_seconds(std::process::id());
+    futures::stream::iter(records[warm..].chunks(batch))
+        .for_each_concurrent(in_flight_batches, send)
+        .await;
+    let cpu = hourglass_bench::cpu_seconds(std::process::id()) - cpu;
+    Ok(Ceiling {
+        rate: (n - warm) as f64 / started.elapsed().as_secs_f64(),
+        cpu_us_per_event: cpu * 1e6 / (n - warm) as f64,
+    })
 }
 
 struct Run {
@@ -316,13 +333,25 @@ async fn main() -> Result<()> {
     cfg.kafka.topic = format!("bench_ingest_{}", std::process::id());
     hourglass_core::kafka::ensure_topics(&cfg.kafka, &[(cfg.kafka.topic.as_str(), 8)]).await?;
 
-    let rate = ceiling(&cfg, args.events).await?;
-    println!("ceiling: bare rdkafka producer, same settings and broker: {rate:.0} events/s");
+    // Flat out: 50,000 records in flight, not held to the load generator's
+    // connections.
+    let flat_out = ceiling(&cfg, args.events, args.batch, (50_000 / args.batch).max(1)).await?;
+    println!(
+        "ceiling: bare rdkafka producer, same settings and broker: {:.0} events/s, {:.2} µs of producer CPU per event",
+        flat_out.rate, flat_out.cpu_us_per_event
+    );
+    // As many events in flight as the load generator can have: what the
+    // producer's linger and the broker's round trip allow at that depth.
+    let same_depth = ceiling(&cfg, args.events, args.batch, args.connections).await?;
+    println!(
+        "bare producer with {} batches of {} in flight (as many as the load generator's connections): {:.0} events/s",
+        args.connections, args.batch, same_depth.rate
+    );
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let _ingest = start_ingest(&args, &cfg, port)?;
+    let ingest = start_ingest(&args, &cfg, port)?;
     let url = format!("http://127.0.0.1:{port}");
     wait_ready(&url).await?;
     let mut rng = SmallRng::seed_from_u64(7);
@@ -343,6 +372,7 @@ async fn main() -> Result<()> {
         args.batch,
     )
     .await;
+    let cpu = hourglass_bench::cpu_seconds(ingest.0.id());
     let flat = load(
         &url,
         bodies.clone(),
@@ -352,10 +382,14 @@ async fn main() -> Result<()> {
         args.batch,
     )
     .await;
+    let cpu = hourglass_bench::cpu_seconds(ingest.0.id()) - cpu;
     report("flat out", &flat);
+    let accepted = flat.events as f64 / flat.seconds;
     println!(
-        "flat out / ceiling: {:.0} %",
-        100.0 * flat.events as f64 / flat.seconds / rate
+        "flat out / ceiling: {:.0} %; / bare producer at the same depth: {:.0} %; ingest used {:.2} µs of CPU per event",
+        100.0 * accepted / flat_out.rate,
+        100.0 * accepted / same_depth.rate,
+        cpu * 1e6 / flat.events as f64
     );
     if args.rate > 0 {
         let requests = args.rate * args.rate_seconds as usize / args.batch;

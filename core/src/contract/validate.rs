@@ -36,6 +36,8 @@ pub enum Rejection {
     BadEventId(String),
     #[error("`value` must be a finite number")]
     BadValue,
+    #[error("a number is out of range (beyond what a 64-bit float holds)")]
+    NumberOutOfRange,
     #[error("`properties` nest deeper than {limit} levels")]
     TooDeep { limit: usize },
     #[error("a string inside `properties` is {len} bytes, over the limit of {limit}")]
@@ -60,6 +62,7 @@ impl Rejection {
             Rejection::BadTimestamp(_) => "bad_timestamp",
             Rejection::BadEventId(_) => "bad_event_id",
             Rejection::BadValue => "bad_value",
+            Rejection::NumberOutOfRange => "number_out_of_range",
             Rejection::TooDeep { .. } => "too_deep",
             Rejection::PropertyTooLong { .. } => "property_too_long",
             Rejection::UnknownType(_) => "unknown_type",
@@ -117,7 +120,7 @@ pub fn parse_batch(body: &[u8], limits: &ContractLimits) -> Result<ParsedBatch, 
     Ok(ParsedBatch { events, sent_at })
 }
 
-fn parse_time(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+pub(super) fn parse_time(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
     DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc))
 }
 
@@ -144,8 +147,11 @@ pub fn normalize(
     let mut object = match serde_json::from_str::<Value>(raw.get()) {
         Ok(Value::Object(map)) => map,
         Ok(_) => return Err(Rejection::NotAnObject),
-        // The batch parser already checked the syntax; what fails now is
-        // serde_json's recursion limit.
+        // The batch parser already checked the syntax; what fails now is a
+        // number no f64 holds, or serde_json's recursion limit.
+        Err(e) if e.to_string().starts_with("number out of range") => {
+            return Err(Rejection::NumberOutOfRange);
+        }
         Err(_) => {
             return Err(Rejection::TooDeep {
                 limit: limits.max_property_depth,

@@ -2,6 +2,9 @@
 //! here, so delivery guarantees are decided in one place.
 
 pub mod assign;
+mod batch_producer;
+
+pub use batch_producer::{BatchAcks, BatchOutcome, BatchProducer};
 
 use std::time::Duration;
 
@@ -46,6 +49,10 @@ pub fn producer_tuned(
     cfg: &KafkaConfig,
     tuning: &[(&str, String)],
 ) -> Result<FutureProducer, KafkaError> {
+    producer_config(cfg, tuning).create()
+}
+
+fn producer_config(cfg: &KafkaConfig, tuning: &[(&str, String)]) -> ClientConfig {
     let mut c = client_config(cfg);
     c.set("linger.ms", "5")
         .set("batch.size", "1000000")
@@ -58,7 +65,7 @@ pub fn producer_tuned(
         .set("acks", "all")
         .set("compression.type", "zstd");
     user_properties(&mut c, cfg);
-    c.create()
+    c
 }
 
 /// Consumer settings for components that own their offsets: nothing is

@@ -1,0 +1,645 @@
+//! The ingest hot path: events already in our native shape are checked and
+//! written straight into the Kafka record, without building a JSON tree.
+//!
+//! [`normalize`] parses every event into a `serde_json::Value`, rewrites
+//! Segment fields, and serializes the envelope again: about two thirds of
+//! ingest's CPU per event. Most traffic is native (our SDK shape), so for it
+//! this module borrows each field from the request body, checks it by the
+//! same rules, and copies `properties` through as sent after one walk that
+//! checks its depth and string lengths. Anything else (Segment shapes,
+//! camel-case aliases, duplicate fields, numbers serde cannot hold) goes
+//! through [`normalize`], so both paths give the same answer for every event;
+//! a property test holds them to it.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::io::Write;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::validate::{normalize, parse_time};
+use super::{ContractLimits, Rejection, SCHEMA_VERSION};
+
+/// One validated event ready for Kafka: its record key (`project_id:user`)
+/// and its JSON value, an [`super::EventEnvelope`] once decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedEvent {
+    pub key: String,
+    pub payload: Vec<u8>,
+}
+
+/// Validates and encodes the events of one batch: everything they share
+/// (project, receive time, client send time, limits) is worked out once.
+pub struct Normalizer<'l> {
+    project_id: &'l str,
+    received_at: DateTime<Utc>,
+    received_at_text: String,
+    sent_at: Option<DateTime<Utc>>,
+    limits: &'l ContractLimits,
+}
+
+impl<'l> Normalizer<'l> {
+    pub fn new(
+        project_id: &'l str,
+        received_at: DateTime<Utc>,
+        sent_at: Option<DateTime<Utc>>,
+        limits: &'l ContractLimits,
+    ) -> Self {
+        Self {
+            project_id,
+            received_at,
+            received_at_text: rfc3339_millis(received_at),
+            sent_at,
+            limits,
+        }
+    }
+
+    /// Validate one raw event and encode its Kafka record. The answer is the
+    /// one [`normalize`] gives; only the work differs.
+    pub fn encode(&self, raw: &RawValue) -> Result<EncodedEvent, Rejection> {
+        match self.encode_native(raw) {
+            Ok(encoded) => Ok(encoded),
+            Err(Miss::Rejected(why)) => Err(why),
+            Err(Miss::NotNative) => {
+                let envelope = normalize(
+                    raw,
+                    self.project_id,
+                    self.received_at,
+                    self.sent_at,
+                    self.limits,
+                )?;
+                Ok(EncodedEvent {
+                    key: envelope.kafka_key(),
+                    payload: envelope.encode(),
+                })
+            }
+        }
+    }
+
+    fn encode_native(&self, raw: &RawValue) -> Result<EncodedEvent, Miss> {
+        let limits = self.limits;
+        let size = raw.get().len();
+        if size > limits.max_event_bytes {
+            return Err(Rejection::TooLarge {
+                size,
+                limit: limits.max_event_bytes,
+            }
+            .into());
+        }
+        let fields: NativeFields = serde_json::from_str(raw.get()).map_err(|_| Miss::NotNative)?;
+        if fields.segment_shaped() {
+            return Err(Miss::NotNative);
+        }
+
+        let event = match fields.event {
+            None => return Err(Rejection::MissingEvent.into()),
+            Some(raw) => bounded_string(raw, "event", limits.max_event_name_len)?,
+        };
+        let event = event.ok_or(Rejection::Empty("event"))?;
+        let user_id = optional_id(fields.user_id, "user_id", limits)?;
+        let anonymous_id = optional_id(fields.anonymous_id, "anonymous_id", limits)?;
+        let user = match (&user_id, &anonymous_id) {
+            (Some(u), _) | (None, Some(u)) => u,
+            (None, None) => return Err(Rejection::MissingIdentity.into()),
+        };
+        let session_id = optional_id(fields.session_id, "session_id", limits)?;
+
+        let timestamp = match fields.timestamp.map(json_kind) {
+            None => None,
+            Some(Json::Str(text)) => {
+                let text = unescape(text)?;
+                let t = parse_time(&text).map_err(|e| Rejection::BadTimestamp(e.to_string()))?;
+                Some(match self.sent_at {
+                    Some(sent) => t + (self.received_at - sent),
+                    None => t,
+                })
+            }
+            Some(Json::Number(_) | Json::Other) => {
+                return Err(Rejection::WrongType {
+                    field: "timestamp",
+                    expected: "an RFC 3339 string",
+                }
+                .into());
+            }
+        };
+
+        let event_id = match fields.event_id.map(json_kind) {
+            None => Uuid::now_v7(),
+            Some(Json::Str(text)) => {
+                let text = unescape(text)?;
+                Uuid::parse_str(&text).map_err(|e| Rejection::BadEventId(e.to_string()))?
+            }
+            Some(Json::Number(_) | Json::Other) => {
+                return Err(Rejection::WrongType {
+                    field: "event_id",
+                    expected: "a UUID string",
+                }
+                .into());
+            }
+        };
+
+        let value = match fields.value.map(json_kind) {
+            None => None,
+            Some(Json::Number(text)) => {
+                let n: serde_json::Number =
+                    serde_json::from_str(text).map_err(|_| Miss::NotNative)?;
+                Some(
+                    n.as_f64()
+                        .filter(|v| v.is_finite())
+                        .ok_or(Rejection::BadValue)?,
+                )
+            }
+            Some(Json::Str(_) | Json::Other) => return Err(Rejection::BadValue.into()),
+        };
+
+        let properties = match fields.properties {
+            None => None,
+            Some(raw) if raw.get().starts_with('{') => {
+                let entries = check_properties(raw, limits)?;
+                (entries > 0).then_some(raw)
+            }
+            Some(_) => {
+                return Err(Rejection::WrongType {
+                    field: "properties",
+                    expected: "a JSON object",
+                }
+                .into());
+            }
+        };
+
+        let mut out = Vec::with_capacity(size + 160);
+        out.extend_from_slice(b"{\"schema_version\":");
+        write!(out, "{SCHEMA_VERSION}").expect("writing to a Vec");
+        out.extend_from_slice(b",\"project_id\":");
+        write_str(&mut out, self.project_id);
+        out.extend_from_slice(b",\"event_id\":\"");
+        out.extend_from_slice(
+            event_id
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\",\"event\":");
+        write_str(&mut out, &event);
+        for (name, id) in [
+            ("user_id", &user_id),
+            ("anonymous_id", &anonymous_id),
+            ("session_id", &session_id),
+        ] {
+            if let Some(id) = id {
+                write!(out, ",\"{name}\":").expect("writing to a Vec");
+                write_str(&mut out, id);
+            }
+        }
+        out.extend_from_slice(b",\"timestamp\":\"");
+        match timestamp {
+            Some(t) => out.extend_from_slice(rfc3339_millis(t).as_bytes()),
+            None => out.extend_from_slice(self.received_at_text.as_bytes()),
+        }
+        out.extend_from_slice(b"\",\"received_at\":\"");
+        out.extend_from_slice(self.received_at_text.as_bytes());
+        out.push(b'"');
+        if let Some(v) = value {
+            out.extend_from_slice(b",\"value\":");
+            serde_json::to_writer(&mut out, &v).expect("a finite f64 serializes");
+        }
+        if let Some(raw) = properties {
+            out.extend_from_slice(b",\"properties\":");
+            out.extend_from_slice(raw.get().as_bytes());
+        }
+        out.push(b'}');
+
+        let mut key = String::with_capacity(self.project_id.len() + 1 + user.len());
+        key.push_str(self.project_id);
+        key.push(':');
+        key.push_str(user);
+        Ok(EncodedEvent { key, payload: out })
+    }
+}
+
+fn rfc3339_millis(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn write_str(out: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(out, text).expect("a str serializes");
+}
+
+/// Why the fast path gave no answer of its own.
+enum Miss {
+    /// The event breaks a rule: the same rejection [`normalize`] gives.
+    Rejected(Rejection),
+    /// Not plain native JSON: [`normalize`] decides.
+    NotNative,
+}
+
+impl From<Rejection> for Miss {
+    fn from(why: Rejection) -> Self {
+        Miss::Rejected(why)
+    }
+}
+
+/// The native fields, borrowed from the body. `null` reads as absent, as in
+/// [`normalize`]. The Segment and camel-case fields are only noticed: their
+/// presence sends the event down the general path, which rewrites them.
+#[derive(Deserialize)]
+struct NativeFields<'a> {
+    #[serde(borrow, default)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    user_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    anonymous_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    session_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    value: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    properties: Option<&'a RawValue>,
+    #[serde(default, rename = "type", deserialize_with = "present")]
+    segment_type: bool,
+    #[serde(default, deserialize_with = "present")]
+    context: bool,
+    #[serde(default, rename = "userId", deserialize_with = "present")]
+    user_id_camel: bool,
+    #[serde(default, rename = "anonymousId", deserialize_with = "present")]
+    anonymous_id_camel: bool,
+    #[serde(default, rename = "sessionId", deserialize_with = "present")]
+    session_id_camel: bool,
+    #[serde(default, rename = "eventId", deserialize_with = "present")]
+    event_id_camel: bool,
+    #[serde(default, rename = "messageId", deserialize_with = "present")]
+    message_id: bool,
+}
+
+impl NativeFields<'_> {
+    fn segment_shaped(&self) -> bool {
+        self.segment_type
+            || self.context
+            || self.user_id_camel
+            || self.anonymous_id_camel
+            || self.session_id_camel
+            || self.event_id_camel
+            || self.message_id
+    }
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// What a raw JSON value is, by its first byte.
+enum Json<'a> {
+    /// A string literal, quotes included.
+    Str(&'a str),
+    Number(&'a str),
+    Other,
+}
+
+fn json_kind(raw: &RawValue) -> Json<'_> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => Json::Str(text),
+        Some(b'-' | b'0'..=b'9') => Json::Number(text),
+        _ => Json::Other,
+    }
+}
+
+/// A string literal's text: borrowed unless it has escapes.
+fn unescape(literal: &str) -> Result<Cow<'_, str>, Miss> {
+    if literal.contains('\\') {
+        serde_json::from_str::<String>(literal)
+            .map(Cow::Owned)
+            .map_err(|_| Miss::NotNative)
+    } else {
+        Ok(Cow::Borrowed(&literal[1..literal.len() - 1]))
+    }
+}
+
+/// A string field, `None` when empty; numbers are taken as their text, as
+/// [`normalize`] does for ids.
+fn bounded_string<'a>(
+    raw: &'a RawValue,
+    field: &'static str,
+    limit: usize,
+) -> Result<Option<Cow<'a, str>>, Miss> {
+    let text = match json_kind(raw) {
+        Json::Str(literal) => unescape(literal)?,
+        Json::Number(text) if field != "event" => {
+            let n: serde_json::Number = serde_json::from_str(text).map_err(|_| Miss::NotNative)?;
+            Cow::Owned(n.to_string())
+        }
+        _ => {
+            return Err(Rejection::WrongType {
+                field,
+                expected: "a string",
+            }
+            .into());
+        }
+    };
+    if text.len() > limit {
+        return Err(Rejection::TooLong {
+            field,
+            len: text.len(),
+            limit,
+        }
+        .into());
+    }
+    Ok((!text.is_empty()).then_some(text))
+}
+
+fn optional_id<'a>(
+    raw: Option<&'a RawValue>,
+    field: &'static str,
+    limits: &ContractLimits,
+) -> Result<Option<Cow<'a, str>>, Miss> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => bounded_string(raw, field, limits.max_id_len),
+    }
+}
+
+/// Walk `properties` once, checking nesting depth and string lengths (keys
+/// included) without building anything. Returns its number of entries.
+fn check_properties(raw: &RawValue, limits: &ContractLimits) -> Result<usize, Miss> {
+    let found = RefCell::new(None);
+    let walk = Walk {
+        depth: 0,
+        limits,
+        found: &found,
+    };
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    match walk.deserialize(&mut de) {
+        Ok(entries) => Ok(entries),
+        Err(_) => Err(match found.into_inner() {
+            Some(why) => Miss::Rejected(why),
+            None => Miss::NotNative,
+        }),
+    }
+}
+
+/// One value inside `properties`, sitting in a container at `depth` (the
+/// `properties` object itself is at depth 1, as in [`normalize`]).
+#[derive(Clone, Copy)]
+struct Walk<'w> {
+    depth: usize,
+    limits: &'w ContractLimits,
+    found: &'w RefCell<Option<Rejection>>,
+}
+
+impl Walk<'_> {
+    fn reject<E: de::Error>(&self, why: Rejection) -> E {
+        *self.found.borrow_mut() = Some(why);
+        E::custom("rejected")
+    }
+
+    fn check_len<E: de::Error>(&self, s: &str) -> Result<(), E> {
+        if s.len() > self.limits.max_string_len {
+            return Err(self.reject(Rejection::PropertyTooLong {
+                len: s.len(),
+                limit: self.limits.max_string_len,
+            }));
+        }
+        Ok(())
+    }
+
+    /// A container one level down, refused past the depth limit.
+    fn deeper<E: de::Error>(&self) -> Result<Self, E> {
+        let depth = self.depth + 1;
+        if depth > self.limits.max_property_depth {
+            return Err(self.reject(Rejection::TooDeep {
+                limit: self.limits.max_property_depth,
+            }));
+        }
+        Ok(Walk { depth, ..*self })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Walk<'_> {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Walk<'_> {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_unit<E>(self) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<usize, E> {
+        self.check_len(s).map(|()| 0)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let inner = self.deeper()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(0)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+        let inner = self.deeper()?;
+        let mut entries = 0;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            inner.check_len::<A::Error>(&key)?;
+            map.next_value_seed(inner)?;
+            entries += 1;
+        }
+        Ok(entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::EventEnvelope;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap()
+    }
+
+    fn slow(json: &str, sent_at: Option<DateTime<Utc>>) -> Result<EventEnvelope, Rejection> {
+        let raw = RawValue::from_string(json.to_owned()).unwrap();
+        normalize(&raw, "p1", now(), sent_at, &ContractLimits::default())
+    }
+
+    fn fast(json: &str, sent_at: Option<DateTime<Utc>>) -> Result<EncodedEvent, Rejection> {
+        let raw = RawValue::from_string(json.to_owned()).unwrap();
+        let limits = ContractLimits::default();
+        Normalizer::new("p1", now(), sent_at, &limits).encode(&raw)
+    }
+
+    /// Both paths agree: same rejection code, or records that decode to the
+    /// same envelope under the same key (ids compared only when sent).
+    fn agree(json: &str, sent_at: Option<DateTime<Utc>>) -> Result<(), TestCaseError> {
+        match (slow(json, sent_at), fast(json, sent_at)) {
+            (Ok(want), Ok(got)) => {
+                let mut back = EventEnvelope::decode(&got.payload)
+                    .map_err(|e| TestCaseError::fail(format!("{e}: {json}")))?;
+                prop_assert_eq!(&got.key, &want.kafka_key());
+                // Ids assigned on receipt (UUIDv7) differ between two calls.
+                if back.event_id.get_version_num() == 7 && want.event_id.get_version_num() == 7 {
+                    back.event_id = want.event_id;
+                }
+                prop_assert_eq!(back, want, "{}", json);
+            }
+            (Err(want), Err(got)) => prop_assert_eq!(got.code(), want.code(), "{}", json),
+            (want, got) => {
+                return Err(TestCaseError::fail(format!(
+                    "{json}: normalize {want:?}, fast path {got:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn field_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("null".to_owned()),
+            Just("\"\"".to_owned()),
+            Just("true".to_owned()),
+            Just("{\"a\":1}".to_owned()),
+            Just("[1]".to_owned()),
+            "[a-z0-9/ -]{1,12}".prop_map(|s| format!("\"{s}\"")),
+            Just("\"caf\\u00e9 \\\"q\\\"\"".to_owned()),
+            Just("\"x\\/y\"".to_owned()),
+            (0u64..1_000_000).prop_map(|n| n.to_string()),
+            Just("-12.5e2".to_owned()),
+            Just("\"2026-11-25T11:59:00.123Z\"".to_owned()),
+            Just("\"2026-11-25T11:59:00+02:00\"".to_owned()),
+            Just("\"0192f0a4-8a40-7cc0-8000-000000000001\"".to_owned()),
+            Just("\"0192F0A48A407CC08000000000000001\"".to_owned()),
+            Just(format!("\"{}\"", "z".repeat(300))),
+        ]
+    }
+
+    fn properties() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("{}".to_owned()),
+            Just("null".to_owned()),
+            Just("[1,2]".to_owned()),
+            Just("\"text\"".to_owned()),
+            Just("{ \"path\" : \"/a\", \"n\": 1.50, \"big\": 18446744073709551615 }".to_owned()),
+            Just("{\"a\":{\"b\":{\"c\":{\"d\":{\"e\":{\"f\":{\"g\":1}}}}}}}".to_owned()),
+            Just("{\"a\":{\"b\":{\"c\":{\"d\":{\"e\":{\"f\":{\"g\":{\"h\":1}}}}}}}}".to_owned()),
+            Just("{\"a\":[[[[[[1]]]]]]}".to_owned()),
+            Just("{\"a\":[[[[[[[1]]]]]]]}".to_owned()),
+            Just(format!("{{\"k\":\"{}\"}}", "y".repeat(9000))),
+            Just(format!("{{\"{}\":1}}", "k".repeat(9000))),
+            Just(
+                "{\"esc\":\"tab\\there\",\"u\":\"\\ud83d\\ude00\",\"nested\":{\"x\":[true,null]}}"
+                    .to_owned()
+            ),
+        ]
+    }
+
+    prop_compose! {
+        fn native_event()(
+            fields in proptest::collection::vec(
+                (prop_oneof![
+                    Just("event"), Just("user_id"), Just("anonymous_id"), Just("session_id"),
+                    Just("timestamp"), Just("event_id"), Just("value"), Just("extra"),
+                    Just("userId"), Just("type"), Just("context"), Just("messageId"),
+                ], field_value()),
+                0..7,
+            ),
+            event in proptest::option::of("[a-z_]{1,10}"),
+            user in proptest::option::of("[a-z0-9]{1,8}"),
+            props in proptest::option::of(properties()),
+        ) -> String {
+            let mut parts = Vec::new();
+            if let Some(e) = event { parts.push(format!("\"event\":\"{e}\"")); }
+            if let Some(u) = user { parts.push(format!("\"user_id\":\"{u}\"")); }
+            for (name, value) in fields { parts.push(format!("\"{name}\":{value}")); }
+            if let Some(p) = props { parts.push(format!("\"properties\":{p}")); }
+            format!("{{{}}}", parts.join(","))
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+        #[test]
+        fn fast_path_answers_as_normalize(json in native_event(), skew in proptest::bool::ANY) {
+            let sent_at = skew.then(|| Utc.with_ymd_and_hms(2026, 11, 25, 12, 10, 0).unwrap());
+            agree(&json, sent_at)?;
+        }
+    }
+
+    #[test]
+    fn numbers_beyond_f64_are_refused_by_both_paths() {
+        for json in [
+            r#"{"event":"e","user_id":"u","value":1e400}"#,
+            r#"{"event":"e","user_id":1e400}"#,
+            r#"{"event":"e","user_id":"u","properties":{"n":-1e400}}"#,
+        ] {
+            assert_eq!(
+                slow(json, None).unwrap_err(),
+                Rejection::NumberOutOfRange,
+                "{json}"
+            );
+            assert_eq!(
+                fast(json, None).unwrap_err(),
+                Rejection::NumberOutOfRange,
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn native_events_take_the_fast_path() {
+        let limits = ContractLimits::default();
+        let n = Normalizer::new("p1", now(), None, &limits);
+        let raw = RawValue::from_string(
+            r#"{"event":"view","user_id":"u1","properties":{"path":"/a"}}"#.into(),
+        )
+        .unwrap();
+        assert!(n.encode_native(&raw).is_ok());
+        let segment =
+            RawValue::from_string(r#"{"type":"track","event":"view","userId":"u1"}"#.into())
+                .unwrap();
+        assert!(matches!(n.encode_native(&segment), Err(Miss::NotNative)));
+        assert_eq!(n.encode(&segment).unwrap().key, "p1:u1");
+    }
+
+    #[test]
+    fn properties_are_copied_as_sent() {
+        let got = fast(
+            r#"{"event":"e","user_id":"u","properties":{"b":1,"a":"x"}}"#,
+            None,
+        )
+        .unwrap();
+        let text = String::from_utf8(got.payload).unwrap();
+        assert!(
+            text.ends_with(r#","properties":{"b":1,"a":"x"}}"#),
+            "{text}"
+        );
+    }
+}
