@@ -14,7 +14,9 @@ use std::sync::atomic::AtomicBool;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use common::{TestEnv, free_port};
-use hourglass_aggregator::window::{EventRef, PartitionWindows, WindowConfig, user_hash};
+use hourglass_aggregator::window::{
+    EventRef, PartitionWindows, WindowConfig, dimension_values, user_hash,
+};
 use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION};
 use hourglass_core::histogram::ValueHistogram;
 use hourglass_lake::store::{LocalStore, ObjectStore};
@@ -112,6 +114,7 @@ async fn seed(env: &TestEnv, events: &[EventEnvelope], lake: &LocalStore) {
                 )
                 .await
                 .unwrap();
+            let dimensions = dimension_values(&window.dimensions, Some(&e.properties));
             core.ingest(
                 &EventRef {
                     project_id: &e.project_id,
@@ -119,7 +122,7 @@ async fn seed(env: &TestEnv, events: &[EventEnvelope], lake: &LocalStore) {
                     user: e.user(),
                     timestamp_ms: e.timestamp.timestamp_millis(),
                     value: e.value,
-                    properties: Some(&e.properties),
+                    dimensions: &dimensions,
                 },
                 offset,
                 0,

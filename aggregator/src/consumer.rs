@@ -6,7 +6,6 @@
 //! flush is retried with backoff (the consumer keeps polling, so it stays in
 //! the group and memory stays bounded).
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,11 +14,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use crate::metrics::*;
+use crate::record::RecordView;
 use crate::window::{EventRef, Ingested, PartitionWindows, WindowConfig};
 use hourglass_core::kafka::assign::{AssignAtPositions, Change, Paused, commit_hint};
 use hourglass_core::telemetry::Readiness;
@@ -27,25 +24,6 @@ use hourglass_core::telemetry::Readiness;
 use crate::sink::RollupSink;
 
 pub type AggregatorContext = AssignAtPositions<RollupSink>;
-
-/// The fields of a record the aggregator reads, borrowed from its bytes.
-#[derive(Deserialize)]
-struct RecordView<'a> {
-    #[serde(borrow)]
-    project_id: Cow<'a, str>,
-    #[serde(borrow)]
-    event: Cow<'a, str>,
-    #[serde(borrow, default)]
-    user_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    anonymous_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    timestamp: Cow<'a, str>,
-    #[serde(default)]
-    value: Option<f64>,
-    #[serde(borrow, default)]
-    properties: Option<&'a RawValue>,
-}
 
 /// Counter handles registered once: looking a labelled counter up by name for
 /// every record would put a registry lookup on the hot path.
@@ -81,6 +59,8 @@ pub struct Loop {
     pub counters: EventCounters,
 }
 
+const RECORDS_PER_CLOCK: u32 = 256;
+
 fn wall_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -89,14 +69,29 @@ impl Loop {
     pub fn run(mut self) -> Result<(), KafkaError> {
         self.consumer.subscribe(&[&self.topic])?;
         let mut last_flush = Instant::now();
+        // Reading the clock per record was a twentieth of the loop's time:
+        // it is read again every RECORDS_PER_CLOCK records and whenever a
+        // poll brings no record (a quiet stream reads it every time).
+        let mut now_ms = wall_ms();
+        let mut records_since_clock = 0;
         while !self.shutdown.load(Ordering::Relaxed) {
             match self.consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(message)) => handle_record(
-                    &mut self.partitions,
-                    &self.windows,
-                    &self.counters,
-                    &message,
-                ),
+                Some(Ok(message)) => {
+                    handle_record(
+                        &mut self.partitions,
+                        &self.windows,
+                        &self.counters,
+                        &message,
+                        now_ms,
+                    );
+                    records_since_clock += 1;
+                    // A poll that returns a record served no rebalance
+                    // (rust-rdkafka returns from `poll` after one), so
+                    // there is nothing to adopt yet.
+                    if records_since_clock < RECORDS_PER_CLOCK {
+                        continue;
+                    }
+                }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     if let Some(windows) = self.partitions.get_mut(&p) {
                         if !windows.is_caught_up() {
@@ -112,6 +107,8 @@ impl Loop {
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => {}
             }
+            records_since_clock = 0;
+            now_ms = wall_ms();
             let _ = self.apply_rebalances();
             if last_flush.elapsed() >= self.flush_interval {
                 self.flush_all();
@@ -131,6 +128,7 @@ fn handle_record(
     cfg: &WindowConfig,
     counters: &EventCounters,
     message: &BorrowedMessage<'_>,
+    now_ms: i64,
 ) {
     let p = message.partition();
     let Some(windows) = partitions.get_mut(&p) else {
@@ -141,9 +139,7 @@ fn handle_record(
     if offset < windows.next_offset() {
         return;
     }
-    let view = message
-        .payload()
-        .and_then(|bytes| serde_json::from_slice::<RecordView<'_>>(bytes).ok());
+    let view = message.payload().and_then(RecordView::decode);
     let Some(view) = view else {
         counters.undecodable.increment(1);
         return;
@@ -152,27 +148,17 @@ fn handle_record(
         counters.undecodable.increment(1);
         return;
     };
-    let properties: Option<Map<String, Value>> = if cfg.dimensions.is_empty() {
-        None
-    } else {
-        view.properties
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
-    };
-    let user = view
-        .user_id
-        .as_deref()
-        .or(view.anonymous_id.as_deref())
-        .unwrap_or_default();
+    let dimensions = view.dimension_values(&cfg.dimensions);
     let event = EventRef {
         project_id: &view.project_id,
         event: &view.event,
-        user,
+        user: view.user(),
         timestamp_ms: ts.timestamp_millis(),
         value: view.value,
-        properties: properties.as_ref(),
+        dimensions: &dimensions,
     };
     let clamped_before = windows.clamped_values;
-    match windows.ingest(&event, offset, wall_ms()) {
+    match windows.ingest(&event, offset, now_ms) {
         Ingested::Added => counters.added.increment(1),
         Ingested::Overflow => counters.overflow.increment(1),
         Ingested::Late => counters.late.increment(1),

@@ -4,7 +4,8 @@
 //! - [`window`]: the pure core (windows, watermarks, late events, cardinality
 //!   guard, histograms), no Kafka or ClickHouse types.
 //! - `consumer`: one thread owns the consumer and all partitions' windows,
-//!   feeds records into the core and flushes closed windows.
+//!   feeds records into the core and flushes closed windows; `record` reads
+//!   each record's fields and configured dimensions without building a map.
 //! - the rebalance hook is core's `AssignAtPositions`, which assigns each
 //!   partition at the checkpoint read back from ClickHouse.
 //! - [`sink`]: the INSERT into `rollup_5m` (whose progress view records the
@@ -19,6 +20,7 @@
 
 mod consumer;
 pub mod metrics;
+mod record;
 pub mod sink;
 pub mod window;
 

@@ -312,6 +312,10 @@ impl Sink {
                         .entry(e.partition)
                         .or_insert_with(|| PartitionWindows::new(window.clone(), e.offset, None));
                     let ev = &e.event;
+                    let dimensions = hourglass_aggregator::window::dimension_values(
+                        &window.dimensions,
+                        Some(&ev.properties),
+                    );
                     core.ingest(
                         &EventRef {
                             project_id: &ev.project_id,
@@ -319,7 +323,7 @@ impl Sink {
                             user: ev.user(),
                             timestamp_ms: ev.timestamp_millis(),
                             value: ev.value,
-                            properties: Some(&ev.properties),
+                            dimensions: &dimensions,
                         },
                         e.offset,
                         0,

@@ -19,7 +19,27 @@ mod partition;
 pub use aggregate::{KeyAggregate, RollupRow};
 pub use partition::{Checkpoint, ClosedWindows, EventRef, Ingested, PartitionWindows};
 
+use std::borrow::Cow;
+
 use hourglass_core::config::AggregatorConfig;
+use serde_json::{Map, Value};
+
+/// The values of `names` in `properties`, as [`EventRef::dimensions`] wants
+/// them: strings as they are, other JSON values as their compact JSON text,
+/// missing or null as empty.
+pub fn dimension_values<'a>(
+    names: &[String],
+    properties: Option<&'a Map<String, Value>>,
+) -> Vec<Cow<'a, str>> {
+    names
+        .iter()
+        .map(|name| match properties.and_then(|p| p.get(name)) {
+            None | Some(Value::Null) => Cow::Borrowed(""),
+            Some(Value::String(s)) => Cow::Borrowed(s.as_str()),
+            Some(other) => Cow::Owned(other.to_string()),
+        })
+        .collect()
+}
 
 /// Key used for keys past the cardinality guard.
 pub const OVERFLOW_KEY: &str = "__other__";

@@ -1,7 +1,6 @@
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-
-use serde_json::{Map, Value};
 
 use super::aggregate::{KeyAggregate, RollupRow};
 use super::{OVERFLOW_KEY, WindowConfig, user_hash};
@@ -14,7 +13,9 @@ pub struct EventRef<'a> {
     pub user: &'a str,
     pub timestamp_ms: i64,
     pub value: Option<f64>,
-    pub properties: Option<&'a Map<String, Value>>,
+    /// The configured dimensions' values, in [`WindowConfig::dimensions`]
+    /// order (missing ones count as empty): see [`super::dimension_values`].
+    pub dimensions: &'a [Cow<'a, str>],
 }
 
 /// What happened to one event.
@@ -266,13 +267,8 @@ impl PartitionWindows {
             }
             let _ = serde_json::to_writer(&mut self.dims_buf, name);
             self.dims_buf.push(b':');
-            let value = event.properties.and_then(|p| p.get(name));
-            let text: std::borrow::Cow<'_, str> = match value {
-                None | Some(Value::Null) => "".into(),
-                Some(Value::String(s)) => s.as_str().into(),
-                Some(other) => other.to_string().into(),
-            };
-            let text = truncate(&text, self.cfg.max_dimension_len);
+            let text = event.dimensions.get(i).map_or("", |v| v.as_ref());
+            let text = truncate(text, self.cfg.max_dimension_len);
             let _ = serde_json::to_writer(&mut self.dims_buf, text);
         }
         self.dims_buf.push(b'}');
@@ -295,6 +291,7 @@ fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Map, Value};
 
     const MIN: i64 = 60_000;
     const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -319,7 +316,7 @@ mod tests {
             user: Box::leak(user.to_owned().into_boxed_str()),
             timestamp_ms: ts,
             value,
-            properties: None,
+            dimensions: &[],
         }
     }
 
@@ -530,7 +527,8 @@ mod tests {
         .collect();
         for (i, prop) in props.iter().enumerate() {
             let mut e = ev("view", "u", T0, None);
-            e.properties = Some(prop);
+            let dims = crate::window::dimension_values(&p.cfg.dimensions, Some(prop));
+            e.dimensions = &dims;
             p.ingest(&e, i as i64, 0);
         }
         p.ingest(&ev("x", "u", T0 + 10 * MIN, None), 9, 0);

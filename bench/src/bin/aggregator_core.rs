@@ -4,13 +4,13 @@
 //!
 //! `cargo run --release -p hourglass-bench --bin aggregator_core -- --events 5000000`
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
 use hourglass_aggregator::window::{EventRef, PartitionWindows, WindowConfig};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use serde_json::{Map, Value};
 
 #[derive(Parser)]
 struct Args {
@@ -30,7 +30,7 @@ struct Decoded {
     user: String,
     ts: i64,
     value: Option<f64>,
-    properties: Map<String, Value>,
+    dimensions: Vec<Cow<'static, str>>,
 }
 
 impl Decoded {
@@ -41,7 +41,7 @@ impl Decoded {
             user: &self.user,
             timestamp_ms: self.ts,
             value: self.value,
-            properties: Some(&self.properties),
+            dimensions: &self.dimensions,
         }
     }
 }
@@ -55,17 +55,13 @@ fn make(n: usize, users: usize) -> Vec<Decoded> {
     (0..n)
         .map(|i| {
             let event = names[rng.random_range(0..names.len())];
-            let mut properties = Map::new();
-            properties.insert(
-                "path".into(),
-                Value::from(format!("/p/{}", rng.random_range(0..50))),
-            );
+            let path = Cow::Owned(format!("/p/{}", rng.random_range(0..50)));
             Decoded {
                 event,
                 user: format!("user-{}", rng.random_range(0..users)),
                 ts: t0 + (i as i64 * span) / n as i64 - rng.random_range(0..30_000),
                 value: (event == "api_call").then(|| rng.random::<f64>().powi(3) * 2000.0),
-                properties,
+                dimensions: vec![path],
             }
         })
         .collect()

@@ -20,7 +20,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use hourglass_aggregator::sink::RollupSink;
-use hourglass_aggregator::window::{EventRef, PartitionWindows, WindowConfig, user_hash};
+use hourglass_aggregator::window::{
+    EventRef, PartitionWindows, WindowConfig, dimension_values, user_hash,
+};
 use hourglass_core::Config;
 use hourglass_loader::rows::EventRow;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
@@ -93,6 +95,7 @@ async fn load(cfg: &Config, args: &Args) -> Result<()> {
         let p = (user_hash(&user) % PARTITIONS) as usize;
         let offset = offsets[p];
         offsets[p] += 1;
+        let dimensions = dimension_values(&window.dimensions, Some(&properties));
         cores[p].ingest(
             &EventRef {
                 project_id: "bench",
@@ -100,7 +103,7 @@ async fn load(cfg: &Config, args: &Args) -> Result<()> {
                 user: &user,
                 timestamp_ms: ts,
                 value,
-                properties: Some(&properties),
+                dimensions: &dimensions,
             },
             offset,
             0,

@@ -88,7 +88,16 @@ pub fn consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
             cfg.session_timeout_ms.max(60_000).to_string(),
         )
         .set("fetch.max.bytes", "16777216")
-        .set("max.partition.fetch.bytes", "4194304");
+        .set("max.partition.fetch.bytes", "4194304")
+        // Once a partition's local queue is full, librdkafka waits this long
+        // before fetching it again (default 1 s). A consumer that works on
+        // each record (the aggregator, the archiver) fills its queue all the
+        // time and sat idle most of each second.
+        .set("fetch.queue.backoff.ms", "20")
+        // A fetch waiting for data holds the broker connection (tansu
+        // answers one request at a time), and with it the offset queries of
+        // the aggregator's idle check: keep that wait short.
+        .set("fetch.wait.max.ms", "100");
     user_properties(&mut c, cfg);
     c
 }
