@@ -92,17 +92,15 @@ impl<'de> Visitor<'de> for PickDimensions<'_> {
     }
 }
 
-/// A string as it is; null as empty; anything else as its compact JSON text.
+/// [`crate::window::dimension_text`] of a raw value: a string without
+/// escapes is borrowed as it is; anything else is parsed first.
 fn dimension_text(raw: &RawValue) -> Cow<'_, str> {
     let text = raw.get();
     if text.starts_with('"') && !text.contains('\\') {
         return Cow::Borrowed(&text[1..text.len() - 1]);
     }
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::String(s)) => Cow::Owned(s),
-        Ok(Value::Null) | Err(_) => Cow::Borrowed(""),
-        Ok(other) => Cow::Owned(other.to_string()),
-    }
+    let value = serde_json::from_str::<Value>(text).ok();
+    Cow::Owned(crate::window::dimension_text(value.as_ref()).into_owned())
 }
 
 #[cfg(test)]

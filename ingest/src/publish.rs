@@ -34,6 +34,20 @@ struct Generation {
 
 type MakeProducer = dyn Fn() -> Result<BatchProducer, KafkaError> + Send + Sync;
 
+/// Ingest's throughput settings for its producer (linger, queue size,
+/// delivery timeout); the delivery guarantees are core's.
+pub fn producer_tuning(ingest: &IngestConfig) -> Vec<(&'static str, String)> {
+    vec![
+        ("linger.ms", ingest.linger_ms.to_string()),
+        (
+            "queue.buffering.max.messages",
+            ingest.producer_queue_events.to_string(),
+        ),
+        ("message.timeout.ms", ingest.delivery_timeout_ms.to_string()),
+        ("batch.num.messages", "10000".into()),
+    ]
+}
+
 #[derive(Clone)]
 pub struct Publisher {
     current: Arc<RwLock<Arc<Generation>>>,
@@ -50,15 +64,7 @@ impl Publisher {
     ) -> Result<Self, KafkaError> {
         let topic = Arc::from(kafka.topic.as_str());
         let kafka = kafka.clone();
-        let tuning = vec![
-            ("linger.ms", ingest.linger_ms.to_string()),
-            (
-                "queue.buffering.max.messages",
-                ingest.producer_queue_events.to_string(),
-            ),
-            ("message.timeout.ms", ingest.delivery_timeout_ms.to_string()),
-            ("batch.num.messages", "10000".into()),
-        ];
+        let tuning = producer_tuning(ingest);
         let make: Arc<MakeProducer> = Arc::new(move || BatchProducer::new(&kafka, &tuning));
         let producer = make()?;
         Ok(Self {

@@ -33,12 +33,18 @@ pub fn dimension_values<'a>(
 ) -> Vec<Cow<'a, str>> {
     names
         .iter()
-        .map(|name| match properties.and_then(|p| p.get(name)) {
-            None | Some(Value::Null) => Cow::Borrowed(""),
-            Some(Value::String(s)) => Cow::Borrowed(s.as_str()),
-            Some(other) => Cow::Owned(other.to_string()),
-        })
+        .map(|name| dimension_text(properties.and_then(|p| p.get(name))))
         .collect()
+}
+
+/// One dimension's value as text: a string as it is, missing or null as
+/// empty, anything else as its compact JSON text.
+pub fn dimension_text(value: Option<&Value>) -> Cow<'_, str> {
+    match value {
+        None | Some(Value::Null) => Cow::Borrowed(""),
+        Some(Value::String(s)) => Cow::Borrowed(s.as_str()),
+        Some(other) => Cow::Owned(other.to_string()),
+    }
 }
 
 /// Key used for keys past the cardinality guard.

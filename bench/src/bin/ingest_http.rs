@@ -140,19 +140,9 @@ async fn wait_ready(url: &str) -> Result<()> {
     }
 }
 
-/// Bare producer, same settings and batch acknowledgement as ingest's,
-/// pre-encoded records, no HTTP.
-struct Ceiling {
-    rate: f64,
-    cpu_us_per_event: f64,
-}
-
-async fn ceiling(
-    cfg: &Config,
-    n: usize,
-    batch: usize,
-    in_flight_batches: usize,
-) -> Result<Ceiling> {
+/// The ceiling runs' records: pre-encoded envelopes like ingest's, made once
+/// for both runs (leaked: they live as long as the benchmark).
+fn ceiling_records(n: usize) -> &'static [(String, Vec<u8>)] {
     let mut rng = SmallRng::seed_from_u64(3);
     let now = chrono::Utc::now();
     let records: Vec<(String, Vec<u8>)> = (0..n)
@@ -175,16 +165,25 @@ async fn ceiling(
             (e.kafka_key(), e.encode())
         })
         .collect();
+    records.leak()
+}
+
+/// Bare producer, same settings and batch acknowledgement as ingest's,
+/// pre-encoded records, no HTTP.
+struct Ceiling {
+    rate: f64,
+    cpu_us_per_event: f64,
+}
+
+async fn ceiling(
+    cfg: &Config,
+    records: &'static [(String, Vec<u8>)],
+    batch: usize,
+    in_flight_batches: usize,
+) -> Result<Ceiling> {
     let producer = hourglass_core::kafka::BatchProducer::new(
         &cfg.kafka,
-        &[
-            ("linger.ms", cfg.ingest.linger_ms.to_string()),
-            (
-                "queue.buffering.max.messages",
-                cfg.ingest.producer_queue_events.to_string(),
-            ),
-            ("batch.num.messages", "10000".into()),
-        ],
+        &hourglass_ingest::publish::producer_tuning(&cfg.ingest),
     )?;
     let topic = cfg.kafka.topic.as_str();
     let producer = &producer;
@@ -203,10 +202,10 @@ async fn ceiling(
             .await;
         assert!(outcome.all_acknowledged(), "ceiling run: {outcome:?}");
     };
-    let records: &'static [(String, Vec<u8>)] = records.leak();
     // Connection, metadata and producer id first, as ingest has them when
     // its flat-out run starts.
-    let warm = records.len() / 10;
+    let timed = records.len() - records.len() / 10;
+    let warm = records.len() - timed;
     futures::stream::iter(records[..warm].chunks(batch))
         .for_each_concurrent(in_flight_batches, send)
         .await;
@@ -217,8 +216,8 @@ async fn ceiling(
         .await;
     let cpu = hourglass_bench::cpu_seconds(std::process::id()) - cpu;
     Ok(Ceiling {
-        rate: (n - warm) as f64 / started.elapsed().as_secs_f64(),
-        cpu_us_per_event: cpu * 1e6 / (n - warm) as f64,
+        rate: timed as f64 / started.elapsed().as_secs_f64(),
+        cpu_us_per_event: cpu * 1e6 / timed as f64,
     })
 }
 
@@ -335,14 +334,15 @@ async fn main() -> Result<()> {
 
     // Flat out: 50,000 records in flight, not held to the load generator's
     // connections.
-    let flat_out = ceiling(&cfg, args.events, args.batch, (50_000 / args.batch).max(1)).await?;
+    let records = ceiling_records(args.events);
+    let flat_out = ceiling(&cfg, records, args.batch, (50_000 / args.batch).max(1)).await?;
     println!(
         "ceiling: bare rdkafka producer, same settings and broker: {:.0} events/s, {:.2} µs of producer CPU per event",
         flat_out.rate, flat_out.cpu_us_per_event
     );
     // As many events in flight as the load generator can have: what the
     // producer's linger and the broker's round trip allow at that depth.
-    let same_depth = ceiling(&cfg, args.events, args.batch, args.connections).await?;
+    let same_depth = ceiling(&cfg, records, args.batch, args.connections).await?;
     println!(
         "bare producer with {} batches of {} in flight (as many as the load generator's connections): {:.0} events/s",
         args.connections, args.batch, same_depth.rate

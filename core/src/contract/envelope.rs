@@ -36,6 +36,20 @@ pub struct EventEnvelope {
     pub properties: Map<String, Value>,
 }
 
+/// `project_id:user`, the record key of [`EventEnvelope::kafka_key`].
+pub(super) fn kafka_key(project_id: &str, user: &str) -> String {
+    let mut key = String::with_capacity(project_id.len() + 1 + user.len());
+    key.push_str(project_id);
+    key.push(':');
+    key.push_str(user);
+    key
+}
+
+/// The envelope's time format: RFC 3339, milliseconds, `Z`.
+pub(super) fn rfc3339_millis(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("record value is not a valid event envelope: {0}")]
 pub struct DecodeError(#[from] serde_json::Error);
@@ -52,7 +66,7 @@ impl EventEnvelope {
     /// Kafka record key `project_id:user`: one user's events share a partition,
     /// which is what lets per-partition distinct counts add up exactly.
     pub fn kafka_key(&self) -> String {
-        format!("{}:{}", self.project_id, self.user())
+        kafka_key(&self.project_id, self.user())
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -71,11 +85,11 @@ impl EventEnvelope {
 /// RFC 3339 with millisecond precision: what the envelope stores, so a
 /// decode/encode round trip is exact.
 mod millis_rfc3339 {
-    use chrono::{DateTime, SecondsFormat, Utc};
+    use chrono::{DateTime, Utc};
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        s.serialize_str(&super::rfc3339_millis(*t))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {

@@ -15,13 +15,14 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::Write;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::validate::{normalize, parse_time};
+use super::envelope::{kafka_key, rfc3339_millis};
+use super::validate::{check_len, event_time, finite_value, normalize};
 use super::{ContractLimits, Rejection, SCHEMA_VERSION};
 
 /// One validated event ready for Kafka: its record key (`project_id:user`)
@@ -110,14 +111,11 @@ impl<'l> Normalizer<'l> {
 
         let timestamp = match fields.timestamp.map(json_kind) {
             None => None,
-            Some(Json::Str(text)) => {
-                let text = unescape(text)?;
-                let t = parse_time(&text).map_err(|e| Rejection::BadTimestamp(e.to_string()))?;
-                Some(match self.sent_at {
-                    Some(sent) => t + (self.received_at - sent),
-                    None => t,
-                })
-            }
+            Some(Json::Str(text)) => Some(event_time(
+                &unescape(text)?,
+                self.received_at,
+                self.sent_at,
+            )?),
             Some(Json::Number(_) | Json::Other) => {
                 return Err(Rejection::WrongType {
                     field: "timestamp",
@@ -147,11 +145,7 @@ impl<'l> Normalizer<'l> {
             Some(Json::Number(text)) => {
                 let n: serde_json::Number =
                     serde_json::from_str(text).map_err(|_| Miss::NotNative)?;
-                Some(
-                    n.as_f64()
-                        .filter(|v| v.is_finite())
-                        .ok_or(Rejection::BadValue)?,
-                )
+                Some(finite_value(&n)?)
             }
             Some(Json::Str(_) | Json::Other) => return Err(Rejection::BadValue.into()),
         };
@@ -213,16 +207,11 @@ impl<'l> Normalizer<'l> {
         }
         out.push(b'}');
 
-        let mut key = String::with_capacity(self.project_id.len() + 1 + user.len());
-        key.push_str(self.project_id);
-        key.push(':');
-        key.push_str(user);
-        Ok(EncodedEvent { key, payload: out })
+        Ok(EncodedEvent {
+            key: kafka_key(self.project_id, user),
+            payload: out,
+        })
     }
-}
-
-fn rfc3339_millis(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn write_str(out: &mut Vec<u8>, text: &str) {
@@ -402,13 +391,7 @@ impl Walk<'_> {
     }
 
     fn check_len<E: de::Error>(&self, s: &str) -> Result<(), E> {
-        if s.len() > self.limits.max_string_len {
-            return Err(self.reject(Rejection::PropertyTooLong {
-                len: s.len(),
-                limit: self.limits.max_string_len,
-            }));
-        }
-        Ok(())
+        check_len(s, self.limits).map_err(|why| self.reject(why))
     }
 
     /// A container one level down, refused past the depth limit.

@@ -124,6 +124,27 @@ pub(super) fn parse_time(text: &str) -> Result<DateTime<Utc>, chrono::ParseError
     DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc))
 }
 
+/// An event's `timestamp` text, shifted by `received_at - sent_at` when the
+/// batch says when it was sent (the client's clock skew).
+pub(super) fn event_time(
+    text: &str,
+    received_at: DateTime<Utc>,
+    sent_at: Option<DateTime<Utc>>,
+) -> Result<DateTime<Utc>, Rejection> {
+    let t = parse_time(text).map_err(|e| Rejection::BadTimestamp(e.to_string()))?;
+    Ok(match sent_at {
+        Some(sent) => t + (received_at - sent),
+        None => t,
+    })
+}
+
+/// `value` as a finite f64.
+pub(super) fn finite_value(n: &serde_json::Number) -> Result<f64, Rejection> {
+    n.as_f64()
+        .filter(|v| v.is_finite())
+        .ok_or(Rejection::BadValue)
+}
+
 /// Validate one raw event and normalize it into the Kafka envelope. Native
 /// and Segment-shaped events are both accepted (see [`super::segment`]).
 ///
@@ -174,13 +195,7 @@ pub fn normalize(
 
     let timestamp = match object.remove("timestamp") {
         None | Some(Value::Null) => received_at,
-        Some(Value::String(s)) => {
-            let t = parse_time(&s).map_err(|e| Rejection::BadTimestamp(e.to_string()))?;
-            match sent_at {
-                Some(sent) => t + (received_at - sent),
-                None => t,
-            }
-        }
+        Some(Value::String(s)) => event_time(&s, received_at, sent_at)?,
         Some(_) => {
             return Err(Rejection::WrongType {
                 field: "timestamp",
@@ -204,11 +219,7 @@ pub fn normalize(
 
     let value = match object.remove("value") {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(
-            n.as_f64()
-                .filter(|v| v.is_finite())
-                .ok_or(Rejection::BadValue)?,
-        ),
+        Some(Value::Number(n)) => Some(finite_value(&n)?),
         Some(_) => return Err(Rejection::BadValue),
     };
 
@@ -314,7 +325,7 @@ fn check_value(value: &Value, depth: usize, limits: &ContractLimits) -> Result<(
     }
 }
 
-fn check_len(s: &str, limits: &ContractLimits) -> Result<(), Rejection> {
+pub(super) fn check_len(s: &str, limits: &ContractLimits) -> Result<(), Rejection> {
     if s.len() > limits.max_string_len {
         return Err(Rejection::PropertyTooLong {
             len: s.len(),

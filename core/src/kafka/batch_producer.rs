@@ -25,8 +25,6 @@ pub struct BatchProducer {
 /// What became of one batch.
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
-    /// Records taken into the producer queue (and then settled).
-    pub enqueued: usize,
     /// Why the rest were not enqueued (queue full, producer fenced, ...).
     pub refused: Option<KafkaError>,
     /// The first delivery failure among the enqueued records.
@@ -80,7 +78,7 @@ impl BatchProducer {
                 .payload(payload)
                 .headers(record_headers);
             match self.inner.send(record) {
-                Ok(()) => outcome.enqueued += 1,
+                Ok(()) => {}
                 Err((error, _)) => {
                     batch.unsettled.fetch_sub(1, Ordering::AcqRel);
                     outcome.refused = Some(error);
