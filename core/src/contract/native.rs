@@ -12,7 +12,6 @@
 //! a property test holds them to it.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::io::Write;
 
 use chrono::{DateTime, Utc};
@@ -62,92 +61,71 @@ impl<'l> Normalizer<'l> {
     /// Validate one raw event and encode its Kafka record. The answer is the
     /// one [`normalize`] gives; only the work differs.
     pub fn encode(&self, raw: &RawValue) -> Result<EncodedEvent, Rejection> {
-        match self.encode_native(raw) {
-            Ok(encoded) => Ok(encoded),
-            Err(Miss::Rejected(why)) => Err(why),
-            Err(Miss::NotNative) => {
-                let envelope = normalize(
-                    raw,
-                    self.project_id,
-                    self.received_at,
-                    self.sent_at,
-                    self.limits,
-                )?;
-                Ok(EncodedEvent {
-                    key: envelope.kafka_key(),
-                    payload: envelope.encode(),
-                })
-            }
+        if let Some(encoded) = self.encode_native(raw) {
+            return Ok(encoded);
         }
+        let envelope = normalize(
+            raw,
+            self.project_id,
+            self.received_at,
+            self.sent_at,
+            self.limits,
+        )?;
+        Ok(EncodedEvent {
+            key: envelope.kafka_key(),
+            payload: envelope.encode(),
+        })
     }
 
-    fn encode_native(&self, raw: &RawValue) -> Result<EncodedEvent, Miss> {
+    /// The record of a valid native event; `None` for anything else, which
+    /// [`normalize`] then answers. Refusals are left to it too, because which
+    /// rule an event breaks first depends on the order of the checks (it
+    /// refuses a number beyond f64 anywhere in the event before looking at
+    /// any field), and a refused event is rare enough to parse twice.
+    fn encode_native(&self, raw: &RawValue) -> Option<EncodedEvent> {
         let limits = self.limits;
         let size = raw.get().len();
         if size > limits.max_event_bytes {
-            return Err(Rejection::TooLarge {
-                size,
-                limit: limits.max_event_bytes,
-            }
-            .into());
+            return None;
         }
-        let fields: NativeFields = serde_json::from_str(raw.get()).map_err(|_| Miss::NotNative)?;
+        let fields: NativeFields = serde_json::from_str(raw.get()).ok()?;
         if fields.segment_shaped() {
-            return Err(Miss::NotNative);
+            return None;
         }
 
-        let event = match fields.event {
-            None => return Err(Rejection::MissingEvent.into()),
-            Some(raw) => bounded_string(raw, "event", limits.max_event_name_len)?,
-        };
-        let event = event.ok_or(Rejection::Empty("event"))?;
-        let user_id = optional_id(fields.user_id, "user_id", limits)?;
-        let anonymous_id = optional_id(fields.anonymous_id, "anonymous_id", limits)?;
+        let event = bounded_string(fields.event?, false, limits.max_event_name_len)?;
+        if event.is_empty() {
+            return None;
+        }
+        let user_id = optional_id(fields.user_id, limits)?;
+        let anonymous_id = optional_id(fields.anonymous_id, limits)?;
         let user = match (&user_id, &anonymous_id) {
             (Some(u), _) | (None, Some(u)) => u,
-            (None, None) => return Err(Rejection::MissingIdentity.into()),
+            (None, None) => return None,
         };
-        let session_id = optional_id(fields.session_id, "session_id", limits)?;
+        let session_id = optional_id(fields.session_id, limits)?;
 
         let timestamp = match fields.timestamp.map(json_kind) {
             None => None,
-            Some(Json::Str(text)) => Some(event_time(
-                &unescape(text)?,
-                self.received_at,
-                self.sent_at,
-            )?),
-            Some(Json::Number(_) | Json::Other) => {
-                return Err(Rejection::WrongType {
-                    field: "timestamp",
-                    expected: "an RFC 3339 string",
-                }
-                .into());
+            Some(Json::Str(text)) => {
+                Some(event_time(&unescape(text)?, self.received_at, self.sent_at).ok()?)
             }
+            Some(Json::Number(_) | Json::Other) => return None,
         };
 
         let event_id = match fields.event_id.map(json_kind) {
             None => Uuid::now_v7(),
-            Some(Json::Str(text)) => {
-                let text = unescape(text)?;
-                Uuid::parse_str(&text).map_err(|e| Rejection::BadEventId(e.to_string()))?
-            }
-            Some(Json::Number(_) | Json::Other) => {
-                return Err(Rejection::WrongType {
-                    field: "event_id",
-                    expected: "a UUID string",
-                }
-                .into());
-            }
+            Some(Json::Str(text)) => Uuid::parse_str(&unescape(text)?).ok()?,
+            Some(Json::Number(_) | Json::Other) => return None,
         };
 
         let value = match fields.value.map(json_kind) {
             None => None,
             Some(Json::Number(text)) => {
-                let n: serde_json::Number =
-                    serde_json::from_str(text).map_err(|_| Miss::NotNative)?;
-                Some(finite_value(&n)?)
+                let n: serde_json::Number = serde_json::from_str(text).ok()?;
+                Some(finite_value(&n).ok()?)
             }
-            Some(Json::Str(_) | Json::Other) => return Err(Rejection::BadValue.into()),
+            Some(Json::Str(_) | Json::Other) => return None,
         };
 
         let properties = match fields.properties {
@@ -156,13 +134,7 @@ impl<'l> Normalizer<'l> {
                 let entries = check_properties(raw, limits)?;
                 (entries > 0).then_some(raw)
             }
-            Some(_) => {
-                return Err(Rejection::WrongType {
-                    field: "properties",
-                    expected: "a JSON object",
-                }
-                .into());
-            }
+            Some(_) => return None,
         };
 
         let mut out = Vec::with_capacity(size + 160);
@@ -207,7 +179,7 @@ impl<'l> Normalizer<'l> {
         }
         out.push(b'}');
 
-        Ok(EncodedEvent {
+        Some(EncodedEvent {
             key: kafka_key(self.project_id, user),
             payload: out,
         })
@@ -218,24 +190,14 @@ fn write_str(out: &mut Vec<u8>, text: &str) {
     serde_json::to_writer(out, text).expect("a str serializes");
 }
 
-/// Why the fast path gave no answer of its own.
-enum Miss {
-    /// The event breaks a rule: the same rejection [`normalize`] gives.
-    Rejected(Rejection),
-    /// Not plain native JSON: [`normalize`] decides.
-    NotNative,
-}
-
-impl From<Rejection> for Miss {
-    fn from(why: Rejection) -> Self {
-        Miss::Rejected(why)
-    }
-}
-
 /// The native fields, borrowed from the body. `null` reads as absent, as in
 /// [`normalize`]. The Segment and camel-case fields are only noticed: their
-/// presence sends the event down the general path, which rewrites them.
+/// presence sends the event down the general path, which rewrites them. Any
+/// other field does too: [`normalize`] ignores unknown fields but still
+/// refuses one it cannot parse (`1e400`, nesting past serde's limit), and
+/// skipping them here would accept what it refuses.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NativeFields<'a> {
     #[serde(borrow, default)]
     event: Option<&'a RawValue>,
@@ -303,76 +265,49 @@ fn json_kind(raw: &RawValue) -> Json<'_> {
 }
 
 /// A string literal's text: borrowed unless it has escapes.
-fn unescape(literal: &str) -> Result<Cow<'_, str>, Miss> {
+fn unescape(literal: &str) -> Option<Cow<'_, str>> {
     if literal.contains('\\') {
-        serde_json::from_str::<String>(literal)
-            .map(Cow::Owned)
-            .map_err(|_| Miss::NotNative)
+        serde_json::from_str::<String>(literal).ok().map(Cow::Owned)
     } else {
-        Ok(Cow::Borrowed(&literal[1..literal.len() - 1]))
+        Some(Cow::Borrowed(&literal[1..literal.len() - 1]))
     }
 }
 
-/// A string field, `None` when empty; numbers are taken as their text, as
-/// [`normalize`] does for ids.
-fn bounded_string<'a>(
-    raw: &'a RawValue,
-    field: &'static str,
-    limit: usize,
-) -> Result<Option<Cow<'a, str>>, Miss> {
+/// A string field within `limit`, possibly empty; ids may be numbers, taken
+/// as their text as [`normalize`] does. `None` when not acceptable.
+fn bounded_string(raw: &RawValue, numbers: bool, limit: usize) -> Option<Cow<'_, str>> {
     let text = match json_kind(raw) {
         Json::Str(literal) => unescape(literal)?,
-        Json::Number(text) if field != "event" => {
-            let n: serde_json::Number = serde_json::from_str(text).map_err(|_| Miss::NotNative)?;
+        Json::Number(text) if numbers => {
+            let n: serde_json::Number = serde_json::from_str(text).ok()?;
             Cow::Owned(n.to_string())
         }
-        _ => {
-            return Err(Rejection::WrongType {
-                field,
-                expected: "a string",
-            }
-            .into());
-        }
+        _ => return None,
     };
-    if text.len() > limit {
-        return Err(Rejection::TooLong {
-            field,
-            len: text.len(),
-            limit,
-        }
-        .into());
-    }
-    Ok((!text.is_empty()).then_some(text))
+    (text.len() <= limit).then_some(text)
 }
 
+/// An id field: `Some(None)` when absent or empty, `None` when not acceptable.
 fn optional_id<'a>(
     raw: Option<&'a RawValue>,
-    field: &'static str,
     limits: &ContractLimits,
-) -> Result<Option<Cow<'a, str>>, Miss> {
+) -> Option<Option<Cow<'a, str>>> {
     match raw {
-        None => Ok(None),
-        Some(raw) => bounded_string(raw, field, limits.max_id_len),
+        None => Some(None),
+        Some(raw) => {
+            let id = bounded_string(raw, true, limits.max_id_len)?;
+            Some((!id.is_empty()).then_some(id))
+        }
     }
 }
 
 /// Walk `properties` once, checking nesting depth and string lengths (keys
-/// included) without building anything. Returns its number of entries.
-fn check_properties(raw: &RawValue, limits: &ContractLimits) -> Result<usize, Miss> {
-    let found = RefCell::new(None);
-    let walk = Walk {
-        depth: 0,
-        limits,
-        found: &found,
-    };
+/// included) without building anything. Returns its number of entries, or
+/// `None` when it breaks a rule.
+fn check_properties(raw: &RawValue, limits: &ContractLimits) -> Option<usize> {
+    let walk = Walk { depth: 0, limits };
     let mut de = serde_json::Deserializer::from_str(raw.get());
-    match walk.deserialize(&mut de) {
-        Ok(entries) => Ok(entries),
-        Err(_) => Err(match found.into_inner() {
-            Some(why) => Miss::Rejected(why),
-            None => Miss::NotNative,
-        }),
-    }
+    walk.deserialize(&mut de).ok()
 }
 
 /// One value inside `properties`, sitting in a container at `depth` (the
@@ -381,26 +316,18 @@ fn check_properties(raw: &RawValue, limits: &ContractLimits) -> Result<usize, Mi
 struct Walk<'w> {
     depth: usize,
     limits: &'w ContractLimits,
-    found: &'w RefCell<Option<Rejection>>,
 }
 
 impl Walk<'_> {
-    fn reject<E: de::Error>(&self, why: Rejection) -> E {
-        *self.found.borrow_mut() = Some(why);
-        E::custom("rejected")
-    }
-
     fn check_len<E: de::Error>(&self, s: &str) -> Result<(), E> {
-        check_len(s, self.limits).map_err(|why| self.reject(why))
+        check_len(s, self.limits).map_err(|_| E::custom("string too long"))
     }
 
     /// A container one level down, refused past the depth limit.
     fn deeper<E: de::Error>(&self) -> Result<Self, E> {
         let depth = self.depth + 1;
         if depth > self.limits.max_property_depth {
-            return Err(self.reject(Rejection::TooDeep {
-                limit: self.limits.max_property_depth,
-            }));
+            return Err(E::custom("too deep"));
         }
         Ok(Walk { depth, ..*self })
     }
@@ -516,6 +443,8 @@ mod tests {
             Just("\"x\\/y\"".to_owned()),
             (0u64..1_000_000).prop_map(|n| n.to_string()),
             Just("-12.5e2".to_owned()),
+            Just("1e400".to_owned()),
+            Just("{\"deep\":[-1e400]}".to_owned()),
             Just("\"2026-11-25T11:59:00.123Z\"".to_owned()),
             Just("\"2026-11-25T11:59:00+02:00\"".to_owned()),
             Just("\"0192f0a4-8a40-7cc0-8000-000000000001\"".to_owned()),
@@ -582,6 +511,8 @@ mod tests {
             r#"{"event":"e","user_id":"u","value":1e400}"#,
             r#"{"event":"e","user_id":1e400}"#,
             r#"{"event":"e","user_id":"u","properties":{"n":-1e400}}"#,
+            r#"{"event":"e","user_id":"u","extra":1e400}"#,
+            r#"{"event":"e","user_id":"u","extra":{"n":[1e400]}}"#,
         ] {
             assert_eq!(
                 slow(json, None).unwrap_err(),
@@ -604,11 +535,11 @@ mod tests {
             r#"{"event":"view","user_id":"u1","properties":{"path":"/a"}}"#.into(),
         )
         .unwrap();
-        assert!(n.encode_native(&raw).is_ok());
+        assert!(n.encode_native(&raw).is_some());
         let segment =
             RawValue::from_string(r#"{"type":"track","event":"view","userId":"u1"}"#.into())
                 .unwrap();
-        assert!(matches!(n.encode_native(&segment), Err(Miss::NotNative)));
+        assert!(n.encode_native(&segment).is_none());
         assert_eq!(n.encode(&segment).unwrap().key, "p1:u1");
     }
 
