@@ -139,6 +139,7 @@ enum StackAction {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    hourglass_core::process::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let cfg = Config::load(cli.config.as_deref())?;
     if let Command::Up { args, dir } = cli.command {

@@ -17,11 +17,11 @@ use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::metrics::*;
 use crate::record::RecordView;
-use crate::window::{EventRef, Ingested, PartitionWindows, WindowConfig};
+use crate::window::{ClosedWindows, EventRef, Ingested, PartitionWindows, WindowConfig};
 use hourglass_core::kafka::assign::{AssignAtPositions, Change, Paused, commit_hint};
 use hourglass_core::telemetry::Readiness;
 
-use crate::sink::RollupSink;
+use crate::sink::{RollupSink, SinkError};
 
 pub type AggregatorContext = AssignAtPositions<RollupSink>;
 
@@ -200,67 +200,113 @@ impl Loop {
         revoked
     }
 
+    /// Close what the watermarks allow and write every partition's closed
+    /// windows: one INSERT per partition, all sent at once (one after the
+    /// other, eight partitions' INSERTs held the loop for most of a second).
+    /// They all finish, retries included, before the loop polls again, so a
+    /// revocation still never meets a write in flight.
     fn flush_all(&mut self) {
         let now = wall_ms();
         let (mut open_windows, mut open_keys) = (0, 0);
+        let mut batches = Vec::new();
         let ps: Vec<i32> = self.partitions.keys().copied().collect();
         for p in ps {
-            if let Some(w) = self.partitions.get_mut(&p) {
-                if w.needs_idle_check(now) {
-                    let idle = match self.consumer.fetch_watermarks(
-                        &self.topic,
-                        p,
-                        Duration::from_secs(2),
-                    ) {
+            let Some(w) = self.partitions.get_mut(&p) else {
+                continue;
+            };
+            if w.needs_idle_check(now) {
+                let idle =
+                    match self
+                        .consumer
+                        .fetch_watermarks(&self.topic, p, Duration::from_secs(2))
+                    {
                         Ok((_, high)) => w.next_offset() >= high,
                         Err(e) => {
                             tracing::debug!(partition = p, error = %e, "cannot confirm idleness");
                             false
                         }
                     };
-                    if !idle {
-                        tracing::debug!(
-                            partition = p,
-                            "end-of-partition came early: records are waiting"
-                        );
-                    }
-                    w.confirm_idle(idle, now);
+                if !idle {
+                    tracing::debug!(
+                        partition = p,
+                        "end-of-partition came early: records are waiting"
+                    );
                 }
-                w.tick(now);
-                if let Some(wm) = w.watermark_ms() {
-                    metrics::gauge!(WATERMARK_LAG, "partition" => p.to_string())
-                        .set((now - wm) as f64 / 1000.0);
-                }
+                w.confirm_idle(idle, now);
             }
-            self.flush_partition(p);
-            if let Some(w) = self.partitions.get(&p) {
-                open_windows += w.open_windows();
-                open_keys += w.open_keys();
+            w.tick(now);
+            if let Some(wm) = w.watermark_ms() {
+                metrics::gauge!(WATERMARK_LAG, "partition" => p.to_string())
+                    .set((now - wm) as f64 / 1000.0);
             }
+            if let Some(closed) = w.take_closed() {
+                batches.push((p, closed));
+            }
+            open_windows += w.open_windows();
+            open_keys += w.open_keys();
         }
         metrics::gauge!(OPEN_WINDOWS).set(open_windows as f64);
         metrics::gauge!(OPEN_KEYS).set(open_keys as f64);
+        if batches.is_empty() {
+            return;
+        }
+
+        let sink = self.consumer.context().source.clone();
+        let runtime = self.consumer.context().runtime.clone();
+        let started = Instant::now();
+        let results = runtime.block_on(futures::future::join_all(
+            batches.iter().map(|(p, closed)| sink.write(*p, closed)),
+        ));
+        // Partitions revoked while an earlier one was retried: their closed
+        // windows are redone from the checkpoint by whoever holds them now.
+        let mut revoked = Vec::new();
+        for ((p, closed), result) in batches.into_iter().zip(results) {
+            let written = match result {
+                Ok(()) => true,
+                Err(error) => self.retry_flush(p, &closed, error, &mut revoked),
+            };
+            if written {
+                metrics::histogram!(FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
+                metrics::counter!(FLUSH_ROWS).increment(closed.rows.len() as u64);
+                tracing::debug!(partition = p, rows = closed.rows.len(), windows = closed.windows, elapsed = ?started.elapsed(), checkpoint = ?closed.checkpoint, "flushed");
+                // Only a hint for lag tools: the checkpoint in ClickHouse is what counts.
+                commit_hint(
+                    &self.consumer,
+                    &self.topic,
+                    [(p, closed.checkpoint.resume_offset)],
+                );
+            }
+        }
     }
 
-    fn flush_partition(&mut self, p: i32) {
-        let Some(closed) = self
-            .partitions
-            .get_mut(&p)
-            .and_then(PartitionWindows::take_closed)
-        else {
-            return;
-        };
+    /// After a failed write of `closed`: pause the partitions and retry with
+    /// backoff until it lands. Returns false when the write was given up
+    /// (revoked meanwhile, or shutting down), to be redone from the
+    /// checkpoint. `revoked` gathers the partitions revoked meanwhile,
+    /// across the retries of one flush.
+    fn retry_flush(
+        &mut self,
+        p: i32,
+        closed: &ClosedWindows,
+        first: SinkError,
+        revoked: &mut Vec<i32>,
+    ) -> bool {
+        if revoked.contains(&p) {
+            tracing::warn!(
+                partition = p,
+                error = %first,
+                "flush failed after the partition was revoked; it is redone from its checkpoint"
+            );
+            return false;
+        }
         let sink = self.consumer.context().source.clone();
         let runtime = self.consumer.context().runtime.clone();
         let started = Instant::now();
         let mut delay = Duration::from_millis(100);
         let mut paused: Option<Paused> = None;
         let mut abandoned = false;
+        let mut error = first;
         loop {
-            let error = match runtime.block_on(sink.write(p, &closed)) {
-                Ok(()) => break,
-                Err(e) => e,
-            };
             metrics::counter!(FLUSH_RETRIES).increment(1);
             tracing::warn!(partition = p, error = %error, retry_in = ?delay, "flush failed; partitions paused");
             self.readiness.set(false);
@@ -288,13 +334,15 @@ impl Loop {
                     partition = p,
                     "giving up a flush at shutdown; it is redone from the checkpoint on the next start"
                 );
-                return;
+                abandoned = true;
+                break;
             }
             // Revoked, even if assigned straight back (an eager rebalance does
             // both): the partition now restarts from the checkpoint read at
             // assignment, which these windows are not in, so writing them
             // later would count them twice.
-            if self.apply_rebalances().contains(&p) {
+            revoked.extend(self.apply_rebalances());
+            if revoked.contains(&p) {
                 tracing::warn!(
                     partition = p,
                     "partition revoked during a failed flush; it is redone from its checkpoint"
@@ -303,6 +351,10 @@ impl Loop {
                 break;
             }
             delay = (delay * 2).min(Duration::from_secs(10));
+            error = match runtime.block_on(sink.write(p, closed)) {
+                Ok(()) => break,
+                Err(e) => e,
+            };
         }
         if let Some(paused) = paused {
             let partitions = &self.partitions;
@@ -311,17 +363,6 @@ impl Loop {
             });
             self.readiness.set(true);
         }
-        if abandoned {
-            return;
-        }
-        metrics::histogram!(FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::counter!(FLUSH_ROWS).increment(closed.rows.len() as u64);
-        tracing::debug!(partition = p, rows = closed.rows.len(), windows = closed.windows, elapsed = ?started.elapsed(), checkpoint = ?closed.checkpoint, "flushed");
-        // Only a hint for lag tools: the checkpoint in ClickHouse is what counts.
-        commit_hint(
-            &self.consumer,
-            &self.topic,
-            [(p, closed.checkpoint.resume_offset)],
-        );
+        !abandoned
     }
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod contract;
 pub mod histogram;
 pub mod kafka;
+pub mod process;
 pub mod s3;
 pub mod telemetry;
 

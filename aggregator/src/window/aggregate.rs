@@ -1,5 +1,5 @@
 use ahash::AHashSet;
-use hourglass_core::histogram::ValueHistogram;
+use hourglass_core::histogram::{ValueHistogram, quantile_from_buckets};
 
 /// Everything one (window, key) of one partition accumulates.
 #[derive(Debug, Clone)]
@@ -85,7 +85,9 @@ impl RollupRow {
             .as_ref()
             .map(|h| h.buckets())
             .unwrap_or_default();
-        let q = |q: f64| agg.histogram.as_ref().map_or(0.0, |h| h.quantile(q));
+        // Read from the exported buckets, as the serving views read them
+        // (one pass over the histogram instead of one per quantile).
+        let q = |q: f64| quantile_from_buckets(&hist_values, &hist_counts, q);
         let has_values = agg.value_count > 0;
         Self {
             window_start_ms,

@@ -314,6 +314,7 @@ fn report(label: &str, run: &Run) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    hourglass_core::process::disable_transparent_huge_pages();
     let args = Args::parse();
     let tmp = std::env::temp_dir().join(format!("hourglass-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;

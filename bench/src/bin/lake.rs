@@ -70,6 +70,7 @@ fn events(n: usize) -> Vec<EventEnvelope> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    hourglass_core::process::disable_transparent_huge_pages();
     let args = Args::parse();
     let tmp = std::env::temp_dir().join(format!("hourglass-bench-lake-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;

@@ -213,6 +213,7 @@ async fn run(
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    hourglass_core::process::disable_transparent_huge_pages();
     let args = Args::parse();
     let mut cfg = Config::default();
     cfg.clickhouse.database = args.database.clone();
