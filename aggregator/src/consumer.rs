@@ -1,10 +1,13 @@
 //! The aggregator's loop: one thread owns the consumer and every partition's
 //! windows. It reads records into the windowing core and, every flush
 //! interval, writes each partition's closed windows in one INSERT with the
-//! partition's checkpoint. Writes happen outside `poll`, so a revocation never
-//! races a flush; while ClickHouse is down the partitions are paused and the
-//! flush is retried with backoff (the consumer keeps polling, so it stays in
-//! the group and memory stays bounded).
+//! partition's checkpoint. The INSERTs run in the background while the loop
+//! keeps reading; the next flush (or a shutdown) first waits for them, and a
+//! revocation waits for them inside `poll` (the consumer context's write
+//! gate), so a partition is never released with its write in flight. A
+//! failed write is retried with backoff from the loop with the partitions
+//! paused (the consumer keeps polling, so it stays in the group and memory
+//! stays bounded).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -57,6 +60,18 @@ pub struct Loop {
     pub readiness: Readiness,
     pub partitions: BTreeMap<i32, PartitionWindows>,
     pub counters: EventCounters,
+    pub in_flight: Option<InFlight>,
+}
+
+/// One flush's INSERTs, running in the background.
+pub struct InFlight {
+    batches: Arc<Vec<(i32, ClosedWindows)>>,
+    results: tokio::task::JoinHandle<Vec<Result<(), SinkError>>>,
+    started: Instant,
+    /// Partitions revoked since the flush began: their failed writes are
+    /// abandoned (redone from the checkpoint by their new owner), and no
+    /// commit hint is sent for them.
+    revoked: Vec<i32>,
 }
 
 const RECORDS_PER_CLOCK: u32 = 256;
@@ -68,7 +83,14 @@ fn wall_ms() -> i64 {
 impl Loop {
     pub fn run(mut self) -> Result<(), KafkaError> {
         self.consumer.subscribe(&[&self.topic])?;
-        let mut last_flush = Instant::now();
+        // Every flush interval the loop ticks (closes windows by wall clock
+        // and writes what closed). Between ticks, windows closed by event
+        // time are written once the interval since the last write has
+        // passed, or at once when their partitions have reached the end of
+        // the log (nothing more to batch them with: a live stream closes a
+        // window per partition every window length, a catch-up keeps to the
+        // interval).
+        let (mut last_tick, mut last_write) = (Instant::now(), Instant::now());
         // Reading the clock per record was a twentieth of the loop's time:
         // it is read again every RECORDS_PER_CLOCK records and whenever a
         // poll brings no record (a quiet stream reads it every time).
@@ -109,14 +131,20 @@ impl Loop {
             }
             records_since_clock = 0;
             now_ms = wall_ms();
-            let _ = self.apply_rebalances();
-            if last_flush.elapsed() >= self.flush_interval {
-                self.flush_all();
-                last_flush = Instant::now();
+            self.apply_rebalances();
+            let write_due = self.write_due(last_write.elapsed());
+            if write_due || last_tick.elapsed() >= self.flush_interval {
+                self.finish_flush();
+                if self.start_flush() {
+                    last_write = Instant::now();
+                }
+                last_tick = Instant::now();
             }
         }
         // Complete windows only: open ones are rebuilt from the checkpoint on the next start.
-        self.flush_all();
+        self.finish_flush();
+        self.start_flush();
+        self.finish_flush();
         tracing::info!("aggregator stopped");
         Ok(())
     }
@@ -172,6 +200,14 @@ impl Loop {
     /// Adopt the assignments and revocations the rebalance hook recorded;
     /// returns the partitions revoked (some may have been assigned back).
     fn apply_rebalances(&mut self) -> Vec<i32> {
+        let revoked = self.adopt_changes();
+        if let Some(in_flight) = self.in_flight.as_mut() {
+            in_flight.revoked.extend(&revoked);
+        }
+        revoked
+    }
+
+    fn adopt_changes(&mut self) -> Vec<i32> {
         let mut revoked = Vec::new();
         let changes = self.consumer.context().take_changes();
         for change in changes {
@@ -200,12 +236,24 @@ impl Loop {
         revoked
     }
 
-    /// Close what the watermarks allow and write every partition's closed
-    /// windows: one INSERT per partition, all sent at once (one after the
-    /// other, eight partitions' INSERTs held the loop for most of a second).
-    /// They all finish, retries included, before the loop polls again, so a
-    /// revocation still never meets a write in flight.
-    fn flush_all(&mut self) {
+    /// Close what the watermarks allow and start writing every partition's
+    /// closed windows: one INSERT per partition, all sent at once, in the
+    /// background (written one after the other from the loop, eight
+    /// partitions' INSERTs held it for most of a second).
+    fn write_due(&self, since_last_write: Duration) -> bool {
+        let mut closed = self
+            .partitions
+            .values()
+            .filter(|w| w.has_closed())
+            .peekable();
+        if closed.peek().is_none() {
+            return false;
+        }
+        since_last_write >= self.flush_interval || closed.all(PartitionWindows::is_caught_up)
+    }
+
+    /// Returns whether any writes started.
+    fn start_flush(&mut self) -> bool {
         let now = wall_ms();
         let (mut open_windows, mut open_keys) = (0, 0);
         let mut batches = Vec::new();
@@ -248,32 +296,60 @@ impl Loop {
         metrics::gauge!(OPEN_WINDOWS).set(open_windows as f64);
         metrics::gauge!(OPEN_KEYS).set(open_keys as f64);
         if batches.is_empty() {
-            return;
+            return false;
         }
 
-        let sink = self.consumer.context().source.clone();
+        let context = self.consumer.context();
+        let gate = context
+            .hold_write_gate()
+            .expect("the previous flush is finished before the next starts");
+        let batches = Arc::new(batches);
+        let (sink, written) = (context.source.clone(), batches.clone());
+        let results = context.runtime.spawn(async move {
+            let results =
+                futures::future::join_all(written.iter().map(|(p, closed)| sink.write(*p, closed)))
+                    .await;
+            drop(gate);
+            results
+        });
+        self.in_flight = Some(InFlight {
+            batches,
+            results,
+            started: Instant::now(),
+            revoked: Vec::new(),
+        });
+        true
+    }
+
+    /// Wait for the flush in flight, and retry what failed.
+    fn finish_flush(&mut self) {
+        let Some(in_flight) = self.in_flight.take() else {
+            return;
+        };
         let runtime = self.consumer.context().runtime.clone();
-        let started = Instant::now();
-        let results = runtime.block_on(futures::future::join_all(
-            batches.iter().map(|(p, closed)| sink.write(*p, closed)),
-        ));
-        // Partitions revoked while an earlier one was retried: their closed
-        // windows are redone from the checkpoint by whoever holds them now.
-        let mut revoked = Vec::new();
-        for ((p, closed), result) in batches.into_iter().zip(results) {
+        let results = runtime.block_on(in_flight.results).unwrap_or_else(|panicked| {
+            tracing::error!(error = %panicked, "flush task failed; its partitions are redone from their checkpoints");
+            Vec::new()
+        });
+        let started = in_flight.started;
+        let mut revoked = in_flight.revoked;
+        for ((p, closed), result) in in_flight.batches.iter().zip(results) {
             let written = match result {
                 Ok(()) => true,
-                Err(error) => self.retry_flush(p, &closed, error, &mut revoked),
+                Err(error) => self.retry_flush(*p, closed, error, &mut revoked),
             };
-            if written {
-                metrics::histogram!(FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
-                metrics::counter!(FLUSH_ROWS).increment(closed.rows.len() as u64);
-                tracing::debug!(partition = p, rows = closed.rows.len(), windows = closed.windows, elapsed = ?started.elapsed(), checkpoint = ?closed.checkpoint, "flushed");
+            if !written {
+                continue;
+            }
+            metrics::histogram!(FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
+            metrics::counter!(FLUSH_ROWS).increment(closed.rows.len() as u64);
+            tracing::debug!(partition = p, rows = closed.rows.len(), windows = closed.windows, elapsed = ?started.elapsed(), checkpoint = ?closed.checkpoint, "flushed");
+            if !revoked.contains(p) {
                 // Only a hint for lag tools: the checkpoint in ClickHouse is what counts.
                 commit_hint(
                     &self.consumer,
                     &self.topic,
-                    [(p, closed.checkpoint.resume_offset)],
+                    [(*p, closed.checkpoint.resume_offset)],
                 );
             }
         }

@@ -104,6 +104,7 @@ pub async fn run_with(
         readiness: service.readiness.clone(),
         partitions: BTreeMap::new(),
         counters: consumer::EventCounters::register(),
+        in_flight: None,
     };
     tracing::info!(topic = %cfg.kafka.topic, group = %cfg.aggregator.group_id, "aggregator starting");
     let result = tokio::task::spawn_blocking(move || main.run())

@@ -217,6 +217,11 @@ impl PartitionWindows {
         }
     }
 
+    /// Whether windows have closed since the last [`Self::take_closed`].
+    pub fn has_closed(&self) -> bool {
+        !self.closed.is_empty()
+    }
+
     /// Take every closed window with the checkpoint to write alongside them.
     pub fn take_closed(&mut self) -> Option<ClosedWindows> {
         if self.closed.is_empty() {

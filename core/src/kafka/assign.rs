@@ -5,11 +5,12 @@
 //! (`loader_progress`).
 //!
 //! Assignment and revocation are recorded for the component's loop, which
-//! applies them after `poll` returns; its writes happen outside `poll`, so a
-//! revocation never races a write.
+//! applies them after `poll` returns. A write the loop runs in the
+//! background holds [`AssignAtPositions::write_gate`]; a revocation waits for
+//! it, so a partition is released only after its write has landed or failed.
 
 use std::fmt::Debug;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -40,6 +41,8 @@ pub struct AssignAtPositions<S: StartPositions> {
     pub source: S,
     pub runtime: Handle,
     changes: Mutex<Vec<Change<S::Position>>>,
+    /// Held by a write in flight (see [`AssignAtPositions::hold_write_gate`]).
+    write_gate: Arc<tokio::sync::Mutex<()>>,
     /// Gauge set from librdkafka statistics, labelled by partition.
     lag_gauge: &'static str,
 }
@@ -50,8 +53,17 @@ impl<S: StartPositions> AssignAtPositions<S> {
             source,
             runtime,
             changes: Mutex::new(Vec::new()),
+            write_gate: Arc::default(),
             lag_gauge,
         }
+    }
+
+    /// Take the gate for a write about to run in the background: move the
+    /// guard into the write and drop it when the write is over. Taken before
+    /// the write is spawned, so a revocation cannot slip in before it starts.
+    /// `None` while an earlier write still holds it.
+    pub fn hold_write_gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.write_gate.clone().try_lock_owned().ok()
     }
 
     /// Assignments and revocations since the last call, in order.
@@ -131,6 +143,8 @@ impl<S: StartPositions> ConsumerContext for AssignAtPositions<S> {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                // A write in flight finishes before its partition is released.
+                drop(self.runtime.block_on(self.write_gate.lock()));
                 tracing::info!(?revoked, "partitions revoked");
                 self.changes
                     .lock()
