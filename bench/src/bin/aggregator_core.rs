@@ -12,6 +12,10 @@ use clap::Parser;
 use hourglass_aggregator::window::{EventRef, PartitionWindows, WindowConfig};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
+// The allocator and memory settings of the hourglass binary, whose core this is.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     /// Events in the first run (the second run doubles them).
@@ -104,6 +108,7 @@ fn run(events: &[Decoded], dims: bool) -> (f64, usize) {
 }
 
 fn main() {
+    hourglass_core::process::disable_transparent_huge_pages();
     let args = Args::parse();
     if args.memory {
         // Stream events through without holding them: peak RSS is the core's.
