@@ -327,10 +327,13 @@ impl Loop {
             return;
         };
         let runtime = self.consumer.context().runtime.clone();
-        let results = runtime.block_on(in_flight.results).unwrap_or_else(|panicked| {
-            tracing::error!(error = %panicked, "flush task failed; its partitions are redone from their checkpoints");
-            Vec::new()
-        });
+        let results = match runtime.block_on(in_flight.results) {
+            Ok(results) => results,
+            // Its windows are neither written nor held any more, and later
+            // writes would move the checkpoints past them: stop, and let the
+            // next start redo them from the checkpoints.
+            Err(failed) => std::panic::resume_unwind(failed.into_panic()),
+        };
         let started = in_flight.started;
         let mut revoked = in_flight.revoked;
         for ((p, closed), result) in in_flight.batches.iter().zip(results) {
