@@ -236,10 +236,7 @@ impl Loop {
         revoked
     }
 
-    /// Close what the watermarks allow and start writing every partition's
-    /// closed windows: one INSERT per partition, all sent at once, in the
-    /// background (written one after the other from the loop, eight
-    /// partitions' INSERTs held it for most of a second).
+    /// Whether closed windows should be written now (see `run`).
     fn write_due(&self, since_last_write: Duration) -> bool {
         let mut closed = self
             .partitions
@@ -252,7 +249,11 @@ impl Loop {
         since_last_write >= self.flush_interval || closed.all(PartitionWindows::is_caught_up)
     }
 
-    /// Returns whether any writes started.
+    /// Close what the watermarks allow and start writing every partition's
+    /// closed windows: one INSERT per partition, all sent at once, in the
+    /// background (written one after the other from the loop, eight
+    /// partitions' INSERTs held it for most of a second). Returns whether any
+    /// writes started.
     fn start_flush(&mut self) -> bool {
         let now = wall_ms();
         let (mut open_windows, mut open_keys) = (0, 0);

@@ -71,10 +71,9 @@ impl ValueHistogram {
         if self.list.len() > LIST_LIMIT {
             let mut dense = Histogram::new_with_bounds(1, self.max_scaled, self.sigfig)
                 .expect("bounds and significant figures are valid");
-            for v in self.list.drain(..) {
+            for v in std::mem::take(&mut self.list) {
                 dense.saturating_record(v);
             }
-            self.list = Vec::new();
             self.dense = Some(Box::new(dense));
         }
     }
@@ -141,9 +140,9 @@ impl ValueHistogram {
 /// discernible value (1), not on the highest trackable one.
 fn shape(sigfig: u8) -> &'static Histogram<u8> {
     static SHAPES: [OnceLock<Histogram<u8>>; 5] = [const { OnceLock::new() }; 5];
-    SHAPES[usize::from(sigfig.clamp(1, 5) - 1)].get_or_init(|| {
-        Histogram::new_with_bounds(1, 2, sigfig.clamp(1, 5))
-            .expect("bounds and significant figures are valid")
+    let sigfig = sigfig.clamp(1, 5);
+    SHAPES[usize::from(sigfig - 1)].get_or_init(|| {
+        Histogram::new_with_bounds(1, 2, sigfig).expect("bounds and significant figures are valid")
     })
 }
 

@@ -7,9 +7,10 @@
 //! this module borrows each field from the request body, checks it by the
 //! same rules, and copies `properties` through as sent after one walk that
 //! checks its depth and string lengths. Anything else (Segment shapes,
-//! camel-case aliases, duplicate fields, numbers serde cannot hold) goes
-//! through [`normalize`], so both paths give the same answer for every event;
-//! a property test holds them to it.
+//! camel-case aliases, fields outside the contract, duplicate fields, numbers
+//! serde cannot hold) and every event that breaks a rule goes through
+//! [`normalize`], so both paths give the same answer for every event and
+//! every refusal comes from one place; a property test holds them to it.
 
 use std::borrow::Cow;
 use std::io::Write;

@@ -6,8 +6,9 @@
 //!
 //! Assignment and revocation are recorded for the component's loop, which
 //! applies them after `poll` returns. A write the loop runs in the
-//! background holds [`AssignAtPositions::write_gate`]; a revocation waits for
-//! it, so a partition is released only after its write has landed or failed.
+//! background holds the write gate ([`AssignAtPositions::hold_write_gate`]);
+//! a revocation waits for it, so a partition is released only after its
+//! write has landed or failed.
 
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
