@@ -5,47 +5,122 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// A tansu broker with `memory://` storage, killed on drop. The local stack's
-/// sqlite broker moves about 20k records/s, which would measure the broker's
-/// storage instead of the component under test.
-pub struct MemoryBroker {
+/// A tansu broker of the benchmarks' own, killed on drop.
+///
+/// Component benchmarks use `memory://` ([`LocalBroker::memory`]): the local
+/// stack's durable `sqlite://` broker would measure the broker's storage
+/// instead of the component under test. The `local_broker` benchmark, which
+/// measures the broker itself, starts either.
+pub struct LocalBroker {
     child: Child,
+    dir: std::path::PathBuf,
+    port: u16,
+    storage: String,
+    header_index: bool,
     pub brokers: String,
 }
 
-impl MemoryBroker {
-    /// Start one on 127.0.0.1:`port`, working in `dir`.
-    pub fn start(dir: &std::path::Path, port: u16) -> Result<Self> {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting tansu (run `hourglass stack up` once to install it)")?;
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if started.elapsed() > Duration::from_secs(10) {
-                bail!("tansu did not start");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Self {
-            child,
-            brokers: format!("127.0.0.1:{port}"),
-        })
+/// Storage engine URLs of tansu, by short name.
+pub fn storage_url(name: &str) -> Result<&'static str> {
+    match name {
+        // Resolved against the working directory, which is the broker's dir.
+        "sqlite" => Ok("sqlite://tansu.db"),
+        "memory" => Ok("memory://tansu/"),
+        other => bail!("unknown tansu storage {other:?} (sqlite or memory)"),
     }
 }
 
-impl Drop for MemoryBroker {
+impl LocalBroker {
+    /// A `memory://` broker on 127.0.0.1:`port`, working in `dir`.
+    pub fn memory(dir: &std::path::Path, port: u16) -> Result<Self> {
+        Self::start(dir, port, "memory", false)
+    }
+
+    /// A broker with `storage` (`sqlite` or `memory`) on 127.0.0.1:`port`,
+    /// working (and, for sqlite, keeping its data) in `dir`; `header_index`
+    /// indexes a sqlite store as the local stack does
+    /// ([`hourglass_core::kafka::tansu_store`]).
+    pub fn start(
+        dir: &std::path::Path,
+        port: u16,
+        storage: &str,
+        header_index: bool,
+    ) -> Result<Self> {
+        storage_url(storage)?;
+        let child = spawn_tansu(dir, port, storage, header_index)?;
+        Ok(Self {
+            child,
+            dir: dir.to_path_buf(),
+            port,
+            storage: storage.to_owned(),
+            header_index,
+            brokers: format!("127.0.0.1:{port}"),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL the broker, then start it again on the same data; returns
+    /// how long it took until it accepted connections again.
+    pub fn kill_and_restart(&mut self) -> Result<Duration> {
+        let started = Instant::now();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_tansu(&self.dir, self.port, &self.storage, self.header_index)?;
+        Ok(started.elapsed())
+    }
+}
+
+fn spawn_tansu(
+    dir: &std::path::Path,
+    port: u16,
+    storage: &str,
+    header_index: bool,
+) -> Result<Child> {
+    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        bail!("127.0.0.1:{port} is already taken (a broker left from an earlier run?)");
+    }
+    let url = format!("tcp://127.0.0.1:{port}");
+    // Appended to across restarts, for the post-mortem of a broker that died.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("tansu.log"))
+        .context("opening tansu.log")?;
+    let mut child = Command::new("tansu")
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", storage_url(storage)?])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting tansu (run `hourglass stack up` once to install it)")?;
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            bail!("tansu did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if storage == "sqlite" && header_index {
+        hourglass_core::kafka::tansu_store::index_headers(
+            &dir.join("tansu.db"),
+            Duration::from_secs(10),
+        )?;
+    }
+    Ok(child)
+}
+
+impl Drop for LocalBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

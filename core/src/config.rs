@@ -232,6 +232,10 @@ pub struct IngestConfig {
     pub linger_ms: u32,
     /// Seconds a client is told to wait (Retry-After) on 503.
     pub retry_after_secs: u32,
+    /// How long a broker that accepts connections but does not answer
+    /// metadata is treated as slow (ingest stays ready and keeps publishing)
+    /// before it counts as unreachable (not ready, 503 at once).
+    pub broker_patience_secs: u64,
 }
 
 impl Default for IngestConfig {
@@ -250,6 +254,7 @@ impl Default for IngestConfig {
             delivery_timeout_ms: 10_000,
             linger_ms: 5,
             retry_after_secs: 5,
+            broker_patience_secs: 30,
         }
     }
 }

@@ -12,6 +12,7 @@
 mod answer;
 mod api;
 pub mod body;
+pub mod broker_health;
 pub mod keys;
 pub mod metrics;
 pub mod publish;
@@ -95,14 +96,14 @@ pub async fn run_until(
             source,
         })?;
     tracing::info!(%addr, topic = %cfg.kafka.topic, write_keys = projects, "ingest listening");
-    let draining = readiness.clone();
+    let draining = publisher.clone();
     let stopping = stop_watch.clone();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("ingest shutting down: no new requests, finishing those in flight");
             stopping.store(true, Ordering::Relaxed);
-            draining.set(false);
+            draining.stop_being_ready();
         })
         .await;
     stop_watch.store(true, Ordering::Relaxed);

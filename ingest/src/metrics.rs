@@ -10,6 +10,7 @@ pub const EVENTS_REJECTED: &str = "hourglass_ingest_events_rejected_total";
 pub const QUEUE_DEPTH: &str = "hourglass_ingest_producer_queue_events";
 pub const DELIVERY_SECONDS: &str = "hourglass_ingest_delivery_seconds";
 pub const REQUEST_SECONDS: &str = "hourglass_ingest_request_seconds";
+pub const BROKER_STATE: &str = "hourglass_ingest_broker_state";
 
 pub fn describe() {
     describe_counter!(REQUESTS, "HTTP requests answered, by route and status");
@@ -27,6 +28,20 @@ pub fn describe() {
         "time from enqueueing a request's events to the broker's last acknowledgement"
     );
     describe_histogram!(REQUEST_SECONDS, "request handling time, by route");
+    describe_gauge!(
+        BROKER_STATE,
+        "the broker as ingest's probe last saw it: 0 answering, 1 slow (connects, answers late; still publishing), 2 unreachable (answering 503)"
+    );
+}
+
+pub fn broker_state(health: &crate::broker_health::Health) {
+    use crate::broker_health::Health;
+    let state = match health {
+        Health::Answering => 0.0,
+        Health::Slow { .. } => 1.0,
+        Health::Unreachable { .. } => 2.0,
+    };
+    gauge!(BROKER_STATE).set(state);
 }
 
 pub fn request(route: &'static str, status: u16, took: Duration) {

@@ -12,12 +12,21 @@ use hourglass_core::telemetry::Readiness;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
 
+use crate::broker_health::{self, BrokerHealth, Health, Probe};
 use crate::metrics;
 
+/// Why a request's events were not all acknowledged: each is a 503, and the
+/// text tells the client which of these it was.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("the event broker is unreachable: {0}")]
-    Unavailable(String),
+    Unreachable(String),
+    #[error(
+        "the event broker answers, but slowly: not every event was acknowledged within {timeout_ms} ms ({error})"
+    )]
+    Slow { timeout_ms: u64, error: String },
+    #[error("the event broker refused the events: {0}")]
+    Refused(String),
     #[error("the producer queue is full ({0} events waiting for the broker)")]
     QueueFull(u64),
 }
@@ -53,7 +62,9 @@ pub struct Publisher {
     current: Arc<RwLock<Arc<Generation>>>,
     make: Arc<MakeProducer>,
     topic: Arc<str>,
-    readiness: Readiness,
+    brokers: Arc<str>,
+    delivery_timeout_ms: u64,
+    health: Arc<BrokerHealth>,
 }
 
 impl Publisher {
@@ -63,6 +74,11 @@ impl Publisher {
         readiness: Readiness,
     ) -> Result<Self, KafkaError> {
         let topic = Arc::from(kafka.topic.as_str());
+        let brokers = Arc::from(kafka.brokers.as_str());
+        let health = Arc::new(BrokerHealth::new(
+            readiness,
+            Duration::from_secs(ingest.broker_patience_secs),
+        ));
         let kafka = kafka.clone();
         let tuning = producer_tuning(ingest);
         let make: Arc<MakeProducer> = Arc::new(move || BatchProducer::new(&kafka, &tuning));
@@ -71,7 +87,9 @@ impl Publisher {
             current: Arc::new(RwLock::new(Arc::new(Generation { id: 0, producer }))),
             make,
             topic,
-            readiness,
+            brokers,
+            delivery_timeout_ms: ingest.delivery_timeout_ms,
+            health,
         })
     }
 
@@ -119,10 +137,8 @@ impl Publisher {
         if events.is_empty() {
             return Ok(());
         }
-        if !self.readiness.get() {
-            return Err(PublishError::Unavailable(
-                "no answer to metadata requests".into(),
-            ));
+        if let Health::Unreachable { reason } = self.health.get() {
+            return Err(PublishError::Unreachable(reason));
         }
         let generation = self.generation();
         let producer = &generation.producer;
@@ -143,7 +159,7 @@ impl Publisher {
         // ahead of the broker.
         if let Some(error) = outcome.failed {
             self.retire(generation.id, &error.to_string());
-            return Err(PublishError::Unavailable(error.to_string()));
+            return Err(self.failure(error));
         }
         match outcome.refused {
             None => Ok(()),
@@ -153,47 +169,95 @@ impl Publisher {
                 )),
                 _ => {
                     self.retire(generation.id, &error.to_string());
-                    Err(PublishError::Unavailable(error.to_string()))
+                    Err(self.failure(error))
                 }
             },
         }
     }
 
-    /// Ready while the broker answers metadata for the topic; checked every
-    /// `every`, until `stop` is set.
+    /// Name a delivery failure by what the probe last saw of the broker.
+    fn failure(&self, error: KafkaError) -> PublishError {
+        let timed_out = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut)
+        );
+        match self.health.get() {
+            Health::Unreachable { reason } => PublishError::Unreachable(reason),
+            _ if timed_out => PublishError::Slow {
+                timeout_ms: self.delivery_timeout_ms,
+                error: error.to_string(),
+            },
+            _ => PublishError::Refused(error.to_string()),
+        }
+    }
+
+    /// Probe the broker every `every` until `stop` is set: metadata for the
+    /// topic, and when that does not answer within `every`, a TCP connect
+    /// (see [`broker_health`]). Ingest is ready unless the broker is
+    /// unreachable.
     pub async fn watch_broker(&self, every: Duration, stop: Arc<AtomicBool>) {
-        let mut was_ready = None;
         while !stop.load(Ordering::Relaxed) {
             let generation = self.generation();
-            let topic = self.topic.clone();
+            let (topic, brokers) = (self.topic.clone(), self.brokers.clone());
             let probe = tokio::task::spawn_blocking(move || {
-                generation
+                let answer = generation
                     .producer
                     .producer()
                     .client()
-                    .fetch_metadata(Some(&topic), Duration::from_millis(1_500))
+                    .fetch_metadata(Some(&topic), every.max(Duration::from_millis(1_500)))
                     .map_err(|e| e.to_string())
                     .and_then(|m| match m.topics().first().and_then(|t| t.error()) {
                         None => Ok(()),
                         Some(code) => Err(format!("topic {topic}: {code:?}")),
-                    })
+                    });
+                match answer {
+                    Ok(()) => Probe::Answered,
+                    Err(error) => match broker_health::connects(&brokers, Duration::from_secs(1)) {
+                        Ok(()) => Probe::NoAnswer {
+                            connects: true,
+                            error,
+                        },
+                        Err(refused) => Probe::NoAnswer {
+                            connects: false,
+                            error: refused,
+                        },
+                    },
+                }
             })
             .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-            let ready = probe.is_ok();
-            self.readiness.set(ready && !stop.load(Ordering::Relaxed));
-            metrics::queue_depth(self.generation().producer.in_flight_count());
-            if was_ready != Some(ready) {
-                match &probe {
-                    Ok(()) => tracing::info!(topic = %self.topic, "broker answers: ready"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "broker does not answer: not ready, answering 503")
-                    }
-                }
-                was_ready = Some(ready);
+            .unwrap_or_else(|e| Probe::NoAnswer {
+                connects: false,
+                error: e.to_string(),
+            });
+            if stop.load(Ordering::Relaxed) {
+                break;
             }
+            match self.health.observe(probe, Instant::now()) {
+                Some(Health::Answering) => {
+                    tracing::info!(topic = %self.topic, "broker answers: ready")
+                }
+                Some(Health::Slow { error, .. }) => tracing::warn!(
+                    %error,
+                    "broker accepts connections but answers slowly: still ready, still publishing"
+                ),
+                Some(Health::Unreachable { reason }) => {
+                    tracing::warn!(%reason, "broker unreachable: not ready, answering 503")
+                }
+                None => {}
+            }
+            metrics::queue_depth(self.generation().producer.in_flight_count());
             tokio::time::sleep(every).await;
         }
+    }
+
+    /// The broker as the probe last saw it.
+    pub fn broker_health(&self) -> Health {
+        self.health.get()
+    }
+
+    /// Not ready from now on (draining), whatever the probe saw last.
+    pub fn stop_being_ready(&self) {
+        self.health.set_not_ready();
     }
 
     /// Wait until every queued event is acknowledged (or `timeout` passes).

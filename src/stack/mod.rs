@@ -87,6 +87,9 @@ pub async fn up(cfg: &Config, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir.join("s3").join("data"))?;
     for server in servers(cfg, &dir, true)? {
         server.ensure_running(&dir).await?;
+        if server.key == "kafka" {
+            index_broker_store(&server, &dir)?;
+        }
     }
     retry("kafka (tansu): creating topics", || {
         hourglass_core::kafka::ensure_pipeline_topics(&cfg.kafka)
@@ -110,6 +113,22 @@ pub async fn up(cfg: &Config, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Index the SQLite store of the broker this stack runs: tansu 0.6 reads
+/// record headers by a key it has no index for (see
+/// [`hourglass_core::kafka::tansu_store`]). A broker started by someone else
+/// is left alone.
+fn index_broker_store(kafka: &process::Server, dir: &Path) -> Result<()> {
+    if kafka.recorded_pid(dir).is_none() {
+        return Ok(());
+    }
+    process::install_tool("sqlite3", "sqlite3", &process::Install::Apt(&["sqlite3"]))?;
+    hourglass_core::kafka::tansu_store::index_headers(
+        &dir.join(kafka.key).join("tansu.db"),
+        Duration::from_secs(30),
+    )
+    .context("kafka (tansu): indexing its SQLite store")
+}
+
 async fn retry<F, Fut, E>(what: &str, mut f: F) -> Result<()>
 where
     F: FnMut() -> Fut,
@@ -125,6 +144,43 @@ where
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     bail!("{what} failed: {last}")
+}
+
+/// Restart, until `stop` is set, any server of this stack that died (a
+/// killed broker, an OOM-killed ClickHouse): what an init system or a
+/// Kubernetes restart policy does in production. Servers started by someone
+/// else are left alone.
+pub async fn keep_up(cfg: &Config, dir: &Path, stop: &std::sync::atomic::AtomicBool) {
+    let Ok(dir) = dir.canonicalize() else {
+        return;
+    };
+    let Ok(servers) = servers(cfg, &dir, false) else {
+        return;
+    };
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for server in &servers {
+            let pid_file = dir.join(server.key).join("pid");
+            let ours = pid_file.exists();
+            if !ours || server.recorded_pid(&dir).is_some() || server.answers().await {
+                continue;
+            }
+            tracing::warn!(
+                server = server.name,
+                "a server of the local stack died: restarting it"
+            );
+            let restarted = match server.ensure_running(&dir).await {
+                Ok(()) if server.key == "kafka" => index_broker_store(server, &dir),
+                other => other,
+            };
+            match restarted {
+                Ok(()) => tracing::info!(server = server.name, "restarted"),
+                Err(e) => {
+                    tracing::error!(server = server.name, error = %format!("{e:#}"), "could not restart")
+                }
+            }
+        }
+    }
 }
 
 /// Stop the broker, delete everything it stored, and start it again with
@@ -156,6 +212,7 @@ pub async fn reset_kafka(cfg: &Config, dir: &Path) -> Result<()> {
         }
     }
     kafka.ensure_running(&dir).await?;
+    index_broker_store(&kafka, &dir)?;
     retry("kafka (tansu): creating topics", || {
         hourglass_core::kafka::ensure_pipeline_topics(&cfg.kafka)
     })

@@ -61,6 +61,43 @@ fn find_binary(name: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
+/// The path of `binary`, installed first with `install` when it is missing.
+pub fn install_tool(name: &str, binary: &str, install: &Install) -> Result<PathBuf> {
+    if let Some(path) = find_binary(binary) {
+        return Ok(path);
+    }
+    eprintln!("{name}: `{binary}` not found, installing it (once)");
+    let status = match install {
+            Install::Cargo { krate, features } => {
+                eprintln!("  cargo install {krate} --locked --features {features}  (tansu takes about 15 minutes)");
+                Command::new("cargo")
+                    .args(["install", krate, "--locked", "--features", features])
+                    .status()
+            }
+            Install::Apt(packages) => {
+                let sudo = !nix::unistd::Uid::effective().is_root();
+                let run = |args: &[&str]| {
+                    let mut cmd = if sudo { Command::new("sudo") } else { Command::new("apt-get") };
+                    if sudo {
+                        cmd.arg("apt-get");
+                    }
+                    cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive").status()
+                };
+                run(&["update", "-q"]).and_then(|_| {
+                    let mut args = vec!["install", "-y", "-q"];
+                    args.extend(packages.iter());
+                    run(&args)
+                })
+            }
+        }
+        .with_context(|| format!("{}: could not run the installer", name))?;
+    if !status.success() {
+        bail!("{}: installing `{}` failed ({status})", name, binary);
+    }
+    find_binary(binary)
+        .with_context(|| format!("{}: `{}` still not found after installing", name, binary))
+}
+
 impl Server {
     fn dir(&self, root: &Path) -> PathBuf {
         root.join(self.key)
@@ -97,50 +134,7 @@ impl Server {
     }
 
     fn install(&self) -> Result<PathBuf> {
-        if let Some(path) = find_binary(self.binary) {
-            return Ok(path);
-        }
-        eprintln!(
-            "{}: `{}` not found, installing it (once)",
-            self.name, self.binary
-        );
-        let status = match self.install {
-            Install::Cargo { krate, features } => {
-                eprintln!("  cargo install {krate} --locked --features {features}  (tansu takes about 15 minutes)");
-                Command::new("cargo")
-                    .args(["install", krate, "--locked", "--features", features])
-                    .status()
-            }
-            Install::Apt(packages) => {
-                let sudo = !nix::unistd::Uid::effective().is_root();
-                let run = |args: &[&str]| {
-                    let mut cmd = if sudo { Command::new("sudo") } else { Command::new("apt-get") };
-                    if sudo {
-                        cmd.arg("apt-get");
-                    }
-                    cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive").status()
-                };
-                run(&["update", "-q"]).and_then(|_| {
-                    let mut args = vec!["install", "-y", "-q"];
-                    args.extend(packages);
-                    run(&args)
-                })
-            }
-        }
-        .with_context(|| format!("{}: could not run the installer", self.name))?;
-        if !status.success() {
-            bail!(
-                "{}: installing `{}` failed ({status})",
-                self.name,
-                self.binary
-            );
-        }
-        find_binary(self.binary).with_context(|| {
-            format!(
-                "{}: `{}` still not found after installing",
-                self.name, self.binary
-            )
-        })
+        install_tool(self.name, self.binary, &self.install)
     }
 
     /// Reuse, or install and start, then wait until it answers.

@@ -3,22 +3,66 @@
 //! clicks, signups, and API calls whose `value` is a latency with a long
 //! tail; a few thousand users with sessions; some events out of order
 //! inside the grace period and some late past it, on purpose.
+//!
+//! It behaves like a fleet of clients, not one: a batch leaves every 100 ms
+//! whether or not earlier ones have been answered (up to
+//! [`MAX_IN_FLIGHT`] at once), and like the Segment SDKs each event carries
+//! its own `event_id`, so a batch answered 503 is sent again unchanged after
+//! `Retry-After` and lands once.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-#[derive(Default)]
+/// Requests of the demo waiting for an answer at once, at most.
+const MAX_IN_FLIGHT: usize = 64;
+
 pub struct DemoCounters {
     pub sent: AtomicU64,
+    /// Events acknowledged (each counted once, whatever the retries).
     pub accepted: AtomicU64,
     /// Events sent with a timestamp past the aggregator's grace period.
     pub late_on_purpose: AtomicU64,
+    /// Answers other than 2xx, and requests that got no answer.
     pub refused_requests: AtomicU64,
+    /// Events of batches still unanswered when the demo stopped.
+    pub abandoned: AtomicU64,
+    /// Milliseconds from a batch's first send to its 2xx, retries included.
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for DemoCounters {
+    fn default() -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            late_on_purpose: AtomicU64::new(0),
+            refused_requests: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+            latency: Mutex::new(Histogram::new(3).expect("3 significant figures")),
+        }
+    }
+}
+
+impl DemoCounters {
+    /// Request latency at quantile `q`, in ms (0 before the first answer).
+    pub fn latency_ms(&self, q: f64) -> f64 {
+        let h = self.latency.lock().expect("latency lock");
+        if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(q) as f64 / 1000.0
+        }
+    }
+
+    pub fn answered_requests(&self) -> u64 {
+        self.latency.lock().expect("latency lock").len()
+    }
 }
 
 pub struct Demo {
@@ -73,7 +117,7 @@ impl Demo {
                 }
                 let t = ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 let pick = rng.random::<f64>();
-                if pick < 0.55 {
+                let mut event = if pick < 0.55 {
                     json!({"event": "page_view", "user_id": format!("user-{user}"), "session_id": session,
                            "timestamp": t, "properties": {"path": path(rng), "referrer": "https://news.example.com/"}})
                 } else if pick < 0.80 {
@@ -86,31 +130,80 @@ impl Demo {
                     json!({"event": "api_call", "user_id": format!("user-{user}"), "session_id": session,
                            "timestamp": t, "value": latency(rng),
                            "properties": {"path": format!("/api/v1/{}", APIS[rng.random_range(0..3)])}})
-                }
+                };
+                let id = uuid::Builder::from_random_bytes(rng.random()).into_uuid();
+                event["event_id"] = json!(id);
+                event
             })
             .collect();
         (json!({"batch": events, "sent_at": now}), late)
     }
 
-    /// Post batches ten times a second until `stop` is set.
+    /// Post a batch every 100 ms until `stop` is set, each in its own task.
     pub async fn run(self) {
         let client = reqwest::Client::new();
         let mut rng = SmallRng::seed_from_u64(2026);
         let per_tick = (self.events_per_sec / 10).max(1) as usize;
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        let url: Arc<str> = format!("{}/v1/batch", self.url).into();
+        let key: Arc<str> = self.key.as_str().into();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut requests = tokio::task::JoinSet::new();
         while !self.stop.load(Ordering::Relaxed) {
             tick.tick().await;
+            while requests.try_join_next().is_some() {}
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                break;
+            };
             let (body, late) = self.batch(&mut rng, per_tick);
-            let sent = client
-                .post(format!("{}/v1/batch", self.url))
-                .basic_auth(&self.key, Some(""))
-                .json(&body)
-                .send()
-                .await;
             self.counters
                 .sent
                 .fetch_add(per_tick as u64, Ordering::Relaxed);
-            match sent {
+            let send = Send {
+                client: client.clone(),
+                url: url.clone(),
+                key: key.clone(),
+                body: body.to_string(),
+                events: per_tick as u64,
+                late,
+                stop: self.stop.clone(),
+                counters: self.counters.clone(),
+            };
+            requests.spawn(async move {
+                send.until_answered().await;
+                drop(permit);
+            });
+        }
+        while requests.join_next().await.is_some() {}
+    }
+}
+
+/// One batch on its way, sent again unchanged until it is accepted.
+struct Send {
+    client: reqwest::Client,
+    url: Arc<str>,
+    key: Arc<str>,
+    body: String,
+    events: u64,
+    late: u64,
+    stop: Arc<AtomicBool>,
+    counters: Arc<DemoCounters>,
+}
+
+impl Send {
+    async fn until_answered(self) {
+        let first = Instant::now();
+        loop {
+            let answer = self
+                .client
+                .post(&*self.url)
+                .basic_auth(&*self.key, Some(""))
+                .header("content-type", "application/json")
+                .body(self.body.clone())
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await;
+            let wait = match answer {
                 Ok(r) if r.status().is_success() => {
                     let accepted = r
                         .json::<Value>()
@@ -118,30 +211,36 @@ impl Demo {
                         .ok()
                         .and_then(|v| v["accepted"].as_u64())
                         .unwrap_or(0);
-                    self.counters
-                        .accepted
-                        .fetch_add(accepted, Ordering::Relaxed);
-                    self.counters
-                        .late_on_purpose
-                        .fetch_add(late, Ordering::Relaxed);
+                    let c = &self.counters;
+                    c.accepted.fetch_add(accepted, Ordering::Relaxed);
+                    c.late_on_purpose.fetch_add(self.late, Ordering::Relaxed);
+                    let micros = first.elapsed().as_micros() as u64;
+                    let _ = c
+                        .latency
+                        .lock()
+                        .expect("latency lock")
+                        .record(micros.max(1));
+                    return;
                 }
-                Ok(r) => {
+                Ok(r) => r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(1u64),
+                Err(_) => 1,
+            };
+            self.counters
+                .refused_requests
+                .fetch_add(1, Ordering::Relaxed);
+            let until = Instant::now() + Duration::from_secs(wait.clamp(1, 5));
+            while Instant::now() < until {
+                if self.stop.load(Ordering::Relaxed) {
                     self.counters
-                        .refused_requests
-                        .fetch_add(1, Ordering::Relaxed);
-                    let wait = r
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok()?.parse().ok())
-                        .unwrap_or(1u64);
-                    tokio::time::sleep(Duration::from_secs(wait.min(5))).await;
+                        .abandoned
+                        .fetch_add(self.events, Ordering::Relaxed);
+                    return;
                 }
-                Err(_) => {
-                    self.counters
-                        .refused_requests
-                        .fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }

@@ -132,6 +132,10 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
         });
     }
 
+    if !args.no_stack {
+        let (cfg, dir, stop) = (cfg.clone(), dir.to_path_buf(), shutdown.clone());
+        tokio::spawn(async move { crate::stack::keep_up(&cfg, &dir, &stop).await });
+    }
     let ingest = tokio::spawn(hourglass_ingest::run_until(
         cfg.clone(),
         telemetry::flag_set(shutdown.clone()),
@@ -243,6 +247,15 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
             d.sent.load(Ordering::Relaxed),
             d.accepted.load(Ordering::Relaxed),
             d.late_on_purpose.load(Ordering::Relaxed)
+        );
+        println!(
+            "demo requests: {} answered 2xx (p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms), {} refused or unanswered, {} events abandoned at stop",
+            d.answered_requests(),
+            d.latency_ms(0.5),
+            d.latency_ms(0.99),
+            d.latency_ms(1.0),
+            d.refused_requests.load(Ordering::Relaxed),
+            d.abandoned.load(Ordering::Relaxed)
         );
     }
     println!(

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use clickhouse::Row;
 use hourglass_core::Config;
-use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Deserialize;
 
 use super::demo::DemoCounters;
@@ -25,43 +23,14 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Records a consumer group has not yet committed past, over all partitions.
-struct GroupLag {
-    group: String,
-    consumer: BaseConsumer,
-}
-
-impl GroupLag {
-    fn new(cfg: &Config, group: &str) -> Option<Self> {
-        let consumer = hourglass_core::kafka::consumer_config(&cfg.kafka, group)
-            .create()
-            .ok()?;
-        Some(Self {
-            group: group.to_owned(),
-            consumer,
-        })
-    }
-
-    fn lag(&self, topic: &str) -> Option<i64> {
-        let timeout = Duration::from_secs(2);
-        let md = self.consumer.fetch_metadata(Some(topic), timeout).ok()?;
-        let mut tpl = TopicPartitionList::new();
-        for p in md.topics().first()?.partitions() {
-            tpl.add_partition(topic, p.id());
-        }
-        let committed = self.consumer.committed_offsets(tpl, timeout).ok()?;
-        let mut lag = 0;
-        for e in committed.elements() {
-            let (_, high) = self
-                .consumer
-                .fetch_watermarks(topic, e.partition(), timeout)
-                .ok()?;
-            let done = e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0);
-            lag += (high - done).max(0);
-        }
-        Some(lag)
-    }
-}
+/// Each consumer's gauge of records not yet read (from its own librdkafka
+/// statistics, every 5 s): the view asks the broker nothing, so it adds no
+/// load to a small local broker.
+const LAG_GAUGES: [(&str, &str); 3] = [
+    ("aggregator", "hourglass_aggregator_consumer_lag_messages"),
+    ("loader", "hourglass_loader_consumer_lag_messages"),
+    ("archiver", "hourglass_archiver_consumer_lag_messages"),
+];
 
 #[derive(Row, Deserialize)]
 struct TopEvent {
@@ -81,22 +50,6 @@ pub struct View {
 
 impl View {
     pub async fn run(self) {
-        let groups = {
-            let cfg = self.cfg.clone();
-            tokio::task::spawn_blocking(move || {
-                [
-                    &cfg.aggregator.group_id,
-                    &cfg.loader.group_id,
-                    &cfg.lake.group_id,
-                ]
-                .into_iter()
-                .filter_map(|g| GroupLag::new(&cfg, g))
-                .collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_default()
-        };
-        let groups = Arc::new(groups);
         let client = hourglass_core::clickhouse::client(&self.cfg.clickhouse);
         let terminal = std::io::stdout().is_terminal();
         let handle = hourglass_core::telemetry::metrics_handle();
@@ -109,18 +62,6 @@ impl View {
             let accepted = metric(&text, "hourglass_ingest_events_accepted_total");
             let rate = (accepted - last.1) / last.0.elapsed().as_secs_f64().max(1e-3);
             last = (Instant::now(), accepted);
-            let topic = self.cfg.kafka.topic.clone();
-            let lags = {
-                let groups = groups.clone();
-                tokio::task::spawn_blocking(move || {
-                    groups
-                        .iter()
-                        .map(|g| (g.group.clone(), g.lag(&topic)))
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .unwrap_or_default()
-            };
             let top: Vec<TopEvent> = client
                 .query(
                     "SELECT toUInt32(window_start) AS window_start, event, events, users, p95 FROM metrics_5m \
@@ -147,21 +88,22 @@ impl View {
             ));
             if let Some(d) = &self.demo {
                 out.push_str(&format!(
-                    "demo       {:>10} sent   {:>10} accepted   {} late on purpose   {} refused requests\n",
+                    "demo       {:>10} sent   {:>10} accepted   {} late on purpose   {} refused requests   request p99 {:.0} ms\n",
                     d.sent.load(Ordering::Relaxed),
                     d.accepted.load(Ordering::Relaxed),
                     d.late_on_purpose.load(Ordering::Relaxed),
-                    d.refused_requests.load(Ordering::Relaxed)
+                    d.refused_requests.load(Ordering::Relaxed),
+                    d.latency_ms(0.99),
                 ));
             }
-            out.push_str("lag        ");
-            for (group, lag) in &lags {
-                match lag {
-                    Some(l) => out.push_str(&format!("{group}: {l}   ")),
-                    None => out.push_str(&format!("{group}: ?   ")),
-                }
+            out.push_str("not read   ");
+            for (component, gauge) in LAG_GAUGES {
+                out.push_str(&format!("{component}: {:.0}   ", metric(&text, gauge)));
             }
-            out.push('\n');
+            out.push_str(&format!(
+                "(records)   aggregator watermark {:.0} s behind\n",
+                max_metric(&text, "hourglass_aggregator_watermark_lag_seconds")
+            ));
             out.push_str(&format!(
                 "aggregator {:>10.0} open windows   {:>8.0} open keys   {:>8.0} late events\n",
                 metric(&text, "hourglass_aggregator_open_windows"),
@@ -196,6 +138,17 @@ impl View {
             let _ = stdout.flush();
         }
     }
+}
+
+/// Largest series of `name` in Prometheus text (0 when there is none).
+fn max_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max)
 }
 
 /// Late events counted by the aggregator.

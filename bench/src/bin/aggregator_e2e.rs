@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use hourglass_bench::MemoryBroker;
+use hourglass_bench::LocalBroker;
 use hourglass_core::Config;
 use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
@@ -79,7 +79,7 @@ async fn main() -> Result<()> {
             None
         }
         None => {
-            let broker = MemoryBroker::start(&tmp, 19192)?;
+            let broker = LocalBroker::memory(&tmp, 19192)?;
             cfg.kafka.brokers = broker.brokers.clone();
             Some(broker)
         }

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use hourglass_bench::MemoryBroker;
+use hourglass_bench::LocalBroker;
 use hourglass_core::Config;
 use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
@@ -325,7 +325,7 @@ async fn main() -> Result<()> {
             None
         }
         None => {
-            let broker = MemoryBroker::start(&tmp, 19193)?;
+            let broker = LocalBroker::memory(&tmp, 19193)?;
             cfg.kafka.brokers = broker.brokers.clone();
             Some(broker)
         }

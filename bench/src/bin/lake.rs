@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use hourglass_bench::MemoryBroker;
+use hourglass_bench::LocalBroker;
 use hourglass_core::Config;
 use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION};
 use hourglass_lake::replay::{ReplayOptions, Target};
@@ -107,7 +107,7 @@ async fn main() -> Result<()> {
     );
 
     // 2. End to end through Kafka: memory:// tansu → hourglass archive → folder.
-    let broker = MemoryBroker::start(&tmp, 19194)?;
+    let broker = LocalBroker::memory(&tmp, 19194)?;
     let mut cfg = Config::default();
     cfg.kafka.brokers = broker.brokers.clone();
     cfg.kafka.topic = "bench_lake".into();
