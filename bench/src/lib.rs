@@ -20,6 +20,12 @@ pub struct LocalBroker {
     pub brokers: String,
 }
 
+/// `kafka.fetch_wait_max_ms` for consumers of a `memory://` broker: it
+/// answers a fetch that waits for data only at the wait's end, so the
+/// default 500 ms halved a bare consumer's rate (390-426 k records/s against
+/// 635-700 k at 100 ms, 2026-12-01).
+pub const MEMORY_BROKER_FETCH_WAIT_MS: u32 = 100;
+
 /// Storage engine URLs of tansu, by short name.
 pub fn storage_url(name: &str) -> Result<&'static str> {
     match name {

@@ -161,8 +161,18 @@ pub async fn keep_up(cfg: &Config, dir: &Path, stop: &std::sync::atomic::AtomicB
         tokio::time::sleep(Duration::from_secs(1)).await;
         for server in &servers {
             let pid_file = dir.join(server.key).join("pid");
-            let ours = pid_file.exists();
-            if !ours || server.recorded_pid(&dir).is_some() || server.answers().await {
+            if !pid_file.exists() {
+                continue; // not ours, or stopped on purpose (`stack down`)
+            }
+            // A server this process started and that died stays a zombie,
+            // which still answers kill(pid, 0), until it is reaped.
+            if let Some(pid) = server.recorded_pid(&dir) {
+                let _ = nix::sys::wait::waitpid(
+                    nix::unistd::Pid::from_raw(pid),
+                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                );
+            }
+            if server.recorded_pid(&dir).is_some() || server.answers().await {
                 continue;
             }
             tracing::warn!(

@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use super::demo::DemoCounters;
 
-/// Sum of every series of `name` in Prometheus text.
+/// Sum of every series of `name` in Prometheus text (folded from +0.0:
+/// `Iterator::sum` of no floats is -0.0, which printed as "-0").
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| {
@@ -20,7 +21,7 @@ fn metric(text: &str, name: &str) -> f64 {
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |sum, v| sum + v)
 }
 
 /// Each consumer's gauge of records not yet read (from its own librdkafka
@@ -158,7 +159,7 @@ pub fn late_events(text: &str) -> f64 {
             l.starts_with("hourglass_aggregator_events_total{") && l.contains("outcome=\"late\"")
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |sum, v| sum + v)
 }
 
 #[cfg(test)]

@@ -81,6 +81,7 @@ async fn main() -> Result<()> {
         None => {
             let broker = LocalBroker::memory(&tmp, 19192)?;
             cfg.kafka.brokers = broker.brokers.clone();
+            cfg.kafka.fetch_wait_max_ms = hourglass_bench::MEMORY_BROKER_FETCH_WAIT_MS;
             Some(broker)
         }
     };
@@ -157,6 +158,10 @@ async fn main() -> Result<()> {
     let mut child = Command::new(&args.hourglass)
         .arg("aggregate")
         .env("HOURGLASS_KAFKA__BROKERS", &cfg.kafka.brokers)
+        .env(
+            "HOURGLASS_KAFKA__FETCH_WAIT_MAX_MS",
+            cfg.kafka.fetch_wait_max_ms.to_string(),
+        )
         .env("HOURGLASS_KAFKA__TOPIC", &name)
         .env("HOURGLASS_CLICKHOUSE__DATABASE", &name)
         .env("HOURGLASS_AGGREGATOR__GROUP_ID", &name)

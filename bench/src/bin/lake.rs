@@ -110,6 +110,7 @@ async fn main() -> Result<()> {
     let broker = LocalBroker::memory(&tmp, 19194)?;
     let mut cfg = Config::default();
     cfg.kafka.brokers = broker.brokers.clone();
+    cfg.kafka.fetch_wait_max_ms = hourglass_bench::MEMORY_BROKER_FETCH_WAIT_MS;
     cfg.kafka.topic = "bench_lake".into();
     hourglass_core::kafka::ensure_topics(&cfg.kafka, &[("bench_lake", 8)]).await?;
     let producer = hourglass_core::kafka::producer(&cfg.kafka)?;
@@ -123,6 +124,10 @@ async fn main() -> Result<()> {
     let mut child = Command::new(&args.hourglass)
         .arg("archive")
         .env("HOURGLASS_KAFKA__BROKERS", &cfg.kafka.brokers)
+        .env(
+            "HOURGLASS_KAFKA__FETCH_WAIT_MAX_MS",
+            cfg.kafka.fetch_wait_max_ms.to_string(),
+        )
         .env("HOURGLASS_KAFKA__TOPIC", "bench_lake")
         .env("HOURGLASS_LAKE__LOCAL_DIR", &lake_dir)
         .env("HOURGLASS_LAKE__HTTP_LISTEN", "127.0.0.1:0")

@@ -162,10 +162,12 @@ fn read_group(
     assigned: Arc<AtomicU64>,
     read: Arc<AtomicU64>,
 ) -> Result<std::thread::JoinHandle<Vec<u32>>> {
-    let mut config = hourglass_core::kafka::consumer_config(kafka, &group);
-    config
-        .set("fetch.wait.max.ms", setting.fetch_wait_ms.to_string())
-        .set("fetch.min.bytes", setting.fetch_min_bytes.to_string());
+    let kafka = KafkaConfig {
+        fetch_wait_max_ms: setting.fetch_wait_ms,
+        ..kafka.clone()
+    };
+    let mut config = hourglass_core::kafka::consumer_config(&kafka, &group);
+    config.set("fetch.min.bytes", setting.fetch_min_bytes.to_string());
     let consumer: BaseConsumer = config.create().context("creating a consumer")?;
     consumer.subscribe(&[TOPIC])?;
     Ok(std::thread::spawn(move || {

@@ -95,14 +95,10 @@ pub fn consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
         // each record (the aggregator, the archiver) fills its queue all the
         // time and sat idle most of each second.
         .set("fetch.queue.backoff.ms", "20")
-        // librdkafka's default. Measured on the local broker (tansu,
-        // sqlite://) with three groups reading 2,000 events/s: at 100 ms
-        // the empty-handed fetches alone kept it at 92-94 % of a core, at
-        // 500 ms 55-74 %, with the same acknowledgement latency (the
-        // `local_broker` benchmark). Under a backlog a fetch returns at once
-        // either way. The aggregator's idle check may wait behind a pending
-        // fetch on the same connection; its timeout is 2 s.
-        .set("fetch.wait.max.ms", "500");
+        // See `kafka.fetch_wait_max_ms`. The aggregator's idle check may
+        // wait behind a pending fetch on the same connection (tansu answers
+        // one request at a time); its timeout is 2 s.
+        .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string());
     user_properties(&mut c, cfg);
     c
 }
