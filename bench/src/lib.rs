@@ -21,9 +21,10 @@ pub struct LocalBroker {
 }
 
 /// `kafka.fetch_wait_max_ms` for consumers of a `memory://` broker: it
-/// answers a fetch that waits for data only at the wait's end, so the
-/// default 500 ms halved a bare consumer's rate (390-426 k records/s against
-/// 635-700 k at 100 ms, 2026-12-01).
+/// answers a fetch that waits for data only at the wait's end, so 500 ms
+/// halved a bare consumer's rate (390-426 k records/s against 635-700 k at
+/// 100 ms, 2026-12-01). Pinned here so the benchmarks keep it whatever the
+/// default becomes.
 pub const MEMORY_BROKER_FETCH_WAIT_MS: u32 = 100;
 
 /// Storage engine URLs of tansu, by short name.
