@@ -90,7 +90,8 @@ pub struct KafkaConfig {
     /// (`fetch.wait.max.ms`). 100 ms: the aggregator's idle check queries
     /// offsets on the connection a waiting fetch holds (tansu answers one
     /// request at a time), and with 500 ms the aggregator's exactly-once
-    /// suite took 823 s instead of 437-479 s. On the local stack's tansu
+    /// suite took 823 s against 437-479 s in earlier trials (on a slower day
+    /// of this VM: the setting's share is not measured). On the local stack's tansu
     /// `sqlite://`, 500 ms costs the broker a third less CPU under the demo
     /// (the `local_broker` benchmark): `HOURGLASS_KAFKA__FETCH_WAIT_MAX_MS=500`
     /// for a demo-only machine.
