@@ -12,16 +12,20 @@ use serde::Deserialize;
 
 use super::demo::DemoCounters;
 
-/// Sum of every series of `name` in Prometheus text (folded from +0.0:
-/// `Iterator::sum` of no floats is -0.0, which printed as "-0").
-fn metric(text: &str, name: &str) -> f64 {
+/// The values of every series of `name` in Prometheus text.
+fn series<'t>(text: &'t str, name: &'t str) -> impl Iterator<Item = f64> + 't {
     text.lines()
-        .filter(|l| {
+        .filter(move |l| {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, |sum, v| sum + v)
+}
+
+/// Sum of every series of `name` (folded from +0.0: `Iterator::sum` of no
+/// floats is -0.0, which printed as "-0").
+fn metric(text: &str, name: &str) -> f64 {
+    series(text, name).fold(0.0, |sum, v| sum + v)
 }
 
 /// Each consumer's gauge of records not yet read (from its own librdkafka
@@ -143,13 +147,7 @@ impl View {
 
 /// Largest series of `name` in Prometheus text (0 when there is none).
 fn max_metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, f64::max)
+    series(text, name).fold(0.0, f64::max)
 }
 
 /// Late events counted by the aggregator.
