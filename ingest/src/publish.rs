@@ -192,7 +192,7 @@ impl Publisher {
     }
 
     /// Probe the broker every `every` until `stop` is set: metadata for the
-    /// topic, and when that does not answer within `every`, a TCP connect
+    /// topic, and when that does not answer within `every` (at least 1.5 s), a TCP connect
     /// (see [`broker_health`]). Ingest is ready unless the broker is
     /// unreachable.
     pub async fn watch_broker(&self, every: Duration, stop: Arc<AtomicBool>) {

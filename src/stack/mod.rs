@@ -160,8 +160,7 @@ pub async fn keep_up(cfg: &Config, dir: &Path, stop: &std::sync::atomic::AtomicB
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         for server in &servers {
-            let pid_file = dir.join(server.key).join("pid");
-            if !pid_file.exists() {
+            if !server.pid_file(&dir).exists() {
                 continue; // not ours, or stopped on purpose (`stack down`)
             }
             // A server this process started and that died stays a zombie,

@@ -103,7 +103,7 @@ impl Server {
         root.join(self.key)
     }
 
-    fn pid_file(&self, root: &Path) -> PathBuf {
+    pub fn pid_file(&self, root: &Path) -> PathBuf {
         self.dir(root).join("pid")
     }
 
