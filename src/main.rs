@@ -73,6 +73,33 @@ enum Command {
     Load,
     /// Serve the read API: JWT-scoped rollups, raw events and sessions.
     Query,
+    /// Run the batch layer: settled hours recomputed from the raw record,
+    /// replacing the speed layer's numbers (`--once` for one pass).
+    Batch(BatchArgs),
+    /// Speed against batch per hour and event: duplicates, late events and
+    /// deletions that explain the difference, and any that they do not.
+    Reconcile {
+        /// Start, RFC 3339 (inclusive; aligned down to the hour).
+        #[arg(long)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// End, RFC 3339 (exclusive).
+        #[arg(long)]
+        to: chrono::DateTime<chrono::Utc>,
+    },
+}
+
+#[derive(clap::Args)]
+struct BatchArgs {
+    /// One pass, then exit (instead of a pass every batch.interval_secs).
+    #[arg(long)]
+    once: bool,
+    /// With --once: recompute every hour with events from here (RFC 3339,
+    /// inclusive), changed or not.
+    #[arg(long, requires = "once")]
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// With --once: up to here (exclusive; settled hours only).
+    #[arg(long, requires = "once")]
+    to: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(clap::Args)]
@@ -202,7 +229,56 @@ async fn main() -> Result<()> {
         Command::Aggregate => hourglass_aggregator::run(cfg).await?,
         Command::Load => hourglass_loader::run(cfg).await?,
         Command::Query => hourglass_query::run(cfg).await?,
+        Command::Batch(args) => batch(&cfg, args).await?,
+        Command::Reconcile { from, to } => {
+            let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
+            let rows = hourglass_batch::reconcile::range(&client, from.timestamp(), to.timestamp())
+                .await
+                .context("hourglass reconcile")?;
+            print!("{}", hourglass_batch::reconcile::table(&rows));
+            let errors = rows.iter().filter(|r| r.unexplained != 0).count();
+            println!(
+                "{} hours, {} rows; {errors} with a difference that late events, duplicates and deletions do not explain",
+                rows.iter()
+                    .map(|r| r.hour)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len(),
+                rows.len()
+            );
+            if errors > 0 {
+                std::process::exit(2);
+            }
+        }
     }
+    Ok(())
+}
+
+async fn batch(cfg: &Config, args: BatchArgs) -> Result<()> {
+    if !args.once {
+        return Ok(hourglass_batch::run(cfg.clone()).await?);
+    }
+    let range = hourglass_batch::Range {
+        from: args.from.map(|t| t.timestamp()),
+        to: args.to.map(|t| t.timestamp()),
+        force: args.from.is_some() || args.to.is_some(),
+    };
+    let r = hourglass_batch::run_once(cfg, range)
+        .await
+        .context("hourglass batch --once")?;
+    println!(
+        "batched {} hours ({} events) and {} days{}",
+        r.hours.len(),
+        r.events,
+        r.days.len(),
+        if r.left_over > 0 {
+            format!(
+                "; {} hours left for the next pass (batch.max_hours_per_pass)",
+                r.left_over
+            )
+        } else {
+            String::new()
+        }
+    );
     Ok(())
 }
 

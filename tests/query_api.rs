@@ -94,6 +94,7 @@ async fn seed(env: &TestEnv, events: &[EventEnvelope], lake: &LocalStore) {
         by_partition.entry(partition_of(e)).or_default().push(e);
     }
     let window = Arc::new(WindowConfig::from(&env.cfg.aggregator));
+    let dims = hourglass_core::dimensions::Dimensions::from(&env.cfg.aggregator);
     let sink = hourglass_aggregator::sink::RollupSink::new(ch.clone(), &env.cfg.kafka.topic);
     for (partition, mut list) in by_partition {
         list.sort_by_key(|e| (e.timestamp, e.event_id));
@@ -109,7 +110,7 @@ async fn seed(env: &TestEnv, events: &[EventEnvelope], lake: &LocalStore) {
             let offset = offset as i64;
             insert
                 .write(
-                    &hourglass_loader::rows::from_envelope((*e).clone(), partition, offset)
+                    &hourglass_loader::rows::from_envelope((*e).clone(), partition, offset, &dims)
                         .unwrap(),
                 )
                 .await

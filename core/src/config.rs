@@ -30,6 +30,7 @@ pub struct Config {
     pub loader: LoaderConfig,
     pub lake: LakeConfig,
     pub query: QueryConfig,
+    pub batch: BatchConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -404,6 +405,43 @@ pub enum JwtAlgorithm {
     HS256,
     RS256,
     ES256,
+}
+
+/// The batch layer (`hourglass batch`): closed hours recomputed from the raw
+/// record, replacing the speed layer's numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// An hour is recomputed once it ended this many seconds ago.
+    pub settle_secs: u32,
+    /// Seconds between passes looking for due and changed hours.
+    pub interval_secs: u32,
+    /// Copies of one `event_id` are looked for this many seconds either side
+    /// of the hour (a retry re-sent with a new `sent_at` may shift its time).
+    pub dedup_margin_secs: u32,
+    /// Seconds between a pass's commit and readers switching to it (readers
+    /// of one query then see one consistent set of commits).
+    pub switch_delay_secs: u32,
+    /// Most hours one pass recomputes (oldest first); the rest wait.
+    pub max_hours_per_pass: u32,
+    /// A holder that has not renewed its lease for this long is gone.
+    pub lease_secs: u32,
+    /// Address of the health and metrics endpoint.
+    pub http_listen: String,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            settle_secs: 3_600,
+            interval_secs: 60,
+            dedup_margin_secs: 120,
+            switch_delay_secs: 3,
+            max_hours_per_pass: 48,
+            lease_secs: 60,
+            http_listen: "127.0.0.1:19106".into(),
+        }
+    }
 }
 
 /// The read API (`hourglass query`): JWT-scoped reads for apps.

@@ -146,6 +146,42 @@ fn shape(sigfig: u8) -> &'static Histogram<u8> {
     })
 }
 
+/// A ClickHouse expression giving the bucket ([`ValueHistogram::buckets`]'s
+/// value: the highest equivalent value, in thousandths) that
+/// [`ValueHistogram::record`] puts `value_expr` (a non-null Float64) in:
+/// the same rounding (half away from zero), the same clamping to
+/// `[0, max_value]`, the same HdrHistogram bucket arithmetic. The batch layer
+/// computes its histograms with it inside ClickHouse; a test holds it equal
+/// to the Rust side over many values.
+pub fn sql_bucket(value_expr: &str, sigfig: u8, max_value: f64) -> String {
+    let max_scaled = ((max_value * VALUE_SCALE) as u64).max(2);
+    // HdrHistogram's sub-bucket count is the power of two at or above
+    // 2 * 10^sigfig, 2^(m+1). Values below it have buckets of width one;
+    // above, a value with highest bit k shares its bucket with the 2^(k-m)
+    // values that agree with it above bit k-m.
+    let magnitude = (2.0 * 10f64.powi(i32::from(sigfig.clamp(1, 5))))
+        .log2()
+        .ceil() as u32;
+    let m = magnitude - 1;
+    let exact_below = 1u64 << magnitude;
+    // Rust's round() goes half away from zero, ClickHouse's round() may go
+    // to even, so it is spelt out (y - floor(y) is exact below 2^52).
+    // Negative values land on 0 either way.
+    let y = format!("(({value_expr}) * 1000.0)");
+    let s = format!(
+        "toUInt64(if({y} <= 0, 0, least(if({y} - floor({y}) >= 0.5, floor({y}) + 1, floor({y})), {max_scaled})))"
+    );
+    // floor(log2()) of a float can be one off near powers of two: corrected
+    // both ways by exact integer comparisons.
+    let k0 = format!("toInt32(floor(log2(toFloat64(greatest({s}, 1)))))");
+    let k = format!(
+        "({k0} - (bitShiftLeft(toUInt64(1), {k0}) > {s}) + (bitShiftLeft(toUInt64(1), {k0} + 1) <= {s}))"
+    );
+    format!(
+        "if({s} < {exact_below}, {s}, bitOr({s}, bitShiftLeft(toUInt64(1), greatest({k} - {m}, 0)) - 1))"
+    )
+}
+
 /// Merge bucket arrays (what `sumMap` does in ClickHouse).
 pub fn merge_buckets<'a>(
     parts: impl IntoIterator<Item = (&'a [u64], &'a [u64])>,

@@ -14,6 +14,7 @@
 pub mod clickhouse;
 pub mod config;
 pub mod contract;
+pub mod dimensions;
 pub mod histogram;
 pub mod kafka;
 pub mod process;

@@ -234,6 +234,7 @@ enum Sink {
     ClickHouse {
         client: clickhouse::Client,
         existing: HashSet<uuid::Uuid>,
+        dims: hourglass_core::dimensions::Dimensions,
     },
     Rollups {
         client: clickhouse::Client,
@@ -252,6 +253,7 @@ impl Sink {
         Ok(match opts.target {
             Target::ClickHouse => Sink::ClickHouse {
                 existing: existing_ids(&client, opts).await?,
+                dims: (&cfg.aggregator).into(),
                 client,
             },
             Target::Rollups => Sink::Rollups {
@@ -273,7 +275,11 @@ impl Sink {
         summary: &mut ReplaySummary,
     ) -> Result<(), ReplayError> {
         match self {
-            Sink::ClickHouse { client, existing } => {
+            Sink::ClickHouse {
+                client,
+                existing,
+                dims,
+            } => {
                 let mut rows = Vec::new();
                 for e in events.iter().filter(|e| in_range(e, opts)) {
                     summary.events_in_range += 1;
@@ -285,6 +291,7 @@ impl Sink {
                         e.event.clone(),
                         e.partition,
                         e.offset,
+                        dims,
                     ) {
                         Ok(row) => rows.push(row),
                         Err(why) => {

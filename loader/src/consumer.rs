@@ -17,6 +17,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::metrics::*;
 use crate::rows::{EventRow, Refusal, to_row};
 use crate::sink::EventSink;
+use hourglass_core::dimensions::Dimensions;
 
 type LoaderConsumer = BaseConsumer<AssignAtPositions<EventSink>>;
 
@@ -51,6 +52,8 @@ struct Batch {
     rows: Vec<EventRow>,
     bytes: usize,
     started: Option<Instant>,
+    /// Turns `properties` into `events.dimensions`, as the aggregator keys.
+    dims: Dimensions,
 }
 
 impl Batch {
@@ -81,7 +84,7 @@ impl Batch {
             _ => return,
         }
         self.next.insert(p, offset + 1);
-        match to_row(message.payload(), p, offset) {
+        match to_row(message.payload(), p, offset, &self.dims) {
             Ok(row) => {
                 self.bytes += message.payload_len();
                 self.rows.push(row);
@@ -117,7 +120,10 @@ impl Loop {
             max_backoff: Duration::from_millis(cfg.loader.max_backoff_ms.max(100)),
             shutdown,
             readiness,
-            batch: Batch::default(),
+            batch: Batch {
+                dims: Dimensions::from(&cfg.aggregator),
+                ..Batch::default()
+            },
         }
     }
 

@@ -2,6 +2,7 @@
 
 use clickhouse::Row;
 use hourglass_core::contract::EventEnvelope;
+use hourglass_core::dimensions::Dimensions;
 use serde::Serialize;
 
 /// One row of `events`, in the table's column order (RowBinary).
@@ -21,6 +22,8 @@ pub struct EventRow {
     pub schema_version: u16,
     pub kafka_partition: u16,
     pub kafka_offset: i64,
+    /// The aggregator's key text of the configured dimensions.
+    pub dimensions: String,
 }
 
 /// Why a record goes to the dead-letter topic.
@@ -54,15 +57,26 @@ fn datetime(field: &'static str, t: chrono::DateTime<chrono::Utc>) -> Result<u32
 }
 
 /// Decode one record value into a row.
-pub fn to_row(payload: Option<&[u8]>, partition: i32, offset: i64) -> Result<EventRow, Refusal> {
+pub fn to_row(
+    payload: Option<&[u8]>,
+    partition: i32,
+    offset: i64,
+    dims: &Dimensions,
+) -> Result<EventRow, Refusal> {
     let bytes = payload.ok_or(Refusal::Empty)?;
     let e = EventEnvelope::decode(bytes).map_err(|e| Refusal::Undecodable(e.to_string()))?;
-    from_envelope(e, partition, offset)
+    from_envelope(e, partition, offset, dims)
 }
 
 /// An envelope (from Kafka or the lake) into a row.
-pub fn from_envelope(e: EventEnvelope, partition: i32, offset: i64) -> Result<EventRow, Refusal> {
+pub fn from_envelope(
+    e: EventEnvelope,
+    partition: i32,
+    offset: i64,
+    dims: &Dimensions,
+) -> Result<EventRow, Refusal> {
     Ok(EventRow {
+        dimensions: dims.key(&e.properties),
         timestamp: datetime("timestamp", e.timestamp)?,
         timestamp_ms: e.timestamp.timestamp_millis(),
         received_at: datetime("received_at", e.received_at)?,
@@ -88,9 +102,16 @@ mod tests {
         "event":"e","user_id":"u","timestamp":"2026-01-01T00:00:00.250Z","received_at":"2026-01-01T00:00:01Z",
         "value":2.5,"properties":{"a":1},"from_the_future":true}"#;
 
+    fn dims() -> Dimensions {
+        Dimensions {
+            names: vec!["a".into(), "b".into()],
+            max_len: 64,
+        }
+    }
+
     #[test]
     fn a_record_becomes_a_row() {
-        let r = to_row(Some(GOOD.as_bytes()), 3, 42).unwrap();
+        let r = to_row(Some(GOOD.as_bytes()), 3, 42, &dims()).unwrap();
         assert_eq!(r.timestamp, 1_767_225_600);
         assert_eq!(r.timestamp_ms, 1_767_225_600_250);
         assert_eq!(r.received_at, 1_767_225_601);
@@ -98,18 +119,21 @@ mod tests {
         assert_eq!(r.properties, r#"{"a":1}"#);
         assert_eq!(r.anonymous_id, "");
         assert_eq!(r.value, Some(2.5));
+        assert_eq!(r.dimensions, r#"{"a":"1","b":""}"#);
     }
 
     #[test]
     fn poison_records_are_refused_with_a_reason() {
-        assert_eq!(to_row(None, 0, 0).unwrap_err(), Refusal::Empty);
+        assert_eq!(to_row(None, 0, 0, &dims()).unwrap_err(), Refusal::Empty);
         assert_eq!(
-            to_row(Some(b"not json"), 0, 0).unwrap_err().code(),
+            to_row(Some(b"not json"), 0, 0, &dims()).unwrap_err().code(),
             "undecodable"
         );
         let early = GOOD.replace("2026-01-01T00:00:00.250Z", "1969-12-31T23:59:59Z");
         assert_eq!(
-            to_row(Some(early.as_bytes()), 0, 0).unwrap_err().code(),
+            to_row(Some(early.as_bytes()), 0, 0, &dims())
+                .unwrap_err()
+                .code(),
             "out_of_range"
         );
     }

@@ -113,7 +113,7 @@ mod tests {
             "event":"e","user_id":"u","timestamp":"2026-01-01T00:00:00Z","received_at":"2026-01-01T00:00:01Z"}"#;
         let rows: Vec<EventRow> = [(3, 10), (1, 7), (3, 12), (1, 5)]
             .iter()
-            .map(|(p, o)| to_row(Some(json.as_bytes()), *p, *o).unwrap())
+            .map(|(p, o)| to_row(Some(json.as_bytes()), *p, *o, &Default::default()).unwrap())
             .collect();
         assert_eq!(dedup_token("events", &rows), "events/1:5-7,3:10-12");
     }

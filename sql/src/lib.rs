@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "deletions",
         sql: include_str!("../migrations/0007_deletions.sql"),
     },
+    Migration {
+        version: 8,
+        name: "batch_layer",
+        sql: include_str!("../migrations/0008_batch_layer.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -162,8 +167,11 @@ fn checksum(text: &str) -> String {
 /// statements that is success.
 fn is_already_exists(err: &clickhouse::error::Error) -> bool {
     let text = err.to_string();
-    // 57 TABLE_ALREADY_EXISTS, 82 DATABASE_ALREADY_EXISTS
-    text.contains("Code: 57") || text.contains("Code: 82")
+    // 57 TABLE_ALREADY_EXISTS, 82 DATABASE_ALREADY_EXISTS, 44 for a column
+    // added twice (18.16 has no ADD COLUMN IF NOT EXISTS)
+    text.contains("Code: 57")
+        || text.contains("Code: 82")
+        || (text.contains("Code: 44") && text.contains("already exists"))
 }
 
 async fn execute(client: &Client, sql: &str) -> Result<(), clickhouse::error::Error> {

@@ -19,33 +19,9 @@ mod partition;
 pub use aggregate::{KeyAggregate, RollupRow};
 pub use partition::{Checkpoint, ClosedWindows, EventRef, Ingested, PartitionWindows};
 
-use std::borrow::Cow;
-
 use hourglass_core::config::AggregatorConfig;
-use serde_json::{Map, Value};
 
-/// The values of `names` in `properties`, as [`EventRef::dimensions`] wants
-/// them: strings as they are, other JSON values as their compact JSON text,
-/// missing or null as empty.
-pub fn dimension_values<'a>(
-    names: &[String],
-    properties: Option<&'a Map<String, Value>>,
-) -> Vec<Cow<'a, str>> {
-    names
-        .iter()
-        .map(|name| dimension_text(properties.and_then(|p| p.get(name))))
-        .collect()
-}
-
-/// One dimension's value as text: a string as it is, missing or null as
-/// empty, anything else as its compact JSON text.
-pub fn dimension_text(value: Option<&Value>) -> Cow<'_, str> {
-    match value {
-        None | Some(Value::Null) => Cow::Borrowed(""),
-        Some(Value::String(s)) => Cow::Borrowed(s.as_str()),
-        Some(other) => Cow::Owned(other.to_string()),
-    }
-}
+pub use hourglass_core::dimensions::{dimension_text, dimension_values};
 
 /// Key used for keys past the cardinality guard.
 pub const OVERFLOW_KEY: &str = "__other__";

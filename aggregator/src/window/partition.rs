@@ -265,32 +265,15 @@ impl PartitionWindows {
         self.key_buf.push_str(event.event);
         self.key_buf.push('\u{1f}');
         self.dims_buf.clear();
-        self.dims_buf.push(b'{');
-        for (i, name) in self.cfg.dimensions.iter().enumerate() {
-            if i > 0 {
-                self.dims_buf.push(b',');
-            }
-            let _ = serde_json::to_writer(&mut self.dims_buf, name);
-            self.dims_buf.push(b':');
-            let text = event.dimensions.get(i).map_or("", |v| v.as_ref());
-            let text = truncate(text, self.cfg.max_dimension_len);
-            let _ = serde_json::to_writer(&mut self.dims_buf, text);
-        }
-        self.dims_buf.push(b'}');
+        hourglass_core::dimensions::write_key_json(
+            &mut self.dims_buf,
+            &self.cfg.dimensions,
+            event.dimensions,
+            self.cfg.max_dimension_len,
+        );
         self.key_buf
             .push_str(std::str::from_utf8(&self.dims_buf).expect("serde_json writes UTF-8"));
     }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]

@@ -71,6 +71,7 @@ fn rows(n: usize) -> Vec<EventRow> {
                 schema_version: 1,
                 kafka_partition: (i % 8) as u16,
                 kafka_offset: (i / 8) as i64,
+                dimensions: String::new(),
             }
         })
         .collect()

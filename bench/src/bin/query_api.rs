@@ -119,10 +119,15 @@ async fn load(cfg: &Config, args: &Args) -> Result<()> {
             timestamp_ms: ts,
             received_at: (ts / 1000) as u32,
             value,
-            properties: Value::Object(properties).to_string(),
+            properties: Value::Object(properties.clone()).to_string(),
             schema_version: 1,
             kafka_partition: p as u16,
             kafka_offset: offset,
+            dimensions: hourglass_core::dimensions::key_json(
+                &window.dimensions,
+                &properties,
+                window.max_dimension_len,
+            ),
         });
         if batch.len() == batch.capacity() || i + 1 == args.events {
             let mut insert = ch.insert::<EventRow>("events").await?;

@@ -1,0 +1,355 @@
+//! The batch layer of the lambda architecture: `hourglass batch`.
+//!
+//! For every closed hour older than `batch.settle_secs`, a pass recomputes the
+//! hour's 5-minute and hourly rollups from the raw record (`events`) inside
+//! ClickHouse, one event per `event_id`, late events in, deleted users out,
+//! by the speed layer's rules ([`sql`]). Its rows land under a new version;
+//! one single-row commit then switches readers from the speed rows to them.
+//! Hours that change after their pass (late arrivals, imports, deletions)
+//! are found in `event_hours` and `deleted_events` and recomputed. A day whose
+//! hours are all batched gets finalized daily rows. Each pass writes the
+//! speed-versus-batch reconciliation of its hours ([`reconcile`]).
+//!
+//! Computing in ClickHouse, not here, is what lets the work scale with the
+//! data: a pass sends a few statements, and a ClickHouse cluster runs the
+//! scan on its shards in parallel.
+
+pub mod lease;
+pub mod metrics;
+pub mod plan;
+pub mod reconcile;
+pub mod sql;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+use hourglass_core::Config;
+use hourglass_core::dimensions::Dimensions;
+use hourglass_core::telemetry;
+
+use crate::lease::Lease;
+use crate::sql::HourSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error(
+        "another `hourglass batch` ({holder}) holds the lease of this database (renewed {secs_ago} s ago; it lapses after {lease_secs} s without renewal)"
+    )]
+    LeaseHeld {
+        holder: String,
+        secs_ago: u32,
+        lease_secs: u32,
+    },
+    #[error("batch lease: {0}")]
+    Lease(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("health endpoint: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Which hours a pass looks at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Range {
+    /// Unix seconds, inclusive; `None`: from the first hour with events.
+    pub from: Option<i64>,
+    /// Unix seconds, exclusive; `None`: up to the settled hours.
+    pub to: Option<i64>,
+    /// Recompute every hour of the range with events, changed or not.
+    pub force: bool,
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub hours: Vec<i64>,
+    pub days: Vec<i64>,
+    pub events: u64,
+    /// Hours that were due but left for the next pass (`max_hours_per_pass`).
+    pub left_over: usize,
+}
+
+/// One batch worker against one database.
+pub struct Batch {
+    client: Client,
+    cfg: Config,
+    empty_dimensions: String,
+    last_version: u64,
+}
+
+impl Batch {
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            client: hourglass_core::clickhouse::client(&cfg.clickhouse),
+            cfg: cfg.clone(),
+            empty_dimensions: Dimensions::from(&cfg.aggregator).empty_key(),
+            last_version: 0,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A version larger than any pass before, even if the clock went back.
+    async fn next_version(&mut self) -> Result<u64, BatchError> {
+        if self.last_version == 0 {
+            self.last_version = self
+                .client
+                .query("SELECT max(version) FROM batch_commits")
+                .fetch_one()
+                .await?;
+        }
+        let now = chrono::Utc::now().timestamp_millis() as u64;
+        self.last_version = now.max(self.last_version + 1);
+        Ok(self.last_version)
+    }
+
+    /// Recompute and commit every due hour of `range`, then the days they
+    /// complete. `lease` is renewed between hours.
+    pub async fn pass(&mut self, range: Range, lease: &Lease) -> Result<PassReport, BatchError> {
+        let b = &self.cfg.batch;
+        let cutoff = plan::settled_before(&self.client, b.settle_secs).await?;
+        let to = range.to.map_or(cutoff, |t| t.min(cutoff));
+        let due = plan::due_hours(&self.client, range.from, to, range.force).await?;
+        let max = b.max_hours_per_pass.max(1) as usize;
+        ::metrics::gauge!(metrics::HOURS_DUE).set(due.len() as f64);
+        let mut report = PassReport {
+            left_over: due.len().saturating_sub(max),
+            ..PassReport::default()
+        };
+        for hour in due.into_iter().take(max) {
+            lease.renew().await?;
+            let events = self.hour(hour).await?;
+            report.hours.push(hour);
+            report.events += events;
+        }
+        if report.left_over == 0 {
+            // A day is due once its last hour is.
+            let day_cutoff = cutoff + 3_600 - 86_400 + 1;
+            for day in plan::due_days(&self.client, range.from, day_cutoff, range.force).await? {
+                lease.renew().await?;
+                self.day(day).await?;
+                report.days.push(day);
+            }
+        }
+        reconcile::publish_gauges(&self.client).await?;
+        Ok(report)
+    }
+
+    /// Recompute one hour from `events` and commit it; returns its events.
+    pub async fn hour(&mut self, hour: i64) -> Result<u64, BatchError> {
+        self.hour_from("events", "clickhouse", hour).await
+    }
+
+    /// Recompute one hour from `source` (a table with the columns of
+    /// `events`) and commit it.
+    pub async fn hour_from(
+        &mut self,
+        source: &str,
+        source_name: &str,
+        hour: i64,
+    ) -> Result<u64, BatchError> {
+        let started = Instant::now();
+        let version = self.next_version().await?;
+        // Anything loaded from this instant on may be missing from the pass:
+        // its hour counts as changed again.
+        let raw_as_of: u32 = self
+            .client
+            .query("SELECT toUInt32(now())")
+            .fetch_one()
+            .await?;
+        let a = &self.cfg.aggregator;
+        let spec = HourSpec {
+            source,
+            version,
+            hour,
+            window_secs: a.window_secs,
+            dedup_margin_secs: self.cfg.batch.dedup_margin_secs,
+            histogram_sigfig: a.histogram_sigfig,
+            histogram_max_value: a.histogram_max_value,
+            empty_dimensions: &self.empty_dimensions,
+        };
+        self.client
+            .query(&sql::hour_states(&spec))
+            .execute()
+            .await?;
+        let states = sql::states_of_hour(hour, version);
+        for (period, totals) in [(300, false), (300, true), (3600, false), (3600, true)] {
+            self.client
+                .query(&sql::finalize(period, version, &states, totals))
+                .execute()
+                .await?;
+        }
+        self.client
+            .query(&sql::commit(
+                3600,
+                hour,
+                version,
+                source_name,
+                raw_as_of,
+                self.cfg.batch.switch_delay_secs,
+            ))
+            .execute()
+            .await?;
+        let events: u64 = self
+            .client
+            .query("SELECT events FROM batch_commits WHERE period_secs = 3600 AND bucket_start = toDateTime(?) AND version = ?")
+            .bind(hour)
+            .bind(version)
+            .fetch_one()
+            .await?;
+        reconcile::record_hour(&self.client, hour, version).await?;
+        ::metrics::counter!(metrics::HOURS).increment(1);
+        ::metrics::counter!(metrics::EVENTS).increment(events);
+        ::metrics::histogram!(metrics::HOUR_SECONDS).record(started.elapsed().as_secs_f64());
+        tracing::info!(
+            hour = %plan::show(hour),
+            version,
+            events,
+            seconds = started.elapsed().as_secs_f64(),
+            "hour batched"
+        );
+        Ok(events)
+    }
+
+    /// Derive one day's 1d rows from the current pass of each of its hours.
+    pub async fn day(&mut self, day: i64) -> Result<(), BatchError> {
+        let version = self.next_version().await?;
+        let raw_as_of: u32 = self
+            .client
+            .query("SELECT toUInt32(now())")
+            .fetch_one()
+            .await?;
+        let states = sql::states_of_day(day);
+        for totals in [false, true] {
+            self.client
+                .query(&sql::finalize(86_400, version, &states, totals))
+                .execute()
+                .await?;
+        }
+        self.client
+            .query(&sql::commit(
+                86_400,
+                day,
+                version,
+                "hours",
+                raw_as_of,
+                self.cfg.batch.switch_delay_secs,
+            ))
+            .execute()
+            .await?;
+        ::metrics::counter!(metrics::DAYS).increment(1);
+        tracing::info!(day = %plan::show(day), version, "day batched");
+        Ok(())
+    }
+}
+
+/// `hourglass batch --once`: one pass over `range`, holding the lease.
+pub async fn run_once(cfg: &Config, range: Range) -> Result<PassReport, BatchError> {
+    let mut batch = Batch::new(cfg);
+    let lease = Lease::acquire(batch.client(), cfg.batch.lease_secs, true).await?;
+    let report = batch.pass(range, &lease).await;
+    lease.release().await;
+    report
+}
+
+/// `hourglass batch`: a pass every `batch.interval_secs` until SIGINT/SIGTERM.
+pub async fn run(cfg: Config) -> Result<(), BatchError> {
+    run_with(cfg, telemetry::shutdown_on_signal()).await
+}
+
+/// Like [`run`], until `shutdown` is set. A pass in progress finishes its
+/// current hour first; a pass that fails is retried on the next interval.
+pub async fn run_with(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), BatchError> {
+    if cfg.aggregator.window_secs == 0 || 3600 % cfg.aggregator.window_secs != 0 {
+        return Err(BatchError::Config(
+            "aggregator.window_secs must divide an hour for the batch layer".into(),
+        ));
+    }
+    let service = telemetry::Service::start_with(&cfg.batch.http_listen, shutdown)
+        .map_err(|e| BatchError::Config(format!("batch.http_listen: {e}")))?;
+    metrics::describe();
+    let mut batch = Batch::new(&cfg);
+    let stop = service.shutdown.clone();
+    let lease = loop {
+        match Lease::acquire(batch.client(), cfg.batch.lease_secs, true).await {
+            Ok(lease) => break Some(lease),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the batch lease yet; retrying");
+                if sleep_unless(&stop, Duration::from_secs(5)).await {
+                    break None;
+                }
+            }
+        }
+    };
+    let Some(lease) = lease else {
+        service.stop().await?;
+        return Ok(());
+    };
+    service.readiness.set(true);
+    let interval = Duration::from_secs(u64::from(cfg.batch.interval_secs.max(1)));
+    while !stop.load(Ordering::Relaxed) {
+        match batch.pass(Range::default(), &lease).await {
+            Ok(r) if !r.hours.is_empty() || !r.days.is_empty() => tracing::info!(
+                hours = r.hours.len(),
+                days = r.days.len(),
+                events = r.events,
+                left_over = r.left_over,
+                "batch pass done"
+            ),
+            Ok(_) => {}
+            Err(e @ BatchError::LeaseHeld { .. }) => {
+                service.readiness.set(false);
+                service.stop().await?;
+                return Err(e);
+            }
+            Err(e) => {
+                ::metrics::counter!(metrics::FAILURES).increment(1);
+                tracing::warn!(error = %e, "batch pass failed; retrying next interval");
+            }
+        }
+        // The lease is renewed while waiting: a standby takes over only
+        // after this process stops renewing.
+        let renew_every = Duration::from_secs(u64::from(cfg.batch.lease_secs.max(3) / 3));
+        let next_pass = Instant::now() + interval;
+        let mut stopped = false;
+        while Instant::now() < next_pass {
+            let nap = renew_every.min(next_pass.saturating_duration_since(Instant::now()));
+            if sleep_unless(&stop, nap).await {
+                stopped = true;
+                break;
+            }
+            if let Err(e) = lease.renew().await {
+                tracing::warn!(error = %e, "renewing the batch lease failed");
+                if matches!(e, BatchError::LeaseHeld { .. }) {
+                    service.stop().await?;
+                    return Err(e);
+                }
+            }
+        }
+        if stopped {
+            break;
+        }
+    }
+    service.readiness.set(false);
+    lease.release().await;
+    service.stop().await?;
+    Ok(())
+}
+
+/// Sleep `d` unless `stop` is set first; returns whether it was.
+async fn sleep_unless(stop: &AtomicBool, d: Duration) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.load(Ordering::Relaxed)
+}

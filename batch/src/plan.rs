@@ -1,0 +1,92 @@
+//! Which hours and days a pass recomputes, found from small tables only:
+//! `event_hours` (what was loaded, per event hour, and when),
+//! `deleted_events` (what deletions removed) and `batch_commits`.
+
+use chrono::{TimeZone, Utc};
+use clickhouse::Client;
+
+use crate::BatchError;
+
+/// An hour or day as RFC 3339, for logs and reports.
+pub fn show(t: i64) -> String {
+    Utc.timestamp_opt(t, 0)
+        .single()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// Hours starting before this instant (server clock) have ended at least
+/// `settle_secs` ago.
+pub async fn settled_before(client: &Client, settle_secs: u32) -> Result<i64, BatchError> {
+    let now: u32 = client.query("SELECT toUInt32(now())").fetch_one().await?;
+    Ok(i64::from(now) - 3600 - i64::from(settle_secs))
+}
+
+/// Hours in `[from, before)` that hold loaded events and were never batched,
+/// or changed (rows loaded, or a deletion recorded) since the raw record
+/// their current pass read; every hour with events when `force`. Oldest first.
+pub async fn due_hours(
+    client: &Client,
+    from: Option<i64>,
+    before: i64,
+    force: bool,
+) -> Result<Vec<i64>, BatchError> {
+    let from = from.unwrap_or(0).max(0);
+    let hours: Vec<u32> = client
+        .query(
+            "SELECT toUInt32(hour) FROM ( \
+                SELECT hour, max(changed_at) AS changed_at FROM ( \
+                    SELECT hour, inserted_at AS changed_at FROM event_hours \
+                    WHERE hour >= toDateTime(?) AND hour < toDateTime(?) \
+                    UNION ALL \
+                    SELECT hour, requested_at AS changed_at FROM deleted_events \
+                    WHERE hour >= toDateTime(?) AND hour < toDateTime(?) \
+                ) GROUP BY hour \
+             ) ANY LEFT JOIN ( \
+                SELECT bucket_start AS hour, argMax(raw_as_of, version) AS batched_as_of \
+                FROM batch_commits WHERE period_secs = 3600 GROUP BY bucket_start \
+             ) USING hour \
+             WHERE ? OR toUInt32(batched_as_of) = 0 OR changed_at >= batched_as_of \
+             ORDER BY hour",
+        )
+        .bind(from)
+        .bind(before.max(0))
+        .bind(from)
+        .bind(before.max(0))
+        .bind(force)
+        .fetch_all()
+        .await?;
+    Ok(hours.into_iter().map(i64::from).collect())
+}
+
+/// Days starting in `[from, before)` with a batched hour newer than the
+/// day's own pass (or no day pass yet); every day with a batched hour when
+/// `force`.
+pub async fn due_days(
+    client: &Client,
+    from: Option<i64>,
+    before: i64,
+    force: bool,
+) -> Result<Vec<i64>, BatchError> {
+    let from = from.unwrap_or(0).max(0);
+    let from_day = from - from.rem_euclid(86_400);
+    let days: Vec<u32> = client
+        .query(
+            "SELECT toUInt32(day) FROM ( \
+                SELECT toDateTime(toStartOfDay(bucket_start)) AS day, max(version) AS newest_hour \
+                FROM batch_commits WHERE period_secs = 3600 \
+                GROUP BY day \
+             ) ANY LEFT JOIN ( \
+                SELECT bucket_start AS day, max(version) AS day_version \
+                FROM batch_commits WHERE period_secs = 86400 GROUP BY bucket_start \
+             ) USING day \
+             WHERE day >= toDateTime(?) AND day < toDateTime(?) AND (? OR newest_hour > day_version) \
+             ORDER BY day",
+        )
+        .bind(from_day)
+        .bind(before.max(0))
+        .bind(force)
+        .fetch_all()
+        .await?;
+    Ok(days.into_iter().map(i64::from).collect())
+}

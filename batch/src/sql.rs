@@ -1,0 +1,222 @@
+//! The statements of a batch pass. Every number is computed inside
+//! ClickHouse (`INSERT … SELECT`), so a pass moves no event through this
+//! process, and on a cluster the scan runs on the shards that hold the data.
+//!
+//! The speed layer's rules, restated in SQL: an event is in the 5-minute
+//! window `floor(timestamp_ms / window) * window`; its user is `user_id`, or
+//! `anonymous_id` when that is empty; its dimensions are the loader's copy of
+//! the aggregator's key (`events.dimensions`); its value's bucket is
+//! [`hourglass_core::histogram::sql_bucket`]. One event per `event_id`: the
+//! earliest received copy (then the lowest partition and offset). A user's
+//! events received up to their deletion request are left out.
+
+use hourglass_core::histogram::sql_bucket;
+
+/// What one hour's recompute needs to know.
+#[derive(Debug, Clone)]
+pub struct HourSpec<'a> {
+    /// Table holding the raw record (`events`, or a staging table of the lake's rows).
+    pub source: &'a str,
+    pub version: u64,
+    /// Start of the hour, Unix seconds.
+    pub hour: i64,
+    pub window_secs: u32,
+    pub dedup_margin_secs: u32,
+    pub histogram_sigfig: u8,
+    pub histogram_max_value: f64,
+    /// Key text of an event without dimensions, for rows loaded before
+    /// `events.dimensions` existed.
+    pub empty_dimensions: &'a str,
+}
+
+/// The all-dimensions total row's `dimensions`.
+pub const ALL_DIMENSIONS: &str = "*";
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The hour's 5-minute states into `batch_states`: the one scan of the raw
+/// record a pass makes. Innermost first: one row per `event_id` (its
+/// earliest received copy) over the hour widened by the dedup margin; the
+/// events of the hour; deleted users' events out; one row per (window, key,
+/// bucket); one row per (window, key) with its distinct-user state.
+pub fn hour_states(h: &HourSpec<'_>) -> String {
+    let window_ms = i64::from(h.window_secs) * 1000;
+    let hour_ms = h.hour * 1000;
+    let lo = h.hour - i64::from(h.dedup_margin_secs);
+    let hi = h.hour + 3600 + i64::from(h.dedup_margin_secs);
+    let bucket = sql_bucket("v", h.histogram_sigfig, h.histogram_max_value);
+    let hist = "sumMap(if(vc > 0, [b], emptyArrayUInt64()), if(vc > 0, [vc], emptyArrayUInt64()))";
+    format!(
+        "INSERT INTO batch_states \
+         (version, hour, window_start, project_id, event, dimensions, events, users_state, \
+          value_count, value_sum, value_min, value_max, hist_values, hist_counts) \
+         SELECT {version}, toDateTime({hour}), toDateTime(w), project_id, e, d, sum(n), uniqExactMergeState(us), \
+                sum(vc), sum(vs), minIf(vmin, vc > 0), maxIf(vmax, vc > 0), \
+                tupleElement({hist}, 1), tupleElement({hist}, 2) \
+         FROM ( \
+            SELECT w, project_id, e, d, b, count() AS n, uniqExactState(user_key) AS us, \
+                   countIf(has_value) AS vc, sumIf(v, has_value) AS vs, \
+                   minIf(v, has_value) AS vmin, maxIf(v, has_value) AS vmax \
+            FROM ( \
+                SELECT w, project_id, e, d, user_key, has_value, v, if(has_value, {bucket}, 0) AS b \
+                FROM ( \
+                    SELECT tupleElement(first, 1) AS project_id, \
+                           tupleElement(first, 2) AS e, tupleElement(first, 3) AS d, \
+                           tupleElement(first, 4) AS user_key, \
+                           isNotNull(tupleElement(first, 5)) AS has_value, \
+                           ifNull(tupleElement(first, 5), 0.) AS v, \
+                           intDiv(tupleElement(first, 6), {window_ms}) * {window_secs} AS w, \
+                           tupleElement(first, 7) AS received \
+                    FROM ( \
+                        SELECT argMin( \
+                                   (project_id, event, if(dimensions = '', {empty}, dimensions), \
+                                    if(user_id != '', user_id, anonymous_id), value, timestamp_ms, received_at), \
+                                   (received_at, kafka_partition, kafka_offset)) AS first \
+                        FROM {source} \
+                        WHERE timestamp >= toDateTime({lo}) AND timestamp < toDateTime({hi}) \
+                        GROUP BY event_id \
+                    ) \
+                    WHERE tupleElement(first, 6) >= {hour_ms} AND tupleElement(first, 6) < {hour_end_ms} \
+                ) \
+                ANY LEFT JOIN ( \
+                    SELECT project_id, user AS user_key, max(requested_at) AS deleted_until \
+                    FROM deletions GROUP BY project_id, user \
+                ) USING (project_id, user_key) \
+                WHERE received > deleted_until \
+            ) \
+            GROUP BY w, project_id, e, d, b \
+         ) \
+         GROUP BY w, project_id, e, d",
+        version = h.version,
+        hour = h.hour,
+        hour_end_ms = hour_ms + 3_600_000,
+        window_secs = h.window_secs,
+        empty = quote(h.empty_dimensions),
+        source = h.source,
+    )
+}
+
+/// Percentile `q` of merged bucket arrays, read as the serving views and
+/// [`hourglass_core::histogram::quantile_from_buckets`] read it.
+fn percentile(q: &str) -> String {
+    format!(
+        "arrayElement(hv, arrayFirstIndex((c, t) -> c >= t, arrayCumSum(hc), replicate(greatest(1, ceil({q} * vc)), hc))) / 1000"
+    )
+}
+
+/// Finalized rows of `period_secs` (300, 3600 or 86400) from the states of
+/// the given passes, per key and (with `totals`) per (project, event) as
+/// [`ALL_DIMENSIONS`]. `states` is a condition on `batch_states` naming the
+/// passes to read.
+pub fn finalize(period_secs: u32, version: u64, states: &str, totals: bool) -> String {
+    let bucket = match period_secs {
+        300 => "window_start".to_owned(),
+        3600 => "hour".to_owned(),
+        _ => "toDateTime(toStartOfDay(hour))".to_owned(),
+    };
+    let dims = if totals {
+        quote(ALL_DIMENSIONS)
+    } else {
+        "dimensions".to_owned()
+    };
+    let group = if totals {
+        "bucket, project_id, event"
+    } else {
+        "bucket, project_id, event, dimensions"
+    };
+    format!(
+        "INSERT INTO batch_rollups \
+         (period_secs, bucket_start, project_id, event, dimensions, version, events, users, \
+          value_count, value_sum, value_min, value_max, p50, p90, p95, p99, hist_values, hist_counts) \
+         SELECT {period_secs}, bucket, project_id, event, {dims_out}, {version}, n, u, vc, vs, vmin, vmax, \
+                {p50}, {p90}, {p95}, {p99}, hv, hc \
+         FROM ( \
+            SELECT {bucket} AS bucket, project_id, event, {dims_in} AS dims, \
+                   sum(events) AS n, uniqExactMerge(users_state) AS u, \
+                   sum(value_count) AS vc, sum(value_sum) AS vs, \
+                   minIf(value_min, value_count > 0) AS vmin, maxIf(value_max, value_count > 0) AS vmax, \
+                   sumMap(hist_values, hist_counts) AS hist, \
+                   tupleElement(hist, 1) AS hv, tupleElement(hist, 2) AS hc \
+            FROM batch_states WHERE {states} \
+            GROUP BY {group} \
+         )",
+        dims_out = "dims",
+        dims_in = dims,
+        p50 = percentile("0.50"),
+        p90 = percentile("0.90"),
+        p95 = percentile("0.95"),
+        p99 = percentile("0.99"),
+    )
+}
+
+/// The condition on `batch_states` naming one pass of one hour.
+pub fn states_of_hour(hour: i64, version: u64) -> String {
+    format!("hour = toDateTime({hour}) AND version = {version}")
+}
+
+/// The condition on `batch_states` naming the current pass of every hour of
+/// one day (the day's rows derive from them).
+pub fn states_of_day(day: i64) -> String {
+    format!(
+        "hour >= toDateTime({day}) AND hour < toDateTime({end}) AND (hour, version) IN ( \
+            SELECT bucket_start, max(version) FROM batch_commits \
+            WHERE period_secs = 3600 AND bucket_start >= toDateTime({day}) AND bucket_start < toDateTime({end}) \
+            GROUP BY bucket_start)",
+        end = day + 86_400
+    )
+}
+
+/// The single-row commit that switches readers of a period to a pass,
+/// `switch_delay_secs` from now by the server's clock.
+pub fn commit(
+    period_secs: u32,
+    bucket_start: i64,
+    version: u64,
+    source: &str,
+    raw_as_of: u32,
+    switch_delay_secs: u32,
+) -> String {
+    let events = if period_secs == 86_400 {
+        format!(
+            "(SELECT sum(events) FROM batch_rollups WHERE period_secs = 86400 AND bucket_start = toDateTime({bucket_start}) AND version = {version} AND dimensions = '*')"
+        )
+    } else {
+        format!(
+            "(SELECT sum(events) FROM batch_rollups WHERE period_secs = 3600 AND bucket_start = toDateTime({bucket_start}) AND version = {version} AND dimensions = '*')"
+        )
+    };
+    format!(
+        "INSERT INTO batch_commits (period_secs, bucket_start, version, source, raw_as_of, visible_from, events) \
+         SELECT {period_secs}, toDateTime({bucket_start}), {version}, {source}, toDateTime({raw_as_of}), \
+                now() + {switch_delay_secs}, ifNull({events}, 0)",
+        source = quote(source),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_escape_what_clickhouse_reads_as_special() {
+        assert_eq!(quote(r#"{"a":"it's"}"#), r#"'{"a":"it\'s"}'"#);
+        assert_eq!(quote(r"a\b"), r"'a\\b'");
+    }
+
+    #[test]
+    fn totals_group_without_dimensions() {
+        let sql = finalize(3600, 7, "version = 7", true);
+        assert!(
+            sql.contains("GROUP BY bucket, project_id, event )"),
+            "{sql}"
+        );
+        assert!(sql.contains("'*' AS dims"), "{sql}");
+        let sql = finalize(300, 7, "version = 7", false);
+        assert!(
+            sql.contains("GROUP BY bucket, project_id, event, dimensions"),
+            "{sql}"
+        );
+    }
+}
