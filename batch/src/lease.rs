@@ -17,8 +17,8 @@ use crate::BatchError;
 #[derive(Debug, Row, Deserialize)]
 struct Holder {
     holder: String,
-    acquired_at: u32,
-    renewed_at: u32,
+    first_acquired: u32,
+    last_renewed: u32,
 }
 
 pub struct Lease {
@@ -31,9 +31,11 @@ pub struct Lease {
 async fn live(client: &Client, lease_secs: u32) -> Result<Vec<Holder>, BatchError> {
     Ok(client
         .query(
-            "SELECT holder, toUInt32(min(acquired_at)) AS acquired_at, toUInt32(max(renewed_at)) AS renewed_at \
-             FROM batch_lease GROUP BY holder HAVING max(renewed_at) >= now() - ? \
-             ORDER BY acquired_at, holder",
+            "SELECT holder, toUInt32(minIf(acquired_at, toUInt32(acquired_at) > 0)) AS first_acquired, \
+                    toUInt32(max(renewed_at)) AS last_renewed \
+             FROM batch_lease GROUP BY holder \
+             HAVING last_renewed >= toUInt32(now()) - ? AND toUInt32(min(acquired_at)) > 0 \
+             ORDER BY first_acquired, holder",
         )
         .bind(lease_secs)
         .fetch_all()
@@ -51,7 +53,7 @@ impl Lease {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         while let Some(other) = live(client, lease_secs).await?.first() {
-            let secs_ago = now_secs(client).await?.saturating_sub(other.renewed_at);
+            let secs_ago = now_secs(client).await?.saturating_sub(other.last_renewed);
             if !wait {
                 return Err(BatchError::LeaseHeld {
                     holder: other.holder.clone(),
@@ -82,7 +84,7 @@ impl Lease {
                 lease_secs,
             });
         }
-        let acquired_at = winner.acquired_at;
+        let acquired_at = winner.first_acquired;
         // Old rows go; a holder gone for a day is not news.
         let _ = client
             .query("ALTER TABLE batch_lease DELETE WHERE renewed_at < now() - 86400")
@@ -121,9 +123,17 @@ impl Lease {
         Ok(())
     }
 
-    /// Give the lease up (a clean stop): the next holder need not wait.
+    /// Give the lease up (a clean stop): the next holder need not wait. A
+    /// row with `acquired_at` 0 ends the holder at once; the delete (a
+    /// mutation, applied later) only tidies up.
     pub async fn release(self) {
         metrics::gauge!(crate::metrics::LEASE_HELD).set(0.0);
+        let _ = self
+            .client
+            .query("INSERT INTO batch_lease (holder, acquired_at, renewed_at) SELECT ?, toDateTime(0), now()")
+            .bind(&self.holder)
+            .execute()
+            .await;
         let _ = self
             .client
             .query("ALTER TABLE batch_lease DELETE WHERE holder = ?")

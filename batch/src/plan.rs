@@ -46,14 +46,14 @@ pub async fn due_hours(
                 SELECT bucket_start AS hour, argMax(raw_as_of, version) AS batched_as_of \
                 FROM batch_commits WHERE period_secs = 3600 GROUP BY bucket_start \
              ) USING hour \
-             WHERE ? OR toUInt32(batched_as_of) = 0 OR changed_at >= batched_as_of \
+             WHERE ? = 1 OR toUInt32(batched_as_of) = 0 OR changed_at >= batched_as_of \
              ORDER BY hour",
         )
         .bind(from)
         .bind(before.max(0))
         .bind(from)
         .bind(before.max(0))
-        .bind(force)
+        .bind(u8::from(force))
         .fetch_all()
         .await?;
     Ok(hours.into_iter().map(i64::from).collect())
@@ -80,12 +80,12 @@ pub async fn due_days(
                 SELECT bucket_start AS day, max(version) AS day_version \
                 FROM batch_commits WHERE period_secs = 86400 GROUP BY bucket_start \
              ) USING day \
-             WHERE day >= toDateTime(?) AND day < toDateTime(?) AND (? OR newest_hour > day_version) \
+             WHERE day >= toDateTime(?) AND day < toDateTime(?) AND (? = 1 OR newest_hour > day_version) \
              ORDER BY day",
         )
         .bind(from_day)
         .bind(before.max(0))
-        .bind(force)
+        .bind(u8::from(force))
         .fetch_all()
         .await?;
     Ok(days.into_iter().map(i64::from).collect())

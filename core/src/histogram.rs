@@ -178,7 +178,7 @@ pub fn sql_bucket(value_expr: &str, sigfig: u8, max_value: f64) -> String {
         "({k0} - (bitShiftLeft(toUInt64(1), {k0}) > {s}) + (bitShiftLeft(toUInt64(1), {k0} + 1) <= {s}))"
     );
     format!(
-        "if({s} < {exact_below}, {s}, bitOr({s}, bitShiftLeft(toUInt64(1), greatest({k} - {m}, 0)) - 1))"
+        "if({s} < {exact_below}, {s}, bitOr({s}, toUInt64(bitShiftLeft(toUInt64(1), greatest({k} - {m}, 0)) - 1)))"
     )
 }
 
