@@ -393,11 +393,14 @@ impl Loop {
             if paused.is_none() {
                 paused = Paused::start(&self.consumer);
             }
-            // The request may have reached the server before failing.
-            if matches!(
-                runtime.block_on(sink.landed(p, closed.checkpoint)),
-                Ok(true)
-            ) {
+            // The request may have reached the server before failing. (A
+            // flush of late records alone carries no checkpoint: retried.)
+            if !closed.rows.is_empty()
+                && matches!(
+                    runtime.block_on(sink.landed(p, closed.checkpoint)),
+                    Ok(true)
+                )
+            {
                 break;
             }
             // Keep polling while paused so the group keeps us; a record that still

@@ -32,6 +32,17 @@ struct Rollup5mRecord<'a> {
     watermark_ms: i64,
 }
 
+/// A `late_events` row.
+#[derive(Row, Serialize)]
+struct LateEventRecord<'a> {
+    hour: u32,
+    project_id: &'a str,
+    event: &'a str,
+    source_topic: &'a str,
+    source_partition: u16,
+    source_offset: i64,
+}
+
 #[derive(Row, Deserialize)]
 struct CheckpointRecord {
     partition_id: u16,
@@ -70,13 +81,39 @@ impl RollupSink {
     }
 
     /// One INSERT holding every closed window of one partition plus its
-    /// checkpoint (the progress view derives the checkpoint row from it).
+    /// checkpoint (the progress view derives the checkpoint row from it),
+    /// after the late records read before it. Rewriting late records after a
+    /// restart is harmless: `late_events` counts each (partition, offset) once.
     pub async fn write(&self, partition: i32, closed: &ClosedWindows) -> Result<(), SinkError> {
         let err = |source| SinkError::Write {
             partition,
             rows: closed.rows.len(),
             source,
         };
+        if !closed.late.is_empty() {
+            let mut insert = self
+                .client
+                .insert::<LateEventRecord<'_>>("late_events")
+                .await
+                .map_err(err)?;
+            for late in &closed.late {
+                insert
+                    .write(&LateEventRecord {
+                        hour: late.hour.clamp(0, i64::from(u32::MAX)) as u32,
+                        project_id: &late.project_id,
+                        event: &late.event,
+                        source_topic: &self.topic,
+                        source_partition: partition as u16,
+                        source_offset: late.offset,
+                    })
+                    .await
+                    .map_err(err)?;
+            }
+            insert.end().await.map_err(err)?;
+        }
+        if closed.rows.is_empty() {
+            return Ok(());
+        }
         let mut insert = self
             .client
             .insert::<Rollup5mRecord<'_>>("rollup_5m")

@@ -65,6 +65,7 @@ async fn hourly_and_daily_views_equal_the_merged_five_minute_rows() {
             windows: rows.len(),
             last_window_start_ms: T0 + 55 * MIN,
             rows,
+            late: Vec::new(),
             checkpoint: Checkpoint {
                 resume_offset: 1000 + i64::from(partition),
                 watermark_ms: T0 + 61 * MIN,

@@ -552,6 +552,8 @@ async fn an_hour_recomputed_from_raw_rows_equals_the_truth_and_replaces_the_spee
     assert_eq!(totals, hour_totals);
     assert!(want_totals.len() >= hour_totals.len());
 
+    check_query_api(&cfg, &client, &want_5m, &want_1d).await;
+
     // Reconciliation: copies loaded per hour, duplicates and deletions explained.
     let recon: Vec<(String, String, u64, u64, i64, u64)> = client
         .query("SELECT project_id, event, copies_loaded, batch_events, duplicates_removed, speed_events FROM reconciliation FINAL \
@@ -621,4 +623,146 @@ async fn an_hour_recomputed_from_raw_rows_equals_the_truth_and_replaces_the_spee
     let _ = g.duplicates;
     lease.release().await;
     drop_db(&cfg).await;
+}
+
+/// `/v1/metrics` reads the batch rows of batched hours and days (totals when
+/// ungrouped, merged states when grouped) and says so per bucket; an hour
+/// no pass covered is answered by the speed layer.
+async fn check_query_api(
+    cfg: &Config,
+    client: &Client,
+    want_5m: &BTreeMap<Key, Truth>,
+    want_1d: &BTreeMap<Key, Truth>,
+) {
+    let later = HOUR + 5 * 3600;
+    speed_row(client, later, "purchase", "{}", 5).await;
+    let mut cfg = cfg.clone();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    cfg.query.listen = format!("127.0.0.1:{port}");
+    cfg.query.jwt_secret = "batch-test-secret".into();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(hourglass_query::run_with(cfg.clone(), stop.clone()));
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"project_id": "p1", "sub": "test", "exp": chrono_now() + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(b"batch-test-secret"),
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let (http, token) = (http.clone(), token.clone());
+        async move {
+            for _ in 0..100 {
+                if let Ok(r) = http
+                    .get(format!("http://127.0.0.1:{port}{path}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                {
+                    assert!(r.status().is_success(), "GET {path}: {}", r.status());
+                    return r.json::<serde_json::Value>().await.unwrap();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("the query API did not answer");
+        }
+    };
+    // Ungrouped 5m: one series, every bucket from the batch, exact users.
+    let body = get(format!(
+        "/v1/metrics?event=purchase&step=5m&from={HOUR}&to={}",
+        HOUR + 3600
+    ))
+    .await;
+    let mut want: BTreeMap<i64, (u64, BTreeSet<String>, Vec<f64>)> = BTreeMap::new();
+    for ((t, p, e, _), truth) in want_5m {
+        if p == "p1" && e == "purchase" {
+            let w = want.entry(*t).or_default();
+            w.0 += truth.events;
+            w.1.extend(truth.users.iter().cloned());
+            w.2.extend(truth.values.iter().copied());
+        }
+    }
+    let points = body["series"][0]["points"].as_array().unwrap();
+    assert_eq!(points.len(), want.len(), "{body}");
+    for (point, (t, (n, users, values))) in points.iter().zip(&want) {
+        assert_eq!(point["layer"], "batch", "{point}");
+        assert_eq!(point["time"].as_str().unwrap(), show(*t));
+        assert_eq!(
+            (
+                point["events"].as_u64().unwrap(),
+                point["users"].as_u64().unwrap()
+            ),
+            (*n, users.len() as u64),
+            "{point}"
+        );
+        assert_eq!(
+            point["p95"].as_f64().unwrap(),
+            true_quantile(values, 0.95, &cfg),
+            "{point}"
+        );
+    }
+    // Grouped by path at 1d: per-path exact users from merged states.
+    let body = get(format!(
+        "/v1/metrics?event=page_view&step=1d&from={DAY}&to={}&group_by=path",
+        DAY + 86_400
+    ))
+    .await;
+    let mut want: BTreeMap<String, (u64, BTreeSet<String>)> = BTreeMap::new();
+    for ((_, p, e, d), truth) in want_1d {
+        if p == "p1" && e == "page_view" {
+            let props: serde_json::Value = serde_json::from_str(d).unwrap();
+            let path = props["path"].as_str().unwrap_or("").to_owned();
+            let w = want.entry(path).or_default();
+            w.0 += truth.events;
+            w.1.extend(truth.users.iter().cloned());
+        }
+    }
+    let got: BTreeMap<String, (u64, u64, String)> = body["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let p = &s["points"][0];
+            (
+                s["group"]["path"].as_str().unwrap().to_owned(),
+                (
+                    p["events"].as_u64().unwrap(),
+                    p["users"].as_u64().unwrap(),
+                    p["layer"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect();
+    let want: BTreeMap<String, (u64, u64, String)> = want
+        .into_iter()
+        .map(|(k, (n, u))| (k, (n, u.len() as u64, "batch".to_owned())))
+        .collect();
+    assert_eq!(got, want);
+    // An hour no pass covered: the speed layer's row.
+    let body = get(format!(
+        "/v1/metrics?event=purchase&step=1h&from={later}&to={}",
+        later + 3600
+    ))
+    .await;
+    let point = &body["series"][0]["points"][0];
+    assert_eq!(
+        (point["events"].as_u64(), point["layer"].as_str()),
+        (Some(5), Some("speed")),
+        "{body}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn show(t: i64) -> String {
+    hourglass_batch::plan::show(t)
 }

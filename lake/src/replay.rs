@@ -478,6 +478,8 @@ async fn replace_rollups(
     for (partition, c) in closed {
         let c = ClosedWindows {
             rows: c.rows.clone(),
+            // The live aggregator's ledger, not a replay's.
+            late: Vec::new(),
             windows: c.windows,
             last_window_start_ms: c.last_window_start_ms,
             // The replay's rows carry no checkpoint of the live aggregator.

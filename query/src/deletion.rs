@@ -91,6 +91,20 @@ pub async fn delete_user(
         .await?;
     insert.end().await?;
     if removed > 0 {
+        // What the delete takes from each event hour, counted before it runs:
+        // the batch layer recomputes those hours, and its reconciliation
+        // explains the drop.
+        let mut ledger = Sql::new(
+            "INSERT INTO deleted_events (hour, project_id, event, user, events, requested_at) \
+             SELECT toStartOfHour(timestamp) AS hour, project_id, event, ",
+        );
+        ledger.push_bound(
+            "?, count(), toDateTime(?) FROM events WHERE",
+            [user.as_str().into(), requested_at.timestamp().into()],
+        );
+        ledger.append(user_rows(&state, &scope, &user));
+        ledger.push(" GROUP BY hour, project_id, event");
+        ledger.query(ch).execute().await?;
         let mut delete = Sql::new("ALTER TABLE events DELETE WHERE");
         delete.append(user_rows(&state, &scope, &user));
         delete.query(ch).execute().await?;
@@ -106,7 +120,7 @@ pub async fn delete_user(
         events_removed: removed,
         completed,
         still_held: vec![
-            "rollup_5m, rollup_1h and rollup_1d: aggregates (counts, hashed user ids in distinct-user sets, value histograms) that include the user's past events; they hold no per-user rows and are not rewritten".into(),
+            "rollup_5m, rollup_1h and rollup_1d (the speed layer): aggregates (counts, hashed user ids in distinct-user sets, value histograms) that include the user's past events; they hold no per-user rows and are not rewritten, but the batch layer recomputes every hour the user had events in without them (`deleted_events`), and its rows replace the speed rows in the serving views and the query API once the hour settles".into(),
             "the Parquet lake: the raw events stay in their files; replay skips them (the request is in `deletions`)".into(),
             "Kafka: the raw events stay on the topic until its retention removes them".into(),
         ],

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod deletion;
 pub mod error;
+pub mod layers;
 pub mod metrics;
 pub mod openapi;
 pub mod params;

@@ -1,5 +1,6 @@
 //! `GET /v1/metrics`: one event's rollups per bucket of 5m, 1h or 1d, from
-//! `rollup_5m`, `rollup_1h` or `rollup_1d`. Distinct users are exact (user
+//! the batch layer's rows where a batch pass covers the bucket and from
+//! `rollup_5m`, `rollup_1h` or `rollup_1d` elsewhere ([`crate::layers`]). Distinct users are exact (user
 //! hashes or their merged states); percentiles come from the merged
 //! HdrHistogram buckets of the whole bucket (never averaged percentiles).
 
@@ -18,7 +19,6 @@ use hourglass_core::histogram::quantile_from_buckets;
 use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::params::{Params, show};
-use crate::sql::Sql;
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -96,6 +96,18 @@ pub struct Point {
     pub p90: Option<f64>,
     pub p95: Option<f64>,
     pub p99: Option<f64>,
+    /// Which layer answered: `batch` (recomputed from the raw record once
+    /// the hour settled) or `speed` (the streaming aggregator's rows);
+    /// absent on a bucket filled with zeros.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<Layer>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    Speed,
+    Batch,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -126,6 +138,7 @@ struct BucketRow {
     vmin: f64,
     vmax: f64,
     h: (Vec<u64>, Vec<u64>),
+    layer: String,
 }
 
 const PARAMS: &[&str] = &["event", "from", "to", "step", "group_by", "where", "fill"];
@@ -246,8 +259,21 @@ pub async fn metrics(
     let fill = p.flag("fill")?;
     let closed = to_s <= closed_before(cfg);
     let cache = closed && cfg.query.cache_closed_answers;
+    // A batch commit changes closed buckets: the visible commits are part of the key.
+    let commits: (u64, u64) = if cache {
+        state
+            .bounded(
+                state
+                    .clickhouse
+                    .query(crate::layers::COMMITS_FINGERPRINT)
+                    .fetch_one(),
+            )
+            .await?
+    } else {
+        (0, 0)
+    };
     let key = format!(
-        "{}\u{1f}{:?}\u{1f}{event}\u{1f}{}\u{1f}{from_s}\u{1f}{to_s}\u{1f}{group_by:?}\u{1f}{filters:?}\u{1f}{fill}",
+        "{commits:?}\u{1f}{}\u{1f}{:?}\u{1f}{event}\u{1f}{}\u{1f}{from_s}\u{1f}{to_s}\u{1f}{group_by:?}\u{1f}{filters:?}\u{1f}{fill}",
         scope.project_id,
         scope.tenant_id,
         step.name()
@@ -257,54 +283,15 @@ pub async fn metrics(
         return Ok(json_response(body, true));
     }
 
-    let (table, time_col, aggregates) = match step {
-        Step::FiveMinutes => (
-            "rollup_5m",
-            "window_start",
-            "sum(events) AS n, uniqExactArray(user_hashes) AS u, sum(value_count) AS vc, \
-             sum(value_sum) AS vs, minIf(value_min, value_count > 0) AS vmin, \
-             maxIf(value_max, value_count > 0) AS vmax, sumMap(hist_values, hist_counts) AS h",
-        ),
-        Step::Hour | Step::Day => (
-            if step == Step::Hour {
-                "rollup_1h"
-            } else {
-                "rollup_1d"
-            },
-            "bucket_start",
-            "sumMerge(events_state) AS n, uniqExactArrayMerge(users_state) AS u, \
-             sumMerge(value_count_state) AS vc, sumMerge(value_sum_state) AS vs, \
-             minIfMerge(value_min_state) AS vmin, maxIfMerge(value_max_state) AS vmax, \
-             sumMapMerge(hist_state) AS h",
-        ),
-    };
-    let mut sql = Sql::new(&format!("SELECT toUInt32({time_col}) AS t, "));
-    if group_by.is_empty() {
-        sql.push("emptyArrayString() AS g, ");
-    } else {
-        let items = vec!["visitParamExtractString(dimensions, ?)"; group_by.len()].join(", ");
-        sql.push_bound(
-            &format!("[{items}] AS g, "),
-            group_by.iter().map(|d| (*d).into()),
-        );
-    }
-    sql.push(aggregates);
-    sql.push(&format!(" FROM {table} WHERE"));
-    sql.push_bound(
-        " project_id = ? AND event = ?",
-        [scope.project_id.as_str().into(), event.as_str().into()],
-    );
-    sql.push_bound(
-        &format!(" AND {time_col} >= toDateTime(?) AND {time_col} < toDateTime(?)"),
-        [from_s.into(), to_s.into()],
-    );
-    for (d, v) in &filters {
-        sql.push_bound(
-            " AND visitParamExtractString(dimensions, ?) = ?",
-            [(*d).into(), v.as_str().into()],
-        );
-    }
-    sql.push(" GROUP BY t, g ORDER BY g, t");
+    let sql = crate::layers::metrics_sql(&crate::layers::Request {
+        step,
+        project_id: &scope.project_id,
+        event: &event,
+        from: from_s,
+        to: to_s,
+        group_by: &group_by,
+        filters: &filters,
+    });
     let rows: Vec<BucketRow> = state
         .bounded(sql.query(&state.clickhouse).fetch_all())
         .await?;
@@ -390,6 +377,11 @@ fn point(r: BucketRow) -> Point {
         p90: q(0.90),
         p95: q(0.95),
         p99: q(0.99),
+        layer: Some(if r.layer == "batch" {
+            Layer::Batch
+        } else {
+            Layer::Speed
+        }),
     }
 }
 
@@ -407,6 +399,7 @@ fn empty(t: i64) -> Point {
         p90: None,
         p95: None,
         p99: None,
+        layer: None,
     }
 }
 

@@ -17,7 +17,9 @@ mod aggregate;
 mod partition;
 
 pub use aggregate::{KeyAggregate, RollupRow};
-pub use partition::{Checkpoint, ClosedWindows, EventRef, Ingested, PartitionWindows};
+pub use partition::{
+    Checkpoint, ClosedWindows, EventRef, Ingested, LATE_FLUSH_AT, LateRecord, PartitionWindows,
+};
 
 use hourglass_core::config::AggregatorConfig;
 

@@ -37,10 +37,28 @@ pub struct Checkpoint {
     pub watermark_ms: i64,
 }
 
+/// A record counted late, for the batch layer's reconciliation
+/// (`late_events`): the speed layer left it out, the batch takes it in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateRecord {
+    /// Start of the event-time hour, Unix seconds.
+    pub hour: i64,
+    pub project_id: Box<str>,
+    pub event: Box<str>,
+    pub offset: i64,
+}
+
+/// Late records held before a flush writes them even without a closed
+/// window (a history import into a quiet stream closes none).
+pub const LATE_FLUSH_AT: usize = 10_000;
+
 /// Closed windows taken from a partition, ready to flush in one INSERT.
 #[derive(Debug)]
 pub struct ClosedWindows {
     pub rows: Vec<RollupRow>,
+    /// Records counted late since the last flush: written before the rows,
+    /// so the checkpoint never passes a late record left unwritten.
+    pub late: Vec<LateRecord>,
     pub windows: usize,
     pub last_window_start_ms: i64,
     pub checkpoint: Checkpoint,
@@ -59,6 +77,7 @@ pub struct PartitionWindows {
     watermark: i64,
     windows: BTreeMap<i64, Window>,
     closed: Vec<(i64, Window)>,
+    late: Vec<LateRecord>,
     next_offset: i64,
     idle_since_ms: i64,
     caught_up: bool,
@@ -80,6 +99,7 @@ impl PartitionWindows {
             watermark: watermark_ms.unwrap_or(i64::MIN),
             windows: BTreeMap::new(),
             closed: Vec::new(),
+            late: Vec::new(),
             next_offset: start_offset,
             idle_since_ms: i64::MIN,
             caught_up: false,
@@ -123,6 +143,12 @@ impl PartitionWindows {
         let start = self.cfg.window_start(event.timestamp_ms);
         if self.cfg.is_closed(start, self.watermark) {
             self.late_events += 1;
+            self.late.push(LateRecord {
+                hour: event.timestamp_ms.div_euclid(3_600_000) * 3600,
+                project_id: event.project_id.into(),
+                event: event.event.into(),
+                offset,
+            });
             return Ingested::Late;
         }
 
@@ -217,14 +243,16 @@ impl PartitionWindows {
         }
     }
 
-    /// Whether windows have closed since the last [`Self::take_closed`].
+    /// Whether windows have closed since the last [`Self::take_closed`], or
+    /// enough late records wait to be written.
     pub fn has_closed(&self) -> bool {
-        !self.closed.is_empty()
+        !self.closed.is_empty() || self.late.len() >= LATE_FLUSH_AT
     }
 
-    /// Take every closed window with the checkpoint to write alongside them.
+    /// Take every closed window and late record with the checkpoint to write
+    /// alongside them.
     pub fn take_closed(&mut self) -> Option<ClosedWindows> {
-        if self.closed.is_empty() {
+        if !self.has_closed() {
             return None;
         }
         let resume_offset = self
@@ -247,6 +275,7 @@ impl PartitionWindows {
         }
         Some(ClosedWindows {
             rows,
+            late: std::mem::take(&mut self.late),
             windows,
             last_window_start_ms,
             checkpoint: Checkpoint {
@@ -362,6 +391,30 @@ mod tests {
             p.take_closed().is_none(),
             "a late event never reopens a window"
         );
+        // It goes out with the next flush, for the batch layer's ledger.
+        p.ingest(&ev("a", "u1", T0 + 12 * MIN, None), 3, 0);
+        let closed = p.take_closed().unwrap();
+        assert_eq!(
+            closed.late,
+            vec![LateRecord {
+                hour: T0.div_euclid(3_600_000) * 3600,
+                project_id: "p".into(),
+                event: "a".into(),
+                offset: 2,
+            }]
+        );
+    }
+
+    #[test]
+    fn many_late_records_flush_without_a_closed_window() {
+        let mut p = PartitionWindows::new(cfg(&[], 100), 0, Some(T0 + 60 * MIN));
+        for offset in 0..LATE_FLUSH_AT as i64 {
+            assert!(!p.has_closed());
+            p.ingest(&ev("a", "u1", T0, None), offset, 0);
+        }
+        let closed = p.take_closed().expect("late records alone are flushed");
+        assert_eq!((closed.rows.len(), closed.late.len()), (0, LATE_FLUSH_AT));
+        assert!(p.take_closed().is_none());
     }
 
     #[test]
