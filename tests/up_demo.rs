@@ -36,6 +36,8 @@ async fn up_with_demo_traffic_fills_every_store_consistently() {
         ("HOURGLASS_LAKE__HTTP_LISTEN", "127.0.0.1:0".into()),
         ("HOURGLASS_LAKE__LOCAL_DIR", lake.display().to_string()),
         ("HOURGLASS_LAKE__FILE_MAX_AGE_SECS", "2".into()),
+        ("HOURGLASS_BATCH__INTERVAL_SECS", "5".into()),
+        ("HOURGLASS_BATCH__HTTP_LISTEN", "127.0.0.1:0".into()),
     ];
     let mut cmd = Command::new(hourglass_bin());
     cmd.args([
@@ -97,6 +99,24 @@ async fn up_with_demo_traffic_fills_every_store_consistently() {
         .fetch_one()
         .await
         .unwrap();
+    // The history import (hours old, so late for the speed layer) lands in
+    // settled hours, which the batch layer recomputes from `events`.
+    let imported = number_after(&stdout, "history import: ");
+    let batched: (u64, u64, u64) = ch
+        .query(
+            "SELECT count(), \
+                (SELECT uniqExact(event_id) FROM events WHERE toStartOfHour(timestamp) IN (SELECT bucket_start FROM batch_commits WHERE period_secs = 3600)), \
+                (SELECT sum(events) FROM rollup_5m WHERE toStartOfHour(window_start) IN (SELECT bucket_start FROM batch_commits WHERE period_secs = 3600)) \
+             FROM batch_commits WHERE period_secs = 3600",
+        )
+        .fetch_one()
+        .await
+        .unwrap();
+    let by_layer: Vec<(String, u64)> = ch
+        .query("SELECT layer, sum(events) FROM metrics_1h GROUP BY layer ORDER BY layer")
+        .fetch_all()
+        .await
+        .unwrap();
     let objects = LocalStore::new(&lake).list("").await.unwrap();
     let archived = hourglass_lake::layout::records_named(objects.iter().map(|o| o.key.as_str()));
     eprintln!(
@@ -114,7 +134,66 @@ async fn up_with_demo_traffic_fills_every_store_consistently() {
         "rollups hold every event but the late ones"
     );
     assert!(hourly.0 > 0, "the hourly view has rows");
-    assert_eq!(hourly.1, rolled, "the hourly view adds up to rollup_5m");
+    eprintln!(
+        "imported {imported}; batched hours, their events and speed events {batched:?}; by layer {by_layer:?}"
+    );
+    assert!(
+        batched.0 >= 2,
+        "the imported hours were batched: {batched:?}"
+    );
+    assert!(batched.1 >= imported, "{batched:?}");
+    assert_eq!(
+        hourly.1,
+        rolled - batched.2 + batched.1,
+        "the hourly view: speed rows of unbatched hours, batch rows of the rest"
+    );
+    assert_eq!(
+        by_layer.iter().find(|l| l.0 == "batch").map(|l| l.1),
+        Some(batched.1)
+    );
+    // Reconciliation of the batched hours: everything the batch added over the
+    // speed layer is the import, which the aggregator recorded as late.
+    let recon: (u64, u64, u64, i64) = ch
+        .query(
+            "SELECT sum(speed_events), sum(batch_events), sum(late_added), sum(abs(unexplained)) FROM ( \
+                SELECT * FROM reconciliation FINAL ORDER BY version DESC LIMIT 1 BY hour, project_id, event)",
+        )
+        .fetch_one()
+        .await
+        .unwrap();
+    eprintln!("reconciliation (speed, batch, late, |unexplained|): {recon:?}");
+    let reconcile = std::process::Command::new(hourglass_bin())
+        .args([
+            "reconcile",
+            "--from",
+            "2020-01-01T00:00:00Z",
+            "--to",
+            "2100-01-01T00:00:00Z",
+        ])
+        .envs(env.child_env())
+        .output()
+        .expect("run hourglass reconcile");
+    let table = String::from_utf8_lossy(&reconcile.stdout).into_owned();
+    assert!(
+        reconcile.status.success(),
+        "reconcile flagged a difference:\n{table}\n{}",
+        String::from_utf8_lossy(&reconcile.stderr)
+    );
+    let recon: (u64, u64, u64, i64) = ch
+        .query(
+            "SELECT sum(speed_events), sum(batch_events), sum(late_added), sum(abs(unexplained)) FROM ( \
+                SELECT * FROM reconciliation FINAL ORDER BY checked_at DESC, version DESC LIMIT 1 BY hour, project_id, event)",
+        )
+        .fetch_one()
+        .await
+        .unwrap();
+    eprintln!("{table}");
+    assert_eq!(
+        recon.0 + recon.2,
+        recon.1,
+        "batch = speed + late, nothing else: {recon:?}"
+    );
+    assert_eq!(recon.3, 0, "{table}");
 
     // Every ClickHouse query of the Grafana dashboards, for a fixed range
     // over this run's data, as the read-only user.

@@ -2,7 +2,8 @@
 //! with a write key. Page views over a few hundred paths (a few popular),
 //! clicks, signups, and API calls whose `value` is a latency with a long
 //! tail; a few thousand users with sessions; some events out of order
-//! inside the grace period and some late past it, on purpose.
+//! inside the grace period and some late past it, on purpose, and first a
+//! small history import (hours old) for the batch layer to pick up.
 //!
 //! It behaves like a fleet of clients, not one: a batch leaves every 100 ms
 //! whether or not earlier ones have been answered (up to
@@ -22,12 +23,18 @@ use serde_json::{Value, json};
 /// Requests of the demo waiting for an answer at once, at most.
 const MAX_IN_FLIGHT: usize = 64;
 
+/// The history import sent first: batches of events one to three hours old.
+const HISTORY_BATCHES: usize = 4;
+const HISTORY_BATCH_EVENTS: usize = 500;
+
 pub struct DemoCounters {
     pub sent: AtomicU64,
     /// Events acknowledged (each counted once, whatever the retries).
     pub accepted: AtomicU64,
     /// Events sent with a timestamp past the aggregator's grace period.
     pub late_on_purpose: AtomicU64,
+    /// Events of the history import (also in `sent`).
+    pub imported: AtomicU64,
     /// Answers other than 2xx, and requests that got no answer.
     pub refused_requests: AtomicU64,
     /// Events of batches still unanswered when the demo stopped.
@@ -42,6 +49,7 @@ impl Default for DemoCounters {
             sent: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             late_on_purpose: AtomicU64::new(0),
+            imported: AtomicU64::new(0),
             refused_requests: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
             latency: Mutex::new(Histogram::new(3).expect("3 significant figures")),
@@ -139,10 +147,46 @@ impl Demo {
         (json!({"batch": events, "sent_at": now}), late)
     }
 
-    /// Post a batch every 100 ms until `stop` is set, each in its own task.
+    /// A history import through `/v1/import`: `n` events dated one to three
+    /// hours back. The speed layer counts them late; the batch layer, whose
+    /// settled hours they fall in, takes them in within minutes.
+    fn history(&self, rng: &mut SmallRng, n: usize) -> Value {
+        let (mut body, _) = self.batch(rng, n);
+        let now = chrono::Utc::now();
+        for event in body["batch"].as_array_mut().into_iter().flatten() {
+            let back = chrono::Duration::seconds(rng.random_range(3_600..3 * 3_600));
+            event["timestamp"] =
+                json!((now - back).to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        }
+        body
+    }
+
+    /// Post a batch every 100 ms until `stop` is set, each in its own task,
+    /// after a small history import.
     pub async fn run(self) {
         let client = reqwest::Client::new();
         let mut rng = SmallRng::seed_from_u64(2026);
+        for _ in 0..HISTORY_BATCHES {
+            let body = self.history(&mut rng, HISTORY_BATCH_EVENTS);
+            self.counters
+                .sent
+                .fetch_add(HISTORY_BATCH_EVENTS as u64, Ordering::Relaxed);
+            self.counters
+                .imported
+                .fetch_add(HISTORY_BATCH_EVENTS as u64, Ordering::Relaxed);
+            Send {
+                client: client.clone(),
+                url: format!("{}/v1/import", self.url).into(),
+                key: self.key.as_str().into(),
+                body: body.to_string(),
+                events: HISTORY_BATCH_EVENTS as u64,
+                late: 0,
+                stop: self.stop.clone(),
+                counters: self.counters.clone(),
+            }
+            .until_answered()
+            .await;
+        }
         let per_tick = (self.events_per_sec / 10).max(1) as usize;
         let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         let url: Arc<str> = format!("{}/v1/batch", self.url).into();
