@@ -126,7 +126,7 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
 
         // Every component, hardened.
         let with_query = manifests.contains("args: [\"query\"]");
-        let deployments = 4 + usize::from(with_query);
+        let deployments = 5 + usize::from(with_query);
         assert_eq!(kinds(&manifests, "Deployment"), deployments, "{name}");
         let pods = deployments + kinds(&manifests, "Job");
         assert_eq!(
@@ -150,6 +150,7 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
             "[\"aggregate\"]",
             "[\"load\"]",
             "[\"archive\"]",
+            "[\"batch\"]",
         ] {
             assert!(
                 manifests.contains(&format!("args: {command}")),

@@ -73,6 +73,7 @@ written back as integers (quoted strings are left alone).
 {{- $_ := set $cfg "aggregator" (merge (dict "http_listen" $metrics) (default dict $cfg.aggregator)) }}
 {{- $_ := set $cfg "loader" (merge (dict "http_listen" $metrics) (default dict $cfg.loader)) }}
 {{- $_ := set $cfg "lake" (merge (dict "http_listen" $metrics) (default dict $cfg.lake)) }}
+{{- $_ := set $cfg "batch" (merge (dict "http_listen" $metrics) (default dict $cfg.batch)) }}
 {{- $query := dict "listen" (printf "0.0.0.0:%d" (int .Values.query.port)) }}
 {{- with .Values.query.publicKey.secretName }}
 {{- $file := printf "/etc/hourglass/jwt/%s" $.Values.query.publicKey.key }}

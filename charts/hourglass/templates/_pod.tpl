@@ -1,7 +1,7 @@
 {{/*
 The pod of one component. Arguments:
   root       the chart's top context
-  component  ingest | aggregator | loader | archiver
+  component  ingest | aggregator | loader | archiver | batch | query
   command    the hourglass subcommand
   values     the component's values
   port       the port of its health endpoints and /metrics
