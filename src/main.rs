@@ -100,6 +100,21 @@ struct BatchArgs {
     /// With --once: up to here (exclusive; settled hours only).
     #[arg(long, requires = "once")]
     to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Where the raw record is read: `clickhouse` (`events`) or `lake` (the
+    /// Parquet archive, for ranges ClickHouse no longer holds; needs --once,
+    /// --from and --to).
+    #[arg(long, value_enum, default_value_t = BatchSource::Clickhouse)]
+    source: BatchSource,
+    /// With --source lake: hours after its event time an event may have
+    /// arrived (the lake is laid out by arrival hour).
+    #[arg(long, default_value_t = 24 * 31)]
+    lateness_hours: i64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BatchSource {
+    Clickhouse,
+    Lake,
 }
 
 #[derive(clap::Args)]
@@ -254,6 +269,26 @@ async fn main() -> Result<()> {
 }
 
 async fn batch(cfg: &Config, args: BatchArgs) -> Result<()> {
+    if args.source == BatchSource::Lake {
+        let (Some(from), Some(to)) = (args.from, args.to) else {
+            anyhow::bail!("--source lake needs --once, --from and --to");
+        };
+        let r = hourglass_batch::lake_source::run_once_from_lake(
+            cfg,
+            from.timestamp(),
+            to.timestamp(),
+            args.lateness_hours,
+        )
+        .await
+        .context("hourglass batch --source lake")?;
+        println!(
+            "batched {} hours ({} events) and {} days from the lake",
+            r.hours.len(),
+            r.events,
+            r.days.len()
+        );
+        return Ok(());
+    }
     if !args.once {
         return Ok(hourglass_batch::run(cfg.clone()).await?);
     }

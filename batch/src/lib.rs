@@ -14,6 +14,7 @@
 //! data: a pass sends a few statements, and a ClickHouse cluster runs the
 //! scan on its shards in parallel.
 
+pub mod lake_source;
 pub mod lease;
 pub mod metrics;
 pub mod plan;
@@ -48,6 +49,8 @@ pub enum BatchError {
     Lease(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("reading the lake: {0}")]
+    Lake(String),
     #[error("health endpoint: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -116,6 +116,36 @@ pub async fn replay(
     store: Arc<dyn ObjectStore>,
     opts: &ReplayOptions,
 ) -> Result<ReplaySummary, ReplayError> {
+    let sink = Sink::new(cfg, opts).await?;
+    replay_into(cfg, store, opts, sink).await
+}
+
+/// Every copy of every event of the range (deleted users' events left out,
+/// as replay does) into `table`, a table with the columns of `events` that
+/// the batch layer reads instead of `events` (`hourglass batch --source
+/// lake`). Copies stay: the batch keeps the earliest received, as it does
+/// from `events`.
+pub async fn stage(
+    cfg: &Config,
+    store: Arc<dyn ObjectStore>,
+    opts: &ReplayOptions,
+    table: &str,
+) -> Result<ReplaySummary, ReplayError> {
+    let sink = Sink::ClickHouse {
+        client: hourglass_core::clickhouse::client(&cfg.clickhouse),
+        table: table.to_owned(),
+        existing: None,
+        dims: (&cfg.aggregator).into(),
+    };
+    replay_into(cfg, store, opts, sink).await
+}
+
+async fn replay_into(
+    cfg: &Config,
+    store: Arc<dyn ObjectStore>,
+    opts: &ReplayOptions,
+    mut sink: Sink,
+) -> Result<ReplaySummary, ReplayError> {
     if opts.from >= opts.to {
         return Err(ReplayError::EmptyRange);
     }
@@ -128,7 +158,6 @@ pub async fn replay(
     };
     let bar = progress_bar(summary.bytes, opts.progress);
     let deleted = DeletedUsers::read(&hourglass_core::clickhouse::client(&cfg.clickhouse)).await?;
-    let mut sink = Sink::new(cfg, opts).await?;
     let reads = futures::stream::iter(files.into_iter().map(|f| {
         let store = store.clone();
         async move {
@@ -233,7 +262,9 @@ fn in_range(e: &LakeEvent, opts: &ReplayOptions) -> bool {
 enum Sink {
     ClickHouse {
         client: clickhouse::Client,
-        existing: HashSet<uuid::Uuid>,
+        table: String,
+        /// Event ids already in the table, skipped (`None`: every copy goes in).
+        existing: Option<HashSet<uuid::Uuid>>,
         dims: hourglass_core::dimensions::Dimensions,
     },
     Rollups {
@@ -252,7 +283,8 @@ impl Sink {
         let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
         Ok(match opts.target {
             Target::ClickHouse => Sink::ClickHouse {
-                existing: existing_ids(&client, opts).await?,
+                table: "events".into(),
+                existing: Some(existing_ids(&client, opts).await?),
                 dims: (&cfg.aggregator).into(),
                 client,
             },
@@ -277,13 +309,16 @@ impl Sink {
         match self {
             Sink::ClickHouse {
                 client,
+                table,
                 existing,
                 dims,
             } => {
                 let mut rows = Vec::new();
                 for e in events.iter().filter(|e| in_range(e, opts)) {
                     summary.events_in_range += 1;
-                    if !existing.insert(e.event.event_id) {
+                    if let Some(existing) = existing.as_mut()
+                        && !existing.insert(e.event.event_id)
+                    {
                         summary.already_present += 1;
                         continue;
                     }
@@ -301,7 +336,7 @@ impl Sink {
                 }
                 if !opts.dry_run && !rows.is_empty() {
                     let mut insert = client
-                        .insert::<hourglass_loader::rows::EventRow>("events")
+                        .insert::<hourglass_loader::rows::EventRow>(table)
                         .await?;
                     for row in &rows {
                         insert.write(row).await?;
