@@ -53,7 +53,9 @@ impl Lease {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         while let Some(other) = live(client, lease_secs).await?.first() {
-            let secs_ago = now_secs(client).await?.saturating_sub(other.last_renewed);
+            let secs_ago = crate::plan::server_now(client)
+                .await?
+                .saturating_sub(other.last_renewed);
             if !wait {
                 return Err(BatchError::LeaseHeld {
                     holder: other.holder.clone(),
@@ -141,8 +143,4 @@ impl Lease {
             .execute()
             .await;
     }
-}
-
-async fn now_secs(client: &Client) -> Result<u32, BatchError> {
-    Ok(client.query("SELECT toUInt32(now())").fetch_one().await?)
 }

@@ -161,11 +161,7 @@ impl Batch {
         let version = self.next_version().await?;
         // Anything loaded from this instant on may be missing from the pass:
         // its hour counts as changed again.
-        let raw_as_of: u32 = self
-            .client
-            .query("SELECT toUInt32(now())")
-            .fetch_one()
-            .await?;
+        let raw_as_of = plan::server_now(&self.client).await?;
         let a = &self.cfg.aggregator;
         let spec = HourSpec {
             source,
@@ -223,11 +219,7 @@ impl Batch {
     /// Derive one day's 1d rows from the current pass of each of its hours.
     pub async fn day(&mut self, day: i64) -> Result<(), BatchError> {
         let version = self.next_version().await?;
-        let raw_as_of: u32 = self
-            .client
-            .query("SELECT toUInt32(now())")
-            .fetch_one()
-            .await?;
+        let raw_as_of = plan::server_now(&self.client).await?;
         let states = sql::states_of_day(day);
         for totals in [false, true] {
             self.client

@@ -15,10 +15,16 @@ pub fn show(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
+/// The server's clock, Unix seconds: every instant the batch layer stores
+/// or compares is the server's, never this process's.
+pub async fn server_now(client: &Client) -> Result<u32, BatchError> {
+    Ok(client.query("SELECT toUInt32(now())").fetch_one().await?)
+}
+
 /// Hours starting before this instant (server clock) have ended at least
 /// `settle_secs` ago.
 pub async fn settled_before(client: &Client, settle_secs: u32) -> Result<i64, BatchError> {
-    let now: u32 = client.query("SELECT toUInt32(now())").fetch_one().await?;
+    let now = server_now(client).await?;
     Ok(i64::from(now) - 3600 - i64::from(settle_secs))
 }
 

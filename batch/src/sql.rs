@@ -178,15 +178,9 @@ pub fn commit(
     raw_as_of: u32,
     switch_delay_secs: u32,
 ) -> String {
-    let events = if period_secs == 86_400 {
-        format!(
-            "(SELECT sum(events) FROM batch_rollups WHERE period_secs = 86400 AND bucket_start = toDateTime({bucket_start}) AND version = {version} AND dimensions = '*')"
-        )
-    } else {
-        format!(
-            "(SELECT sum(events) FROM batch_rollups WHERE period_secs = 3600 AND bucket_start = toDateTime({bucket_start}) AND version = {version} AND dimensions = '*')"
-        )
-    };
+    let events = format!(
+        "(SELECT sum(events) FROM batch_rollups WHERE period_secs = {period_secs} AND bucket_start = toDateTime({bucket_start}) AND version = {version} AND dimensions = '*')"
+    );
     format!(
         "INSERT INTO batch_commits (period_secs, bucket_start, version, source, raw_as_of, visible_from, events) \
          SELECT {period_secs}, toDateTime({bucket_start}), {version}, {source}, toDateTime({raw_as_of}), \
