@@ -295,7 +295,7 @@ fn pipeline_dashboard_uses_only_metrics_the_components_export() {
     let dashboard =
         std::fs::read_to_string(Path::new(CHART).join("dashboards/pipeline-health.json")).unwrap();
     let mut exported = String::new();
-    for krate in ["ingest", "aggregator", "loader", "lake", "query"] {
+    for krate in ["ingest", "aggregator", "loader", "lake", "query", "batch"] {
         exported += &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join(krate)

@@ -75,11 +75,22 @@ async fn every_event_is_archived_exactly_once_through_kills() {
         common::after_sigkill().await;
     }
     let mut child = env.spawn(&["archive"], &archiver_env(&env));
-    wait_until(Duration::from_secs(600), "every event in the lake", || {
-        let store = store.clone();
-        async move { archived(store.as_ref()).await >= n as u64 }
-    })
+    let start = std::time::Instant::now();
+    common::wait_for_progress(
+        Duration::from_secs(180),
+        "events in the lake",
+        n as u64,
+        || {
+            let store = store.clone();
+            async move { archived(store.as_ref()).await }
+        },
+    )
     .await;
+    eprintln!(
+        "the last {} events archived in {:.0?}",
+        n as u64 - seen,
+        start.elapsed()
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     sigterm(&mut child);
 

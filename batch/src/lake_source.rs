@@ -52,7 +52,13 @@ impl Batch {
             .execute()
             .await?;
         client
-            .query(&format!("CREATE TABLE {STAGING} AS events"))
+            // A plain MergeTree: every archived copy must survive until the
+            // pass picks the earliest received, and `events`' engine would
+            // collapse copies in background merges keeping the last inserted.
+            .query(&format!(
+                "CREATE TABLE {STAGING} AS events ENGINE = MergeTree() \
+                 PARTITION BY toYYYYMM(timestamp) ORDER BY (project_id, event, timestamp, event_id)"
+            ))
             .execute()
             .await?;
         let store = hourglass_lake::store::open(&self.cfg)

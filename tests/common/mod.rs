@@ -29,6 +29,18 @@ pub struct TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The children's log is the only account of why a wait timed out.
+            let path = std::env::temp_dir().join(format!("{}.log", self.name));
+            if let Ok(log) = std::fs::read_to_string(&path) {
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(80)..];
+                eprintln!("--- last {} lines of {} ---", tail.len(), path.display());
+                for line in tail {
+                    eprintln!("{line}");
+                }
+            }
+        }
         let me = hourglass_bin();
         for pid in self.children.lock().map(|c| c.clone()).unwrap_or_default() {
             // Only if the pid is still one of ours (pids are reused).
@@ -176,6 +188,28 @@ where
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Wait until `measure` reaches `target`, failing only when it has not moved
+/// for `stall` (a slow machine is not a failure; a stuck consumer is).
+pub async fn wait_for_progress<F, Fut>(stall: Duration, what: &str, target: u64, mut measure: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = u64>,
+{
+    let mut last = measure().await;
+    let mut moved = Instant::now();
+    while last < target {
+        if moved.elapsed() > stall {
+            panic!("{what}: stuck at {last} of {target} for {stall:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = measure().await;
+        if now != last {
+            last = now;
+            moved = Instant::now();
+        }
+    }
 }
 
 pub fn sigterm(child: &mut Child) {
