@@ -244,8 +244,13 @@ impl Batch {
     }
 }
 
-/// `hourglass batch --once`: one pass over `range`, holding the lease.
+/// `hourglass batch --once`: one pass over the whole of `range`, holding the
+/// lease (`max_hours_per_pass` paces the long-running loop; a user asking for
+/// a range wants all of it).
 pub async fn run_once(cfg: &Config, range: Range) -> Result<PassReport, BatchError> {
+    let mut cfg = cfg.clone();
+    cfg.batch.max_hours_per_pass = u32::MAX;
+    let cfg = &cfg;
     let mut batch = Batch::new(cfg);
     let lease = Lease::acquire(batch.client(), cfg.batch.lease_secs, true).await?;
     let report = batch.pass(range, &lease).await;

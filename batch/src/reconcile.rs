@@ -5,8 +5,9 @@
 //!   the topic, duplicates included), from `event_hours`;
 //! - `late_added`: records the aggregator counted late (so never in a speed
 //!   row) and the batch took in, from `late_events`;
-//! - `deleted_removed`: events of deleted users, from `deleted_events`;
-//! - `duplicates_removed` = copies − batch events − deleted;
+//! - `deleted_removed`: distinct events of deleted users, from `deleted_events`;
+//! - `duplicates_removed` = copies − batch events − deleted: every extra copy
+//!   of an event, deleted users' included;
 //! - `unexplained` = speed events + late − copies: zero when the speed
 //!   layer and the loader each saw every record of the hour exactly once.
 //!   Anything else is flagged as an error.

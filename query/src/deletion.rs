@@ -91,15 +91,16 @@ pub async fn delete_user(
         .await?;
     insert.end().await?;
     if removed > 0 {
-        // What the delete takes from each event hour, counted before it runs:
-        // the batch layer recomputes those hours, and its reconciliation
-        // explains the drop.
+        // What the delete takes from each event hour, counted before it runs
+        // in distinct events (extra copies of one are duplicates, whether or
+        // not a merge has collapsed them yet): the batch layer recomputes
+        // those hours, and its reconciliation explains the drop.
         let mut ledger = Sql::new(
             "INSERT INTO deleted_events (hour, project_id, event, user, events, requested_at) \
              SELECT toStartOfHour(timestamp) AS hour, project_id, event, ",
         );
         ledger.push_bound(
-            "?, count(), toDateTime(?) FROM events WHERE",
+            "?, uniqExact(event_id), toDateTime(?) FROM events WHERE",
             [user.as_str().into(), requested_at.timestamp().into()],
         );
         ledger.append(user_rows(&state, &scope, &user));

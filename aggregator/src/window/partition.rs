@@ -52,6 +52,12 @@ pub struct LateRecord {
 /// window (a history import into a quiet stream closes none).
 pub const LATE_FLUSH_AT: usize = 10_000;
 
+/// Longest a late record waits for a window's flush to carry it: on a
+/// partition where no window closes (an import of history into a quiet
+/// stream) the records go out alone, so reconciliation is not left
+/// explaining hours with records nobody wrote down.
+pub const LATE_MAX_WAIT_MS: i64 = 60_000;
+
 /// Closed windows taken from a partition, ready to flush in one INSERT.
 #[derive(Debug)]
 pub struct ClosedWindows {
@@ -78,6 +84,10 @@ pub struct PartitionWindows {
     windows: BTreeMap<i64, Window>,
     closed: Vec<(i64, Window)>,
     late: Vec<LateRecord>,
+    /// Wall clock at the first late record waiting in `late`.
+    late_since_ms: i64,
+    /// `late` has waited [`LATE_MAX_WAIT_MS`]: flush it without a window.
+    late_due: bool,
     next_offset: i64,
     idle_since_ms: i64,
     caught_up: bool,
@@ -100,6 +110,8 @@ impl PartitionWindows {
             windows: BTreeMap::new(),
             closed: Vec::new(),
             late: Vec::new(),
+            late_since_ms: 0,
+            late_due: false,
             next_offset: start_offset,
             idle_since_ms: i64::MIN,
             caught_up: false,
@@ -143,6 +155,9 @@ impl PartitionWindows {
         let start = self.cfg.window_start(event.timestamp_ms);
         if self.cfg.is_closed(start, self.watermark) {
             self.late_events += 1;
+            if self.late.is_empty() {
+                self.late_since_ms = wall_ms;
+            }
             self.late.push(LateRecord {
                 hour: event.timestamp_ms.div_euclid(3_600_000) * 3600,
                 project_id: event.project_id.into(),
@@ -222,8 +237,11 @@ impl PartitionWindows {
         }
     }
 
-    /// Advance an idle, caught-up partition's watermark to the wall clock.
+    /// Advance an idle, caught-up partition's watermark to the wall clock,
+    /// and mark late records that have waited long enough as due.
     pub fn tick(&mut self, wall_ms: i64) {
+        self.late_due =
+            !self.late.is_empty() && wall_ms.saturating_sub(self.late_since_ms) >= LATE_MAX_WAIT_MS;
         if self.caught_up
             && wall_ms.saturating_sub(self.idle_since_ms) >= self.cfg.idle_timeout_ms
             && wall_ms > self.watermark
@@ -246,7 +264,7 @@ impl PartitionWindows {
     /// Whether windows have closed since the last [`Self::take_closed`], or
     /// enough late records wait to be written.
     pub fn has_closed(&self) -> bool {
-        !self.closed.is_empty() || self.late.len() >= LATE_FLUSH_AT
+        !self.closed.is_empty() || self.late.len() >= LATE_FLUSH_AT || self.late_due
     }
 
     /// Take every closed window and late record with the checkpoint to write
@@ -261,6 +279,7 @@ impl PartitionWindows {
             .map(|w| w.min_offset)
             .min()
             .unwrap_or(self.next_offset);
+        self.late_due = false;
         let closed = std::mem::take(&mut self.closed);
         let windows = closed.len();
         let last_window_start_ms = closed.last().map(|(s, _)| *s).unwrap_or_default();
@@ -415,6 +434,20 @@ mod tests {
         let closed = p.take_closed().expect("late records alone are flushed");
         assert_eq!((closed.rows.len(), closed.late.len()), (0, LATE_FLUSH_AT));
         assert!(p.take_closed().is_none());
+    }
+
+    #[test]
+    fn a_few_late_records_go_out_alone_after_a_minute() {
+        let mut p = PartitionWindows::new(cfg(&[], 100), 0, Some(T0 + 60 * MIN));
+        p.ingest(&ev("a", "u1", T0, None), 0, 1_000);
+        p.ingest(&ev("a", "u2", T0, None), 1, 30_000);
+        p.tick(1_000 + LATE_MAX_WAIT_MS - 1);
+        assert!(p.take_closed().is_none(), "not yet a minute");
+        p.tick(1_000 + LATE_MAX_WAIT_MS);
+        let closed = p.take_closed().expect("due after a minute");
+        assert_eq!((closed.rows.len(), closed.late.len()), (0, 2));
+        p.tick(10 * LATE_MAX_WAIT_MS);
+        assert!(p.take_closed().is_none(), "nothing waits any more");
     }
 
     #[test]
