@@ -4,7 +4,8 @@
 //! `/v1/import` and one user deletion. Before the batch pass the speed layer
 //! is off from the truth by exactly the late events and duplicates; after
 //! it, the serving views and `/v1/metrics` equal the truth, and `reconcile`
-//! reports exactly what was injected.
+//! reports exactly what was injected. Batch passes SIGKILLed at random
+//! moments never show a reader a missing or doubled hour or day.
 
 mod common;
 
@@ -237,6 +238,7 @@ fn hourglass(env: &TestEnv, args: &[&str]) -> (bool, String) {
     let out = Command::new(hourglass_bin())
         .args(args)
         .envs(env.child_env())
+        .envs(batch_env())
         .output()
         .expect("run hourglass");
     (
@@ -247,6 +249,64 @@ fn hourglass(env: &TestEnv, args: &[&str]) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// A killed batch leaves its lease row behind; the next run takes over once
+/// it lapses, so keep it short here.
+fn batch_env() -> [(&'static str, String); 2] {
+    [
+        ("HOURGLASS_BATCH__LEASE_SECS", "5".into()),
+        ("HOURGLASS_BATCH__HTTP_LISTEN", "127.0.0.1:0".into()),
+    ]
+}
+
+/// What a reader may see for one bucket while passes run and die: the speed
+/// layer's number or the truth, never nothing (when the speed layer had
+/// something) and never both.
+struct Allowed {
+    view: &'static str,
+    buckets: BTreeMap<i64, (u64, u64)>,
+}
+
+/// Poll the hourly and daily views until `stop`; every reading outside
+/// `allowed`, described.
+async fn watch(
+    ch: clickhouse::Client,
+    allowed: Vec<Allowed>,
+    stop: Arc<AtomicBool>,
+) -> (u64, Vec<String>) {
+    let (mut reads, mut wrong) = (0u64, Vec::new());
+    while !stop.load(Ordering::Relaxed) {
+        for a in &allowed {
+            let got: Vec<(u32, u64)> = ch
+                .query(&format!(
+                    "SELECT toUInt32(window_start), toUInt64(sum(events)) FROM {} \
+                     WHERE project_id = ? GROUP BY window_start",
+                    a.view
+                ))
+                .bind(PROJECT)
+                .fetch_all()
+                .await
+                .unwrap();
+            let got: BTreeMap<i64, u64> = got.into_iter().map(|(t, n)| (i64::from(t), n)).collect();
+            for (t, (speed, truth)) in &a.buckets {
+                let n = got.get(t).copied().unwrap_or(0);
+                if n != *speed && n != *truth && wrong.len() < 20 {
+                    wrong.push(format!(
+                        "{} {}: read {n}, speed {speed}, truth {truth}",
+                        a.view,
+                        hourglass_batch::plan::show(*t)
+                    ));
+                }
+            }
+            for t in got.keys().filter(|t| !a.buckets.contains_key(t)) {
+                wrong.push(format!("{} {t}: a bucket that should not exist", a.view));
+            }
+            reads += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (reads, wrong)
 }
 
 fn rfc3339(t: i64) -> String {
@@ -465,8 +525,67 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
         .filter(|e| e.user != victim)
         .collect();
 
-    // 5. The batch pass over the whole range; then every view is the truth.
+    // 5. Batch passes killed at random moments (after their first commit,
+    // so inside the hours' replacements or the days'), then one that runs
+    // to the end. A reader polling the views meanwhile sees, per hour and
+    // per day, the speed layer's number or the truth, nothing else.
     let cfg = &env.cfg;
+    let speed_of = |period: i64| -> BTreeMap<i64, u64> {
+        let mut out = BTreeMap::new();
+        for ((t, _), v) in tally(records.iter().filter(|r| r.1).map(|r| r.0), period) {
+            *out.entry(t).or_default() += v.events;
+        }
+        out
+    };
+    let allowed = [("metrics_1h", 3600), ("metrics_1d", DAY)]
+        .into_iter()
+        .map(|(view, period)| {
+            let speed = speed_of(period);
+            let mut buckets: BTreeMap<i64, (u64, u64)> =
+                speed.iter().map(|(t, n)| (*t, (*n, 0))).collect();
+            for ((t, _), v) in tally(truth_events.iter().copied(), period) {
+                buckets.entry(t).or_default().1 += v.events;
+            }
+            Allowed { view, buckets }
+        })
+        .collect();
+    let stop_watch = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn(watch(ch.clone(), allowed, stop_watch.clone()));
+    let range = [
+        "batch".to_owned(),
+        "--once".into(),
+        "--from".into(),
+        rfc3339(today - 25 * DAY),
+        "--to".into(),
+        rfc3339(today),
+    ];
+    let commits = || async {
+        ch.query("SELECT count() FROM batch_commits")
+            .fetch_one::<u64>()
+            .await
+            .unwrap()
+    };
+    let mut kill_rng = rand::rng();
+    for kill in 1..=5 {
+        let before = commits().await;
+        let mut child = env.spawn(
+            &range.iter().map(String::as_str).collect::<Vec<_>>(),
+            &batch_env(),
+        );
+        wait_until(
+            Duration::from_secs(60),
+            "the pass's first commit",
+            || async { commits().await > before },
+        )
+        .await;
+        let delay = kill_rng.random_range(0..4_000);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        common::sigkill(&mut child);
+        eprintln!(
+            "kill {kill}: {delay} ms after the pass's first commit, {} commits made by it",
+            commits().await - before
+        );
+    }
     let (ok, out) = hourglass(
         &env,
         &[
@@ -489,6 +608,11 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
         u64::from(cfg.batch.switch_delay_secs) + 1,
     ))
     .await;
+    stop_watch.store(true, Ordering::Relaxed);
+    let (reads, wrong) = watcher.await.unwrap();
+    assert!(wrong.is_empty(), "a reader saw:\n{}", wrong.join("\n"));
+    assert!(reads > 50, "{reads} readings");
+    eprintln!("{reads} readings of the hourly and daily views, all speed or truth");
     for (view, period) in [
         ("metrics_5m", 300),
         ("metrics_1h", 3600),
