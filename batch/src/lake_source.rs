@@ -84,7 +84,7 @@ impl Batch {
         let mut report = PassReport::default();
         for hour in hours.into_iter().map(i64::from) {
             lease.renew().await?;
-            report.events += self.hour_from(STAGING, "lake", hour).await?;
+            report.events += self.hours_from(STAGING, "lake", &[hour]).await?;
             report.hours.push(hour);
         }
         let day_cutoff = cutoff + 3_600 - 86_400 + 1;

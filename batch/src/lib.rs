@@ -125,15 +125,18 @@ impl Batch {
             left_over: due.len().saturating_sub(max),
             ..PassReport::default()
         };
-        for hour in due.into_iter().take(max) {
+        let due: Vec<i64> = due.into_iter().take(max).collect();
+        for run in plan::statement_runs(&self.client, &due).await? {
             lease.renew().await?;
-            let events = self.hour(hour).await?;
-            report.hours.push(hour);
-            report.events += events;
+            report.events += self.hours_from("events", "clickhouse", &run).await?;
+            report.hours.extend(run);
         }
         if report.left_over == 0 {
             // A day is due once its last hour is.
-            let day_cutoff = cutoff + 3_600 - 86_400 + 1;
+            // ...and, with a range, ends inside it (a forced pass over a
+            // range leaves the days after it alone).
+            let day_cutoff =
+                (cutoff + 3_600 - 86_400 + 1).min(range.to.map_or(i64::MAX, |t| t - 86_400 + 1));
             for day in plan::due_days(&self.client, range.from, day_cutoff, range.force).await? {
                 lease.renew().await?;
                 self.day(day).await?;
@@ -146,17 +149,23 @@ impl Batch {
 
     /// Recompute one hour from `events` and commit it; returns its events.
     pub async fn hour(&mut self, hour: i64) -> Result<u64, BatchError> {
-        self.hour_from("events", "clickhouse", hour).await
+        self.hours_from("events", "clickhouse", &[hour]).await
     }
 
-    /// Recompute one hour from `source` (a table with the columns of
-    /// `events`) and commit it.
-    pub async fn hour_from(
+    /// Recompute a run of consecutive hours from `source` (a table with the
+    /// columns of `events`) under one version, with one statement per step,
+    /// and commit each hour; returns their events. Per-statement overhead
+    /// is paid once per run instead of once per hour
+    /// ([`plan::statement_runs`] bounds a run's size).
+    pub async fn hours_from(
         &mut self,
         source: &str,
         source_name: &str,
-        hour: i64,
+        hours: &[i64],
     ) -> Result<u64, BatchError> {
+        let (Some(&first), Some(&last)) = (hours.first(), hours.last()) else {
+            return Ok(0);
+        };
         let started = Instant::now();
         let version = self.next_version().await?;
         // Anything loaded from this instant on may be missing from the pass:
@@ -166,7 +175,8 @@ impl Batch {
         let spec = HourSpec {
             source,
             version,
-            hour,
+            hour: first,
+            end: last + 3600,
             window_secs: a.window_secs,
             dedup_margin_secs: self.cfg.batch.dedup_margin_secs,
             histogram_sigfig: a.histogram_sigfig,
@@ -177,7 +187,7 @@ impl Batch {
             .query(&sql::hour_states(&spec))
             .execute()
             .await?;
-        let states = sql::states_of_hour(hour, version);
+        let states = sql::states_of_pass(first, last + 3600, version);
         for (period, totals) in [(300, false), (300, true), (3600, false), (3600, true)] {
             self.client
                 .query(&sql::finalize(period, version, &states, totals))
@@ -185,9 +195,8 @@ impl Batch {
                 .await?;
         }
         self.client
-            .query(&sql::commit(
-                3600,
-                hour,
+            .query(&sql::commit_hours(
+                hours,
                 version,
                 source_name,
                 raw_as_of,
@@ -197,21 +206,30 @@ impl Batch {
             .await?;
         let events: u64 = self
             .client
-            .query("SELECT events FROM batch_commits WHERE period_secs = 3600 AND bucket_start = toDateTime(?) AND version = ?")
-            .bind(hour)
+            .query(
+                "SELECT toUInt64(sum(events)) FROM batch_commits WHERE period_secs = 3600 \
+                 AND bucket_start >= toDateTime(?) AND bucket_start <= toDateTime(?) AND version = ?",
+            )
+            .bind(first)
+            .bind(last)
             .bind(version)
             .fetch_one()
             .await?;
-        reconcile::record_hour(&self.client, hour, version).await?;
-        ::metrics::counter!(metrics::HOURS).increment(1);
+        reconcile::record_hours(&self.client, hours, version).await?;
+        let secs = started.elapsed().as_secs_f64();
+        ::metrics::counter!(metrics::HOURS).increment(hours.len() as u64);
         ::metrics::counter!(metrics::EVENTS).increment(events);
-        ::metrics::histogram!(metrics::HOUR_SECONDS).record(started.elapsed().as_secs_f64());
+        for _ in hours {
+            ::metrics::histogram!(metrics::HOUR_SECONDS).record(secs / hours.len() as f64);
+        }
         tracing::info!(
-            hour = %plan::show(hour),
+            from = %plan::show(first),
+            to = %plan::show(last + 3600),
+            hours = hours.len(),
             version,
             events,
-            seconds = started.elapsed().as_secs_f64(),
-            "hour batched"
+            seconds = secs,
+            "hours batched"
         );
         Ok(events)
     }

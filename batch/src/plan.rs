@@ -28,6 +28,58 @@ pub async fn settled_before(client: &Client, settle_secs: u32) -> Result<i64, Ba
     Ok(i64::from(now) - 3600 - i64::from(settle_secs))
 }
 
+/// Most rows loaded for the hours one statement recomputes: the dedup
+/// (`argMin` per `event_id`) holds one entry per event in memory, so a run
+/// stays well inside a ClickHouse server's memory however big its hours are.
+pub const MAX_COPIES_PER_STATEMENT: u64 = 20_000_000;
+
+/// Most hours one statement recomputes (a day: what a day's rows derive from).
+pub const MAX_HOURS_PER_STATEMENT: usize = 24;
+
+/// `hours` (sorted) cut into runs of consecutive hours that one statement
+/// recomputes together: each run at most [`MAX_HOURS_PER_STATEMENT`] long
+/// and at most [`MAX_COPIES_PER_STATEMENT`] rows (an hour bigger than that
+/// alone). At internet scale every hour is its own run; on small data a
+/// statement's fixed cost is paid once per day instead of once per hour.
+pub async fn statement_runs(client: &Client, hours: &[i64]) -> Result<Vec<Vec<i64>>, BatchError> {
+    if hours.is_empty() {
+        return Ok(Vec::new());
+    }
+    let copies: Vec<(u32, u64)> = client
+        .query(
+            "SELECT toUInt32(hour), toUInt64(sum(copies)) FROM event_hours \
+             WHERE hour >= toDateTime(?) AND hour <= toDateTime(?) GROUP BY hour",
+        )
+        .bind(hours[0])
+        .bind(hours[hours.len() - 1])
+        .fetch_all()
+        .await?;
+    let copies: std::collections::HashMap<i64, u64> =
+        copies.into_iter().map(|(h, n)| (i64::from(h), n)).collect();
+    Ok(runs(hours, |h| copies.get(&h).copied().unwrap_or(0)))
+}
+
+fn runs(hours: &[i64], copies: impl Fn(i64) -> u64) -> Vec<Vec<i64>> {
+    let mut out: Vec<Vec<i64>> = Vec::new();
+    let mut rows = 0u64;
+    for &h in hours {
+        let n = copies(h);
+        let extends = out.last().is_some_and(|run| {
+            run.last() == Some(&(h - 3600))
+                && run.len() < MAX_HOURS_PER_STATEMENT
+                && rows + n <= MAX_COPIES_PER_STATEMENT
+        });
+        if extends {
+            rows += n;
+            out.last_mut().expect("a run").push(h);
+        } else {
+            rows = n;
+            out.push(vec![h]);
+        }
+    }
+    out
+}
+
 /// Hours in `[from, before)` that hold loaded events and were never batched,
 /// or changed (rows loaded, or a deletion recorded) since the raw record
 /// their current pass read; every hour with events when `force`. Oldest first.
@@ -95,4 +147,25 @@ pub async fn due_days(
         .fetch_all()
         .await?;
     Ok(days.into_iter().map(i64::from).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_consecutive_and_bounded() {
+        // 1,800,000,000 is an hour boundary.
+        let h = |i: i64| 1_800_000_000 + i * 3600;
+        let hours: Vec<i64> = (0..30).chain([40, 41, 43]).map(h).collect();
+        let got = runs(&hours, |_| 1);
+        let lens: Vec<usize> = got.iter().map(Vec::len).collect();
+        assert_eq!(lens, vec![24, 6, 2, 1]);
+        let big = runs(&hours[..3], |_| MAX_COPIES_PER_STATEMENT / 2 + 1);
+        assert_eq!(
+            big.len(),
+            3,
+            "each hour alone when two would be too many rows"
+        );
+    }
 }

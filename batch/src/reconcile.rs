@@ -17,60 +17,67 @@ use serde::Deserialize;
 
 use crate::BatchError;
 
-/// The hour's reconciliation rows for pass `version`, computed from the
-/// tables above and written to `reconciliation`.
-pub async fn record_hour(client: &Client, hour: i64, version: u64) -> Result<(), BatchError> {
+/// The reconciliation rows of `hours` (recomputed by pass `version`),
+/// computed from the tables above and written to `reconciliation`.
+pub async fn record_hours(client: &Client, hours: &[i64], version: u64) -> Result<(), BatchError> {
+    if hours.is_empty() {
+        return Ok(());
+    }
+    let list = hours
+        .iter()
+        .map(|h| format!("toDateTime({h})"))
+        .collect::<Vec<_>>()
+        .join(",");
     client
         .query(&format!(
             "INSERT INTO reconciliation \
              (hour, project_id, event, version, speed_events, batch_events, speed_users, batch_users, \
               copies_loaded, duplicates_removed, late_added, deleted_removed, unexplained, drift) \
-             SELECT toDateTime({hour}), project_id, event, {version}, se, be, su, bu, copies, \
+             SELECT h, project_id, event, {version}, se, be, su, bu, copies, \
                     toInt64(copies) - toInt64(be) - toInt64(del), late, del, \
                     toInt64(se) + toInt64(late) - toInt64(copies), \
                     if(be = 0, if(se = 0, 0., 1.), (toFloat64(se) - toFloat64(be)) / toFloat64(be)) \
              FROM ( \
-                SELECT project_id, event, sum(se) AS se, sum(su) AS su, sum(be) AS be, sum(bu) AS bu, \
+                SELECT h, project_id, event, sum(se) AS se, sum(su) AS su, sum(be) AS be, sum(bu) AS bu, \
                        sum(copies) AS copies, sum(late) AS late, sum(del) AS del \
                 FROM ( \
-                    SELECT toString(project_id) AS project_id, toString(event) AS event, \
+                    SELECT bucket_start AS h, toString(project_id) AS project_id, toString(event) AS event, \
                            toUInt64(sumMerge(events_state)) AS se, toUInt64(uniqExactArrayMerge(users_state)) AS su, \
                            toUInt64(0) AS be, toUInt64(0) AS bu, toUInt64(0) AS copies, toUInt64(0) AS late, toUInt64(0) AS del \
-                    FROM rollup_1h WHERE bucket_start = toDateTime({hour}) GROUP BY project_id, event \
+                    FROM rollup_1h WHERE bucket_start IN ({list}) GROUP BY bucket_start, project_id, event \
                     UNION ALL \
-                    SELECT toString(project_id), toString(event), toUInt64(0), toUInt64(0), events, users, \
+                    SELECT bucket_start, toString(project_id), toString(event), toUInt64(0), toUInt64(0), events, users, \
                            toUInt64(0), toUInt64(0), toUInt64(0) \
                     FROM batch_rollups \
-                    WHERE period_secs = 3600 AND bucket_start = toDateTime({hour}) AND version = {version} AND dimensions = '*' \
+                    WHERE period_secs = 3600 AND bucket_start IN ({list}) AND version = {version} AND dimensions = '*' \
                     UNION ALL \
-                    SELECT project_id, event, toUInt64(0), toUInt64(0), toUInt64(0), toUInt64(0), \
+                    SELECT hour, project_id, event, toUInt64(0), toUInt64(0), toUInt64(0), toUInt64(0), \
                            toUInt64(sum(copies)), toUInt64(0), toUInt64(0) \
-                    FROM event_hours WHERE hour = toDateTime({hour}) GROUP BY project_id, event \
+                    FROM event_hours WHERE hour IN ({list}) GROUP BY hour, project_id, event \
                     UNION ALL \
-                    SELECT project_id, event, toUInt64(0), toUInt64(0), toUInt64(0), toUInt64(0), toUInt64(0), \
+                    SELECT hour, project_id, event, toUInt64(0), toUInt64(0), toUInt64(0), toUInt64(0), toUInt64(0), \
                            toUInt64(uniqExact(source_topic, source_partition, source_offset)), toUInt64(0) \
-                    FROM late_events WHERE hour = toDateTime({hour}) GROUP BY project_id, event \
+                    FROM late_events WHERE hour IN ({list}) GROUP BY hour, project_id, event \
                     UNION ALL \
-                    SELECT project_id, event, toUInt64(0), toUInt64(0), toUInt64(0), toUInt64(0), toUInt64(0), \
+                    SELECT hour, project_id, event, toUInt64(0), toUInt64(0), toUInt64(0), toUInt64(0), toUInt64(0), \
                            toUInt64(0), toUInt64(sum(events)) \
-                    FROM deleted_events WHERE hour = toDateTime({hour}) GROUP BY project_id, event \
-                ) GROUP BY project_id, event \
+                    FROM deleted_events WHERE hour IN ({list}) GROUP BY hour, project_id, event \
+                ) GROUP BY h, project_id, event \
              )"
         ))
         .execute()
         .await?;
-    let unexplained: Vec<(String, String, i64)> = client
-        .query(
-            "SELECT project_id, event, unexplained FROM reconciliation \
-             WHERE hour = toDateTime(?) AND version = ? AND unexplained != 0",
-        )
-        .bind(hour)
+    let unexplained: Vec<(u32, String, String, i64)> = client
+        .query(&format!(
+            "SELECT toUInt32(hour), project_id, event, unexplained FROM reconciliation \
+             WHERE hour IN ({list}) AND version = ? AND unexplained != 0"
+        ))
         .bind(version)
         .fetch_all()
         .await?;
-    for (project, event, n) in unexplained {
+    for (hour, project, event, n) in unexplained {
         tracing::error!(
-            hour = %crate::plan::show(hour),
+            hour = %crate::plan::show(i64::from(hour)),
             %project,
             %event,
             unexplained = n,
@@ -114,7 +121,7 @@ pub async fn range(client: &Client, from: i64, to: i64) -> Result<Vec<Reconciled
         .await?;
     let mut rows = Vec::new();
     for (hour, version) in current {
-        record_hour(client, i64::from(hour), version).await?;
+        record_hours(client, &[i64::from(hour)], version).await?;
         rows.extend(
             client
                 .query(

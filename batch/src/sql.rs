@@ -12,14 +12,16 @@
 
 use hourglass_core::histogram::sql_bucket;
 
-/// What one hour's recompute needs to know.
+/// What one statement's recompute of a run of consecutive hours needs to know.
 #[derive(Debug, Clone)]
 pub struct HourSpec<'a> {
     /// Table holding the raw record (`events`, or a staging table of the lake's rows).
     pub source: &'a str,
     pub version: u64,
-    /// Start of the hour, Unix seconds.
+    /// Start of the first hour, Unix seconds.
     pub hour: i64,
+    /// End of the last hour (exclusive), Unix seconds.
+    pub end: i64,
     pub window_secs: u32,
     pub dedup_margin_secs: u32,
     pub histogram_sigfig: u8,
@@ -36,62 +38,54 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-/// The hour's 5-minute states into `batch_states`: the one scan of the raw
+/// The hours' 5-minute states into `batch_states`: the one scan of the raw
 /// record a pass makes. Innermost first: one row per `event_id` (its
-/// earliest received copy) over the hour widened by the dedup margin; the
-/// events of the hour; deleted users' events out; one row per (window, key,
-/// bucket); one row per (window, key) with its distinct-user state.
+/// earliest received copy: each column's `argMin` under the same key) over
+/// the hours widened by the dedup margin; the events of the hours; deleted
+/// users' events out; one row per (window, key) with its distinct-user
+/// state and its values' histogram buckets.
 pub fn hour_states(h: &HourSpec<'_>) -> String {
     let window_ms = i64::from(h.window_secs) * 1000;
     let hour_ms = h.hour * 1000;
     let lo = h.hour - i64::from(h.dedup_margin_secs);
-    let hi = h.hour + 3600 + i64::from(h.dedup_margin_secs);
+    let hi = h.end + i64::from(h.dedup_margin_secs);
     let bucket = sql_bucket("v", h.histogram_sigfig, h.histogram_max_value);
-    let hist = "sumMap(if(vc > 0, [b], emptyArrayUInt64()), if(vc > 0, [vc], emptyArrayUInt64()))";
+    let hist = "sumMap(if(has_value, [toUInt64(b)], emptyArrayUInt64()), if(has_value, [toUInt64(1)], emptyArrayUInt64()))";
+    let first = "(received_at, kafka_partition, kafka_offset)";
     format!(
         "INSERT INTO batch_states \
          (version, hour, window_start, project_id, event, dimensions, events, users_state, \
           value_count, value_sum, value_min, value_max, hist_values, hist_counts) \
-         SELECT {version}, toDateTime({hour}), toDateTime(w), project_id, e, d, sum(n), uniqExactMergeState(us), \
-                sum(vc), sum(vs), minIf(vmin, vc > 0), maxIf(vmax, vc > 0), \
+         SELECT {version}, toDateTime(intDiv(w, 3600) * 3600), toDateTime(w), project_id, e, d, count(), \
+                uniqExactState(user_key), countIf(has_value), sumIf(v, has_value), \
+                minIf(v, has_value), maxIf(v, has_value), \
                 tupleElement({hist}, 1), tupleElement({hist}, 2) \
          FROM ( \
-            SELECT w, project_id, e, d, b, count() AS n, uniqExactState(user_key) AS us, \
-                   countIf(has_value) AS vc, sumIf(v, has_value) AS vs, \
-                   minIf(v, has_value) AS vmin, maxIf(v, has_value) AS vmax \
+            SELECT w, project_id, e, d, user_key, has_value, v, if(has_value, {bucket}, 0) AS b \
             FROM ( \
-                SELECT w, project_id, e, d, user_key, has_value, v, if(has_value, {bucket}, 0) AS b \
+                SELECT fp AS project_id, fe AS e, if(fd = '', {empty}, fd) AS d, \
+                       if(fu != '', fu, fa) AS user_key, isNotNull(fv) AS has_value, ifNull(fv, 0.) AS v, \
+                       intDiv(ft, {window_ms}) * {window_secs} AS w, fr AS received \
                 FROM ( \
-                    SELECT tupleElement(first, 1) AS project_id, \
-                           tupleElement(first, 2) AS e, tupleElement(first, 3) AS d, \
-                           tupleElement(first, 4) AS user_key, \
-                           isNotNull(tupleElement(first, 5)) AS has_value, \
-                           ifNull(tupleElement(first, 5), 0.) AS v, \
-                           intDiv(tupleElement(first, 6), {window_ms}) * {window_secs} AS w, \
-                           tupleElement(first, 7) AS received \
-                    FROM ( \
-                        SELECT argMin( \
-                                   (project_id, event, if(dimensions = '', {empty}, dimensions), \
-                                    if(user_id != '', user_id, anonymous_id), value, timestamp_ms, received_at), \
-                                   (received_at, kafka_partition, kafka_offset)) AS first \
-                        FROM {source} \
-                        WHERE timestamp >= toDateTime({lo}) AND timestamp < toDateTime({hi}) \
-                        GROUP BY event_id \
-                    ) \
-                    WHERE tupleElement(first, 6) >= {hour_ms} AND tupleElement(first, 6) < {hour_end_ms} \
+                    SELECT argMin(project_id, {first}) AS fp, argMin(event, {first}) AS fe, \
+                           argMin(dimensions, {first}) AS fd, argMin(user_id, {first}) AS fu, \
+                           argMin(anonymous_id, {first}) AS fa, argMin(value, {first}) AS fv, \
+                           argMin(timestamp_ms, {first}) AS ft, argMin(received_at, {first}) AS fr \
+                    FROM {source} \
+                    WHERE timestamp >= toDateTime({lo}) AND timestamp < toDateTime({hi}) \
+                    GROUP BY event_id \
                 ) \
-                ANY LEFT JOIN ( \
-                    SELECT project_id, user AS user_key, max(requested_at) AS deleted_until \
-                    FROM deletions GROUP BY project_id, user \
-                ) USING (project_id, user_key) \
-                WHERE received > deleted_until \
+                WHERE ft >= {hour_ms} AND ft < {hour_end_ms} \
             ) \
-            GROUP BY w, project_id, e, d, b \
+            ANY LEFT JOIN ( \
+                SELECT project_id, user AS user_key, max(requested_at) AS deleted_until \
+                FROM deletions GROUP BY project_id, user \
+            ) USING (project_id, user_key) \
+            WHERE received > deleted_until \
          ) \
          GROUP BY w, project_id, e, d",
         version = h.version,
-        hour = h.hour,
-        hour_end_ms = hour_ms + 3_600_000,
+        hour_end_ms = h.end * 1000,
         window_secs = h.window_secs,
         empty = quote(h.empty_dimensions),
         source = h.source,
@@ -151,9 +145,11 @@ pub fn finalize(period_secs: u32, version: u64, states: &str, totals: bool) -> S
     )
 }
 
-/// The condition on `batch_states` naming one pass of one hour.
-pub fn states_of_hour(hour: i64, version: u64) -> String {
-    format!("hour = toDateTime({hour}) AND version = {version}")
+/// The condition on `batch_states` naming one pass over `[hour, end)` (one
+/// version covers the run of hours one statement recomputed; the hour range
+/// lets the primary key skip every other pass).
+pub fn states_of_pass(hour: i64, end: i64, version: u64) -> String {
+    format!("hour >= toDateTime({hour}) AND hour < toDateTime({end}) AND version = {version}")
 }
 
 /// The condition on `batch_states` naming the current pass of every hour of
@@ -185,6 +181,39 @@ pub fn commit(
         "INSERT INTO batch_commits (period_secs, bucket_start, version, source, raw_as_of, visible_from, events) \
          SELECT {period_secs}, toDateTime({bucket_start}), {version}, {source}, toDateTime({raw_as_of}), \
                 now() + {switch_delay_secs}, ifNull({events}, 0)",
+        source = quote(source),
+    )
+}
+
+/// The commits of a run of hours recomputed under one version, one row per
+/// hour (hours left without events by deletions included, so their speed
+/// rows are replaced too). Each row lands whole, so each hour switches at
+/// once.
+pub fn commit_hours(
+    hours: &[i64],
+    version: u64,
+    source: &str,
+    raw_as_of: u32,
+    switch_delay_secs: u32,
+) -> String {
+    let list = hours
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let (first, last) = (
+        hours.iter().min().copied().unwrap_or(0),
+        hours.iter().max().copied().unwrap_or(0),
+    );
+    format!(
+        "INSERT INTO batch_commits (period_secs, bucket_start, version, source, raw_as_of, visible_from, events) \
+         SELECT 3600, toDateTime(h), {version}, {source}, toDateTime({raw_as_of}), now() + {switch_delay_secs}, n \
+         FROM (SELECT toUInt32(arrayJoin([{list}])) AS h) \
+         ANY LEFT JOIN ( \
+            SELECT toUInt32(bucket_start) AS h, sum(events) AS n FROM batch_rollups \
+            WHERE period_secs = 3600 AND bucket_start >= toDateTime({first}) AND bucket_start <= toDateTime({last}) \
+              AND version = {version} AND dimensions = '*' GROUP BY h \
+         ) USING (h)",
         source = quote(source),
     )
 }

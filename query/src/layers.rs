@@ -95,8 +95,12 @@ fn speed(r: &Request<'_>) -> Sql {
     let mut sql = Sql::new(&format!("SELECT toUInt32({time_col}) AS t, "));
     groups(&mut sql, r.group_by);
     sql.push(aggregates);
-    sql.push(", 'speed' AS layer");
-    sql.push(&format!(" FROM {table} WHERE"));
+    sql.push(", emptyArrayFloat64() AS q, 'speed' AS layer");
+    // PREWHERE: the aggregate states (distinct-user sets of a whole day)
+    // are read only for the rows that pass; with WHERE, ClickHouse 18.16
+    // deserialized every state of the granule before dropping the batched
+    // buckets (0.34 s against 0.02 s for 30 days at 1d).
+    sql.push(&format!(" FROM {table} PREWHERE"));
     scope(&mut sql, r, time_col);
     let not_batched = match r.step {
         Step::FiveMinutes => format!(
@@ -114,12 +118,14 @@ fn speed(r: &Request<'_>) -> Sql {
 /// The batch rows of the buckets a visible commit covers.
 fn batch(r: &Request<'_>) -> Sql {
     if r.group_by.is_empty() && r.filters.is_empty() {
-        // One finalized total row per bucket.
+        // One finalized total row per bucket, its percentiles included: the
+        // bucket arrays (thousands of entries a day) are not read at all.
         let mut sql = Sql::new(
             "SELECT toUInt32(bucket_start) AS t, emptyArrayString() AS g, sum(events) AS n, sum(users) AS u, \
              sum(value_count) AS vc, sum(value_sum) AS vs, minIf(value_min, value_count > 0) AS vmin, \
-             maxIf(value_max, value_count > 0) AS vmax, sumMap(hist_values, hist_counts) AS h, \
-             'batch' AS layer FROM batch_rollups WHERE",
+             maxIf(value_max, value_count > 0) AS vmax, (emptyArrayUInt64(), emptyArrayUInt64()) AS h, \
+             [any(p50), any(p90), any(p95), any(p99)] AS q, \
+             'batch' AS layer FROM batch_rollups PREWHERE",
         );
         scope(&mut sql, r, "bucket_start");
         let commit = match r.step {
@@ -150,7 +156,7 @@ fn batch(r: &Request<'_>) -> Sql {
         "sum(events) AS n, uniqExactMerge(users_state) AS u, sum(value_count) AS vc, \
          sum(value_sum) AS vs, minIf(value_min, value_count > 0) AS vmin, \
          maxIf(value_max, value_count > 0) AS vmax, sumMap(hist_values, hist_counts) AS h, \
-         'batch' AS layer FROM batch_states WHERE",
+         emptyArrayFloat64() AS q, 'batch' AS layer FROM batch_states PREWHERE",
     );
     scope(&mut sql, r, time);
     sql.push(&format!(" AND (hour, version) IN {}", current(3600)));
@@ -166,7 +172,7 @@ fn batch(r: &Request<'_>) -> Sql {
 
 /// Both halves, ordered by group then time.
 pub fn metrics_sql(r: &Request<'_>) -> Sql {
-    let mut sql = Sql::new("SELECT t, g, n, u, vc, vs, vmin, vmax, h, layer FROM (");
+    let mut sql = Sql::new("SELECT t, g, n, u, vc, vs, vmin, vmax, h, q, layer FROM (");
     sql.append(speed(r));
     sql.push(" UNION ALL ");
     sql.append(batch(r));

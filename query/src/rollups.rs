@@ -138,6 +138,9 @@ struct BucketRow {
     vmin: f64,
     vmax: f64,
     h: (Vec<u64>, Vec<u64>),
+    /// p50, p90, p95, p99 when the row carries them finalized (batch
+    /// totals); otherwise empty and read from `h`.
+    q: Vec<f64>,
     layer: String,
 }
 
@@ -360,7 +363,10 @@ fn json_response(body: bytes::Bytes, closed: bool) -> Response {
 
 fn point(r: BucketRow) -> Point {
     let has_values = r.vc > 0;
-    let q = |q: f64| has_values.then(|| quantile_from_buckets(&r.h.0, &r.h.1, q));
+    let finalized = |i: usize| r.q.get(i).copied();
+    let q = |i: usize, q: f64| {
+        has_values.then(|| finalized(i).unwrap_or_else(|| quantile_from_buckets(&r.h.0, &r.h.1, q)))
+    };
     Point {
         time: Utc
             .timestamp_opt(i64::from(r.t), 0)
@@ -373,10 +379,10 @@ fn point(r: BucketRow) -> Point {
         value_min: has_values.then_some(r.vmin),
         value_max: has_values.then_some(r.vmax),
         value_avg: has_values.then(|| r.vs / r.vc as f64),
-        p50: q(0.50),
-        p90: q(0.90),
-        p95: q(0.95),
-        p99: q(0.99),
+        p50: q(0, 0.50),
+        p90: q(1, 0.90),
+        p95: q(2, 0.95),
+        p99: q(3, 0.99),
         layer: Some(if r.layer == "batch" {
             Layer::Batch
         } else {

@@ -8,7 +8,13 @@
 //! a range of closed windows is then answered from the API's memory), then
 //! p50/p99/max latency and requests/s of the repeated requests.
 //!
-//! `cargo run --release -p hourglass-bench --bin query_api -- --events 10000000`
+//! With `--batch`, the batch layer first recomputes every hour and day of
+//! the range (timed, against a plain `SELECT … GROUP BY` of the same rows by
+//! the same ClickHouse in the same run), so the API answers from the batch
+//! rows; `--no-cache` makes every request ask ClickHouse. Latency
+//! percentiles include the first request.
+//!
+//! `cargo run --release -p hourglass-bench --bin query_api -- --events 10000000 --batch --no-cache`
 //! (the data stays in database `hg_bench_query`; `--reuse` skips loading it
 //! again when it is already there).
 
@@ -50,6 +56,9 @@ struct Args {
     /// Ask ClickHouse every time (query.cache_closed_answers = false).
     #[arg(long)]
     no_cache: bool,
+    /// Recompute the whole range with the batch layer first (timed).
+    #[arg(long)]
+    batch: bool,
 }
 
 const PARTITIONS: u64 = 8;
@@ -157,6 +166,88 @@ async fn load(cfg: &Config, args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Every hour and day of the range through the batch layer, timed; then the
+/// ceiling: ClickHouse scanning and grouping the same rows by 5-minute
+/// window and key in one `SELECT … GROUP BY` (counts and exact distinct
+/// users, no dedup, no histograms, nothing written), in the same run.
+async fn recompute(cfg: &Config, days: i64) -> Result<()> {
+    let ch = hourglass_core::clickhouse::client(&cfg.clickhouse);
+    let (from, to) = (T0, T0 + days * 86_400);
+    let mut cfg = cfg.clone();
+    cfg.batch.max_hours_per_pass = u32::MAX;
+    let mut batch = hourglass_batch::Batch::new(&cfg);
+    let lease =
+        hourglass_batch::lease::Lease::acquire(batch.client(), cfg.batch.lease_secs, true).await?;
+    let started = Instant::now();
+    let report = batch
+        .pass(
+            hourglass_batch::Range {
+                from: Some(from),
+                to: Some(to),
+                force: true,
+            },
+            &lease,
+        )
+        .await?;
+    let batch_secs = started.elapsed().as_secs_f64();
+    lease.release().await;
+    let started = Instant::now();
+    let groups: u64 = ch
+        .query(
+            "SELECT count() FROM ( \
+                SELECT intDiv(timestamp_ms, 300000) AS w, project_id, event, dimensions, \
+                       count(), uniqExact(if(user_id != '', user_id, anonymous_id)) \
+                FROM events WHERE timestamp >= toDateTime(?) AND timestamp < toDateTime(?) \
+                GROUP BY w, project_id, event, dimensions)",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_one()
+        .await?;
+    let plain_secs = started.elapsed().as_secs_f64();
+    // The least any exact recompute does: the same grouping over one row
+    // per event_id (its earliest received copy).
+    let started = Instant::now();
+    let _: u64 = ch
+        .query(
+            "SELECT count() FROM ( \
+                SELECT intDiv(ft, 300000) AS w, fp, fe, fd, count(), uniqExact(fu) FROM ( \
+                    SELECT argMin(project_id, (received_at, kafka_partition, kafka_offset)) AS fp, \
+                           argMin(event, (received_at, kafka_partition, kafka_offset)) AS fe, \
+                           argMin(dimensions, (received_at, kafka_partition, kafka_offset)) AS fd, \
+                           argMin(if(user_id != '', user_id, anonymous_id), (received_at, kafka_partition, kafka_offset)) AS fu, \
+                           argMin(timestamp_ms, (received_at, kafka_partition, kafka_offset)) AS ft \
+                    FROM events WHERE timestamp >= toDateTime(?) AND timestamp < toDateTime(?) GROUP BY event_id) \
+                GROUP BY w, fp, fe, fd)",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_one()
+        .await?;
+    let dedup_secs = started.elapsed().as_secs_f64();
+    let events = report.events as f64;
+    println!(
+        "batch recompute: {} hours and {} days, {} events in {batch_secs:.1} s = {:.0} events/s; \
+         plain SELECT … GROUP BY of the same range ({groups} groups): {plain_secs:.1} s = {:.0} events/s; \
+         recompute at {:.0} % of it; the same after a dedup by event_id: {dedup_secs:.1} s = {:.0} events/s, \
+         recompute at {:.0} % of that",
+        report.hours.len(),
+        report.days.len(),
+        report.events,
+        events / batch_secs,
+        events / plain_secs,
+        100.0 * plain_secs / batch_secs,
+        events / dedup_secs,
+        100.0 * dedup_secs / batch_secs
+    );
+    // Readers switch to the new rows `switch_delay_secs` after the commit.
+    tokio::time::sleep(Duration::from_secs(
+        u64::from(cfg.batch.switch_delay_secs) + 1,
+    ))
+    .await;
+    Ok(())
+}
+
 struct Scenario {
     name: &'static str,
     path: String,
@@ -172,12 +263,16 @@ async fn run(
     let http = reqwest::Client::new();
     let url = format!("{base}{}", s.path);
     let mut first = None;
+    // The first requests count too: an uncached answer has no warm-up.
+    let mut all = Histogram::<u64>::new(3).expect("sigfig");
     for _ in 0..20 {
         let t = Instant::now();
         let r = http.get(&url).bearer_auth(token).send().await?;
         anyhow::ensure!(r.status().is_success(), "{}: {}", s.name, r.text().await?);
         let _ = r.bytes().await?;
         first.get_or_insert(t.elapsed());
+        all.record(t.elapsed().as_micros() as u64)
+            .expect("in range");
     }
     let started = Instant::now();
     let per_worker = requests / concurrency;
@@ -198,7 +293,6 @@ async fn run(
             Ok::<_, anyhow::Error>(h)
         })
     });
-    let mut all = Histogram::<u64>::new(3).expect("sigfig");
     for w in futures::future::join_all(workers).await {
         all.add(w??).expect("same bounds");
     }
@@ -244,6 +338,10 @@ async fn main() -> Result<()> {
         "data: {} events in `events`, {} rollup_5m rows adding up to {} events, over {} days",
         counts.0, counts.1, counts.2, args.days
     );
+
+    if args.batch {
+        recompute(&cfg, args.days).await.context("the batch pass")?;
+    }
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
