@@ -132,11 +132,11 @@ impl Batch {
             report.hours.extend(run);
         }
         if report.left_over == 0 {
-            // A day is due once its last hour is.
-            // ...and, with a range, ends inside it (a forced pass over a
-            // range leaves the days after it alone).
-            let day_cutoff =
-                (cutoff + 3_600 - 86_400 + 1).min(range.to.map_or(i64::MAX, |t| t - 86_400 + 1));
+            // A day is due once its last hour is, and, with a range, when it
+            // starts before the range's end (a forced pass leaves the days
+            // after the range alone; a day the range only partly covers is
+            // derived again from its hours' current passes).
+            let day_cutoff = (cutoff + 3_600 - 86_400 + 1).min(range.to.unwrap_or(i64::MAX));
             for day in plan::due_days(&self.client, range.from, day_cutoff, range.force).await? {
                 lease.renew().await?;
                 self.day(day).await?;
