@@ -119,6 +119,12 @@ impl Batch {
         let cutoff = plan::settled_before(&self.client, b.settle_secs).await?;
         let to = range.to.map_or(cutoff, |t| t.min(cutoff));
         let due = plan::due_hours(&self.client, range.from, to, range.force).await?;
+        // Left by a run killed between its two statements; only the lease
+        // holder writes here.
+        self.client
+            .query("TRUNCATE TABLE IF EXISTS batch_dup_ids")
+            .execute()
+            .await?;
         let max = b.max_hours_per_pass.max(1) as usize;
         ::metrics::gauge!(metrics::HOURS_DUE).set(due.len() as f64);
         let mut report = PassReport {
@@ -184,16 +190,26 @@ impl Batch {
             empty_dimensions: &self.empty_dimensions,
         };
         self.client
+            .query(&sql::duplicate_ids(&spec))
+            .execute()
+            .await?;
+        self.client
             .query(&sql::hour_states(&spec))
             .execute()
             .await?;
+        self.client
+            .query(&sql::drop_duplicate_ids(version))
+            .execute()
+            .await?;
         let states = sql::states_of_pass(first, last + 3600, version);
-        for (period, totals) in [(300, false), (300, true), (3600, false), (3600, true)] {
-            self.client
-                .query(&sql::finalize(period, version, &states, totals))
-                .execute()
-                .await?;
-        }
+        self.client
+            .query(&sql::finalize(
+                &[(300, false), (300, true), (3600, false), (3600, true)],
+                version,
+                &states,
+            ))
+            .execute()
+            .await?;
         self.client
             .query(&sql::commit_hours(
                 hours,
@@ -239,12 +255,14 @@ impl Batch {
         let version = self.next_version().await?;
         let raw_as_of = plan::server_now(&self.client).await?;
         let states = sql::states_of_day(day);
-        for totals in [false, true] {
-            self.client
-                .query(&sql::finalize(86_400, version, &states, totals))
-                .execute()
-                .await?;
-        }
+        self.client
+            .query(&sql::finalize(
+                &[(86_400, false), (86_400, true)],
+                version,
+                &states,
+            ))
+            .execute()
+            .await?;
         self.client
             .query(&sql::commit(
                 86_400,

@@ -38,20 +38,63 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-/// The hours' 5-minute states into `batch_states`: the one scan of the raw
-/// record a pass makes. Innermost first: one row per `event_id` (its
-/// earliest received copy: each column's `argMin` under the same key) over
-/// the hours widened by the dedup margin; the events of the hours; deleted
-/// users' events out; one row per (window, key) with its distinct-user
-/// state and its values' histogram buckets.
+/// The ids with more than one copy in the hours of `h` (widened by the
+/// dedup margin), as `cityHash64(event_id)`, into `batch_dup_ids` under the
+/// run's version: the only events [`hour_states`] has to deduplicate.
+/// Grouping 8-byte hashes is a fraction of grouping every row's columns by
+/// its 36-byte id.
+pub fn duplicate_ids(h: &HourSpec<'_>) -> String {
+    let (lo, hi) = h.widened();
+    format!(
+        "INSERT INTO batch_dup_ids (version, id_hash) \
+         SELECT {version}, id_hash FROM ( \
+            SELECT cityHash64(event_id) AS id_hash FROM {source} \
+            WHERE timestamp >= toDateTime({lo}) AND timestamp < toDateTime({hi}) \
+            GROUP BY id_hash HAVING count() > 1)",
+        version = h.version,
+        source = h.source,
+    )
+}
+
+/// Forget one run's duplicate ids once its states are written.
+pub fn drop_duplicate_ids(version: u64) -> String {
+    format!("ALTER TABLE batch_dup_ids DROP PARTITION {version}")
+}
+
+impl HourSpec<'_> {
+    /// The time range searched for copies of the hours' events.
+    fn widened(&self) -> (i64, i64) {
+        let margin = i64::from(self.dedup_margin_secs);
+        (self.hour - margin, self.end + margin)
+    }
+}
+
+/// The hours' 5-minute states into `batch_states`: the one aggregation of
+/// the raw record a pass makes (after [`duplicate_ids`]). Events come by two
+/// roads that together hold each event of the hours exactly once:
+/// - an event with one copy, of a user never deleted, as it is stored (almost
+///   every event, at the cost of a scan);
+/// - the rest (ids named by `batch_dup_ids`, users named by `deletions`):
+///   one row per `event_id`, its earliest received copy (each column's
+///   `argMin` under the same key) over the hours widened by the dedup
+///   margin, kept when its time is in the hours and it was received after
+///   its user's last deletion request.
+///
+/// Then one row per (window, key) with its distinct-user state and its
+/// values' histogram buckets.
 pub fn hour_states(h: &HourSpec<'_>) -> String {
     let window_ms = i64::from(h.window_secs) * 1000;
-    let hour_ms = h.hour * 1000;
-    let lo = h.hour - i64::from(h.dedup_margin_secs);
-    let hi = h.end + i64::from(h.dedup_margin_secs);
+    let (lo, hi) = h.widened();
+    let in_hours = |t: &str| format!("{t} >= {} AND {t} < {}", h.hour * 1000, h.end * 1000);
     let bucket = sql_bucket("v", h.histogram_sigfig, h.histogram_max_value);
     let hist = "sumMap(if(has_value, [toUInt64(b)], emptyArrayUInt64()), if(has_value, [toUInt64(1)], emptyArrayUInt64()))";
     let first = "(received_at, kafka_partition, kafka_offset)";
+    let user = "if(user_id != '', user_id, anonymous_id)";
+    let duplicates = format!(
+        "cityHash64(event_id) IN (SELECT id_hash FROM batch_dup_ids WHERE version = {})",
+        h.version
+    );
+    let deleted = format!("(project_id, {user}) IN (SELECT project_id, user FROM deletions)");
     format!(
         "INSERT INTO batch_states \
          (version, hour, window_start, project_id, event, dimensions, events, users_state, \
@@ -63,32 +106,44 @@ pub fn hour_states(h: &HourSpec<'_>) -> String {
          FROM ( \
             SELECT w, project_id, e, d, user_key, has_value, v, if(has_value, {bucket}, 0) AS b \
             FROM ( \
-                SELECT fp AS project_id, fe AS e, if(fd = '', {empty}, fd) AS d, \
-                       if(fu != '', fu, fa) AS user_key, isNotNull(fv) AS has_value, ifNull(fv, 0.) AS v, \
-                       intDiv(ft, {window_ms}) * {window_secs} AS w, fr AS received \
+                SELECT project_id, event AS e, if(dimensions = '', {empty}, dimensions) AS d, \
+                       {user} AS user_key, isNotNull(value) AS has_value, ifNull(value, 0.) AS v, \
+                       intDiv(timestamp_ms, {window_ms}) * {window_secs} AS w \
+                FROM {source} \
+                WHERE timestamp >= toDateTime({lo}) AND timestamp < toDateTime({hi}) \
+                  AND {stored_in_hours} AND NOT ({duplicates}) AND NOT ({deleted}) \
+                UNION ALL \
+                SELECT project_id, e, d, user_key, has_value, v, w \
                 FROM ( \
-                    SELECT argMin(project_id, {first}) AS fp, argMin(event, {first}) AS fe, \
-                           argMin(dimensions, {first}) AS fd, argMin(user_id, {first}) AS fu, \
-                           argMin(anonymous_id, {first}) AS fa, argMin(value, {first}) AS fv, \
-                           argMin(timestamp_ms, {first}) AS ft, argMin(received_at, {first}) AS fr \
-                    FROM {source} \
-                    WHERE timestamp >= toDateTime({lo}) AND timestamp < toDateTime({hi}) \
-                    GROUP BY event_id \
+                    SELECT fp AS project_id, fe AS e, if(fd = '', {empty}, fd) AS d, \
+                           if(fu != '', fu, fa) AS user_key, isNotNull(fv) AS has_value, ifNull(fv, 0.) AS v, \
+                           intDiv(ft, {window_ms}) * {window_secs} AS w, fr AS received \
+                    FROM ( \
+                        SELECT argMin(project_id, {first}) AS fp, argMin(event, {first}) AS fe, \
+                               argMin(dimensions, {first}) AS fd, argMin(user_id, {first}) AS fu, \
+                               argMin(anonymous_id, {first}) AS fa, argMin(value, {first}) AS fv, \
+                               argMin(timestamp_ms, {first}) AS ft, argMin(received_at, {first}) AS fr \
+                        FROM {source} \
+                        WHERE timestamp >= toDateTime({lo}) AND timestamp < toDateTime({hi}) \
+                          AND ({duplicates} OR {deleted}) \
+                        GROUP BY event_id \
+                    ) \
+                    WHERE {first_in_hours} \
                 ) \
-                WHERE ft >= {hour_ms} AND ft < {hour_end_ms} \
+                ANY LEFT JOIN ( \
+                    SELECT project_id, user AS user_key, max(requested_at) AS deleted_until \
+                    FROM deletions GROUP BY project_id, user \
+                ) USING (project_id, user_key) \
+                WHERE received > deleted_until \
             ) \
-            ANY LEFT JOIN ( \
-                SELECT project_id, user AS user_key, max(requested_at) AS deleted_until \
-                FROM deletions GROUP BY project_id, user \
-            ) USING (project_id, user_key) \
-            WHERE received > deleted_until \
          ) \
          GROUP BY w, project_id, e, d",
         version = h.version,
-        hour_end_ms = h.end * 1000,
         window_secs = h.window_secs,
         empty = quote(h.empty_dimensions),
         source = h.source,
+        stored_in_hours = in_hours("timestamp_ms"),
+        first_in_hours = in_hours("ft"),
     )
 }
 
@@ -100,11 +155,27 @@ fn percentile(q: &str) -> String {
     )
 }
 
-/// Finalized rows of `period_secs` (300, 3600 or 86400) from the states of
-/// the given passes, per key and (with `totals`) per (project, event) as
-/// [`ALL_DIMENSIONS`]. `states` is a condition on `batch_states` naming the
-/// passes to read.
-pub fn finalize(period_secs: u32, version: u64, states: &str, totals: bool) -> String {
+/// Finalized rows into `batch_rollups` from the states of the given passes,
+/// for each `(period_secs, totals)` of `parts` (period 300, 3600 or 86400;
+/// per key, or with `totals` per (project, event) as [`ALL_DIMENSIONS`]), in
+/// one statement: one part written and one round trip instead of one per
+/// kind of row. `states` is a condition on `batch_states` naming the passes
+/// to read.
+pub fn finalize(parts: &[(u32, bool)], version: u64, states: &str) -> String {
+    let selects = parts
+        .iter()
+        .map(|&(period_secs, totals)| finalized_rows(period_secs, version, states, totals))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    format!(
+        "INSERT INTO batch_rollups \
+         (period_secs, bucket_start, project_id, event, dimensions, version, events, users, \
+          value_count, value_sum, value_min, value_max, p50, p90, p95, p99, hist_values, hist_counts) \
+         {selects}"
+    )
+}
+
+fn finalized_rows(period_secs: u32, version: u64, states: &str, totals: bool) -> String {
     let bucket = match period_secs {
         300 => "window_start".to_owned(),
         3600 => "hour".to_owned(),
@@ -121,10 +192,7 @@ pub fn finalize(period_secs: u32, version: u64, states: &str, totals: bool) -> S
         "bucket, project_id, event, dimensions"
     };
     format!(
-        "INSERT INTO batch_rollups \
-         (period_secs, bucket_start, project_id, event, dimensions, version, events, users, \
-          value_count, value_sum, value_min, value_max, p50, p90, p95, p99, hist_values, hist_counts) \
-         SELECT {period_secs}, bucket, project_id, event, {dims_out}, {version}, n, u, vc, vs, vmin, vmax, \
+        "SELECT {period_secs}, bucket, project_id, event, {dims_out}, {version}, n, u, vc, vs, vmin, vmax, \
                 {p50}, {p90}, {p95}, {p99}, hv, hc \
          FROM ( \
             SELECT {bucket} AS bucket, project_id, event, {dims_in} AS dims, \
@@ -230,13 +298,13 @@ mod tests {
 
     #[test]
     fn totals_group_without_dimensions() {
-        let sql = finalize(3600, 7, "version = 7", true);
+        let sql = finalize(&[(3600, true)], 7, "version = 7");
         assert!(
             sql.contains("GROUP BY bucket, project_id, event )"),
             "{sql}"
         );
         assert!(sql.contains("'*' AS dims"), "{sql}");
-        let sql = finalize(300, 7, "version = 7", false);
+        let sql = finalize(&[(300, false)], 7, "version = 7");
         assert!(
             sql.contains("GROUP BY bucket, project_id, event, dimensions"),
             "{sql}"

@@ -63,6 +63,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "batch_layer",
         sql: include_str!("../migrations/0008_batch_layer.sql"),
     },
+    Migration {
+        version: 9,
+        name: "batch_duplicate_ids",
+        sql: include_str!("../migrations/0009_batch_duplicate_ids.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]
