@@ -36,7 +36,9 @@ enum Planned {
 /// invalid in a known way.
 fn plan(seed: u64, n: usize) -> Vec<(Value, Planned)> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let base: DateTime<Utc> = "2026-11-25T10:00:00Z".parse().unwrap();
+    // Two days back, whole hours: inside `contract.max_past_days` on any day.
+    let base =
+        DateTime::<Utc>::from_timestamp((Utc::now().timestamp() / 3600 - 48) * 3600, 0).unwrap();
     (0..n)
         .map(|i| {
             let id = Uuid::from_u128(rng.random());
@@ -45,8 +47,13 @@ fn plan(seed: u64, n: usize) -> Vec<(Value, Planned)> {
             let value = f64::from(rng.random_range(0..10_000u32)) / 8.0;
             let ts = base + chrono::Duration::milliseconds(rng.random_range(0..3_600_000));
             let t = ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            match rng.random_range(0..10) {
+            match rng.random_range(0..11) {
                 0 => (json!({"user_id": user, "event_id": id, "timestamp": t}), Planned::Invalid { code: "missing_event" }),
+                10 => {
+                    // Dated where no clock is, before or after the skew correction.
+                    let far = ["2099-01-01T00:00:00Z", "1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z"][rng.random_range(0..3)];
+                    (json!({"event": event, "user_id": user, "event_id": id, "timestamp": far}), Planned::Invalid { code: "timestamp_out_of_range" })
+                }
                 1 => (json!({"event": event, "user_id": user, "timestamp": "last tuesday"}), Planned::Invalid { code: "bad_timestamp" }),
                 2 => (json!({"event": event, "user_id": user, "value": "12"}), Planned::Invalid { code: "bad_value" }),
                 3..=5 => (
@@ -159,6 +166,94 @@ async fn a_mixed_batch_lands_exactly_its_valid_events() {
             .unwrap();
         assert_eq!(header.value, Some(&b"1"[..]));
     }
+    drop(ingest);
+    env.teardown().await;
+}
+
+/// History older than `contract.max_past_days` is refused on the live
+/// endpoint, naming `/v1/import`, and taken there; the far future neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_goes_through_import_and_the_far_future_nowhere() {
+    let env = TestEnv::new("ingest_import").await;
+    env.create_topic(2).await;
+    let ingest = Ingest::start(&env, "shop", &[]).await;
+    let year_ago = (Utc::now() - chrono::Duration::days(400))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let body = |id: u128, t: &str| {
+        json!({"batch": [
+            {"event": "old", "user_id": "u1", "event_id": Uuid::from_u128(id), "timestamp": t},
+            {"event": "far", "user_id": "u1", "event_id": Uuid::from_u128(id + 1), "timestamp": "2099-01-01T00:00:00Z"},
+            {"event": "now", "user_id": "u1", "event_id": Uuid::from_u128(id + 2)}
+        ]})
+        .to_string()
+    };
+    let live: Value = ingest
+        .post("/v1/batch", body(10, &year_ago))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(live["accepted"], 1, "{live}");
+    let reasons: Vec<(u64, &str, &str)> = live["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["code"].as_str().unwrap(),
+                r["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons.len(), 2, "{live}");
+    assert_eq!((reasons[0].0, reasons[0].1), (0, "timestamp_out_of_range"));
+    assert!(
+        reasons[0].2.contains("more than 31 days before") && reasons[0].2.contains("/v1/import"),
+        "{}",
+        reasons[0].2
+    );
+    assert_eq!((reasons[1].0, reasons[1].1), (1, "timestamp_out_of_range"));
+    assert!(
+        reasons[1].2.contains("more than 600 s after"),
+        "{}",
+        reasons[1].2
+    );
+
+    let import: Value = ingest
+        .post("/v1/import", body(20, &year_ago))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(import["accepted"], 2, "{import}");
+    assert_eq!(import["rejected"][0]["index"], 1, "{import}");
+    assert_eq!(import["rejected"][0]["code"], "timestamp_out_of_range");
+
+    let records = read_topic(
+        &env.cfg.kafka,
+        3,
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    );
+    let mut ids: Vec<Uuid> = records
+        .iter()
+        .map(|r| {
+            EventEnvelope::decode(r.payload().unwrap())
+                .unwrap()
+                .event_id
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![
+            Uuid::from_u128(12),
+            Uuid::from_u128(20),
+            Uuid::from_u128(22)
+        ],
+        "the live batch's current event and the import's two"
+    );
     drop(ingest);
     env.teardown().await;
 }

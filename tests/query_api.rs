@@ -126,7 +126,7 @@ async fn seed(env: &TestEnv, events: &[EventEnvelope], lake: &LocalStore) {
                     dimensions: &dimensions,
                 },
                 offset,
-                0,
+                chrono::Utc::now().timestamp_millis(),
             );
             let hour = hourglass_lake::layout::hour_of(e.received_at);
             files.entry(hour).or_default().append(e, partition, offset);

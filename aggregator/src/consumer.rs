@@ -34,6 +34,7 @@ pub struct EventCounters {
     added: metrics::Counter,
     overflow: metrics::Counter,
     late: metrics::Counter,
+    ahead: metrics::Counter,
     undecodable: metrics::Counter,
     clamped: metrics::Counter,
 }
@@ -45,6 +46,7 @@ impl EventCounters {
             added: metrics::counter!(EVENTS, "outcome" => "added"),
             overflow: metrics::counter!(EVENTS, "outcome" => "overflow"),
             late: metrics::counter!(EVENTS, "outcome" => "late"),
+            ahead: metrics::counter!(EVENTS, "outcome" => "ahead"),
             undecodable: metrics::counter!(EVENTS, "outcome" => "undecodable"),
             clamped: metrics::counter!(CLAMPED_VALUES),
         }
@@ -190,6 +192,7 @@ fn handle_record(
         Ingested::Added => counters.added.increment(1),
         Ingested::Overflow => counters.overflow.increment(1),
         Ingested::Late => counters.late.increment(1),
+        Ingested::Ahead => counters.ahead.increment(1),
     }
     if windows.clamped_values != clamped_before {
         counters.clamped.increment(1);

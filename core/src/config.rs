@@ -283,6 +283,12 @@ pub struct AggregatorConfig {
     pub grace_secs: u32,
     /// A partition without events for this long advances its watermark by wall clock.
     pub idle_timeout_secs: u32,
+    /// An event dated more than this after the aggregator's clock is set
+    /// aside (recorded as late, left to the batch layer) instead of opening
+    /// a window that would not close for years. Whatever the input, the
+    /// watermark never passes the clock, so a fast client clock cannot close
+    /// the current window early for everyone on its partition.
+    pub max_ahead_secs: u32,
     /// Property names whose values become key dimensions (e.g. `path`, `country`).
     pub dimensions: Vec<String>,
     /// Most keys one window of one partition may hold; the rest fold into `__other__`.
@@ -306,6 +312,7 @@ impl Default for AggregatorConfig {
             window_secs: 300,
             grace_secs: 60,
             idle_timeout_secs: 30,
+            max_ahead_secs: 600,
             dimensions: Vec::new(),
             max_keys_per_window: 10_000,
             max_dimension_len: 200,

@@ -35,6 +35,8 @@ pub struct AppState {
     pub keys: WriteKeys,
     pub publisher: Publisher,
     pub limits: ContractLimits,
+    /// `limits` with the history allowance of `/v1/import`.
+    import_limits: ContractLimits,
     pub cfg: IngestConfig,
     limiter: Option<DefaultKeyedRateLimiter<usize>>,
     in_flight: Semaphore,
@@ -55,6 +57,7 @@ impl AppState {
         Self {
             keys,
             publisher,
+            import_limits: limits.for_import(),
             limits,
             cfg,
             limiter,
@@ -67,6 +70,8 @@ impl AppState {
 #[derive(Clone, Copy)]
 enum Route {
     Batch,
+    /// A batch of history (`/v1/import`): older event times allowed.
+    Import,
     /// One event; the Segment `type` the route implies when the body has none.
     Single(&'static str),
     Beacon,
@@ -76,6 +81,7 @@ impl Route {
     fn label(self) -> &'static str {
         match self {
             Route::Batch => "batch",
+            Route::Import => "import",
             Route::Single(kind) => kind,
             Route::Beacon => "beacon",
         }
@@ -85,7 +91,7 @@ impl Route {
 pub fn router(state: Arc<AppState>) -> Router {
     let mut r = Router::new()
         .route("/v1/batch", post(batch))
-        .route("/v1/import", post(batch))
+        .route("/v1/import", post(import))
         .route("/v1/beacon", post(beacon));
     for kind in ["track", "page", "screen", "identify", "group", "alias"] {
         r = r.route(
@@ -108,6 +114,14 @@ async fn batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     handle(state, Route::Batch, headers, None, body).await
+}
+
+async fn import(
+    state: State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle(state, Route::Import, headers, None, body).await
 }
 
 #[derive(Deserialize)]
@@ -186,7 +200,11 @@ async fn accept(
     let body = body::decode(headers, body, state.cfg.max_decoded_bytes)?;
     let batch = read_events(route, &body, &state.limits)?;
     rate_limit(state, &project, batch.events.len())?;
-    let (valid, rejected) = validate(&batch, &project, &state.limits);
+    let limits = match route {
+        Route::Import => &state.import_limits,
+        _ => &state.limits,
+    };
+    let (valid, rejected) = validate(&batch, &project, limits);
     if !valid.is_empty() {
         state
             .publisher
@@ -257,7 +275,7 @@ fn read_events(
 ) -> Result<ParsedBatch, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let is_batch = match route {
-        Route::Batch => true,
+        Route::Batch | Route::Import => true,
         Route::Single(_) => false,
         // A beacon carries an array, a batch object, or one event.
         Route::Beacon => first == Some(b'[') || has_batch_field(body),

@@ -348,6 +348,9 @@ impl Sink {
             Sink::Rollups {
                 window, partitions, ..
             } => {
+                // The live aggregator's rule: events dated past the clock
+                // (plus `max_ahead`) are set aside, never windowed.
+                let now_ms = chrono::Utc::now().timestamp_millis();
                 for e in &events {
                     summary.events_in_range += u64::from(in_range(e, opts));
                     let core = partitions
@@ -368,7 +371,7 @@ impl Sink {
                             dimensions: &dimensions,
                         },
                         e.offset,
-                        0,
+                        now_ms,
                     );
                 }
             }

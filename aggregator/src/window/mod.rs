@@ -1,10 +1,13 @@
 //! The windowing core: pure event-time logic, no Kafka or ClickHouse types.
 //!
 //! One [`PartitionWindows`] per source partition holds that partition's open
-//! tumbling windows and its watermark (the largest event time seen). A window
+//! tumbling windows and its watermark (the largest event time seen, but never
+//! past the wall clock: input cannot move it into the future). A window
 //! `[start, start + length)` closes once `start + length + grace <= watermark`;
 //! an event whose window already closed is *late*: counted, never added (the
-//! batch layer still keeps it). A partition that has read everything there is
+//! batch layer still keeps it), and so is an event dated further ahead of the
+//! wall clock than `max_ahead` (it would hold a window open for as long as
+//! its date is away). A partition that has read everything there is
 //! and sees nothing for `idle_timeout` moves its watermark to the wall clock,
 //! so quiet partitions still close their windows.
 //!
@@ -34,6 +37,7 @@ pub struct WindowConfig {
     pub window_ms: i64,
     pub grace_ms: i64,
     pub idle_timeout_ms: i64,
+    pub max_ahead_ms: i64,
     pub dimensions: Vec<String>,
     pub max_keys_per_window: usize,
     pub max_dimension_len: usize,
@@ -47,6 +51,7 @@ impl From<&AggregatorConfig> for WindowConfig {
             window_ms: i64::from(c.window_secs) * 1000,
             grace_ms: i64::from(c.grace_secs) * 1000,
             idle_timeout_ms: i64::from(c.idle_timeout_secs) * 1000,
+            max_ahead_ms: i64::from(c.max_ahead_secs) * 1000,
             dimensions: c.dimensions.clone(),
             max_keys_per_window: c.max_keys_per_window,
             max_dimension_len: c.max_dimension_len,

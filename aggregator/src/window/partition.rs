@@ -26,6 +26,9 @@ pub enum Ingested {
     Overflow,
     /// Its window had already closed.
     Late,
+    /// Dated more than `max_ahead` after the wall clock: set aside with the
+    /// late records, never windowed.
+    Ahead,
 }
 
 /// What a flush must write with its rows so a restart resumes exactly.
@@ -96,6 +99,7 @@ pub struct PartitionWindows {
     key_buf: String,
     dims_buf: Vec<u8>,
     pub late_events: u64,
+    pub ahead_events: u64,
     pub overflow_events: u64,
     pub clamped_values: u64,
 }
@@ -120,6 +124,7 @@ impl PartitionWindows {
             key_buf: String::new(),
             dims_buf: Vec::new(),
             late_events: 0,
+            ahead_events: 0,
             overflow_events: 0,
             clamped_values: 0,
         }
@@ -153,8 +158,13 @@ impl PartitionWindows {
         self.idle_doubted = false;
         self.idle_since_ms = wall_ms;
         let start = self.cfg.window_start(event.timestamp_ms);
-        if self.cfg.is_closed(start, self.watermark) {
-            self.late_events += 1;
+        let ahead = event.timestamp_ms > wall_ms.saturating_add(self.cfg.max_ahead_ms);
+        if ahead || self.cfg.is_closed(start, self.watermark) {
+            if ahead {
+                self.ahead_events += 1;
+            } else {
+                self.late_events += 1;
+            }
             if self.late.is_empty() {
                 self.late_since_ms = wall_ms;
             }
@@ -164,7 +174,11 @@ impl PartitionWindows {
                 event: event.event.into(),
                 offset,
             });
-            return Ingested::Late;
+            return if ahead {
+                Ingested::Ahead
+            } else {
+                Ingested::Late
+            };
         }
 
         self.build_key(event);
@@ -197,8 +211,11 @@ impl PartitionWindows {
         ) {
             self.clamped_values += 1;
         }
-        if event.timestamp_ms > self.watermark {
-            self.watermark = event.timestamp_ms;
+        // An event a little ahead of the clock (within `max_ahead`) waits in
+        // its window; the watermark goes no further than the clock.
+        let watermark = event.timestamp_ms.min(wall_ms);
+        if watermark > self.watermark {
+            self.watermark = watermark;
             self.close_windows();
         }
         outcome
@@ -331,12 +348,15 @@ mod tests {
 
     const MIN: i64 = 60_000;
     const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+    /// The wall clock of tests that are not about it: a day after T0.
+    const NOW: i64 = T0 + 24 * 60 * MIN;
 
     fn cfg(dimensions: &[&str], max_keys: usize) -> Arc<WindowConfig> {
         Arc::new(WindowConfig {
             window_ms: 5 * MIN,
             grace_ms: MIN,
             idle_timeout_ms: 10_000,
+            max_ahead_ms: 10 * MIN,
             dimensions: dimensions.iter().map(|s| s.to_string()).collect(),
             max_keys_per_window: max_keys,
             max_dimension_len: 16,
@@ -364,21 +384,21 @@ mod tests {
     fn out_of_order_events_inside_grace_are_counted() {
         let mut p = PartitionWindows::new(cfg(&[], 100), 0, None);
         assert_eq!(
-            p.ingest(&ev("a", "u1", T0 + 4 * MIN, None), 0, 0),
+            p.ingest(&ev("a", "u1", T0 + 4 * MIN, None), 0, NOW),
             Ingested::Added
         );
         // next window, watermark T0+5m30s: window 0 not closed until T0+6m
         assert_eq!(
-            p.ingest(&ev("a", "u2", T0 + 5 * MIN + 30_000, None), 1, 0),
+            p.ingest(&ev("a", "u2", T0 + 5 * MIN + 30_000, None), 1, NOW),
             Ingested::Added
         );
         assert_eq!(
-            p.ingest(&ev("a", "u3", T0 + MIN, None), 2, 0),
+            p.ingest(&ev("a", "u3", T0 + MIN, None), 2, NOW),
             Ingested::Added,
             "out of order, within grace"
         );
         assert!(p.take_closed().is_none());
-        p.ingest(&ev("a", "u1", T0 + 6 * MIN, None), 3, 0);
+        p.ingest(&ev("a", "u1", T0 + 6 * MIN, None), 3, NOW);
         let closed = p.take_closed().unwrap();
         assert_eq!(closed.rows.len(), 1);
         assert_eq!(closed.rows[0].window_start_ms, T0);
@@ -397,12 +417,12 @@ mod tests {
     #[test]
     fn late_events_after_grace_are_counted_not_added() {
         let mut p = PartitionWindows::new(cfg(&[], 100), 0, None);
-        p.ingest(&ev("a", "u1", T0, None), 0, 0);
-        p.ingest(&ev("a", "u1", T0 + 6 * MIN, None), 1, 0);
+        p.ingest(&ev("a", "u1", T0, None), 0, NOW);
+        p.ingest(&ev("a", "u1", T0 + 6 * MIN, None), 1, NOW);
         let closed = rows(&mut p);
         assert_eq!(closed[0].events, 1);
         assert_eq!(
-            p.ingest(&ev("a", "u9", T0 + 2 * MIN, None), 2, 0),
+            p.ingest(&ev("a", "u9", T0 + 2 * MIN, None), 2, NOW),
             Ingested::Late
         );
         assert_eq!(p.late_events, 1);
@@ -411,7 +431,7 @@ mod tests {
             "a late event never reopens a window"
         );
         // It goes out with the next flush, for the batch layer's ledger.
-        p.ingest(&ev("a", "u1", T0 + 12 * MIN, None), 3, 0);
+        p.ingest(&ev("a", "u1", T0 + 12 * MIN, None), 3, NOW);
         let closed = p.take_closed().unwrap();
         assert_eq!(
             closed.late,
@@ -429,24 +449,97 @@ mod tests {
         let mut p = PartitionWindows::new(cfg(&[], 100), 0, Some(T0 + 60 * MIN));
         for offset in 0..LATE_FLUSH_AT as i64 {
             assert!(!p.has_closed());
-            p.ingest(&ev("a", "u1", T0, None), offset, 0);
+            p.ingest(&ev("a", "u1", T0, None), offset, NOW);
         }
         let closed = p.take_closed().expect("late records alone are flushed");
         assert_eq!((closed.rows.len(), closed.late.len()), (0, LATE_FLUSH_AT));
         assert!(p.take_closed().is_none());
     }
 
+    /// Event times a hostile or broken client sends: far ahead, far behind,
+    /// or past what a date holds. None may move the watermark past the clock
+    /// or keep a window (and so the resume offset) open.
+    #[test]
+    fn events_dated_far_ahead_are_set_aside_and_never_move_the_watermark() {
+        let wall = T0 + 7 * MIN;
+        let mut p = PartitionWindows::new(cfg(&[], 100), 0, None);
+        assert_eq!(p.ingest(&ev("a", "u1", T0, None), 0, wall), Ingested::Added);
+        let y2099 = 4_070_908_800_000; // 2099-01-01
+        let y9999 = 253_402_300_799_000; // 9999-12-31T23:59:59
+        for (offset, ts) in [(1, y2099), (2, y9999), (3, i64::MAX)] {
+            assert_eq!(
+                p.ingest(&ev("a", "u2", ts, None), offset, wall),
+                Ingested::Ahead
+            );
+        }
+        assert_eq!(p.watermark_ms(), Some(T0), "the watermark did not move");
+        assert_eq!(p.open_windows(), 1, "no window for the far future");
+        assert_eq!(p.ahead_events, 3);
+        // 1970 lands in a window of its own, closed by the next real event.
+        assert_eq!(p.ingest(&ev("a", "u3", 0, None), 4, wall), Ingested::Late);
+        // Windows keep closing as real time goes by.
+        p.ingest(&ev("a", "u1", T0 + 6 * MIN, None), 5, wall);
+        let closed = p.take_closed().expect("window 0 closes as it would have");
+        assert_eq!(closed.rows.len(), 1);
+        assert_eq!(closed.rows[0].events, 1);
+        let late: Vec<(i64, i64)> = closed.late.iter().map(|l| (l.offset, l.hour)).collect();
+        assert_eq!(
+            late,
+            vec![
+                (1, y2099 / 1000),
+                (2, y9999.div_euclid(3_600_000) * 3600),
+                (3, i64::MAX.div_euclid(3_600_000) * 3600),
+                (4, 0)
+            ],
+            "set-aside records go to the late ledger for the batch layer"
+        );
+        assert_eq!(
+            closed.checkpoint.resume_offset, 5,
+            "nothing far ahead pins the resume offset"
+        );
+        assert_eq!(closed.checkpoint.watermark_ms, T0 + 6 * MIN);
+    }
+
+    /// A client clock a few minutes fast (inside `max_ahead`): its events
+    /// wait in their own window; the current window stays open for everyone.
+    #[test]
+    fn a_fast_client_clock_does_not_close_the_current_window_early() {
+        let wall = T0 + 2 * MIN;
+        let mut p = PartitionWindows::new(cfg(&[], 100), 0, None);
+        p.ingest(&ev("a", "u1", T0 + MIN, None), 0, wall);
+        assert_eq!(
+            p.ingest(&ev("a", "fast", T0 + 9 * MIN, None), 1, wall),
+            Ingested::Added
+        );
+        assert_eq!(p.watermark_ms(), Some(wall), "held at the clock");
+        assert_eq!(
+            p.ingest(&ev("a", "u2", T0 + MIN + 1, None), 2, wall),
+            Ingested::Added,
+            "window 0 is still open"
+        );
+        assert!(p.take_closed().is_none());
+        // Real time reaches the fast event's window: both close in order.
+        p.ingest(&ev("a", "u3", T0 + 16 * MIN, None), 3, T0 + 16 * MIN);
+        let closed = p.take_closed().expect("closed");
+        let events: Vec<(i64, u64)> = closed
+            .rows
+            .iter()
+            .map(|r| (r.window_start_ms, r.events))
+            .collect();
+        assert_eq!(events, vec![(T0, 2), (T0 + 5 * MIN, 1)]);
+    }
+
     #[test]
     fn a_few_late_records_go_out_alone_after_a_minute() {
         let mut p = PartitionWindows::new(cfg(&[], 100), 0, Some(T0 + 60 * MIN));
-        p.ingest(&ev("a", "u1", T0, None), 0, 1_000);
-        p.ingest(&ev("a", "u2", T0, None), 1, 30_000);
-        p.tick(1_000 + LATE_MAX_WAIT_MS - 1);
+        p.ingest(&ev("a", "u1", T0, None), 0, NOW + 1_000);
+        p.ingest(&ev("a", "u2", T0, None), 1, NOW + 30_000);
+        p.tick(NOW + 1_000 + LATE_MAX_WAIT_MS - 1);
         assert!(p.take_closed().is_none(), "not yet a minute");
-        p.tick(1_000 + LATE_MAX_WAIT_MS);
+        p.tick(NOW + 1_000 + LATE_MAX_WAIT_MS);
         let closed = p.take_closed().expect("due after a minute");
         assert_eq!((closed.rows.len(), closed.late.len()), (0, 2));
-        p.tick(10 * LATE_MAX_WAIT_MS);
+        p.tick(NOW + 10 * LATE_MAX_WAIT_MS);
         assert!(p.take_closed().is_none(), "nothing waits any more");
     }
 
@@ -461,11 +554,11 @@ mod tests {
             "before the epoch still aligns"
         );
         let mut p = PartitionWindows::new(c, 0, None);
-        p.ingest(&ev("a", "u1", T0 + 5 * MIN, None), 0, 0);
+        p.ingest(&ev("a", "u1", T0 + 5 * MIN, None), 0, NOW);
         // closes exactly when watermark == end + grace
-        p.ingest(&ev("a", "u1", T0 + 11 * MIN - 1, None), 1, 0);
+        p.ingest(&ev("a", "u1", T0 + 11 * MIN - 1, None), 1, NOW);
         assert!(p.take_closed().is_none());
-        p.ingest(&ev("a", "u1", T0 + 11 * MIN, None), 2, 0);
+        p.ingest(&ev("a", "u1", T0 + 11 * MIN, None), 2, NOW);
         let r = rows(&mut p);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].window_start_ms, T0 + 5 * MIN);
@@ -549,12 +642,12 @@ mod tests {
                 Ingested::Added
             };
             assert_eq!(
-                p.ingest(&ev(name, "u", T0, None), i as i64, 0),
+                p.ingest(&ev(name, "u", T0, None), i as i64, NOW),
                 expected,
                 "{name}"
             );
         }
-        p.ingest(&ev("z", "u", T0 + 10 * MIN, None), 5, 0);
+        p.ingest(&ev("z", "u", T0 + 10 * MIN, None), 5, NOW);
         let r = rows(&mut p);
         let names: Vec<(&str, u64)> = r.iter().map(|r| (r.event.as_str(), r.events)).collect();
         assert_eq!(names, vec![(OVERFLOW_KEY, 2), ("a", 2), ("b", 1)]);
@@ -565,9 +658,9 @@ mod tests {
     fn histogram_clamps_and_keeps_stats() {
         let mut p = PartitionWindows::new(cfg(&[], 10), 0, None);
         for (i, v) in [5.0, 10.0, 2000.0, -1.0].iter().enumerate() {
-            p.ingest(&ev("api", "u", T0, Some(*v)), i as i64, 0);
+            p.ingest(&ev("api", "u", T0, Some(*v)), i as i64, NOW);
         }
-        p.ingest(&ev("api", "u", T0 + 10 * MIN, None), 4, 0);
+        p.ingest(&ev("api", "u", T0 + 10 * MIN, None), 4, NOW);
         let r = &rows(&mut p)[0];
         assert_eq!(p.clamped_values, 2);
         assert_eq!(
@@ -603,9 +696,9 @@ mod tests {
             let mut e = ev("view", "u", T0, None);
             let dims = crate::window::dimension_values(&p.cfg.dimensions, Some(prop));
             e.dimensions = &dims;
-            p.ingest(&e, i as i64, 0);
+            p.ingest(&e, i as i64, NOW);
         }
-        p.ingest(&ev("x", "u", T0 + 10 * MIN, None), 9, 0);
+        p.ingest(&ev("x", "u", T0 + 10 * MIN, None), 9, NOW);
         let dims: Vec<(String, u64)> = rows(&mut p)
             .into_iter()
             .filter(|r| r.event == "view")
@@ -624,11 +717,11 @@ mod tests {
     #[test]
     fn resume_offset_is_the_oldest_open_event() {
         let mut p = PartitionWindows::new(cfg(&[], 10), 100, None);
-        p.ingest(&ev("a", "u", T0, None), 100, 0);
-        p.ingest(&ev("a", "u", T0 + 5 * MIN, None), 101, 0);
-        p.ingest(&ev("a", "u", T0 + 2 * MIN, None), 102, 0);
-        p.ingest(&ev("a", "u", T0 + 10 * MIN, None), 103, 0);
-        p.ingest(&ev("a", "u", T0 + 6 * MIN, None), 104, 0); // closes window 0
+        p.ingest(&ev("a", "u", T0, None), 100, NOW);
+        p.ingest(&ev("a", "u", T0 + 5 * MIN, None), 101, NOW);
+        p.ingest(&ev("a", "u", T0 + 2 * MIN, None), 102, NOW);
+        p.ingest(&ev("a", "u", T0 + 10 * MIN, None), 103, NOW);
+        p.ingest(&ev("a", "u", T0 + 6 * MIN, None), 104, NOW); // closes window 0
         let c = p.take_closed().unwrap();
         assert_eq!(c.rows[0].events, 2);
         assert_eq!(c.checkpoint.resume_offset, 101);
@@ -656,7 +749,7 @@ mod tests {
                 p.ingest(
                     &ev(name, &format!("u{}", off % 17), *ts, None),
                     off as i64,
-                    0,
+                    NOW,
                 );
                 if off % 10 == 0
                     && let Some(closed) = p.take_closed()

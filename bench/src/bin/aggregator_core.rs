@@ -90,10 +90,11 @@ fn run(events: &[Decoded], dims: bool) -> (f64, usize) {
         ..WindowConfig::default()
     });
     let mut p = PartitionWindows::new(cfg, 0, None);
+    let now = chrono::Utc::now().timestamp_millis();
     let started = Instant::now();
     let mut rows = 0;
     for (i, e) in events.iter().enumerate() {
-        p.ingest(&e.as_event(), i as i64, 0);
+        p.ingest(&e.as_event(), i as i64, now);
         if i % 100_000 == 0
             && let Some(c) = p.take_closed()
         {
@@ -117,6 +118,7 @@ fn main() {
             ..WindowConfig::default()
         });
         let mut p = PartitionWindows::new(cfg, 0, None);
+        let now = chrono::Utc::now().timestamp_millis();
         let chunk = 100_000;
         let mut rows = 0;
         for c in 0..args.events.div_ceil(chunk) {
@@ -130,7 +132,7 @@ fn main() {
                     + (e.ts - 1_767_225_600_000) / args.events.div_ceil(chunk) as i64;
             }
             for (i, e) in events.iter().enumerate() {
-                p.ingest(&e.as_event(), (c * chunk + i) as i64, 0);
+                p.ingest(&e.as_event(), (c * chunk + i) as i64, now);
             }
             rows += p.take_closed().map_or(0, |c| c.rows.len());
         }

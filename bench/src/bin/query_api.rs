@@ -87,6 +87,7 @@ async fn load(cfg: &Config, args: &Args) -> Result<()> {
     let mut offsets = [0i64; PARTITIONS as usize];
     let mut rng = SmallRng::seed_from_u64(10);
     let span_ms = args.days * 86_400_000;
+    let now_ms = chrono::Utc::now().timestamp_millis();
     let started = Instant::now();
     let mut batch: Vec<EventRow> = Vec::with_capacity(200_000);
     let mut rollup_rows = 0usize;
@@ -115,7 +116,7 @@ async fn load(cfg: &Config, args: &Args) -> Result<()> {
                 dimensions: &dimensions,
             },
             offset,
-            0,
+            now_ms,
         );
         batch.push(EventRow {
             project_id: "bench".into(),
@@ -221,7 +222,9 @@ async fn recompute(cfg: &Config, days: i64) -> Result<()> {
         "batch_commits",
         "reconciliation",
     ] {
-        ch.query(&format!("TRUNCATE TABLE {table}")).execute().await?;
+        ch.query(&format!("TRUNCATE TABLE {table}"))
+            .execute()
+            .await?;
     }
     let (from, to) = (T0, T0 + days * 86_400);
     let rows: u64 = ch

@@ -17,6 +17,17 @@ pub struct ContractLimits {
     pub max_id_len: usize,
     /// Longest string value or key anywhere inside `properties`, in bytes.
     pub max_string_len: usize,
+    /// Latest event time accepted, in seconds after the time received (after
+    /// the clock-skew correction): a client clock this far ahead is wrong,
+    /// and a time in the future would move the speed layer's watermark.
+    pub max_future_secs: u32,
+    /// Earliest event time accepted on the live endpoints, in days before
+    /// the time received (an app offline this long is rare; history goes
+    /// through `/v1/import`).
+    pub max_past_days: u32,
+    /// Earliest event time `/v1/import` accepts, in days before the time
+    /// received.
+    pub import_max_past_days: u32,
 }
 
 impl Default for ContractLimits {
@@ -28,6 +39,20 @@ impl Default for ContractLimits {
             max_event_name_len: 200,
             max_id_len: 256,
             max_string_len: 8 * 1024,
+            max_future_secs: 600,
+            max_past_days: 31,
+            import_max_past_days: 5 * 366,
+        }
+    }
+}
+
+impl ContractLimits {
+    /// The limits of `/v1/import`: history as far back as
+    /// `import_max_past_days`.
+    pub fn for_import(&self) -> Self {
+        Self {
+            max_past_days: self.import_max_past_days,
+            ..self.clone()
         }
     }
 }

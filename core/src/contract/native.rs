@@ -109,7 +109,7 @@ impl<'l> Normalizer<'l> {
         let timestamp = match fields.timestamp.map(json_kind) {
             None => None,
             Some(Json::Str(text)) => {
-                Some(event_time(&unescape(text)?, self.received_at, self.sent_at).ok()?)
+                Some(event_time(&unescape(text)?, self.received_at, self.sent_at, limits).ok()?)
             }
             Some(Json::Number(_) | Json::Other) => return None,
         };

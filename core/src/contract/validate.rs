@@ -32,6 +32,17 @@ pub enum Rejection {
     MissingIdentity,
     #[error("`timestamp` is not an RFC 3339 date-time: {0}")]
     BadTimestamp(String),
+    #[error(
+        "`timestamp` is {timestamp}{skew}, more than {limit} {direction} the time it was received ({received}){hint}"
+    )]
+    TimestampOutOfRange {
+        timestamp: String,
+        skew: &'static str,
+        limit: String,
+        direction: &'static str,
+        received: String,
+        hint: &'static str,
+    },
     #[error("`event_id` is not a UUID: {0}")]
     BadEventId(String),
     #[error("`value` must be a finite number")]
@@ -60,6 +71,7 @@ impl Rejection {
             Rejection::Empty(_) => "empty",
             Rejection::MissingIdentity => "missing_identity",
             Rejection::BadTimestamp(_) => "bad_timestamp",
+            Rejection::TimestampOutOfRange { .. } => "timestamp_out_of_range",
             Rejection::BadEventId(_) => "bad_event_id",
             Rejection::BadValue => "bad_value",
             Rejection::NumberOutOfRange => "number_out_of_range",
@@ -125,17 +137,52 @@ pub(super) fn parse_time(text: &str) -> Result<DateTime<Utc>, chrono::ParseError
 }
 
 /// An event's `timestamp` text, shifted by `received_at - sent_at` when the
-/// batch says when it was sent (the client's clock skew).
+/// batch says when it was sent (the client's clock skew), then held to
+/// `[received_at - max_past_days, received_at + max_future_secs]`: a time
+/// outside would poison the speed layer (a watermark years ahead closes
+/// every window) or land in partitions nobody reads.
 pub(super) fn event_time(
     text: &str,
     received_at: DateTime<Utc>,
     sent_at: Option<DateTime<Utc>>,
+    limits: &ContractLimits,
 ) -> Result<DateTime<Utc>, Rejection> {
     let t = parse_time(text).map_err(|e| Rejection::BadTimestamp(e.to_string()))?;
-    Ok(match sent_at {
-        Some(sent) => t + (received_at - sent),
-        None => t,
-    })
+    let t = match sent_at {
+        Some(sent) => t.checked_add_signed(received_at - sent),
+        None => Some(t),
+    };
+    let show = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let out_of_range = |timestamp: String, future: bool| Rejection::TimestampOutOfRange {
+        timestamp,
+        skew: if sent_at.is_some() {
+            " after the clock-skew correction (`sent_at`)"
+        } else {
+            ""
+        },
+        limit: if future {
+            format!("{} s", limits.max_future_secs)
+        } else {
+            format!("{} days", limits.max_past_days)
+        },
+        direction: if future { "after" } else { "before" },
+        received: show(received_at),
+        hint: if future || limits.max_past_days >= limits.import_max_past_days {
+            ""
+        } else {
+            "; older history goes through /v1/import"
+        },
+    };
+    let Some(t) = t else {
+        return Err(out_of_range(text.to_owned(), true));
+    };
+    if t > received_at + chrono::Duration::seconds(i64::from(limits.max_future_secs)) {
+        return Err(out_of_range(show(t), true));
+    }
+    if t < received_at - chrono::Duration::days(i64::from(limits.max_past_days)) {
+        return Err(out_of_range(show(t), false));
+    }
+    Ok(t)
 }
 
 /// `value` as a finite f64.
@@ -195,7 +242,7 @@ pub fn normalize(
 
     let timestamp = match object.remove("timestamp") {
         None | Some(Value::Null) => received_at,
-        Some(Value::String(s)) => event_time(&s, received_at, sent_at)?,
+        Some(Value::String(s)) => event_time(&s, received_at, sent_at, limits)?,
         Some(_) => {
             return Err(Rejection::WrongType {
                 field: "timestamp",
@@ -398,6 +445,94 @@ mod tests {
             e.timestamp,
             Utc.with_ymd_and_hms(2026, 11, 25, 11, 55, 0).unwrap()
         );
+    }
+
+    fn at(
+        timestamp: &str,
+        sent_at: Option<&str>,
+        limits: &ContractLimits,
+    ) -> Result<DateTime<Utc>, Rejection> {
+        let raw = RawValue::from_string(format!(
+            r#"{{"event":"e","user_id":"u","timestamp":"{timestamp}"}}"#
+        ))
+        .unwrap();
+        let sent = sent_at.map(|s| parse_time(s).unwrap());
+        let slow = normalize(&raw, "p", now(), sent, limits).map(|e| e.timestamp);
+        // The fast path gives the same answer (it falls back to the slow one
+        // for anything it refuses).
+        let fast = super::super::Normalizer::new("p", now(), sent, limits)
+            .encode(&raw)
+            .map(|_| ());
+        assert_eq!(fast.is_ok(), slow.is_ok(), "{timestamp} {sent_at:?}");
+        slow
+    }
+
+    fn out_of_range(r: Result<DateTime<Utc>, Rejection>) -> String {
+        match r {
+            Err(e @ Rejection::TimestampOutOfRange { .. }) => {
+                assert_eq!(e.code(), "timestamp_out_of_range");
+                e.to_string()
+            }
+            other => panic!("expected timestamp_out_of_range, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn event_times_outside_the_bounds_are_refused_with_the_bound() {
+        let l = limits();
+        // Far future and far past, as a hostile or broken client sends them.
+        for t in [
+            "2099-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+            "1970-01-01T00:00:00Z",
+            "0001-01-01T00:00:00Z",
+        ] {
+            let msg = out_of_range(at(t, None, &l));
+            assert!(msg.contains("received (2026-11-25T12:00:00.000Z)"), "{msg}");
+        }
+        assert!(
+            out_of_range(at("2099-01-01T00:00:00Z", None, &l)).contains("more than 600 s after")
+        );
+        assert!(
+            out_of_range(at("2026-10-01T00:00:00Z", None, &l))
+                .contains("more than 31 days before the time it was received (2026-11-25T12:00:00.000Z); older history goes through /v1/import")
+        );
+        // Just inside either bound.
+        assert!(at("2026-11-25T12:10:00Z", None, &l).is_ok());
+        assert!(at("2026-10-25T12:00:00Z", None, &l).is_ok());
+        assert!(at("2026-11-25T12:10:00.001Z", None, &l).is_err());
+        assert!(at("2026-10-25T11:59:59.999Z", None, &l).is_err());
+    }
+
+    #[test]
+    fn the_bounds_apply_after_the_clock_skew_correction() {
+        let l = limits();
+        // A client clock a year behind: its "now" is fine once corrected.
+        assert_eq!(
+            at("2025-11-25T11:59:00Z", Some("2025-11-25T12:00:00Z"), &l).unwrap(),
+            Utc.with_ymd_and_hms(2026, 11, 25, 11, 59, 0).unwrap()
+        );
+        // A sane timestamp that a skewed `sent_at` throws into 2099, or past
+        // what a date can hold.
+        let msg = out_of_range(at("2026-11-25T12:00:00Z", Some("1954-01-01T00:00:00Z"), &l));
+        assert!(msg.contains("after the clock-skew correction"), "{msg}");
+        out_of_range(at("9999-12-31T00:00:00Z", Some("0001-01-01T00:00:00Z"), &l));
+        out_of_range(at("2026-11-25T12:00:00Z", Some("2099-01-01T00:00:00Z"), &l));
+    }
+
+    #[test]
+    fn import_accepts_history_up_to_its_own_bound() {
+        let l = limits();
+        let import = l.for_import();
+        assert!(at("2024-01-01T00:00:00Z", None, &l).is_err());
+        assert!(at("2024-01-01T00:00:00Z", None, &import).is_ok());
+        let msg = out_of_range(at("2020-01-01T00:00:00Z", None, &import));
+        assert!(
+            msg.contains("1830 days before") && !msg.contains("/v1/import"),
+            "{msg}"
+        );
+        // The future is no more open to an import.
+        out_of_range(at("2099-01-01T00:00:00Z", None, &import));
     }
 
     #[test]
