@@ -489,6 +489,7 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
     let mut qcfg = env.cfg.clone();
     qcfg.query.listen = format!("127.0.0.1:{port}");
     qcfg.query.jwt_secret = SECRET.into();
+    qcfg.query.allow_project_wide_tokens = true;
     let stop = Arc::new(AtomicBool::new(false));
     tokio::spawn(hourglass_query::run_with(qcfg, stop.clone()));
     let api = format!("http://127.0.0.1:{port}");

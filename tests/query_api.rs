@@ -276,6 +276,9 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
 
     let mut cfg = env.cfg.clone();
     cfg.query.jwt_secret = SECRET.into();
+    // Most tokens here read the whole project; the tenant rules are checked
+    // with the bad tokens below.
+    cfg.query.allow_project_wide_tokens = true;
     cfg.query.max_page_size = 1000;
     let (api, stop) = start(cfg.clone()).await;
     let acme_token = token(claims("acme"));
@@ -747,6 +750,21 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
         (
             "empty project",
             token(json!({"project_id": "", "exp": now + 600})),
+            403,
+        ),
+        (
+            "tenant null",
+            token(json!({"project_id": "acme", "tenant_id": null, "exp": now + 600})),
+            403,
+        ),
+        (
+            "tenant a number",
+            token(json!({"project_id": "acme", "tenant_id": 5, "exp": now + 600})),
+            403,
+        ),
+        (
+            "tenant empty",
+            token(json!({"project_id": "acme", "tenant_id": "", "exp": now + 600})),
             403,
         ),
     ] {

@@ -471,8 +471,13 @@ pub struct QueryConfig {
     pub jwt_leeway_secs: u64,
     /// Claim naming the project (required in every token).
     pub project_claim: String,
-    /// Claim naming the tenant within the project (optional in tokens).
+    /// Claim naming the tenant within the project: required in every token
+    /// (a non-empty string) unless `allow_project_wide_tokens`.
     pub tenant_claim: String,
+    /// Accept tokens without the tenant claim as reading the whole project
+    /// (for apps without tenants, or an operator's token). A claim that is
+    /// present must still be a non-empty string: `null` is refused either way.
+    pub allow_project_wide_tokens: bool,
     /// Event property (and aggregator dimension) holding the tenant.
     pub tenant_property: String,
     /// Boolean claim that allows deleting a user's data.
@@ -510,6 +515,7 @@ impl Default for QueryConfig {
             jwt_leeway_secs: 30,
             project_claim: "project_id".into(),
             tenant_claim: "tenant_id".into(),
+            allow_project_wide_tokens: false,
             tenant_property: "tenant_id".into(),
             admin_claim: "hourglass_admin".into(),
             error_events: vec!["error".into(), "$exception".into()],

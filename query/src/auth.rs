@@ -57,6 +57,7 @@ pub struct Verifier {
     keys_by_id: HashMap<String, DecodingKey>,
     project_claim: String,
     tenant_claim: String,
+    allow_project_wide_tokens: bool,
     admin_claim: String,
 }
 
@@ -81,15 +82,20 @@ impl Verifier {
         let mut validation = Validation::new(alg);
         validation.leeway = cfg.jwt_leeway_secs;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience is required, not only checked when
+        // the token happens to carry the claim.
+        let mut required = vec!["exp"];
         if !cfg.jwt_issuer.is_empty() {
             validation.set_issuer(&[&cfg.jwt_issuer]);
+            required.push("iss");
         }
         if cfg.jwt_audience.is_empty() {
             validation.validate_aud = false;
         } else {
             validation.set_audience(&[&cfg.jwt_audience]);
+            required.push("aud");
         }
+        validation.set_required_spec_claims(&required);
         let bad_key = |path: &str, reason: String| AuthConfigError::BadKey {
             path: path.into(),
             alg: cfg.jwt_algorithm,
@@ -140,6 +146,7 @@ impl Verifier {
             keys_by_id,
             project_claim: cfg.project_claim.clone(),
             tenant_claim: cfg.tenant_claim.clone(),
+            allow_project_wide_tokens: cfg.allow_project_wide_tokens,
             admin_claim: cfg.admin_claim.clone(),
         })
     }
@@ -170,8 +177,17 @@ impl Verifier {
                 )));
             }
         };
+        // Fail closed: a token reads the whole project only when it carries
+        // no tenant claim at all and the service allows that.
         let tenant_id = match claims.get(&self.tenant_claim) {
-            None | Some(Value::Null) => None,
+            None if self.allow_project_wide_tokens => None,
+            None => {
+                return Err(ApiError::Forbidden(format!(
+                    "the token has no `{}` claim: tokens are scoped to one tenant \
+                     (query.allow_project_wide_tokens lets a token without it read the whole project)",
+                    self.tenant_claim
+                )));
+            }
             Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
             Some(_) => {
                 return Err(ApiError::Forbidden(format!(
@@ -230,5 +246,102 @@ impl FromRequestParts<Arc<AppState>> for Scope {
         let scope = state.verifier.verify(token)?;
         state.check_rate(&scope)?;
         Ok(scope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &str = "unit-test-secret-0123456789";
+
+    fn verifier(edit: impl FnOnce(&mut QueryConfig)) -> Verifier {
+        let mut cfg = QueryConfig {
+            jwt_secret: SECRET.into(),
+            ..QueryConfig::default()
+        };
+        edit(&mut cfg);
+        Verifier::from_config(&cfg).unwrap()
+    }
+
+    fn token(mut claims: Value) -> String {
+        claims["exp"] = json!(chrono::Utc::now().timestamp() + 600);
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn tenant(v: &Verifier, claims: Value) -> Result<Option<String>, String> {
+        v.verify(&token(claims))
+            .map(|s| s.tenant_id)
+            .map_err(|e| match e {
+                ApiError::Forbidden(m) => format!("403 {m}"),
+                ApiError::Unauthorized(m) => format!("401 {m}"),
+                other => format!("other {other}"),
+            })
+    }
+
+    #[test]
+    fn a_token_without_a_usable_tenant_claim_reads_nothing() {
+        let v = verifier(|_| {});
+        assert_eq!(
+            tenant(&v, json!({"project_id": "p", "tenant_id": "t1"})),
+            Ok(Some("t1".into()))
+        );
+        for claims in [
+            json!({"project_id": "p"}),
+            json!({"project_id": "p", "tenant_id": null}),
+            json!({"project_id": "p", "tenant_id": 5}),
+            json!({"project_id": "p", "tenant_id": ""}),
+            json!({"project_id": "p", "tenant_id": ["t1"]}),
+        ] {
+            let got = tenant(&v, claims.clone());
+            assert!(
+                got.as_ref().is_err_and(|e| e.starts_with("403")),
+                "{claims}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn project_wide_tokens_only_when_allowed_and_only_without_the_claim() {
+        let v = verifier(|c| c.allow_project_wide_tokens = true);
+        assert_eq!(tenant(&v, json!({"project_id": "p"})), Ok(None));
+        for bad in [json!(null), json!(5), json!(""), json!(false)] {
+            let got = tenant(&v, json!({"project_id": "p", "tenant_id": bad}));
+            assert!(
+                got.as_ref().is_err_and(|e| e.starts_with("403")),
+                "{bad}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_configured_issuer_and_audience_are_required() {
+        let v = verifier(|c| {
+            c.allow_project_wide_tokens = true;
+            c.jwt_issuer = "https://auth.example".into();
+            c.jwt_audience = "hourglass".into();
+        });
+        let ok = json!({"project_id": "p", "iss": "https://auth.example", "aud": "hourglass"});
+        assert_eq!(tenant(&v, ok), Ok(None));
+        for claims in [
+            json!({"project_id": "p"}),
+            json!({"project_id": "p", "iss": "https://auth.example"}),
+            json!({"project_id": "p", "aud": "hourglass"}),
+            json!({"project_id": "p", "iss": "https://evil.example", "aud": "hourglass"}),
+            json!({"project_id": "p", "iss": "https://auth.example", "aud": "other"}),
+        ] {
+            let got = tenant(&v, claims.clone());
+            assert!(
+                got.as_ref().is_err_and(|e| e.starts_with("401")),
+                "{claims}: {got:?}"
+            );
+        }
     }
 }

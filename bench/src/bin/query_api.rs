@@ -376,6 +376,7 @@ async fn main() -> Result<()> {
     cfg.clickhouse.database = args.database.clone();
     cfg.aggregator.dimensions = vec!["path".into()];
     cfg.query.jwt_secret = SECRET.into();
+    cfg.query.allow_project_wide_tokens = true;
     cfg.query.rate_limit_per_sec = 1_000_000;
     cfg.query.rate_limit_burst = 1_000_000;
     cfg.query.cache_closed_answers = !args.no_cache;
