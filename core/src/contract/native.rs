@@ -285,7 +285,7 @@ fn bounded_string(raw: &RawValue, numbers: bool, limit: usize) -> Option<Cow<'_,
         }
         _ => return None,
     };
-    (text.len() <= limit).then_some(text)
+    (text.len() <= limit && !text.chars().any(char::is_control)).then_some(text)
 }
 
 /// An id field: `Some(None)` when absent or empty, `None` when not acceptable.

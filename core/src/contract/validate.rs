@@ -28,6 +28,8 @@ pub enum Rejection {
     },
     #[error("field `{0}` must not be empty")]
     Empty(&'static str),
+    #[error("field `{0}` holds a control character")]
+    ControlCharacter(&'static str),
     #[error("one of `user_id` or `anonymous_id` is required")]
     MissingIdentity,
     #[error("`timestamp` is not an RFC 3339 date-time: {0}")]
@@ -69,6 +71,7 @@ impl Rejection {
             Rejection::WrongType { .. } => "wrong_type",
             Rejection::TooLong { .. } => "too_long",
             Rejection::Empty(_) => "empty",
+            Rejection::ControlCharacter(_) => "control_character",
             Rejection::MissingIdentity => "missing_identity",
             Rejection::BadTimestamp(_) => "bad_timestamp",
             Rejection::TimestampOutOfRange { .. } => "timestamp_out_of_range",
@@ -323,6 +326,12 @@ fn bounded_string(
             limit,
         });
     }
+    // Names and ids become parts of rollup keys, Kafka keys and log lines,
+    // where a control character (the key separator U+001F, a newline) could
+    // forge another key or line.
+    if text.chars().any(char::is_control) {
+        return Err(Rejection::ControlCharacter(field));
+    }
     Ok((!text.is_empty()).then_some(text))
 }
 
@@ -556,6 +565,10 @@ mod tests {
             (r#"{"event":"e","user_id":"u","event_id":"nope"}"#.into(), "bad_event_id"),
             (r#"{"event":"e","user_id":"u","event_id":7}"#.into(), "wrong_type"),
             (r#"{"event":"e","user_id":"u","value":"12"}"#.into(), "bad_value"),
+            (r#"{"event":"a\u001fb","user_id":"u"}"#.into(), "control_character"),
+            (r#"{"event":"e","user_id":"u\n2"}"#.into(), "control_character"),
+            (r#"{"event":"e","anonymous_id":"a\u0000"}"#.into(), "control_character"),
+            (r#"{"event":"e","user_id":"u","session_id":"s\u007f"}"#.into(), "control_character"),
             (r#"{"event":"e","user_id":"u","properties":[1]}"#.into(), "wrong_type"),
             (
                 r#"{"event":"e","user_id":"u","properties":{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{"i":1}}}}}}}}}}"#.into(),
@@ -578,6 +591,12 @@ mod tests {
             let err = one(&json).expect_err(&json);
             assert_eq!(err.code(), code, "{json}: {err}");
             assert!(!err.to_string().is_empty());
+            let raw = RawValue::from_string(json.clone()).unwrap();
+            let fast = super::super::Normalizer::new("p1", now(), None, &limits())
+                .encode(&raw)
+                .map(|_| ())
+                .expect_err(&json);
+            assert_eq!(fast.code(), code, "fast path, {json}");
         }
     }
 
