@@ -239,9 +239,13 @@ impl Loop {
         let mut delay = Duration::from_millis(100);
         let mut paused: Option<Paused> = None;
         let rows = self.batch.rows.len();
+        let mut skipped = 0u64;
         loop {
             let error = match runtime.block_on(sink.insert(&self.batch.rows)) {
-                Ok(()) => break,
+                Ok(n) => {
+                    skipped = n;
+                    break;
+                }
                 Err(e) => e,
             };
             metrics::counter!(RETRIES).increment(1);
@@ -276,10 +280,11 @@ impl Loop {
             paused.resume(&self.consumer, &self.topic, |p| next.get(&p).copied());
             self.readiness.set(true);
         }
-        let loaded = self.batch.rows.len();
+        let loaded = self.batch.rows.len() as u64 - skipped;
         let last = self.batch.last_offsets();
         self.batch.clear();
-        metrics::counter!(ROWS).increment(loaded as u64);
+        metrics::counter!(ROWS).increment(loaded);
+        metrics::counter!(DELETED_USERS_ROWS).increment(skipped);
         metrics::histogram!(BATCH_ROWS).record(loaded as f64);
         metrics::histogram!(BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         // Only a hint for lag tools: loader_progress is what counts.

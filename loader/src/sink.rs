@@ -1,6 +1,13 @@
 //! The INSERT into `events` and the progress read back from `loader_progress`.
+//!
+//! A user deleted through the query API (`deletions`) must not come back
+//! through a loader that lags behind the request: each batch leaves out the
+//! events of a deleted user received up to the request (the rule the delete
+//! itself and the batch layer apply), and records the offsets it skipped
+//! so the progress still reaches the batch's end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use clickhouse::{Client, Row};
 use hourglass_core::kafka::assign::StartPositions;
@@ -20,6 +27,57 @@ pub struct EventSink {
     /// Set when the server supports `insert_deduplication_token` (22.2+):
     /// the source topic, named in every token.
     dedup_topic: Option<String>,
+    deletions: Arc<Mutex<Deletions>>,
+}
+
+/// The `deletions` table as last read: (project, user) → the latest request,
+/// Unix seconds. Read again only when its row count or latest request moves.
+#[derive(Default)]
+struct Deletions {
+    seen: Option<(u64, u32)>,
+    /// project → user → latest request.
+    until: HashMap<String, HashMap<String, u32>>,
+}
+
+impl Deletions {
+    /// Whether the delete request of the event's user covers it: the user is
+    /// its `user_id` or its `anonymous_id`, as the delete matched them.
+    fn covers(&self, row: &EventRow) -> bool {
+        let Some(users) = self.until.get(row.project_id.as_str()) else {
+            return false;
+        };
+        [&row.user_id, &row.anonymous_id].into_iter().any(|user| {
+            !user.is_empty()
+                && users
+                    .get(user.as_str())
+                    .is_some_and(|&until| row.received_at <= until)
+        })
+    }
+}
+
+#[derive(Row, Deserialize)]
+struct DeletionRecord {
+    project_id: String,
+    user: String,
+    until: u32,
+}
+
+#[derive(Row, serde::Serialize)]
+struct SkippedProgress {
+    partition_id: u16,
+    last_offset: i64,
+    loaded_rows: u64,
+    loaded_at: u32,
+}
+
+/// The highest offset of each partition in `rows`.
+fn last_offsets(rows: &[EventRow]) -> BTreeMap<u16, i64> {
+    let mut last: BTreeMap<u16, i64> = BTreeMap::new();
+    for r in rows {
+        let o = last.entry(r.kafka_partition).or_insert(r.kafka_offset);
+        *o = (*o).max(r.kafka_offset);
+    }
+    last
 }
 
 /// The deduplication token of a batch: topic, then each partition's offset
@@ -45,6 +103,7 @@ impl EventSink {
         Self {
             client,
             dedup_topic: None,
+            deletions: Arc::default(),
         }
     }
 
@@ -54,20 +113,92 @@ impl EventSink {
         self
     }
 
-    /// One INSERT for the whole batch (its progress rows come from the same INSERT).
-    pub async fn insert(&self, rows: &[EventRow]) -> Result<(), clickhouse::error::Error> {
-        let client = match &self.dedup_topic {
-            Some(topic) => self
-                .client
-                .clone()
-                .with_setting("insert_deduplication_token", dedup_token(topic, rows)),
-            None => self.client.clone(),
-        };
-        let mut insert = client.insert::<EventRow>("events").await?;
-        for row in rows {
-            insert.write(row).await?;
+    /// Read `deletions` again if it changed since the last batch.
+    async fn refresh_deletions(&self) -> Result<(), clickhouse::error::Error> {
+        let seen: (u64, u32) = self
+            .client
+            .query("SELECT count(), toUInt32(max(requested_at)) FROM deletions")
+            .fetch_one()
+            .await?;
+        if self.deletions.lock().expect("deletions lock").seen == Some(seen) {
+            return Ok(());
         }
-        insert.end().await
+        let rows: Vec<DeletionRecord> = self
+            .client
+            .query(
+                "SELECT project_id, user, toUInt32(max(requested_at)) AS until \
+                 FROM deletions GROUP BY project_id, user",
+            )
+            .fetch_all()
+            .await?;
+        let mut d = self.deletions.lock().expect("deletions lock");
+        d.until.clear();
+        for r in rows {
+            d.until
+                .entry(r.project_id)
+                .or_default()
+                .insert(r.user, r.until);
+        }
+        d.seen = Some(seen);
+        Ok(())
+    }
+
+    /// One INSERT for the batch (its progress rows come from the same
+    /// INSERT), without the events of deleted users; returns how many were
+    /// left out. When those were a partition's last records, the skipped
+    /// offsets are recorded after the INSERT (a crash in between only makes
+    /// the next run read them again and leave them out again).
+    pub async fn insert(&self, rows: &[EventRow]) -> Result<u64, clickhouse::error::Error> {
+        self.refresh_deletions().await?;
+        let kept: Vec<&EventRow> = {
+            let d = self.deletions.lock().expect("deletions lock");
+            rows.iter().filter(|r| !d.covers(r)).collect()
+        };
+        let skipped = (rows.len() - kept.len()) as u64;
+        if !kept.is_empty() {
+            // The token names the batch's records, whatever was left out.
+            let client = match &self.dedup_topic {
+                Some(topic) => self
+                    .client
+                    .clone()
+                    .with_setting("insert_deduplication_token", dedup_token(topic, rows)),
+                None => self.client.clone(),
+            };
+            let mut insert = client.insert::<EventRow>("events").await?;
+            for row in &kept {
+                insert.write(*row).await?;
+            }
+            insert.end().await?;
+        }
+        if skipped > 0 {
+            let mut loaded: BTreeMap<u16, i64> = BTreeMap::new();
+            for r in &kept {
+                let o = loaded.entry(r.kafka_partition).or_insert(r.kafka_offset);
+                *o = (*o).max(r.kafka_offset);
+            }
+            let mut tails = Vec::new();
+            for (p, last) in last_offsets(rows) {
+                if loaded.get(&p).is_none_or(|&l| l < last) {
+                    tails.push(SkippedProgress {
+                        partition_id: p,
+                        last_offset: last,
+                        loaded_rows: 0,
+                        loaded_at: chrono::Utc::now().timestamp() as u32,
+                    });
+                }
+            }
+            if !tails.is_empty() {
+                let mut insert = self
+                    .client
+                    .insert::<SkippedProgress>("loader_progress")
+                    .await?;
+                for t in &tails {
+                    insert.write(t).await?;
+                }
+                insert.end().await?;
+            }
+        }
+        Ok(skipped)
     }
 
     /// Highest offset loaded per partition.
