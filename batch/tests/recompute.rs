@@ -649,6 +649,7 @@ async fn check_query_api(
     };
     cfg.query.listen = format!("127.0.0.1:{port}");
     cfg.query.jwt_secret = "batch-test-secret".into();
+    cfg.query.allow_project_wide_tokens = true;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(hourglass_query::run_with(cfg.clone(), stop.clone()));
     let token = jsonwebtoken::encode(
