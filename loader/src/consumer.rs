@@ -65,14 +65,10 @@ impl Batch {
 
     /// Highest offset of each partition in the batch.
     fn last_offsets(&self) -> BTreeMap<i32, i64> {
-        let mut last = BTreeMap::new();
-        for r in &self.rows {
-            let e = last
-                .entry(i32::from(r.kafka_partition))
-                .or_insert(r.kafka_offset);
-            *e = (*e).max(r.kafka_offset);
-        }
-        last
+        crate::sink::last_offsets(&self.rows)
+            .into_iter()
+            .map(|(p, o)| (i32::from(p), o))
+            .collect()
     }
 
     fn take(&mut self, message: &BorrowedMessage<'_>, dead_letters: &DeadLetters) {

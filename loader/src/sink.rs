@@ -71,7 +71,7 @@ struct SkippedProgress {
 }
 
 /// The highest offset of each partition in `rows`.
-fn last_offsets(rows: &[EventRow]) -> BTreeMap<u16, i64> {
+pub(crate) fn last_offsets<'a>(rows: impl IntoIterator<Item = &'a EventRow>) -> BTreeMap<u16, i64> {
     let mut last: BTreeMap<u16, i64> = BTreeMap::new();
     for r in rows {
         let o = last.entry(r.kafka_partition).or_insert(r.kafka_offset);
@@ -171,11 +171,7 @@ impl EventSink {
             insert.end().await?;
         }
         if skipped > 0 {
-            let mut loaded: BTreeMap<u16, i64> = BTreeMap::new();
-            for r in &kept {
-                let o = loaded.entry(r.kafka_partition).or_insert(r.kafka_offset);
-                *o = (*o).max(r.kafka_offset);
-            }
+            let loaded = last_offsets(kept.iter().copied());
             let mut tails = Vec::new();
             for (p, last) in last_offsets(rows) {
                 if loaded.get(&p).is_none_or(|&l| l < last) {
