@@ -654,5 +654,159 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
     let r = ingest.post("/v1/batch", hundred).await;
     assert_eq!(r.status(), 200, "tokens come back at the configured rate");
     drop(ingest);
+
+    // One event a second: after a full batch the bucket stays empty long
+    // enough to see that the rate is checked before a body is decompressed.
+    let ingest = Ingest::start(
+        &env,
+        "rl",
+        &[
+            ("HOURGLASS_INGEST__RATE_LIMIT_EVENTS_PER_SEC", "1".into()),
+            ("HOURGLASS_INGEST__RATE_LIMIT_BURST", "1000".into()),
+        ],
+    )
+    .await;
+    let r = ingest
+        .post("/v1/batch", Value::from(full).to_string())
+        .await;
+    assert_eq!(r.status(), 200);
+    // A bomb sent with an exhausted key costs nothing and says why.
+    let bomb = reqwest::Client::new()
+        .post(format!("{}/v1/batch", ingest.url))
+        .basic_auth(&ingest.key, Some(""))
+        .header("content-encoding", "gzip")
+        .body(gzip(&vec![b' '; 50 << 20]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bomb.status(), 429, "rate limit before decompression");
+    drop(ingest);
+    env.teardown().await;
+}
+
+/// A raw HTTP/1.1 request on its own connection: headers and the first
+/// `sent` bytes of a `declared`-byte body, the rest never sent.
+async fn stalled_request(
+    url: &str,
+    key: &str,
+    declared: usize,
+    sent: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = url.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{key}:"),
+    );
+    let head = format!(
+        "POST /v1/batch HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(sent).await.unwrap();
+    conn
+}
+
+/// What the server sent before closing (or within `wait`).
+async fn answer(conn: &mut tokio::net::TcpStream, wait: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, conn.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_oversized_clients_get_answers_and_hold_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let env = TestEnv::new("ingest_hostile").await;
+    env.create_topic(1).await;
+    let ingest = Ingest::start(
+        &env,
+        "hostile",
+        &[
+            ("HOURGLASS_INGEST__MAX_BODY_BYTES", "65536".into()),
+            ("HOURGLASS_INGEST__MAX_DECODED_BYTES", "65536".into()),
+            // One largest body and its decoded copies, no more.
+            (
+                "HOURGLASS_INGEST__MAX_IN_FLIGHT_BYTES",
+                (65536 * 4).to_string(),
+            ),
+            ("HOURGLASS_INGEST__MAX_IN_FLIGHT_REQUESTS", "2".into()),
+            ("HOURGLASS_INGEST__HEADER_READ_TIMEOUT_SECS", "1".into()),
+            ("HOURGLASS_INGEST__BODY_READ_TIMEOUT_SECS", "2".into()),
+        ],
+    )
+    .await;
+    let good = || json!([{"event": "ok", "user_id": "u"}]).to_string();
+    // 55 kB of events: charged once as sent and three times as decoded.
+    let big: Vec<Value> = (0..500)
+        .map(|i| json!({"event": "big", "user_id": format!("u{i}"), "properties": {"pad": "x".repeat(70)}}))
+        .collect();
+    let big = Value::from(big).to_string();
+    assert!((52_000..65_536).contains(&big.len()), "{}", big.len());
+    assert_eq!(
+        ingest.post("/v1/batch", big.clone()).await.status(),
+        200,
+        "alone it fits"
+    );
+
+    // A slow upload holds an in-flight slot from its headers on (not only
+    // once its body is in) and is charged for what it has sent.
+    let mut slow = stalled_request(&ingest.url, &ingest.key, 65_000, &[b' '; 60_000]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = ingest.post("/v1/batch", big.clone()).await;
+    assert_eq!(
+        r.status(),
+        503,
+        "over the memory budget while the slow upload holds 60 kB"
+    );
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "over_memory_budget", "{body}");
+    let mut slower = stalled_request(&ingest.url, &ingest.key, 100, b"[").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = ingest.post("/v1/batch", good()).await;
+    assert_eq!(
+        r.status(),
+        503,
+        "both in-flight slots are held by bodies still arriving"
+    );
+    // The body deadline answers both with 408 and frees everything.
+    for conn in [&mut slow, &mut slower] {
+        let text = answer(conn, Duration::from_secs(5)).await;
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("body_timeout"), "{text}");
+    }
+    assert_eq!(ingest.post("/v1/batch", big.clone()).await.status(), 200);
+
+    // Headers trickled slower than the header deadline: the connection is closed.
+    let addr = ingest.url.trim_start_matches("http://");
+    let mut trickle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    trickle
+        .write_all(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let text = answer(&mut trickle, Duration::from_secs(8)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "connection still open after {:?}: {text}",
+        started.elapsed()
+    );
+
+    // A body far over the cap, sent in full without `Expect`: the client
+    // hears the 413 and its reason, not a reset connection.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/batch", ingest.url))
+        .basic_auth(&ingest.key, Some(""))
+        .body(vec![b' '; 20 << 20])
+        .send()
+        .await
+        .expect("an answer, not a broken pipe");
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "body_too_large", "{body}");
+    assert_eq!(ingest.post("/v1/batch", good()).await.status(), 200);
+    drop(ingest);
     env.teardown().await;
 }

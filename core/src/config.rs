@@ -234,6 +234,17 @@ pub struct IngestConfig {
     /// Requests handled at once; past this the service answers 503 at once
     /// instead of queueing without bound.
     pub max_in_flight_requests: usize,
+    /// Memory the requests in flight may hold, in bytes: each request is
+    /// charged for its body as it arrives and for its events as they are
+    /// decoded (their copies included); past this the service answers 503
+    /// with Retry-After instead of allocating.
+    pub max_in_flight_bytes: usize,
+    /// Seconds a client may take to send a request's headers; a slower one
+    /// (slowloris) has its connection closed.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a client may take to send a request's body once its headers
+    /// are in; a slower one gets 408.
+    pub body_read_timeout_secs: u64,
     /// Events waiting in the producer for the broker's acknowledgement; when
     /// full, requests get 503 with Retry-After.
     pub producer_queue_events: u32,
@@ -262,6 +273,9 @@ impl Default for IngestConfig {
             rate_limit_burst: 100_000,
             cors_origins: vec!["*".into()],
             max_in_flight_requests: 1_024,
+            max_in_flight_bytes: 256 * 1024 * 1024,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
             producer_queue_events: 200_000,
             delivery_timeout_ms: 10_000,
             linger_ms: 5,

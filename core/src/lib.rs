@@ -16,6 +16,7 @@ pub mod config;
 pub mod contract;
 pub mod dimensions;
 pub mod histogram;
+pub mod http;
 pub mod kafka;
 pub mod process;
 pub mod s3;

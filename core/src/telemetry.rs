@@ -111,9 +111,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "health and metrics endpoint listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::http::serve(
+        listener,
+        router,
+        crate::http::DEFAULT_HEADER_READ_TIMEOUT,
+        shutdown,
+    )
+    .await
 }
 
 /// Resolves on SIGINT or SIGTERM.

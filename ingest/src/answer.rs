@@ -53,10 +53,6 @@ pub enum ApiError {
     UnknownKey,
     #[error(transparent)]
     Body(#[from] BodyError),
-    #[error("body is over the limit of {0} bytes")]
-    BodyTooLarge(usize),
-    #[error("body could not be read: {0}")]
-    BodyUnreadable(String),
     #[error("{0}")]
     Malformed(String),
     #[error("rate limit of this write key exceeded; retry in {} s", ceil_secs(*.0))]
@@ -72,12 +68,11 @@ impl ApiError {
             ApiError::Body(BodyError::UnsupportedType(_) | BodyError::UnsupportedEncoding(_)) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            ApiError::Body(BodyError::TooLarge { .. }) | ApiError::BodyTooLarge(_) => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            ApiError::Body(BodyError::Corrupt { .. })
-            | ApiError::BodyUnreadable(_)
+            ApiError::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Body(BodyError::Corrupt { .. } | BodyError::Unreadable(_))
             | ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ApiError::Body(BodyError::TimedOut { .. }) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Body(BodyError::OverBudget(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -89,11 +84,11 @@ impl ApiError {
             ApiError::UnknownKey => "unknown_key",
             ApiError::Body(BodyError::UnsupportedType(_)) => "unsupported_content_type",
             ApiError::Body(BodyError::UnsupportedEncoding(_)) => "unsupported_content_encoding",
-            ApiError::Body(BodyError::TooLarge { .. }) | ApiError::BodyTooLarge(_) => {
-                "body_too_large"
-            }
+            ApiError::Body(BodyError::TooLarge { .. }) => "body_too_large",
             ApiError::Body(BodyError::Corrupt { .. }) => "corrupt_encoding",
-            ApiError::BodyUnreadable(_) => "body_unreadable",
+            ApiError::Body(BodyError::Unreadable(_)) => "body_unreadable",
+            ApiError::Body(BodyError::TimedOut { .. }) => "body_timeout",
+            ApiError::Body(BodyError::OverBudget(_)) => "over_memory_budget",
             ApiError::Malformed(_) => "malformed",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable { .. } => "unavailable",
@@ -114,6 +109,8 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             ApiError::RateLimited(wait) => Some(ceil_secs(*wait)),
             ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
+            // Memory frees as soon as the requests in flight are answered.
+            ApiError::Body(BodyError::OverBudget(_)) => Some(1),
             _ => None,
         };
         let body = ErrorBody {

@@ -3,13 +3,12 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
@@ -18,7 +17,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use hourglass_core::config::IngestConfig;
 use hourglass_core::contract::{
-    ContractLimits, EncodedEvent, Normalizer, ParsedBatch, parse_batch,
+    ContractLimits, EncodedEvent, Normalizer, ParsedBatch, parse_batch, read_batch,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -26,7 +25,8 @@ use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
 use crate::answer::{ApiError, BatchReport, Rejected};
-use crate::body;
+use crate::body::{self, BodyError, Decoder, Encoding};
+use crate::budget::{Charge, DECODED_COPIES, MemoryBudget};
 use crate::keys::{Project, WriteKeys};
 use crate::metrics;
 use crate::publish::{PublishError, Publisher};
@@ -40,6 +40,7 @@ pub struct AppState {
     pub cfg: IngestConfig,
     limiter: Option<DefaultKeyedRateLimiter<usize>>,
     in_flight: Semaphore,
+    budget: Arc<MemoryBudget>,
 }
 
 impl AppState {
@@ -54,7 +55,9 @@ impl AppState {
             DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
         let in_flight = Semaphore::new(cfg.max_in_flight_requests.max(1));
+        let budget = MemoryBudget::new(cfg.max_in_flight_bytes);
         Self {
+            budget,
             keys,
             publisher,
             import_limits: limits.for_import(),
@@ -97,9 +100,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         r = r.route(
             &format!("/v1/{kind}"),
             post(
-                move |state: State<Arc<AppState>>,
-                      headers: HeaderMap,
-                      body: Result<Bytes, BytesRejection>| {
+                move |state: State<Arc<AppState>>, headers: HeaderMap, body: Body| {
                     handle(state, Route::Single(kind), headers, None, body)
                 },
             ),
@@ -108,19 +109,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     r.with_state(state)
 }
 
-async fn batch(
-    state: State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn batch(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     handle(state, Route::Batch, headers, None, body).await
 }
 
-async fn import(
-    state: State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn import(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     handle(state, Route::Import, headers, None, body).await
 }
 
@@ -133,7 +126,7 @@ async fn beacon(
     state: State<Arc<AppState>>,
     Query(q): Query<BeaconQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     handle(state, Route::Beacon, headers, q.key, body).await
 }
@@ -143,7 +136,7 @@ async fn handle(
     route: Route,
     headers: HeaderMap,
     query_key: Option<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let started = Instant::now();
     let response = match accept(&state, route, &headers, query_key, body).await {
@@ -159,12 +152,16 @@ async fn handle(
     response
 }
 
+/// Every check that costs little comes before the one that costs more: the
+/// in-flight slot and the key before the body is read, the rate limit
+/// (charged one event) before it is decompressed, the rest of the rate once
+/// the events are counted.
 async fn accept(
     state: &AppState,
     route: Route,
     headers: &HeaderMap,
     query_key: Option<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<BatchReport, ApiError> {
     let Ok(_permit) = state.in_flight.try_acquire() else {
         return Err(ApiError::Unavailable {
@@ -176,35 +173,56 @@ async fn accept(
         });
     };
     // Keys in headers or the query are checked before the body is read, so
-    // strangers cannot make us decompress anything.
+    // strangers cannot make us read or decompress anything.
     let header_key = presented_key(headers).or(query_key);
     let mut project = match &header_key {
         Some(key) => Some(state.keys.project_for(key).ok_or(ApiError::UnknownKey)?),
         None => None,
     };
     body::check_content_type(headers)?;
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge(state.cfg.max_body_bytes)
-        } else {
-            ApiError::BodyUnreadable(r.body_text())
-        }
-    })?;
+    let encoding = Encoding::of(headers)?;
+    if let Some(project) = &project {
+        rate_limit(state, project, 1)?;
+    }
+    let mut charge = state.budget.charge();
+    let raw = body::receive(
+        headers,
+        body,
+        state.cfg.max_body_bytes,
+        Duration::from_secs(state.cfg.body_read_timeout_secs),
+        &mut charge,
+    )
+    .await?;
     if project.is_none() {
         // Browser SDKs (analytics.js) send the key inside a text/plain body
         // to avoid a CORS preflight; only a body within the raw cap gets here.
-        let key = body_write_key(&body).ok_or(ApiError::MissingKey)?;
-        project = Some(state.keys.project_for(&key).ok_or(ApiError::UnknownKey)?);
+        let key = (encoding == Encoding::Identity)
+            .then(|| body_write_key(&raw))
+            .flatten()
+            .ok_or(ApiError::MissingKey)?;
+        let found = state.keys.project_for(&key).ok_or(ApiError::UnknownKey)?;
+        rate_limit(state, &found, 1)?;
+        project = Some(found);
     }
     let project = project.ok_or(ApiError::MissingKey)?;
-    let body = body::decode(headers, body, state.cfg.max_decoded_bytes)?;
-    let batch = read_events(route, &body, &state.limits)?;
-    rate_limit(state, &project, batch.events.len())?;
     let limits = match route {
         Route::Import => &state.import_limits,
         _ => &state.limits,
     };
+    let (batch, _charge) = read_events(
+        route,
+        encoding,
+        raw,
+        limits.clone(),
+        state.cfg.max_decoded_bytes,
+        charge,
+    )
+    .await?;
+    if batch.events.len() > 1 {
+        rate_limit(state, &project, batch.events.len() - 1)?;
+    }
     let (valid, rejected) = validate(&batch, &project, limits);
+    drop(batch);
     if !valid.is_empty() {
         state
             .publisher
@@ -268,7 +286,51 @@ fn body_write_key(body: &[u8]) -> Option<String> {
         .filter(|k| !k.is_empty())
 }
 
-fn read_events(
+/// The request's events, decoded and parsed under the caps and the memory
+/// budget. A compressed body is inflated as it is parsed, off the async
+/// workers: a bomb costs CPU up to the decoded cap, never the memory.
+async fn read_events(
+    route: Route,
+    encoding: Encoding,
+    raw: Bytes,
+    limits: ContractLimits,
+    max_decoded: usize,
+    mut charge: Charge,
+) -> Result<(ParsedBatch, Charge), ApiError> {
+    if encoding == Encoding::Identity {
+        if raw.len() > max_decoded {
+            return Err(BodyError::TooLarge {
+                limit: max_decoded,
+                stage: "",
+            }
+            .into());
+        }
+        charge
+            .add(raw.len() * DECODED_COPIES)
+            .map_err(BodyError::from)?;
+        return parse_events(route, &raw, &limits).map(|batch| (batch, charge));
+    }
+    tokio::task::spawn_blocking(move || {
+        let batch = {
+            let mut decoder = Decoder::new(encoding, &raw, max_decoded, &mut charge)?;
+            if matches!(route, Route::Batch | Route::Import) {
+                let parsed = read_batch(std::io::BufReader::new(&mut decoder), &limits);
+                parsed.map_err(|e| match decoder.failure() {
+                    Some(body) => ApiError::Body(body),
+                    None => ApiError::Malformed(e.to_string()),
+                })?
+            } else {
+                parse_events(route, &decoder.read_all()?, &limits)?
+            }
+        };
+        Ok((batch, charge))
+    })
+    .await
+    .map_err(|e| ApiError::Malformed(format!("decoding the body failed: {e}")))?
+}
+
+/// The events of a decoded body, by the shape its route implies.
+fn parse_events(
     route: Route,
     body: &[u8],
     limits: &ContractLimits,
@@ -328,6 +390,8 @@ fn single_event(body: &[u8], kind: &'static str) -> Result<ParsedBatch, ApiError
 }
 
 fn rate_limit(state: &AppState, project: &Project, events: usize) -> Result<(), ApiError> {
+    // Taken in parts (one event before the body is read, the rest once it
+    // is parsed), so `events` may be 1 less than the batch.
     let Some(limiter) = &state.limiter else {
         return Ok(());
     };
@@ -427,26 +491,26 @@ mod tests {
     fn beacons_hold_an_array_a_batch_or_one_event() {
         let limits = ContractLimits::default();
         assert_eq!(
-            read_events(Route::Beacon, br#"[{"event":"a"},{"event":"b"}]"#, &limits)
+            parse_events(Route::Beacon, br#"[{"event":"a"},{"event":"b"}]"#, &limits)
                 .unwrap()
                 .events
                 .len(),
             2
         );
         assert_eq!(
-            read_events(Route::Beacon, br#"{"batch":[{"event":"a"}]}"#, &limits)
+            parse_events(Route::Beacon, br#"{"batch":[{"event":"a"}]}"#, &limits)
                 .unwrap()
                 .events
                 .len(),
             1
         );
         assert_eq!(
-            read_events(Route::Beacon, br#"{"event":"a","user_id":"u"}"#, &limits)
+            parse_events(Route::Beacon, br#"{"event":"a","user_id":"u"}"#, &limits)
                 .unwrap()
                 .events
                 .len(),
             1
         );
-        assert!(read_events(Route::Beacon, b"not json", &limits).is_err());
+        assert!(parse_events(Route::Beacon, b"not json", &limits).is_err());
     }
 }

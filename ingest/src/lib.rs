@@ -13,6 +13,7 @@ mod answer;
 mod api;
 pub mod body;
 pub mod broker_health;
+pub mod budget;
 pub mod keys;
 pub mod metrics;
 pub mod publish;
@@ -84,8 +85,10 @@ pub async fn run_until(
         cfg.contract.clone(),
         cfg.ingest.clone(),
     ));
+    // Bodies are read by the handlers themselves (`body::receive`), under
+    // the caps, the deadline and the memory budget.
     let app = api::router(state)
-        .layer(DefaultBodyLimit::max(cfg.ingest.max_body_bytes))
+        .layer(DefaultBodyLimit::disable())
         .layer(cors(&cfg.ingest.cors_origins))
         .merge(telemetry::health_router(readiness.clone()));
 
@@ -98,14 +101,18 @@ pub async fn run_until(
     tracing::info!(%addr, topic = %cfg.kafka.topic, write_keys = projects, "ingest listening");
     let draining = publisher.clone();
     let stopping = stop_watch.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    let served = hourglass_core::http::serve(
+        listener,
+        app,
+        Duration::from_secs(cfg.ingest.header_read_timeout_secs),
+        async move {
             shutdown.await;
             tracing::info!("ingest shutting down: no new requests, finishing those in flight");
             stopping.store(true, Ordering::Relaxed);
             draining.stop_being_ready();
-        })
-        .await;
+        },
+    )
+    .await;
     stop_watch.store(true, Ordering::Relaxed);
     watcher.abort();
     if let Err(e) = publisher
@@ -127,6 +134,20 @@ fn check(cfg: &Config) -> Result<(), IngestError> {
             "ingest.rate_limit_burst ({}) must be at least contract.max_batch_events ({}), or a full batch could never pass",
             i.rate_limit_burst, cfg.contract.max_batch_events
         )));
+    }
+    let largest = i.max_body_bytes + budget::DECODED_COPIES * i.max_decoded_bytes;
+    if i.max_in_flight_bytes < largest {
+        return Err(IngestError::Config(format!(
+            "ingest.max_in_flight_bytes ({}) must hold one largest request: max_body_bytes + {} × max_decoded_bytes = {largest}",
+            i.max_in_flight_bytes,
+            budget::DECODED_COPIES
+        )));
+    }
+    if i.header_read_timeout_secs == 0 || i.body_read_timeout_secs == 0 {
+        return Err(IngestError::Config(
+            "ingest.header_read_timeout_secs and ingest.body_read_timeout_secs must be at least 1"
+                .into(),
+        ));
     }
     if i.max_decoded_bytes < i.max_body_bytes {
         return Err(IngestError::Config(

@@ -11,6 +11,7 @@ pub const QUEUE_DEPTH: &str = "hourglass_ingest_producer_queue_events";
 pub const DELIVERY_SECONDS: &str = "hourglass_ingest_delivery_seconds";
 pub const REQUEST_SECONDS: &str = "hourglass_ingest_request_seconds";
 pub const BROKER_STATE: &str = "hourglass_ingest_broker_state";
+pub const IN_FLIGHT_BYTES: &str = "hourglass_ingest_in_flight_bytes";
 
 pub fn describe() {
     describe_counter!(REQUESTS, "HTTP requests answered, by route and status");
@@ -28,6 +29,10 @@ pub fn describe() {
         "time from enqueueing a request's events to the broker's last acknowledgement"
     );
     describe_histogram!(REQUEST_SECONDS, "request handling time, by route");
+    describe_gauge!(
+        IN_FLIGHT_BYTES,
+        "memory charged to the requests in flight (bodies as they arrive, decoded events and their copies), against ingest.max_in_flight_bytes"
+    );
     describe_gauge!(
         BROKER_STATE,
         "the broker as ingest's probe last saw it: 0 answering, 1 slow (connects, answers late; still publishing), 2 unreachable (answering 503)"
@@ -63,4 +68,8 @@ pub fn queue_depth(n: i32) {
 
 pub fn delivery_latency(took: Duration) {
     histogram!(DELIVERY_SECONDS).record(took.as_secs_f64());
+}
+
+pub fn in_flight_bytes(n: usize) {
+    gauge!(IN_FLIGHT_BYTES).set(n as f64);
 }

@@ -103,10 +103,14 @@ pub async fn run_with(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), Quer
         .map_err(|source| QueryError::Serve { addr, source })?;
     let addr = listener.local_addr().unwrap_or(addr);
     tracing::info!(%addr, "query API listening");
-    axum::serve(listener, router(state, readiness))
-        .with_graceful_shutdown(telemetry::flag_set(shutdown))
-        .await
-        .map_err(|source| QueryError::Serve { addr, source })?;
+    hourglass_core::http::serve(
+        listener,
+        router(state, readiness),
+        hourglass_core::http::DEFAULT_HEADER_READ_TIMEOUT,
+        telemetry::flag_set(shutdown),
+    )
+    .await
+    .map_err(|source| QueryError::Serve { addr, source })?;
     tracing::info!("query API stopped");
     Ok(())
 }

@@ -7,13 +7,15 @@
 //! through [`Normalizer`], which gives the same answers and writes native
 //! events straight into their record.
 
+mod batch;
 mod envelope;
 mod limits;
 mod native;
 mod segment;
 mod validate;
 
+pub use batch::{BatchError, ParsedBatch, parse_batch, read_batch};
 pub use envelope::{DecodeError, EventEnvelope, SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
 pub use limits::ContractLimits;
 pub use native::{EncodedEvent, Normalizer};
-pub use validate::{BatchError, ParsedBatch, Rejection, normalize, parse_batch};
+pub use validate::{Rejection, normalize};

@@ -1,5 +1,4 @@
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -83,56 +82,6 @@ impl Rejection {
             Rejection::UnknownType(_) => "unknown_type",
         }
     }
-}
-
-/// Why a whole batch was refused (nothing of it can be read).
-#[derive(Debug, thiserror::Error)]
-pub enum BatchError {
-    #[error("body is not a JSON batch (an array, or an object with `batch`): {0}")]
-    Malformed(#[from] serde_json::Error),
-    #[error("batch holds {count} events, over the limit of {limit}")]
-    TooManyEvents { count: usize, limit: usize },
-    #[error("`sent_at` is not an RFC 3339 date-time: {0}")]
-    BadSentAt(String),
-}
-
-/// A batch whose envelope parsed; its events are still raw, to be validated
-/// one by one with [`normalize`].
-#[derive(Debug)]
-pub struct ParsedBatch {
-    pub events: Vec<Box<RawValue>>,
-    pub sent_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Deserialize)]
-struct WrappedBatch {
-    batch: Vec<Box<RawValue>>,
-    #[serde(default, alias = "sentAt")]
-    sent_at: Option<String>,
-}
-
-/// Parse a batch body: `{"batch": [...], "sent_at": "..."}` (`sentAt` also
-/// accepted) or a bare JSON array of events.
-pub fn parse_batch(body: &[u8], limits: &ContractLimits) -> Result<ParsedBatch, BatchError> {
-    // Raw values cannot go through serde's untagged enums, so look at the
-    // first byte to pick the shape.
-    let is_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-    let (events, sent_at) = if is_array {
-        (serde_json::from_slice::<Vec<Box<RawValue>>>(body)?, None)
-    } else {
-        let w: WrappedBatch = serde_json::from_slice(body)?;
-        (w.batch, w.sent_at)
-    };
-    if events.len() > limits.max_batch_events {
-        return Err(BatchError::TooManyEvents {
-            count: events.len(),
-            limit: limits.max_batch_events,
-        });
-    }
-    let sent_at = sent_at
-        .map(|s| parse_time(&s).map_err(|_| BatchError::BadSentAt(s)))
-        .transpose()?;
-    Ok(ParsedBatch { events, sent_at })
 }
 
 pub(super) fn parse_time(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
@@ -394,6 +343,7 @@ pub(super) fn check_len(s: &str, limits: &ContractLimits) -> Result<(), Rejectio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::parse_batch;
     use chrono::TimeZone;
 
     fn limits() -> ContractLimits {
@@ -618,54 +568,6 @@ mod tests {
                 .as_deref(),
             Some("42")
         );
-    }
-
-    #[test]
-    fn batch_shapes_parse() {
-        let b = parse_batch(
-            br#"{"batch":[{"event":"a"},{"event":"b"}],"sent_at":"2026-11-25T12:00:00Z"}"#,
-            &limits(),
-        )
-        .unwrap();
-        assert_eq!(b.events.len(), 2);
-        assert_eq!(b.sent_at, Some(now()));
-        let b = parse_batch(
-            br#"{"batch":[],"sentAt":"2026-11-25T12:00:00Z"}"#,
-            &limits(),
-        )
-        .unwrap();
-        assert_eq!(b.sent_at, Some(now()));
-        assert_eq!(
-            parse_batch(br#"[{"event":"a"}]"#, &limits())
-                .unwrap()
-                .events
-                .len(),
-            1
-        );
-    }
-
-    #[test]
-    fn batch_level_errors() {
-        assert!(matches!(
-            parse_batch(b"{not json", &limits()),
-            Err(BatchError::Malformed(_))
-        ));
-        assert!(matches!(
-            parse_batch(br#"{"events":[]}"#, &limits()),
-            Err(BatchError::Malformed(_))
-        ));
-        assert!(matches!(
-            parse_batch(br#"{"batch":[],"sent_at":"soon"}"#, &limits()),
-            Err(BatchError::BadSentAt(_))
-        ));
-        let many = format!("[{}]", vec!["{}"; 1001].join(","));
-        assert!(matches!(
-            parse_batch(many.as_bytes(), &limits()),
-            Err(BatchError::TooManyEvents {
-                count: 1001,
-                limit: 1000
-            })
-        ));
     }
 
     #[test]
