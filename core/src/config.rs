@@ -239,6 +239,10 @@ pub struct IngestConfig {
     /// decoded (their copies included); past this the service answers 503
     /// with Retry-After instead of allocating.
     pub max_in_flight_bytes: usize,
+    /// Requests whose bodies are over 256 KiB (as sent or inflated) decoded
+    /// and parsed at a time; the others wait their turn, so a flood of large
+    /// or compressed bodies leaves the other core(s) to ordinary batches.
+    pub large_body_workers: usize,
     /// Seconds a client may take to send a request's headers; a slower one
     /// (slowloris) has its connection closed.
     pub header_read_timeout_secs: u64,
@@ -273,7 +277,8 @@ impl Default for IngestConfig {
             rate_limit_burst: 100_000,
             cors_origins: vec!["*".into()],
             max_in_flight_requests: 1_024,
-            max_in_flight_bytes: 256 * 1024 * 1024,
+            max_in_flight_bytes: 192 * 1024 * 1024,
+            large_body_workers: 1,
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 30,
             producer_queue_events: 200_000,

@@ -72,7 +72,9 @@ impl ApiError {
             ApiError::Body(BodyError::Corrupt { .. } | BodyError::Unreadable(_))
             | ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
             ApiError::Body(BodyError::TimedOut { .. }) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Body(BodyError::OverBudget(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Body(BodyError::OverBudget(_) | BodyError::Busy(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -89,6 +91,7 @@ impl ApiError {
             ApiError::Body(BodyError::Unreadable(_)) => "body_unreadable",
             ApiError::Body(BodyError::TimedOut { .. }) => "body_timeout",
             ApiError::Body(BodyError::OverBudget(_)) => "over_memory_budget",
+            ApiError::Body(BodyError::Busy(_)) => "busy_with_large_bodies",
             ApiError::Malformed(_) => "malformed",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable { .. } => "unavailable",
@@ -110,7 +113,7 @@ impl IntoResponse for ApiError {
             ApiError::RateLimited(wait) => Some(ceil_secs(*wait)),
             ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
             // Memory frees as soon as the requests in flight are answered.
-            ApiError::Body(BodyError::OverBudget(_)) => Some(1),
+            ApiError::Body(BodyError::OverBudget(_) | BodyError::Busy(_)) => Some(1),
             _ => None,
         };
         let body = ErrorBody {

@@ -26,8 +26,9 @@ use tokio::sync::Semaphore;
 
 use crate::answer::{ApiError, BatchReport, Rejected};
 use crate::body::{self, BodyError, Decoder, Encoding};
-use crate::budget::{Charge, DECODED_COPIES, MemoryBudget};
+use crate::budget::{Charge, EVENT_COPIES, MemoryBudget};
 use crate::keys::{Project, WriteKeys};
+use crate::lane::{LARGE_BODY_BYTES, LargeBodyLane};
 use crate::metrics;
 use crate::publish::{PublishError, Publisher};
 
@@ -41,6 +42,7 @@ pub struct AppState {
     limiter: Option<DefaultKeyedRateLimiter<usize>>,
     in_flight: Semaphore,
     budget: Arc<MemoryBudget>,
+    lane: LargeBodyLane,
 }
 
 impl AppState {
@@ -58,6 +60,7 @@ impl AppState {
         let budget = MemoryBudget::new(cfg.max_in_flight_bytes);
         Self {
             budget,
+            lane: LargeBodyLane::new(cfg.large_body_workers),
             keys,
             publisher,
             import_limits: limits.for_import(),
@@ -211,10 +214,13 @@ async fn accept(
     };
     let (batch, _charge) = read_events(
         route,
-        encoding,
+        Decoding {
+            encoding,
+            limits: limits.clone(),
+            max_decoded: state.cfg.max_decoded_bytes,
+            lane: state.lane.clone(),
+        },
         raw,
-        limits.clone(),
-        state.cfg.max_decoded_bytes,
         charge,
     )
     .await?;
@@ -286,17 +292,30 @@ fn body_write_key(body: &[u8]) -> Option<String> {
         .filter(|k| !k.is_empty())
 }
 
-/// The request's events, decoded and parsed under the caps and the memory
-/// budget. A compressed body is inflated as it is parsed, off the async
-/// workers: a bomb costs CPU up to the decoded cap, never the memory.
-async fn read_events(
-    route: Route,
+/// How a body is to be decoded.
+struct Decoding {
     encoding: Encoding,
-    raw: Bytes,
     limits: ContractLimits,
     max_decoded: usize,
+    lane: LargeBodyLane,
+}
+
+/// The request's events, decoded and parsed under the caps, the memory
+/// budget and the large-body lane. A compressed body is inflated as it is
+/// parsed: a bomb costs CPU up to the decoded cap (in its turn), never the
+/// memory. Small plain bodies, the common case, are parsed at once.
+async fn read_events(
+    route: Route,
+    how: Decoding,
+    raw: Bytes,
     mut charge: Charge,
 ) -> Result<(ParsedBatch, Charge), ApiError> {
+    let Decoding {
+        encoding,
+        limits,
+        max_decoded,
+        lane,
+    } = how;
     if encoding == Encoding::Identity {
         if raw.len() > max_decoded {
             return Err(BodyError::TooLarge {
@@ -305,14 +324,25 @@ async fn read_events(
             }
             .into());
         }
-        charge
-            .add(raw.len() * DECODED_COPIES)
-            .map_err(BodyError::from)?;
-        return parse_events(route, &raw, &limits).map(|batch| (batch, charge));
+        let large = raw.len() > LARGE_BODY_BYTES;
+        let parse = move |mut charge: Charge| {
+            let batch = parse_events(route, &raw, &limits)?;
+            charge
+                .add(events_bytes(&batch) * EVENT_COPIES)
+                .map_err(BodyError::from)?;
+            Ok((batch, charge))
+        };
+        if !large {
+            return parse(charge);
+        }
+        let _turn = lane.enter().await.map_err(BodyError::from)?;
+        return tokio::task::spawn_blocking(move || parse(charge))
+            .await
+            .map_err(|e| ApiError::Malformed(format!("parsing the body failed: {e}")))?;
     }
     tokio::task::spawn_blocking(move || {
         let batch = {
-            let mut decoder = Decoder::new(encoding, &raw, max_decoded, &mut charge)?;
+            let mut decoder = Decoder::new(encoding, &raw, max_decoded, &mut charge, &lane)?;
             if matches!(route, Route::Batch | Route::Import) {
                 let parsed = read_batch(std::io::BufReader::new(&mut decoder), &limits);
                 parsed.map_err(|e| match decoder.failure() {
@@ -323,10 +353,18 @@ async fn read_events(
                 parse_events(route, &decoder.read_all()?, &limits)?
             }
         };
+        // The inflated bytes were charged once as they came.
+        charge
+            .add(events_bytes(&batch) * (EVENT_COPIES - 1))
+            .map_err(BodyError::from)?;
         Ok((batch, charge))
     })
     .await
     .map_err(|e| ApiError::Malformed(format!("decoding the body failed: {e}")))?
+}
+
+fn events_bytes(batch: &ParsedBatch) -> usize {
+    batch.events.iter().map(|e| e.get().len()).sum()
 }
 
 /// The events of a decoded body, by the shape its route implies.

@@ -13,7 +13,13 @@ use axum::http::HeaderMap;
 use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
 use http_body_util::BodyExt;
 
-use crate::budget::{Charge, DECODED_COPIES, OverBudget};
+use crate::budget::{Charge, OverBudget};
+use crate::lane::{Busy, LARGE_BODY_BYTES, LargeBodyLane};
+use tokio::sync::OwnedSemaphorePermit;
+
+/// Largest zstd window accepted (16 MiB): the decoded cap's size, so any
+/// body within the cap decodes whatever level made it.
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 
 /// How much of an oversized body is read and thrown away before the 413 is
 /// sent: a client that is still sending when the connection closes sees a
@@ -41,6 +47,8 @@ pub enum BodyError {
     TimedOut { secs: u64 },
     #[error(transparent)]
     OverBudget(#[from] OverBudget),
+    #[error(transparent)]
+    Busy(#[from] Busy),
 }
 
 /// Refuse content types that cannot hold JSON. No content type at all is
@@ -155,14 +163,18 @@ async fn drain(body: &mut Body) {
 }
 
 /// The decoded body as a stream: inflated from gzip or zstd as it is read,
-/// at most `max` bytes, each decoded byte charged [`DECODED_COPIES`] times.
-/// After a read error, [`Decoder::failure`] says what went wrong.
+/// at most `max` bytes, each decoded byte charged as it is produced.
+/// Past [`LARGE_BODY_BYTES`] inflated it waits for a turn in the large-body
+/// lane. After a read error, [`Decoder::failure`] says what went wrong.
+/// Runs on a blocking thread.
 pub struct Decoder<'a> {
     inner: Box<dyn Read + 'a>,
     encoding: Encoding,
     produced: usize,
     max: usize,
     charge: &'a mut Charge,
+    lane: &'a LargeBodyLane,
+    turn: Option<OwnedSemaphorePermit>,
     failure: Option<BodyError>,
 }
 
@@ -172,17 +184,25 @@ impl<'a> Decoder<'a> {
         raw: &'a [u8],
         max: usize,
         charge: &'a mut Charge,
+        lane: &'a LargeBodyLane,
     ) -> Result<Self, BodyError> {
+        let mut turn = None;
         let inner: Box<dyn Read + 'a> = match encoding {
             Encoding::Identity => Box::new(raw),
             Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
             Encoding::Zstd => {
-                Box::new(zstd::stream::read::Decoder::with_buffer(raw).map_err(|e| {
-                    BodyError::Corrupt {
-                        encoding: "zstd",
-                        reason: e.to_string(),
-                    }
-                })?)
+                // The window is allocated when the frame starts (up to
+                // 2^ZSTD_WINDOW_LOG_MAX bytes), so zstd takes its turn first.
+                turn = Some(lane.enter_blocking()?);
+                let corrupt = |e: std::io::Error| BodyError::Corrupt {
+                    encoding: "zstd",
+                    reason: e.to_string(),
+                };
+                let mut decoder = zstd::stream::read::Decoder::with_buffer(raw).map_err(corrupt)?;
+                decoder
+                    .window_log_max(ZSTD_WINDOW_LOG_MAX)
+                    .map_err(corrupt)?;
+                Box::new(decoder)
             }
         };
         Ok(Self {
@@ -191,6 +211,8 @@ impl<'a> Decoder<'a> {
             produced: 0,
             max,
             charge,
+            lane,
+            turn,
             failure: None,
         })
     }
@@ -235,6 +257,12 @@ impl Read for Decoder<'_> {
             }
         };
         self.produced += n;
+        if self.produced > LARGE_BODY_BYTES && self.turn.is_none() {
+            match self.lane.enter_blocking() {
+                Ok(turn) => self.turn = Some(turn),
+                Err(busy) => return Err(self.fail(busy.into())),
+            }
+        }
         if self.produced > self.max {
             let limit = self.max;
             return Err(self.fail(BodyError::TooLarge {
@@ -242,7 +270,7 @@ impl Read for Decoder<'_> {
                 stage: " once decompressed",
             }));
         }
-        if let Err(over) = self.charge.add(n * DECODED_COPIES) {
+        if let Err(over) = self.charge.add(n) {
             return Err(self.fail(over.into()));
         }
         Ok(n)
@@ -272,10 +300,20 @@ mod tests {
         e.finish().unwrap()
     }
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
     fn decode(headers: &HeaderMap, body: &[u8], max: usize) -> Result<Vec<u8>, BodyError> {
         let budget = crate::budget::MemoryBudget::new(usize::MAX / 2);
         let mut charge = budget.charge();
-        Decoder::new(Encoding::of(headers)?, body, max, &mut charge)?.read_all()
+        let lane = LargeBodyLane::new(1);
+        let _runtime = runtime();
+        let _inside = _runtime.enter();
+        Decoder::new(Encoding::of(headers)?, body, max, &mut charge, &lane)?.read_all()
     }
 
     #[test]
@@ -315,7 +353,10 @@ mod tests {
         let budget = crate::budget::MemoryBudget::new(300_000);
         let mut charge = budget.charge();
         let bomb = zstd::encode_all(&vec![b' '; 1 << 20][..], 3).unwrap();
-        let err = Decoder::new(Encoding::Zstd, &bomb, 16 << 20, &mut charge)
+        let lane = LargeBodyLane::new(1);
+        let _runtime = runtime();
+        let _inside = _runtime.enter();
+        let err = Decoder::new(Encoding::Zstd, &bomb, 16 << 20, &mut charge, &lane)
             .unwrap()
             .read_all()
             .unwrap_err();

@@ -6,10 +6,15 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Decoded bytes are held about three times over until the broker
-/// acknowledges: the events' raw copies, their encoded records, and the
-/// producer's copy in its queue.
-pub const DECODED_COPIES: usize = 3;
+use crate::lane::LARGE_BODY_BYTES;
+
+/// An event is held about three times over until the broker acknowledges:
+/// its raw copy from the body, its encoded record, and the producer's copy
+/// in its queue. A compressed body is charged once for every byte it
+/// inflates to, as it inflates (that covers the raw copies and the parser's
+/// scratch), and twice more for its events once they are parsed; a plain
+/// body is charged three times for its events once they are parsed.
+pub const EVENT_COPIES: usize = 3;
 
 #[derive(Debug)]
 pub struct MemoryBudget {
@@ -52,10 +57,18 @@ pub struct Charge {
 }
 
 impl Charge {
+    /// A request past [`LARGE_BODY_BYTES`] may only use three quarters of
+    /// the budget: the rest is kept for ordinary batches, so large bodies
+    /// waiting for their turn cannot crowd them out.
     pub fn add(&mut self, bytes: usize) -> Result<(), OverBudget> {
         let budget = &self.budget;
+        let limit = if self.bytes + bytes > LARGE_BODY_BYTES {
+            budget.limit - budget.limit / 4
+        } else {
+            budget.limit
+        };
         let before = budget.used.fetch_add(bytes, Ordering::Relaxed);
-        if before.saturating_add(bytes) > budget.limit {
+        if before.saturating_add(bytes) > limit {
             budget.used.fetch_sub(bytes, Ordering::Relaxed);
             return Err(OverBudget {
                 limit: budget.limit,
@@ -93,5 +106,24 @@ mod tests {
         assert_eq!(budget.used(), 40);
         drop(b);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn large_bodies_leave_a_quarter_for_small_ones() {
+        let budget = MemoryBudget::new(4 * LARGE_BODY_BYTES * 4);
+        let mut large = Vec::new();
+        for _ in 0..11 {
+            let mut c = budget.charge();
+            c.add(LARGE_BODY_BYTES + 1).unwrap();
+            large.push(c);
+        }
+        let mut one_more = budget.charge();
+        one_more.add(LARGE_BODY_BYTES).unwrap();
+        assert!(
+            one_more.add(1).is_err(),
+            "past three quarters for large bodies"
+        );
+        let mut small = budget.charge();
+        small.add(LARGE_BODY_BYTES).unwrap();
     }
 }

@@ -15,6 +15,7 @@ pub mod body;
 pub mod broker_health;
 pub mod budget;
 pub mod keys;
+pub mod lane;
 pub mod metrics;
 pub mod publish;
 
@@ -135,12 +136,12 @@ fn check(cfg: &Config) -> Result<(), IngestError> {
             i.rate_limit_burst, cfg.contract.max_batch_events
         )));
     }
-    let largest = i.max_body_bytes + budget::DECODED_COPIES * i.max_decoded_bytes;
+    let largest = i.max_body_bytes + budget::EVENT_COPIES * i.max_decoded_bytes;
     if i.max_in_flight_bytes < largest {
         return Err(IngestError::Config(format!(
             "ingest.max_in_flight_bytes ({}) must hold one largest request: max_body_bytes + {} × max_decoded_bytes = {largest}",
             i.max_in_flight_bytes,
-            budget::DECODED_COPIES
+            budget::EVENT_COPIES
         )));
     }
     if i.header_read_timeout_secs == 0 || i.body_read_timeout_secs == 0 {
