@@ -69,6 +69,12 @@ enum Command {
     Replay(ReplayArgs),
     /// Run the speed layer: windows from Kafka into rollup_5m, exactly once.
     Aggregate,
+    /// The aggregator's checkpoints (resume offset and event-time watermark
+    /// per partition of kafka.topic): show them, or reset one.
+    Checkpoint {
+        #[command(subcommand)]
+        action: CheckpointAction,
+    },
     /// Run the loader: raw events from Kafka into ClickHouse `events`, exactly once.
     Load,
     /// Serve the read API: JWT-scoped rollups, raw events and sessions.
@@ -168,6 +174,25 @@ enum KeysAction {
 }
 
 #[derive(Subcommand)]
+enum CheckpointAction {
+    /// Every partition's checkpoint; a watermark ahead of the clock is flagged.
+    Show,
+    /// Replace one partition's checkpoint. Stop the aggregator first: it
+    /// reads checkpoints when partitions are assigned to it.
+    Reset {
+        #[arg(long)]
+        partition: i32,
+        /// New watermark: an RFC 3339 time, or `now`.
+        #[arg(long)]
+        watermark: String,
+        /// New resume offset (default: keep the current one). Moving it back
+        /// counts the records in between again; forward skips them.
+        #[arg(long)]
+        offset: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
 enum StackAction {
     /// Install what is missing, start what is stopped, wait until everything answers.
     Up,
@@ -242,6 +267,7 @@ async fn main() -> Result<()> {
         Command::Archive => hourglass_lake::run_archiver(cfg).await?,
         Command::Replay(args) => replay(&cfg, args).await?,
         Command::Aggregate => hourglass_aggregator::run(cfg).await?,
+        Command::Checkpoint { action } => checkpoint(&cfg, action).await?,
         Command::Load => hourglass_loader::run(cfg).await?,
         Command::Query => hourglass_query::run(cfg).await?,
         Command::Batch(args) => batch(&cfg, args).await?,
@@ -374,5 +400,94 @@ async fn replay(cfg: &Config, args: ReplayArgs) -> Result<()> {
         s.seconds,
         s.events_read as f64 / s.seconds.max(1e-3)
     );
+    Ok(())
+}
+
+async fn checkpoint(cfg: &Config, action: CheckpointAction) -> Result<()> {
+    use hourglass_aggregator::sink::RollupSink;
+    use hourglass_aggregator::window::Checkpoint;
+    let sink = RollupSink::new(
+        hourglass_core::clickhouse::client(&cfg.clickhouse),
+        cfg.kafka.topic.clone(),
+    );
+    let show = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+            || format!("{ms} ms"),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        )
+    };
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let allowance_ms = i64::from(cfg.aggregator.max_ahead_secs) * 1000;
+    match action {
+        CheckpointAction::Show => {
+            let mut rows = sink.checkpoints().await?;
+            rows.sort_by_key(|(p, _)| *p);
+            println!("topic {}", cfg.kafka.topic);
+            println!("{:>9}  {:>14}  watermark", "partition", "resume offset");
+            for (p, cp) in rows {
+                let flag = if cp.watermark_ms > now_ms + allowance_ms {
+                    "  <- ahead of the clock: reset it (`hourglass checkpoint reset`)"
+                } else {
+                    ""
+                };
+                println!(
+                    "{p:>9}  {:>14}  {}{flag}",
+                    cp.resume_offset,
+                    show(cp.watermark_ms)
+                );
+            }
+        }
+        CheckpointAction::Reset {
+            partition,
+            watermark,
+            offset,
+        } => {
+            let watermark_ms = if watermark == "now" {
+                now_ms
+            } else {
+                chrono::DateTime::parse_from_rfc3339(&watermark)
+                    .with_context(|| {
+                        format!("--watermark {watermark:?}: an RFC 3339 time or `now`")
+                    })?
+                    .timestamp_millis()
+            };
+            if watermark_ms > now_ms + allowance_ms {
+                anyhow::bail!(
+                    "--watermark {} is ahead of the clock by more than aggregator.max_ahead_secs",
+                    show(watermark_ms)
+                );
+            }
+            let current = sink
+                .checkpoints()
+                .await?
+                .into_iter()
+                .find(|(p, _)| *p == partition)
+                .map(|(_, cp)| cp);
+            let resume_offset = match (offset, &current) {
+                (Some(o), _) => o,
+                (None, Some(cp)) => cp.resume_offset,
+                (None, None) => {
+                    anyhow::bail!("partition {partition} has no checkpoint yet: give --offset")
+                }
+            };
+            let to = Checkpoint {
+                resume_offset,
+                watermark_ms,
+            };
+            sink.reset_checkpoint(partition, to).await?;
+            match current {
+                Some(cp) => println!(
+                    "partition {partition}: resume offset {} -> {resume_offset}, watermark {} -> {}",
+                    cp.resume_offset,
+                    show(cp.watermark_ms),
+                    show(watermark_ms)
+                ),
+                None => println!(
+                    "partition {partition}: resume offset {resume_offset}, watermark {}",
+                    show(watermark_ms)
+                ),
+            }
+        }
+    }
     Ok(())
 }

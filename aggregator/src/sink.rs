@@ -63,6 +63,24 @@ pub enum SinkError {
         topic: String,
         source: clickhouse::error::Error,
     },
+    #[error("resetting the checkpoint of {topic} partition {partition} failed: {reason}")]
+    ResetCheckpoint {
+        topic: String,
+        partition: i32,
+        reason: String,
+    },
+}
+
+/// An `aggregator_progress` row written by an operator's reset.
+#[derive(Row, Serialize)]
+struct ProgressRecord<'a> {
+    topic: &'a str,
+    partition_id: u16,
+    last_window_start: u32,
+    checkpoint_offset: i64,
+    checkpoint_watermark_ms: i64,
+    flushed_rows: u64,
+    flushed_at: u32,
 }
 
 /// Writes rollups of one source topic.
@@ -198,6 +216,69 @@ impl RollupSink {
             .await?
             .into_iter()
             .any(|(p, stored)| p == partition && stored.watermark_ms >= cp.watermark_ms))
+    }
+}
+
+impl RollupSink {
+    /// Replace a partition's checkpoint (operator's repair, with the
+    /// aggregator stopped): a watermark poisoned by events dated far ahead
+    /// (before event times were bounded) would otherwise hold every later
+    /// event of the partition late for ever, since the checkpoint is the
+    /// largest ever written. The partition's progress rows are deleted
+    /// (waiting for the mutation) and one row with `to` is written.
+    pub async fn reset_checkpoint(&self, partition: i32, to: Checkpoint) -> Result<(), SinkError> {
+        let fail = |reason: String| SinkError::ResetCheckpoint {
+            topic: self.topic.clone(),
+            partition,
+            reason,
+        };
+        let partition_id =
+            u16::try_from(partition).map_err(|_| fail("no such partition".into()))?;
+        self.client
+            .query("ALTER TABLE aggregator_progress DELETE WHERE topic = ? AND partition_id = ?")
+            .bind(&self.topic)
+            .bind(partition_id)
+            .execute()
+            .await
+            .map_err(|e| fail(format!("deleting its progress rows: {e}")))?;
+        let started = std::time::Instant::now();
+        loop {
+            let pending: u64 = self
+                .client
+                .query(
+                    "SELECT count() FROM system.mutations WHERE database = currentDatabase() \
+                     AND table = 'aggregator_progress' AND is_done = 0",
+                )
+                .fetch_one()
+                .await
+                .map_err(|e| fail(format!("waiting for the deletion: {e}")))?;
+            if pending == 0 {
+                break;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(120) {
+                return Err(fail("the deletion has not finished after 120 s".into()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let now = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(u32::MAX);
+        let mut insert = self
+            .client
+            .insert::<ProgressRecord>("aggregator_progress")
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        insert
+            .write(&ProgressRecord {
+                topic: &self.topic,
+                partition_id,
+                last_window_start: 0,
+                checkpoint_offset: to.resume_offset,
+                checkpoint_watermark_ms: to.watermark_ms,
+                flushed_rows: 0,
+                flushed_at: now,
+            })
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        insert.end().await.map_err(|e| fail(e.to_string()))
     }
 }
 
