@@ -241,24 +241,13 @@ impl RollupSink {
             .execute()
             .await
             .map_err(|e| fail(format!("deleting its progress rows: {e}")))?;
-        let started = std::time::Instant::now();
-        loop {
-            let pending: u64 = self
-                .client
-                .query(
-                    "SELECT count() FROM system.mutations WHERE database = currentDatabase() \
-                     AND table = 'aggregator_progress' AND is_done = 0",
-                )
-                .fetch_one()
+        let limit = std::time::Duration::from_secs(120);
+        let done =
+            hourglass_core::clickhouse::mutations_done(&self.client, "aggregator_progress", limit)
                 .await
                 .map_err(|e| fail(format!("waiting for the deletion: {e}")))?;
-            if pending == 0 {
-                break;
-            }
-            if started.elapsed() > std::time::Duration::from_secs(120) {
-                return Err(fail("the deletion has not finished after 120 s".into()));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if !done {
+            return Err(fail("the deletion has not finished after 120 s".into()));
         }
         let now = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(u32::MAX);
         let mut insert = self

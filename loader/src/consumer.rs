@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hourglass_core::Config;
+use hourglass_core::clickhouse::errors::{Failure, classify};
 use hourglass_core::kafka::assign::{AssignAtPositions, Change, Paused, commit_hint};
 use hourglass_core::telemetry::Readiness;
 use rand::Rng;
@@ -14,6 +15,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::LoaderError;
 use crate::metrics::*;
 use crate::rows::{EventRow, Refusal, to_row};
 use crate::sink::EventSink;
@@ -123,7 +125,7 @@ impl Loop {
         }
     }
 
-    pub fn run(mut self) -> Result<(), KafkaError> {
+    pub fn run(mut self) -> Result<(), LoaderError> {
         self.consumer.subscribe(&[&self.topic])?;
         while !self.shutdown.load(Ordering::Relaxed) {
             match self.consumer.poll(Duration::from_millis(50)) {
@@ -139,10 +141,10 @@ impl Loop {
                     .started
                     .is_some_and(|s| s.elapsed() >= self.batch_age);
             if due {
-                self.flush();
+                self.flush()?;
             }
         }
-        self.flush();
+        self.flush()?;
         tracing::info!("loader stopped");
         Ok(())
     }
@@ -152,13 +154,41 @@ impl DeadLetters {
     /// Send a record that can never be loaded to the dead-letter topic,
     /// waiting for the broker's ack so it is never lost.
     fn send(&self, message: &BorrowedMessage<'_>, refusal: &Refusal) {
-        let reason = refusal.to_string();
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
+        self.send_record(
+            message.key(),
+            message.payload().unwrap_or_default(),
+            (message.partition(), message.offset()),
+            &refusal.to_string(),
+            refusal.code(),
+        );
+    }
+
+    /// A row ClickHouse refuses, as its JSON, with the server's reason.
+    fn send_refused(&self, row: &EventRow, reason: &str) {
+        let payload = serde_json::to_vec(row).unwrap_or_default();
+        self.send_record(
+            None,
+            &payload,
+            (i32::from(row.kafka_partition), row.kafka_offset),
+            reason,
+            "refused_by_clickhouse",
+        );
+    }
+
+    fn send_record(
+        &self,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        (partition, offset): (i32, i64),
+        reason: &str,
+        code: &'static str,
+    ) {
+        let partition = partition.to_string();
+        let offset = offset.to_string();
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "hourglass-reason",
-                value: Some(reason.as_str()),
+                value: Some(reason),
             })
             .insert(Header {
                 key: "hourglass-source-topic",
@@ -175,9 +205,9 @@ impl DeadLetters {
         let mut delay = Duration::from_millis(100);
         loop {
             let mut record = FutureRecord::to(&self.topic)
-                .payload(message.payload().unwrap_or_default())
+                .payload(payload)
                 .headers(headers.clone());
-            if let Some(key) = message.key() {
+            if let Some(key) = key {
                 record = record.key(key);
             }
             match self
@@ -193,7 +223,7 @@ impl DeadLetters {
             }
         }
         tracing::warn!(partition = %partition, offset = %offset, %reason, "record sent to the dead-letter topic");
-        metrics::counter!(DEAD_LETTERS, "reason" => refusal.code()).increment(1);
+        metrics::counter!(DEAD_LETTERS, "reason" => code).increment(1);
     }
 }
 
@@ -224,10 +254,15 @@ impl Loop {
         }
     }
 
-    fn flush(&mut self) {
+    /// Load the batch. A transient failure pauses the partitions and
+    /// retries; rows the server refuses are found by halving the batch (in
+    /// order, so progress never passes a row not yet handled) and
+    /// dead-lettered with the server's reason while the rest load; a setup
+    /// failure (unknown table, credentials) stops the loader.
+    fn flush(&mut self) -> Result<(), LoaderError> {
         if self.batch.rows.is_empty() {
             self.batch.clear();
-            return;
+            return Ok(());
         }
         let sink = self.consumer.context().source.clone();
         let runtime = self.consumer.context().runtime.clone();
@@ -236,14 +271,32 @@ impl Loop {
         let mut paused: Option<Paused> = None;
         let rows = self.batch.rows.len();
         let mut skipped = 0u64;
+        let mut isolating = false;
         loop {
-            let error = match runtime.block_on(sink.insert(&self.batch.rows)) {
+            let attempt = if isolating {
+                self.isolate_refused(&sink, &runtime)
+            } else {
+                runtime.block_on(sink.insert(&self.batch.rows))
+            };
+            let error = match attempt {
                 Ok(n) => {
                     skipped = n;
                     break;
                 }
                 Err(e) => e,
             };
+            match classify(&error) {
+                Failure::Setup => {
+                    tracing::error!(rows, error = %error, "ClickHouse refuses every write until an operator fixes it; stopping");
+                    return Err(LoaderError::Setup(error.to_string()));
+                }
+                Failure::Refused if !isolating => {
+                    tracing::warn!(rows, error = %error, "ClickHouse refused the batch; finding the rows it refuses");
+                    isolating = true;
+                    continue;
+                }
+                Failure::Refused | Failure::Transient => {}
+            }
             metrics::counter!(RETRIES).increment(1);
             self.readiness.set(false);
             // An attempt may have landed before the connection failed.
@@ -276,7 +329,7 @@ impl Loop {
             paused.resume(&self.consumer, &self.topic, |p| next.get(&p).copied());
             self.readiness.set(true);
         }
-        let loaded = self.batch.rows.len() as u64 - skipped;
+        let loaded = (self.batch.rows.len() as u64).saturating_sub(skipped);
         let last = self.batch.last_offsets();
         self.batch.clear();
         metrics::counter!(ROWS).increment(loaded);
@@ -289,5 +342,50 @@ impl Loop {
             &self.topic,
             last.into_iter().map(|(p, o)| (p, o + 1)),
         );
+        Ok(())
+    }
+
+    /// Insert the batch in ever smaller parts, in order, until every row is
+    /// loaded or, alone, refused (dead-lettered); then record the batch as
+    /// handled, refused tails included. Returns the rows left out for
+    /// deleted users; a transient or setup failure stops it (the caller
+    /// retries from the start: what landed is deduplicated by `event_id`).
+    fn isolate_refused(
+        &self,
+        sink: &crate::sink::EventSink,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<u64, clickhouse::error::Error> {
+        let rows = &self.batch.rows;
+        let mut skipped = 0;
+        let mut refused = 0u64;
+        let mut todo: Vec<std::ops::Range<usize>> = Vec::new();
+        todo.push(0..rows.len());
+        while let Some(range) = todo.pop() {
+            let error = match runtime.block_on(sink.insert(&rows[range.clone()])) {
+                Ok(n) => {
+                    skipped += n;
+                    continue;
+                }
+                Err(e) => e,
+            };
+            if classify(&error) != Failure::Refused {
+                return Err(error);
+            }
+            if range.len() == 1 {
+                self.dead_letters
+                    .send_refused(&rows[range.start], &error.to_string());
+                refused += 1;
+                continue;
+            }
+            let mid = range.start + range.len() / 2;
+            // Popped last-in first: the first half goes first.
+            todo.push(mid..range.end);
+            todo.push(range.start..mid);
+        }
+        if refused > 0 {
+            let last = crate::sink::last_offsets(rows);
+            runtime.block_on(sink.mark_done(&last))?;
+        }
+        Ok(skipped)
     }
 }

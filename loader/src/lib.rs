@@ -10,7 +10,8 @@
 //! are paused and the INSERT retried with exponential backoff and jitter; a
 //! failed attempt whose outcome is unknown is checked against the progress
 //! table first. Records that can never be loaded go to the dead-letter topic
-//! with the original bytes and the reason in headers.
+//! with the original bytes and the reason in headers; rows ClickHouse itself
+//! refuses are found by halving the batch and dead-lettered the same way.
 
 mod consumer;
 pub mod metrics;
@@ -34,6 +35,8 @@ pub enum LoaderError {
     Http(#[from] std::io::Error),
     #[error("loader thread panicked")]
     Panicked,
+    #[error("ClickHouse refuses every write until an operator fixes it: {0}")]
+    Setup(String),
 }
 
 /// Run the loader until SIGINT/SIGTERM; the current batch is finished first.
@@ -86,5 +89,5 @@ pub async fn run_with(
         .await
         .map_err(|_| LoaderError::Panicked)?;
     service.stop().await?;
-    Ok(result?)
+    result
 }

@@ -80,9 +80,39 @@ pub(crate) fn last_offsets<'a>(rows: impl IntoIterator<Item = &'a EventRow>) -> 
     last
 }
 
+/// Partitions (months of `timestamp`) one INSERT may span: ClickHouse
+/// refuses a block over `max_partitions_per_insert_block` (100 by default
+/// on servers that have the setting).
+pub const MAX_MONTHS_PER_INSERT: usize = 100;
+
+/// `rows` cut, in their order, into runs of at most `max` months each. Each
+/// run holds, for every Kafka partition, the next offsets after the run
+/// before it, so the progress a run's INSERT records never passes a row of
+/// a later run.
+pub fn month_runs(rows: &[&EventRow], max: usize) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut months = std::collections::BTreeSet::new();
+    for (i, row) in rows.iter().enumerate() {
+        let month = chrono::DateTime::from_timestamp(i64::from(row.timestamp), 0).map_or(0, |t| {
+            t.format("%Y%m").to_string().parse::<u32>().unwrap_or(0)
+        });
+        if !months.contains(&month) && months.len() == max.max(1) {
+            runs.push(start..i);
+            start = i;
+            months.clear();
+        }
+        months.insert(month);
+    }
+    if start < rows.len() {
+        runs.push(start..rows.len());
+    }
+    runs
+}
+
 /// The deduplication token of a batch: topic, then each partition's offset
 /// range, so a retried INSERT of the same records carries the same token.
-pub fn dedup_token(topic: &str, rows: &[EventRow]) -> String {
+pub fn dedup_token<'a>(topic: &str, rows: impl IntoIterator<Item = &'a EventRow>) -> String {
     let mut ranges: BTreeMap<u16, (i64, i64)> = BTreeMap::new();
     for r in rows {
         let e = ranges
@@ -143,11 +173,12 @@ impl EventSink {
         Ok(())
     }
 
-    /// One INSERT for the batch (its progress rows come from the same
-    /// INSERT), without the events of deleted users; returns how many were
-    /// left out. When those were a partition's last records, the skipped
-    /// offsets are recorded after the INSERT (a crash in between only makes
-    /// the next run read them again and leave them out again).
+    /// The batch without the events of deleted users, in one INSERT per run
+    /// of at most [`MAX_MONTHS_PER_INSERT`] months (the progress rows come
+    /// from the same INSERTs); returns how many were left out. When those
+    /// were a partition's last records, the skipped offsets are recorded
+    /// after the INSERTs (a crash in between only makes the next run read
+    /// them again and leave them out again).
     pub async fn insert(&self, rows: &[EventRow]) -> Result<u64, clickhouse::error::Error> {
         self.refresh_deletions().await?;
         let kept: Vec<&EventRow> = {
@@ -155,46 +186,60 @@ impl EventSink {
             rows.iter().filter(|r| !d.covers(r)).collect()
         };
         let skipped = (rows.len() - kept.len()) as u64;
-        if !kept.is_empty() {
-            // The token names the batch's records, whatever was left out.
+        for run in month_runs(&kept, MAX_MONTHS_PER_INSERT) {
+            let run = &kept[run];
+            // The token names the run's records: a retry carries the same one.
             let client = match &self.dedup_topic {
-                Some(topic) => self
-                    .client
-                    .clone()
-                    .with_setting("insert_deduplication_token", dedup_token(topic, rows)),
+                Some(topic) => self.client.clone().with_setting(
+                    "insert_deduplication_token",
+                    dedup_token(topic, run.iter().copied()),
+                ),
                 None => self.client.clone(),
             };
             let mut insert = client.insert::<EventRow>("events").await?;
-            for row in &kept {
+            for row in run {
                 insert.write(*row).await?;
             }
             insert.end().await?;
         }
         if skipped > 0 {
+            // Deleted users' records that end a partition's part of the
+            // batch: the INSERT's progress does not reach them.
             let loaded = last_offsets(kept.iter().copied());
-            let mut tails = Vec::new();
-            for (p, last) in last_offsets(rows) {
-                if loaded.get(&p).is_none_or(|&l| l < last) {
-                    tails.push(SkippedProgress {
-                        partition_id: p,
-                        last_offset: last,
-                        loaded_rows: 0,
-                        loaded_at: chrono::Utc::now().timestamp() as u32,
-                    });
-                }
-            }
-            if !tails.is_empty() {
-                let mut insert = self
-                    .client
-                    .insert::<SkippedProgress>("loader_progress")
-                    .await?;
-                for t in &tails {
-                    insert.write(t).await?;
-                }
-                insert.end().await?;
-            }
+            let tails: BTreeMap<u16, i64> = last_offsets(rows)
+                .into_iter()
+                .filter(|(p, last)| loaded.get(p).is_none_or(|l| l < last))
+                .collect();
+            self.mark_done(&tails).await?;
         }
         Ok(skipped)
+    }
+
+    /// Record that every record up to `last` (per partition) is handled:
+    /// loaded, left out or dead-lettered.
+    pub async fn mark_done(
+        &self,
+        last: &BTreeMap<u16, i64>,
+    ) -> Result<(), clickhouse::error::Error> {
+        if last.is_empty() {
+            return Ok(());
+        }
+        let now = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(u32::MAX);
+        let mut insert = self
+            .client
+            .insert::<SkippedProgress>("loader_progress")
+            .await?;
+        for (&partition_id, &last_offset) in last {
+            insert
+                .write(&SkippedProgress {
+                    partition_id,
+                    last_offset,
+                    loaded_rows: 0,
+                    loaded_at: now,
+                })
+                .await?;
+        }
+        insert.end().await
     }
 
     /// Highest offset loaded per partition.
@@ -243,5 +288,36 @@ mod tests {
             .map(|(p, o)| to_row(Some(json.as_bytes()), *p, *o, &Default::default()).unwrap())
             .collect();
         assert_eq!(dedup_token("events", &rows), "events/1:5-7,3:10-12");
+    }
+
+    #[test]
+    fn runs_hold_at_most_the_months_allowed_in_order() {
+        let json = |month: u32| {
+            format!(
+                r#"{{"schema_version":1,"project_id":"p","event_id":"0192f0a4-8a40-7cc0-8000-000000000001",
+                "event":"e","user_id":"u","timestamp":"{}-{:02}-15T00:00:00Z","received_at":"2026-01-01T00:00:01Z"}}"#,
+                2010 + month / 12,
+                month % 12 + 1
+            )
+        };
+        // 120 months, each twice, interleaved over two partitions.
+        let rows: Vec<EventRow> = (0..240u32)
+            .map(|i| {
+                let payload = json(i / 2);
+                to_row(
+                    Some(payload.as_bytes()),
+                    (i % 2) as i32,
+                    i64::from(i),
+                    &Default::default(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let refs: Vec<&EventRow> = rows.iter().collect();
+        let runs = month_runs(&refs, 100);
+        assert_eq!(runs, vec![0..200, 200..240]);
+        assert_eq!(month_runs(&refs, 1000), vec![0..240]);
+        assert_eq!(month_runs(&refs, 50).len(), 3);
+        assert!(month_runs(&[], 100).is_empty());
     }
 }

@@ -3,6 +3,8 @@
 //! Production runs ClickHouse 24.x; the local stack runs Debian's 18.16. Code
 //! that wants a newer feature asks [`ServerVersion`] first.
 
+pub mod errors;
+
 use clickhouse::Client;
 
 use crate::config::ClickHouseConfig;
