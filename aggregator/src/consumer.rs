@@ -25,6 +25,7 @@ use hourglass_core::kafka::assign::{AssignAtPositions, Change, Paused, commit_hi
 use hourglass_core::telemetry::Readiness;
 
 use crate::sink::{RollupSink, SinkError};
+use hourglass_core::clickhouse::errors::Failure;
 
 pub type AggregatorContext = AssignAtPositions<RollupSink>;
 
@@ -63,6 +64,8 @@ pub struct Loop {
     pub partitions: BTreeMap<i32, PartitionWindows>,
     pub counters: EventCounters,
     pub in_flight: Option<InFlight>,
+    /// A write ClickHouse refuses for good: the loop stops with it.
+    pub refused: Option<crate::AggregatorError>,
 }
 
 /// One flush's INSERTs, running in the background.
@@ -83,7 +86,7 @@ fn wall_ms() -> i64 {
 }
 
 impl Loop {
-    pub fn run(mut self) -> Result<(), KafkaError> {
+    pub fn run(mut self) -> Result<(), crate::AggregatorError> {
         self.consumer.subscribe(&[&self.topic])?;
         // Every flush interval the loop ticks (closes windows by wall clock
         // and writes what closed). Between ticks, windows closed by event
@@ -99,6 +102,9 @@ impl Loop {
         let mut now_ms = wall_ms();
         let mut records_since_clock = 0;
         while !self.shutdown.load(Ordering::Relaxed) {
+            if let Some(refused) = self.refused.take() {
+                return Err(refused);
+            }
             match self.consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(message)) => {
                     handle_record(
@@ -145,8 +151,13 @@ impl Loop {
         }
         // Complete windows only: open ones are rebuilt from the checkpoint on the next start.
         self.finish_flush();
-        self.start_flush();
-        self.finish_flush();
+        if self.refused.is_none() {
+            self.start_flush();
+            self.finish_flush();
+        }
+        if let Some(refused) = self.refused.take() {
+            return Err(refused);
+        }
         tracing::info!("aggregator stopped");
         Ok(())
     }
@@ -341,6 +352,11 @@ impl Loop {
         let started = in_flight.started;
         let mut revoked = in_flight.revoked;
         for ((p, closed), result) in in_flight.batches.iter().zip(results) {
+            if self.refused.is_some() {
+                // Stopping: what else was written is kept, what failed is
+                // redone from its checkpoint on the next start.
+                break;
+            }
             let written = match result {
                 Ok(()) => true,
                 Err(error) => self.retry_flush(*p, closed, error, &mut revoked),
@@ -351,6 +367,12 @@ impl Loop {
             metrics::histogram!(FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
             metrics::counter!(FLUSH_ROWS).increment(closed.rows.len() as u64);
             tracing::debug!(partition = p, rows = closed.rows.len(), windows = closed.windows, elapsed = ?started.elapsed(), checkpoint = ?closed.checkpoint, "flushed");
+            if let Some(windows) = self.partitions.get_mut(p)
+                && !revoked.contains(p)
+                && !closed.rows.is_empty()
+            {
+                windows.checkpoint_written(closed.checkpoint);
+            }
             if !revoked.contains(p) {
                 // Only a hint for lag tools: the checkpoint in ClickHouse is what counts.
                 commit_hint(
@@ -390,6 +412,31 @@ impl Loop {
         let mut abandoned = false;
         let mut error = first;
         loop {
+            let failure = error.failure();
+            if failure != Failure::Transient {
+                // Retrying cannot help, and writing later windows would move
+                // the checkpoint past these: stop, naming what was refused.
+                // The records a restart reads again, the refused among them.
+                let offsets = self.partitions.get(&p).map_or(
+                    closed.checkpoint.resume_offset..closed.checkpoint.resume_offset,
+                    PartitionWindows::unwritten_offsets,
+                );
+                tracing::error!(
+                    partition = p,
+                    ?offsets,
+                    failure = failure.label(),
+                    error = %error,
+                    "ClickHouse refuses this flush for good; stopping (see `hourglass checkpoint`)"
+                );
+                self.refused = Some(crate::AggregatorError::Refused {
+                    partition: p,
+                    offsets,
+                    failure: failure.label(),
+                    error: error.to_string(),
+                });
+                abandoned = true;
+                break;
+            }
             metrics::counter!(FLUSH_RETRIES).increment(1);
             tracing::warn!(partition = p, error = %error, retry_in = ?delay, "flush failed; partitions paused");
             self.readiness.set(false);

@@ -44,6 +44,15 @@ pub enum AggregatorError {
     Http(#[from] std::io::Error),
     #[error("aggregator thread panicked")]
     Panicked,
+    #[error(
+        "ClickHouse refuses the windows of partition {partition} (records at offsets {offsets:?}) for good ({failure}): {error}"
+    )]
+    Refused {
+        partition: i32,
+        offsets: std::ops::Range<i64>,
+        failure: &'static str,
+        error: String,
+    },
 }
 
 fn validate(cfg: &Config) -> Result<(), AggregatorError> {
@@ -105,11 +114,12 @@ pub async fn run_with(
         partitions: BTreeMap::new(),
         counters: consumer::EventCounters::register(),
         in_flight: None,
+        refused: None,
     };
     tracing::info!(topic = %cfg.kafka.topic, group = %cfg.aggregator.group_id, "aggregator starting");
     let result = tokio::task::spawn_blocking(move || main.run())
         .await
         .map_err(|_| AggregatorError::Panicked)?;
     service.stop().await?;
-    Ok(result?)
+    result
 }

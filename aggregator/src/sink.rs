@@ -71,6 +71,19 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// What the failure means: retry, or stop (see [`Failure`]).
+    pub fn failure(&self) -> hourglass_core::clickhouse::errors::Failure {
+        use hourglass_core::clickhouse::errors::{Failure, classify};
+        match self {
+            SinkError::Write { source, .. } | SinkError::ReadCheckpoints { source, .. } => {
+                classify(source)
+            }
+            SinkError::ResetCheckpoint { .. } => Failure::Transient,
+        }
+    }
+}
+
 /// An `aggregator_progress` row written by an operator's reset.
 #[derive(Row, Serialize)]
 struct ProgressRecord<'a> {

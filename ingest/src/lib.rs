@@ -150,6 +150,17 @@ fn check(cfg: &Config) -> Result<(), IngestError> {
                 .into(),
         ));
     }
+    // Every event time then lies within 96 months, so no INSERT of the
+    // loader or the aggregator can span the 100 monthly partitions a
+    // ClickHouse block may hold.
+    if cfg.contract.import_max_past_days > 2_900
+        || cfg.contract.max_past_days > cfg.contract.import_max_past_days
+    {
+        return Err(IngestError::Config(format!(
+            "contract.import_max_past_days ({}) must be at most 2900 (about 95 months) and at least contract.max_past_days ({})",
+            cfg.contract.import_max_past_days, cfg.contract.max_past_days
+        )));
+    }
     if i.max_decoded_bytes < i.max_body_bytes {
         return Err(IngestError::Config(
             "ingest.max_decoded_bytes must be at least ingest.max_body_bytes".into(),

@@ -92,6 +92,9 @@ pub struct PartitionWindows {
     /// `late` has waited [`LATE_MAX_WAIT_MS`]: flush it without a window.
     late_due: bool,
     next_offset: i64,
+    /// Resume offset of the last checkpoint known written (the start
+    /// offset until a flush lands): where a restart would read from.
+    written_resume_offset: i64,
     idle_since_ms: i64,
     caught_up: bool,
     idle_confirmed: bool,
@@ -117,6 +120,7 @@ impl PartitionWindows {
             late_since_ms: 0,
             late_due: false,
             next_offset: start_offset,
+            written_resume_offset: start_offset,
             idle_since_ms: i64::MIN,
             caught_up: false,
             idle_confirmed: false,
@@ -140,6 +144,17 @@ impl PartitionWindows {
 
     pub fn next_offset(&self) -> i64 {
         self.next_offset
+    }
+
+    /// The records a restart would read again: from the last checkpoint
+    /// written to the current position.
+    pub fn unwritten_offsets(&self) -> std::ops::Range<i64> {
+        self.written_resume_offset..self.next_offset
+    }
+
+    /// A flush carrying `checkpoint` has landed.
+    pub fn checkpoint_written(&mut self, checkpoint: Checkpoint) {
+        self.written_resume_offset = self.written_resume_offset.max(checkpoint.resume_offset);
     }
 
     pub fn open_windows(&self) -> usize {
