@@ -367,13 +367,13 @@ impl Loop {
             metrics::histogram!(FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
             metrics::counter!(FLUSH_ROWS).increment(closed.rows.len() as u64);
             tracing::debug!(partition = p, rows = closed.rows.len(), windows = closed.windows, elapsed = ?started.elapsed(), checkpoint = ?closed.checkpoint, "flushed");
-            if let Some(windows) = self.partitions.get_mut(p)
-                && !revoked.contains(p)
-                && !closed.rows.is_empty()
-            {
-                windows.checkpoint_written(closed.checkpoint);
-            }
             if !revoked.contains(p) {
+                // A flush of late records alone carries no checkpoint.
+                if let Some(windows) = self.partitions.get_mut(p)
+                    && !closed.rows.is_empty()
+                {
+                    windows.checkpoint_written(closed.checkpoint);
+                }
                 // Only a hint for lag tools: the checkpoint in ClickHouse is what counts.
                 commit_hint(
                     &self.consumer,

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use chrono::Datelike;
 use clickhouse::{Client, Row};
 use hourglass_core::kafka::assign::StartPositions;
 use serde::Deserialize;
@@ -94,9 +95,8 @@ pub fn month_runs(rows: &[&EventRow], max: usize) -> Vec<std::ops::Range<usize>>
     let mut start = 0;
     let mut months = std::collections::BTreeSet::new();
     for (i, row) in rows.iter().enumerate() {
-        let month = chrono::DateTime::from_timestamp(i64::from(row.timestamp), 0).map_or(0, |t| {
-            t.format("%Y%m").to_string().parse::<u32>().unwrap_or(0)
-        });
+        let month = chrono::DateTime::from_timestamp(i64::from(row.timestamp), 0)
+            .map_or(0, |t| t.year() * 100 + t.month() as i32);
         if !months.contains(&month) && months.len() == max.max(1) {
             runs.push(start..i);
             start = i;
