@@ -177,3 +177,44 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
+
+/// A component process a benchmark started, stopped with SIGTERM (so it
+/// drains as in production) and waited for on drop.
+pub struct Component(pub Child);
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+/// Wait until `{url}/health/ready` answers 200, at most 30 s.
+pub async fn wait_ready(url: &str) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if reqwest::get(format!("{url}/health/ready"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("{url} not ready after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A kB field of `/proc/{pid}/status` (`VmRSS:`, `VmHWM:`), 0 when unreadable.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}

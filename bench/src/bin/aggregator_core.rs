@@ -71,17 +71,6 @@ fn make(n: usize, users: usize) -> Vec<Decoded> {
         .collect()
 }
 
-fn peak_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 /// Feed everything through one partition's windows; returns events/s and
 /// the rows the closed windows made.
 fn run(events: &[Decoded], dims: bool) -> (f64, usize) {
@@ -143,7 +132,7 @@ fn main() {
             rows,
             p.open_windows(),
             p.open_keys(),
-            peak_rss_kb() / 1024
+            hourglass_bench::proc_status_kib(std::process::id(), "VmHWM:") / 1024
         );
         return;
     }

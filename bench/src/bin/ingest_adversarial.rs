@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use hourglass_bench::LocalBroker;
+use hourglass_bench::{Component, LocalBroker, proc_status_kib};
 use hourglass_core::Config;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -131,27 +131,6 @@ fn good_body(seq: usize, batch: usize) -> String {
     json!({ "batch": events }).to_string()
 }
 
-struct Ingest(Child);
-
-impl Drop for Ingest {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// One attacking connection: its body again and again until `stop`; the
 /// statuses it got, by code (0: no answer).
 async fn attack(
@@ -245,7 +224,7 @@ async fn main() -> Result<()> {
         .port();
     let hash = hourglass_ingest::keys::hash_key(KEY);
     // Default limits: what a deployment has unless it changes them.
-    let ingest = Ingest(
+    let ingest = Component(
         Command::new(&args.hourglass)
             .arg("ingest")
             .env("HOURGLASS_KAFKA__BROKERS", &cfg.kafka.brokers)
@@ -261,18 +240,9 @@ async fn main() -> Result<()> {
             .with_context(|| format!("starting {} (build it first)", args.hourglass))?,
     );
     let url = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while !reqwest::get(format!("{url}/health/ready"))
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("ingest not ready after 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    hourglass_bench::wait_ready(&url).await?;
     let pid = ingest.0.id();
-    let idle_rss = status_kib(pid, "VmRSS:");
+    let idle_rss = proc_status_kib(pid, "VmRSS:");
 
     let bodies: BTreeMap<Attack, (Bytes, Option<&'static str>)> =
         ATTACKS.iter().map(|&a| (a, body(a))).collect();
@@ -344,7 +314,7 @@ async fn main() -> Result<()> {
         }
         sent += args.batch;
         latency.record(due.elapsed().as_micros().max(1) as u64)?;
-        peak_rss = peak_rss.max(status_kib(pid, "VmRSS:"));
+        peak_rss = peak_rss.max(proc_status_kib(pid, "VmRSS:"));
         if seq % 25 == 0 {
             peak_charged = peak_charged.max(charged(&client, &url).await);
         }
@@ -360,7 +330,7 @@ async fn main() -> Result<()> {
             *entry.entry(s).or_default() += n;
         }
     }
-    let hwm = status_kib(pid, "VmHWM:");
+    let hwm = proc_status_kib(pid, "VmHWM:");
 
     // Every good event on the topic, none twice: only the good client can
     // have put records there (every attack body is refused whole).

@@ -10,16 +10,16 @@
 //!
 //! `cargo run --release -p hourglass-bench --bin ingest_http`
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use hourglass_bench::LocalBroker;
+use hourglass_bench::{Component, LocalBroker};
 use hourglass_core::Config;
 use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
@@ -93,19 +93,7 @@ fn body(rng: &mut SmallRng, batch: usize) -> String {
     json!({ "batch": events, "sent_at": now.to_rfc3339() }).to_string()
 }
 
-struct Ingest(Child);
-
-impl Drop for Ingest {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
-
-fn start_ingest(args: &Args, cfg: &Config, port: u16) -> Result<Ingest> {
+fn start_ingest(args: &Args, cfg: &Config, port: u16) -> Result<Component> {
     let hash = hourglass_ingest::keys::hash_key(KEY);
     let child = Command::new(&args.hourglass)
         .arg("ingest")
@@ -121,23 +109,7 @@ fn start_ingest(args: &Args, cfg: &Config, port: u16) -> Result<Ingest> {
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {} (build it first)", args.hourglass))?;
-    Ok(Ingest(child))
-}
-
-async fn wait_ready(url: &str) -> Result<()> {
-    let started = Instant::now();
-    loop {
-        if reqwest::get(format!("{url}/health/ready"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("ingest not ready after 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Ok(Component(child))
 }
 
 /// The ceiling runs' records: pre-encoded envelopes like ingest's, made once
@@ -354,7 +326,7 @@ async fn main() -> Result<()> {
         .port();
     let ingest = start_ingest(&args, &cfg, port)?;
     let url = format!("http://127.0.0.1:{port}");
-    wait_ready(&url).await?;
+    hourglass_bench::wait_ready(&url).await?;
     let mut rng = SmallRng::seed_from_u64(7);
     let bodies: Arc<Vec<String>> = Arc::new((0..200).map(|_| body(&mut rng, args.batch)).collect());
     let avg = bodies.iter().map(String::len).sum::<usize>() / bodies.len();
