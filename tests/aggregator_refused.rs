@@ -18,10 +18,7 @@ async fn a_refused_flush_stops_the_aggregator_naming_the_offsets() {
     env.create_topic(1).await;
     env.migrate().await;
     let ch = env.clickhouse();
-    ch.query("ALTER TABLE rollup_5m ADD COLUMN refused UInt8 DEFAULT throwIf(event = 'poison')")
-        .execute()
-        .await
-        .unwrap();
+    env.refuse_event("rollup_5m", "poison").await;
     let generated = generator::generate(41, 2_000, 8, 50);
     let mut stream = generated.events.clone();
     let mut poison = generated.events[500].clone();

@@ -8,32 +8,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::generator;
-use common::{TestEnv, sigterm, wait_until};
+use common::{TestEnv, sigterm};
 use hourglass_core::contract::EventEnvelope;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use uuid::Uuid;
 
 const VICTIM: &str = "user-7";
-
-async fn partition_ends(env: &TestEnv, partitions: i32) -> BTreeMap<u16, i64> {
-    let consumer: BaseConsumer = hourglass_core::kafka::client_config(&env.cfg.kafka)
-        .set("group.id", "loader-deletions-test")
-        .create()
-        .unwrap();
-    (0..partitions)
-        .map(|p| {
-            let (_, high) = consumer
-                .fetch_watermarks(&env.cfg.kafka.topic, p, Duration::from_secs(10))
-                .unwrap();
-            (p as u16, high - 1)
-        })
-        .filter(|(_, last)| *last >= 0)
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_user_stays_deleted_when_the_loader_catches_up() {
@@ -103,26 +85,15 @@ async fn a_deleted_user_stays_deleted_when_the_loader_catches_up() {
     .unwrap();
 
     let expected = (generated.events.len() - victims.len() + back.len()) as u64;
-    let ends = partition_ends(&env, 4).await;
+    let ends = env.partition_ends(4).await;
     let mut loader = env.spawn(
         &["load"],
         &[("HOURGLASS_LOADER__HTTP_LISTEN", "127.0.0.1:0".into())],
     );
-    let progress = || async {
-        let rows: Vec<(u16, i64)> = env
-            .clickhouse()
-            .query(
-                "SELECT partition_id, max(last_offset) FROM loader_progress GROUP BY partition_id",
-            )
-            .fetch_all()
-            .await
-            .unwrap_or_default();
-        rows.into_iter().collect::<BTreeMap<u16, i64>>()
-    };
-    wait_until(
+    env.wait_loaded_to(
+        &ends,
         Duration::from_secs(180),
         "the loader's progress at the end of every partition",
-        || async { progress().await == ends },
     )
     .await;
     sigterm(&mut loader);

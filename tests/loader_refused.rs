@@ -9,32 +9,15 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::generator;
-use common::{TestEnv, read_topic, sigterm, wait_until};
+use common::{TestEnv, read_topic, sigterm};
 use hourglass_core::contract::EventEnvelope;
 use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use uuid::Uuid;
-
-async fn partition_ends(env: &TestEnv, partitions: i32) -> BTreeMap<u16, i64> {
-    let consumer: BaseConsumer = hourglass_core::kafka::client_config(&env.cfg.kafka)
-        .set("group.id", "loader-refused-test")
-        .create()
-        .unwrap();
-    (0..partitions)
-        .map(|p| {
-            let (_, high) = consumer
-                .fetch_watermarks(&env.cfg.kafka.topic, p, Duration::from_secs(10))
-                .unwrap();
-            (p as u16, high - 1)
-        })
-        .filter(|(_, last)| *last >= 0)
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_rows_are_dead_lettered_and_loading_goes_on() {
@@ -45,10 +28,7 @@ async fn refused_rows_are_dead_lettered_and_loading_goes_on() {
         .unwrap();
     env.migrate().await;
     let ch = env.clickhouse();
-    ch.query("ALTER TABLE events ADD COLUMN refused UInt8 DEFAULT throwIf(event = 'poison')")
-        .execute()
-        .await
-        .unwrap();
+    env.refuse_event("events", "poison").await;
 
     let generated = generator::generate(31, 3_000, 6, 100);
     let mut stream: Vec<EventEnvelope> = generated.events.clone();
@@ -73,27 +53,16 @@ async fn refused_rows_are_dead_lettered_and_loading_goes_on() {
         stream.insert(at, e);
     }
     generator::produce(&env.cfg.kafka, &stream).await;
-    let ends = partition_ends(&env, 2).await;
+    let ends = env.partition_ends(2).await;
 
     let mut loader = env.spawn(
         &["load"],
         &[("HOURGLASS_LOADER__HTTP_LISTEN", "127.0.0.1:0".into())],
     );
-    let progress = || async {
-        let rows: Vec<(u16, i64)> = env
-            .clickhouse()
-            .query(
-                "SELECT partition_id, max(last_offset) FROM loader_progress GROUP BY partition_id",
-            )
-            .fetch_all()
-            .await
-            .unwrap_or_default();
-        rows.into_iter().collect::<BTreeMap<u16, i64>>()
-    };
-    wait_until(
+    env.wait_loaded_to(
+        &ends,
         Duration::from_secs(180),
         "the loader's progress at the end of every partition",
-        || async { progress().await == ends },
     )
     .await;
 
@@ -152,13 +121,9 @@ async fn refused_rows_are_dead_lettered_and_loading_goes_on() {
         })
         .collect();
     generator::produce(&env.cfg.kafka, &more).await;
-    let ends = partition_ends(&env, 2).await;
-    wait_until(
-        Duration::from_secs(60),
-        "the later events loaded",
-        || async { progress().await == ends },
-    )
-    .await;
+    let ends = env.partition_ends(2).await;
+    env.wait_loaded_to(&ends, Duration::from_secs(60), "the later events loaded")
+        .await;
     let rows: u64 = ch
         .query("SELECT count() FROM events FINAL")
         .fetch_one()

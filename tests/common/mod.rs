@@ -104,6 +104,56 @@ impl TestEnv {
         hourglass_core::clickhouse::client(&self.cfg.clickhouse)
     }
 
+    /// The last offset of each non-empty partition of the test's topic.
+    pub async fn partition_ends(&self, partitions: i32) -> std::collections::BTreeMap<u16, i64> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = hourglass_core::kafka::client_config(&self.cfg.kafka)
+            .set("group.id", format!("{}-ends", self.name))
+            .create()
+            .unwrap();
+        (0..partitions)
+            .map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(&self.cfg.kafka.topic, p, Duration::from_secs(10))
+                    .unwrap();
+                (p as u16, high - 1)
+            })
+            .filter(|(_, last)| *last >= 0)
+            .collect()
+    }
+
+    /// Wait until the loader's progress (`loader_progress`) is `ends`.
+    pub async fn wait_loaded_to(
+        &self,
+        ends: &std::collections::BTreeMap<u16, i64>,
+        timeout: Duration,
+        what: &str,
+    ) {
+        wait_until(timeout, what, || async {
+            let rows: Vec<(u16, i64)> = self
+                .clickhouse()
+                .query("SELECT partition_id, max(last_offset) FROM loader_progress GROUP BY partition_id")
+                .fetch_all()
+                .await
+                .unwrap_or_default();
+            rows.into_iter().collect::<std::collections::BTreeMap<u16, i64>>() == *ends
+        })
+        .await;
+    }
+
+    /// Make `table` refuse every row whose `event` is `event` (a column
+    /// default that throws, computed before anything is written): a stand-in
+    /// for any refusal of the data by the server.
+    pub async fn refuse_event(&self, table: &str, event: &str) {
+        self.clickhouse()
+            .query(&format!(
+                "ALTER TABLE {table} ADD COLUMN refused UInt8 DEFAULT throwIf(event = '{event}')"
+            ))
+            .execute()
+            .await
+            .unwrap();
+    }
+
     /// Environment that points an `hourglass` child process at this test's names.
     pub fn child_env(&self) -> Vec<(String, String)> {
         vec![
