@@ -37,7 +37,7 @@ enum Command {
         #[arg(long)]
         create_topics: bool,
     },
-    /// Print the effective configuration as TOML.
+    /// Print the effective configuration as TOML (secrets shown as <redacted>).
     Config,
     /// The local stack: Kafka-protocol broker, ClickHouse and S3 on 127.0.0.1.
     Stack {
@@ -217,7 +217,7 @@ async fn main() -> Result<()> {
     hourglass_core::telemetry::init_tracing(&cfg.telemetry);
     match cli.command {
         Command::Up { .. } => unreachable!("handled above"),
-        Command::Config => print!("{}", cfg.to_toml()),
+        Command::Config => print!("{}", cfg.to_toml_redacted()),
         Command::Migrate { create_topics } => {
             if create_topics {
                 hourglass_core::kafka::ensure_pipeline_topics(&cfg.kafka)

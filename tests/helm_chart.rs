@@ -204,8 +204,38 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
                     !manifests.contains("HOURGLASS_S3__ACCESS_KEY_ID"),
                     "S3 from the AWS chain, not keys"
                 );
+                // ...and no built-in static keys left in the config either.
+                assert!(effective.contains("access_key_id = \"\""), "{effective}");
+                assert!(
+                    effective.contains("secret_access_key = \"\""),
+                    "{effective}"
+                );
+                assert_eq!(
+                    count(&manifests, "name: HOURGLASS_QUERY__READ_PASSWORD"),
+                    1,
+                    "the reader's password only in the query pod"
+                );
                 assert_eq!(monitors, 1);
-                assert_eq!(kinds(&manifests, "NetworkPolicy"), 2);
+                // A policy selects every component's pods: ingest, query,
+                // and the consumers, batch and migrations together.
+                assert_eq!(kinds(&manifests, "NetworkPolicy"), 3);
+                let query_policy = manifests
+                    .split("\n---")
+                    .find(|doc| {
+                        doc.contains("kind: NetworkPolicy")
+                            && doc.contains("app.kubernetes.io/component: query")
+                    })
+                    .expect("a NetworkPolicy selecting the query pods");
+                assert!(query_policy.contains("kubernetes.io/metadata.name: web"));
+                assert!(
+                    query_policy.contains("kubernetes.io/metadata.name: monitoring"),
+                    "scrapers reach the query API's /metrics"
+                );
+                assert!(
+                    manifests.contains("values: [aggregator, loader, archiver, batch, migrate]"),
+                    "consumers' policy"
+                );
+
                 assert_eq!(kinds(&manifests, "Ingress"), 1);
                 assert!(effective.contains("grace_secs = 120"));
                 assert!(with_query, "the query API is on");
@@ -229,7 +259,7 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
 
 #[test]
 fn chart_refuses_values_that_would_deploy_something_broken() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["--set", "aggregator.replicas=9"],
             "aggregator.replicas (9) exceeds config.kafka.partitions (8)",
@@ -237,6 +267,18 @@ fn chart_refuses_values_that_would_deploy_something_broken() {
         (
             &["--set", "config.clickhouse.password=hunter2"],
             "/config/clickhouse/password",
+        ),
+        (
+            &["--set", "config.kafka.client.sasl\\.password=hunter2"],
+            "invalid propertyName 'sasl.password'",
+        ),
+        (
+            &["--set", "config.kafka.client.ssl\\.key\\.password=hunter2"],
+            "invalid propertyName 'ssl.key.password'",
+        ),
+        (
+            &["--set", "config.query.read_password=hunter2"],
+            "/config/query/read_password",
         ),
         (
             &["--set", "secrets.writeKeys.name="],

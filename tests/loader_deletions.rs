@@ -4,7 +4,8 @@
 //! the loader leaves out every event of that user received up to the request
 //! (by `user_id` or `anonymous_id`), keeps the ones received after it, and
 //! its progress still reaches the end of every partition, also where the
-//! user's skipped records are a partition's last.
+//! user's skipped records are a partition's last. A deletion made for one
+//! tenant leaves the same user id's events in other tenants.
 
 mod common;
 
@@ -16,6 +17,8 @@ use hourglass_core::contract::EventEnvelope;
 use uuid::Uuid;
 
 const VICTIM: &str = "user-7";
+/// Deleted by the admin of tenant `acme` only; also has events in `globex`.
+const TENANT_VICTIM: &str = "user-in-two-tenants";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_user_stays_deleted_when_the_loader_catches_up() {
@@ -68,6 +71,18 @@ async fn a_deleted_user_stays_deleted_when_the_loader_catches_up() {
             )
         })
         .collect();
+    let in_tenants: Vec<EventEnvelope> = (0..12)
+        .map(|i| {
+            let mut e = copy(&generated.events[10 + i], base, 300 + i as u128);
+            e.user_id = Some(TENANT_VICTIM.into());
+            e.anonymous_id = None;
+            let tenant = if i % 2 == 0 { "acme" } else { "globex" };
+            e.properties
+                .insert("tenant_id".into(), serde_json::json!(tenant));
+            e
+        })
+        .collect();
+    generator::produce(&env.cfg.kafka, &in_tenants).await;
     generator::produce(&env.cfg.kafka, &generated.events).await;
     generator::produce(&env.cfg.kafka, &back).await;
     generator::produce(&env.cfg.kafka, &anonymous).await;
@@ -83,8 +98,17 @@ async fn a_deleted_user_stays_deleted_when_the_loader_catches_up() {
     .execute()
     .await
     .unwrap();
+    ch.query(
+        "INSERT INTO deletions (project_id, tenant_id, user, requested_at, requested_by, events_removed) \
+         VALUES ('proj', 'acme', ?, toDateTime(?), 'admin@acme', 0)",
+    )
+    .bind(TENANT_VICTIM)
+    .bind(requested_at.timestamp())
+    .execute()
+    .await
+    .unwrap();
 
-    let expected = (generated.events.len() - victims.len() + back.len()) as u64;
+    let expected = (generated.events.len() - victims.len() + back.len() + 6) as u64;
     let ends = env.partition_ends(4).await;
     let mut loader = env.spawn(
         &["load"],
@@ -127,5 +151,16 @@ async fn a_deleted_user_stays_deleted_when_the_loader_catches_up() {
     let mut want: Vec<String> = back.iter().map(|e| e.event_id.to_string()).collect();
     want.sort();
     assert_eq!(kept, want);
+    let tenants: Vec<(String, u64)> = ch
+        .query("SELECT tenant_id, count() FROM events WHERE user_id = ? GROUP BY tenant_id")
+        .bind(TENANT_VICTIM)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        tenants,
+        vec![("globex".to_owned(), 6)],
+        "acme's deletion leaves globex's events of the same user id"
+    );
     env.teardown().await;
 }

@@ -83,6 +83,34 @@ fn generate(project: &str, seed: u64, sessions: usize) -> Vec<EventEnvelope> {
             });
         }
     }
+    // One user id in two tenants (each tenant picks its own ids); its events
+    // in t2 carry a nested `tenant_id` of t1, which is data, not the tenant.
+    for (i, tenant) in ["t1", "t1", "t1", "t2", "t2", "t2"].into_iter().enumerate() {
+        let timestamp = t0() + Duration::hours(3 + i as i64);
+        let mut properties = serde_json::Map::new();
+        if tenant == "t2" {
+            properties.insert("meta".into(), json!({"tenant_id": "t1"}));
+        }
+        properties.insert("path".into(), json!("/"));
+        properties.insert("tenant_id".into(), json!(tenant));
+        out.push(EventEnvelope {
+            schema_version: SCHEMA_VERSION,
+            project_id: project.into(),
+            event_id: uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                timestamp.timestamp() as u64,
+                0,
+            )),
+            event: "page_view".into(),
+            user_id: Some(format!("{project}-shared")),
+            anonymous_id: None,
+            session_id: Some(format!("{project}-shared-{tenant}")),
+            timestamp,
+            received_at: timestamp + Duration::seconds(1),
+            value: None,
+            properties,
+        });
+    }
     out
 }
 
@@ -94,7 +122,7 @@ async fn seed(env: &TestEnv, events: &[EventEnvelope], lake: &LocalStore) {
         by_partition.entry(partition_of(e)).or_default().push(e);
     }
     let window = Arc::new(WindowConfig::from(&env.cfg.aggregator));
-    let dims = hourglass_core::dimensions::Dimensions::from(&env.cfg.aggregator);
+    let shape = hourglass_loader::rows::RowShape::from(&env.cfg);
     let sink = hourglass_aggregator::sink::RollupSink::new(ch.clone(), &env.cfg.kafka.topic);
     for (partition, mut list) in by_partition {
         list.sort_by_key(|e| (e.timestamp, e.event_id));
@@ -110,7 +138,7 @@ async fn seed(env: &TestEnv, events: &[EventEnvelope], lake: &LocalStore) {
             let offset = offset as i64;
             insert
                 .write(
-                    &hourglass_loader::rows::from_envelope((*e).clone(), partition, offset, &dims)
+                    &hourglass_loader::rows::from_envelope((*e).clone(), partition, offset, &shape)
                         .unwrap(),
                 )
                 .await
@@ -391,13 +419,29 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
     assert_eq!(globex_events.len(), globex.len());
     assert!(globex_events.iter().all(|e| e["project_id"] == "globex"));
     let acme_event = acme.iter().find(|e| e.event == "api_call").unwrap();
-    let (status, _) = api
-        .get(
-            &globex_token,
-            &format!("/v1/events/{}", acme_event.event_id),
-        )
-        .await;
+    let by_id = format!("/v1/events/{}?from={from}&to={to}", acme_event.event_id);
+    let (status, _) = api.get(&globex_token, &by_id).await;
     assert_eq!(status, 404, "another project's event is not found");
+    let found = api.ok(&acme_token, &by_id).await;
+    assert_eq!(found["event_id"], acme_event.event_id.to_string());
+    // Without a range, an id that is not a UUIDv7 is looked for among the
+    // last 31 days only (these events are older), a UUIDv7 around its time.
+    let (status, body) = api
+        .get(&acme_token, &format!("/v1/events/{}", acme_event.event_id))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("`from`"),
+        "{body}"
+    );
+    let v7 = acme
+        .iter()
+        .find(|e| e.event_id.get_version_num() == 7)
+        .unwrap();
+    let found = api
+        .ok(&acme_token, &format!("/v1/events/{}", v7.event_id))
+        .await;
+    assert_eq!(found["event_id"], v7.event_id.to_string());
     let timeline = api
         .ok(
             &globex_token,
@@ -493,9 +537,9 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
     assert_eq!(ids.len(), acme.len(), "every event once");
     assert_eq!(unique.len(), acme.len(), "no event twice");
     assert!(ids.iter().all(|id| acme_ids.contains(id)));
-    let times: Vec<&str> = pages
+    let times: Vec<DateTime<Utc>> = pages
         .iter()
-        .map(|e| e["timestamp"].as_str().unwrap())
+        .map(|e| e["timestamp"].as_str().unwrap().parse().unwrap())
         .collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
 
@@ -591,10 +635,41 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
         )
         .await;
     assert_eq!(timeline["events"].as_array().unwrap().len(), 0);
-    let (status, _) = api
-        .get(&acme_token, &format!("/v1/events/{}", acme_event.event_id))
-        .await;
+    let (status, _) = api.get(&acme_token, &by_id).await;
     assert_eq!(status, 404);
+    // A tenant's admin deletes within its tenant only: the same user id in
+    // another tenant keeps its events, now and after a replay.
+    let shared = "acme-shared";
+    let shared_in = |tenant: &str| {
+        acme.iter()
+            .filter(|e| e.user() == shared && e.properties["tenant_id"] == tenant)
+            .count()
+    };
+    let t1_admin = token(
+        json!({"project_id": "acme", "tenant_id": "t1", "sub": "ops@t1", "hourglass_admin": true, "exp": Utc::now().timestamp() + 600}),
+    );
+    let resp = api
+        .http
+        .delete(format!("{}/v1/users/{shared}", api.base))
+        .bearer_auth(&t1_admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["events_removed"], shared_in("t1") as u64, "{body}");
+    assert_eq!(body["tenant_id"], "t1");
+    let shared_left = |events: Vec<Value>| {
+        assert_eq!(events.len(), shared_in("t2"), "{events:?}");
+        assert!(events.iter().all(|e| e["properties"]["tenant_id"] == "t2"));
+    };
+    shared_left(
+        api.all_pages(
+            &acme_token,
+            &format!("/v1/users/{shared}/events?from={from}&to={to}"),
+        )
+        .await,
+    );
     let replay = hourglass_lake::replay::replay(
         &env.cfg,
         Arc::new(LocalStore::new(&lake_dir)),
@@ -615,7 +690,7 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
     .unwrap();
     assert_eq!(
         replay.deleted_skipped,
-        victim_events.len() as u64,
+        (victim_events.len() + shared_in("t1")) as u64,
         "{replay:?}"
     );
     assert_eq!(
@@ -629,6 +704,13 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
         )
         .await;
     assert!(after_replay.is_empty(), "the replay brought the user back");
+    shared_left(
+        api.all_pages(
+            &acme_token,
+            &format!("/v1/users/{shared}/events?from={from}&to={to}"),
+        )
+        .await,
+    );
 
     // 6. Bad parameters: each a clear 400 that names the problem.
     for (query, says) in [
@@ -808,6 +890,56 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
             "{p} missing from /openapi.json: {paths:?}"
         );
     }
+
+    // 8. Query cost: reads go through a read-only ClickHouse user, and a
+    // query past a configured limit is stopped with a clear 422.
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hourglass_query_reader_read_only 1"),
+        "{metrics}"
+    );
+    let mut reader = cfg.clickhouse.clone();
+    reader.user = cfg.query.read_user.clone();
+    let refused = hourglass_core::clickhouse::client(&reader)
+        .query("INSERT INTO deletions (project_id, user) VALUES ('acme', 'x')")
+        .execute()
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("readonly"), "{refused}");
+    let mut small = cfg.clone();
+    small.query.max_result_rows = 50;
+    let (small_api, small_stop) = start(small).await;
+    let (status, body) = small_api
+        .get(
+            &acme_token,
+            &format!("/v1/events?from={from}&to={to}&limit=50"),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "query_too_large");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("query.max_result_rows")
+    );
+    // A page asks for one row more than it holds (is there a next page?).
+    let page = small_api
+        .ok(
+            &acme_token,
+            &format!("/v1/events?from={from}&to={to}&limit=49"),
+        )
+        .await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 49);
+    small_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 
     // An RS256 service accepts RS256 and refuses the HS/RS confusion: a token

@@ -78,7 +78,8 @@ impl HourSpec<'_> {
 ///   one row per `event_id`, its earliest received copy (each column's
 ///   `argMin` under the same key) over the hours widened by the dedup
 ///   margin, kept when its time is in the hours and it was received after
-///   its user's last deletion request.
+///   the last deletion request of its user that covers it (made
+///   project-wide, or for the event's tenant).
 ///
 /// Then one row per (window, key) with its distinct-user state and its
 /// values' histogram buckets.
@@ -117,12 +118,13 @@ pub fn hour_states(h: &HourSpec<'_>) -> String {
                 FROM ( \
                     SELECT fp AS project_id, fe AS e, if(fd = '', {empty}, fd) AS d, \
                            if(fu != '', fu, fa) AS user_key, isNotNull(fv) AS has_value, ifNull(fv, 0.) AS v, \
-                           intDiv(ft, {window_ms}) * {window_secs} AS w, fr AS received \
+                           intDiv(ft, {window_ms}) * {window_secs} AS w, fr AS received, ftn AS tenant \
                     FROM ( \
                         SELECT argMin(project_id, {first}) AS fp, argMin(event, {first}) AS fe, \
                                argMin(dimensions, {first}) AS fd, argMin(user_id, {first}) AS fu, \
                                argMin(anonymous_id, {first}) AS fa, argMin(value, {first}) AS fv, \
-                               argMin(timestamp_ms, {first}) AS ft, argMin(received_at, {first}) AS fr \
+                               argMin(timestamp_ms, {first}) AS ft, argMin(received_at, {first}) AS fr, \
+                               argMin(tenant_id, {first}) AS ftn \
                         FROM {source} \
                         WHERE timestamp >= toDateTime({lo}) AND timestamp < toDateTime({hi}) \
                           AND ({duplicates} OR {deleted}) \
@@ -131,10 +133,17 @@ pub fn hour_states(h: &HourSpec<'_>) -> String {
                     WHERE {first_in_hours} \
                 ) \
                 ANY LEFT JOIN ( \
-                    SELECT project_id, user AS user_key, max(requested_at) AS deleted_until \
-                    FROM deletions GROUP BY project_id, user \
+                    SELECT project_id, user AS user_key, \
+                           groupArray(tenant_id) AS deleted_tenants, groupArray(until) AS deleted_until \
+                    FROM ( \
+                        SELECT project_id, user, tenant_id, max(requested_at) AS until \
+                        FROM deletions GROUP BY project_id, user, tenant_id \
+                    ) \
+                    GROUP BY project_id, user \
                 ) USING (project_id, user_key) \
-                WHERE received > deleted_until \
+                WHERE received > arrayReduce('max', \
+                    arrayFilter((at, t, mine) -> t = '' OR t = mine, \
+                                deleted_until, deleted_tenants, replicate(tenant, deleted_tenants))) \
             ) \
          ) \
          GROUP BY w, project_id, e, d",

@@ -160,6 +160,9 @@ struct Generated {
     duplicates: usize,
     deleted_user: (String, String),
     deleted_at: u32,
+    /// (project, user, tenant): deleted by that tenant's admin only, at
+    /// `deleted_at`; the user's events in other tenants stay.
+    tenant_deletion: (String, String, String),
 }
 
 fn generate(dims: &Dimensions, seed: u64, n: usize) -> Generated {
@@ -187,6 +190,10 @@ fn generate(dims: &Dimensions, seed: u64, n: usize) -> Generated {
                 "path".into(),
                 paths[rng.random_range(0..paths.len())].into(),
             );
+        }
+        let tenant = ["", "acme", "globex"][rng.random_range(0..3)];
+        if !tenant.is_empty() {
+            props.insert("tenant_id".into(), tenant.into());
         }
         let value = (event == "purchase").then(|| match rng.random_range(0..10) {
             0 => (rng.random_range(0..100_000u64) as f64 + 0.5) / VALUE_SCALE,
@@ -231,6 +238,7 @@ fn generate(dims: &Dimensions, seed: u64, n: usize) -> Generated {
                 kafka_partition: partition as u16,
                 kafka_offset: offsets[partition],
                 dimensions,
+                tenant_id: tenant.into(),
             },
             user_key,
         });
@@ -257,6 +265,7 @@ fn generate(dims: &Dimensions, seed: u64, n: usize) -> Generated {
         duplicates,
         deleted_user,
         deleted_at,
+        tenant_deletion: ("p1".into(), "u8".into(), "acme".into()),
     }
 }
 
@@ -300,6 +309,12 @@ fn truth(
             continue;
         }
         if (r.project_id.clone(), raw.user_key.clone()) == g.deleted_user
+            && r.received_at <= g.deleted_at
+        {
+            continue;
+        }
+        let (project, user, tenant) = &g.tenant_deletion;
+        if (&r.project_id, &raw.user_key, &r.tenant_id) == (project, user, tenant)
             && r.received_at <= g.deleted_at
         {
             continue;
@@ -458,11 +473,27 @@ async fn an_hour_recomputed_from_raw_rows_equals_the_truth_and_replaces_the_spee
     let (cfg, client) = fresh("hour").await;
     let dims = Dimensions::from(&cfg.aggregator);
     let g = generate(&dims, 2417, 6_000);
+    // The tenant deletion has events on both sides to decide.
+    for tenant in ["acme", "globex"] {
+        assert!(g.rows.iter().any(|r| r.user_key == g.tenant_deletion.1
+            && r.row.project_id == g.tenant_deletion.0
+            && r.row.tenant_id == tenant
+            && r.row.received_at <= g.deleted_at));
+    }
     load(&client, g.rows.iter().map(|r| &r.row)).await;
     client
         .query("INSERT INTO deletions (project_id, user, requested_at, requested_by, events_removed) VALUES (?, ?, toDateTime(?), 'test', 0)")
         .bind(&g.deleted_user.0)
         .bind(&g.deleted_user.1)
+        .bind(g.deleted_at)
+        .execute()
+        .await
+        .unwrap();
+    client
+        .query("INSERT INTO deletions (project_id, user, tenant_id, requested_at, requested_by, events_removed) VALUES (?, ?, ?, toDateTime(?), 'test', 0)")
+        .bind(&g.tenant_deletion.0)
+        .bind(&g.tenant_deletion.1)
+        .bind(&g.tenant_deletion.2)
         .bind(g.deleted_at)
         .execute()
         .await
@@ -869,6 +900,15 @@ async fn the_lake_and_clickhouse_give_identical_batch_rows() {
         .query("INSERT INTO deletions (project_id, user, requested_at, requested_by, events_removed) VALUES (?, ?, toDateTime(?), 'test', 0)")
         .bind(&g.deleted_user.0)
         .bind(&g.deleted_user.1)
+        .bind(g.deleted_at)
+        .execute()
+        .await
+        .unwrap();
+    client
+        .query("INSERT INTO deletions (project_id, user, tenant_id, requested_at, requested_by, events_removed) VALUES (?, ?, ?, toDateTime(?), 'test', 0)")
+        .bind(&g.tenant_deletion.0)
+        .bind(&g.tenant_deletion.1)
+        .bind(&g.tenant_deletion.2)
         .bind(g.deleted_at)
         .execute()
         .await

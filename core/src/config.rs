@@ -61,6 +61,39 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config always serializes")
     }
+
+    /// [`Self::to_toml`] with every secret that is set shown as
+    /// `<redacted>`: what `hourglass config` prints, so the effective
+    /// configuration can be shared or logged without its passwords.
+    pub fn to_toml_redacted(&self) -> String {
+        let mut c = self.clone();
+        let redact = |s: &mut String| {
+            if !s.is_empty() {
+                *s = REDACTED.into();
+            }
+        };
+        redact(&mut c.kafka.sasl_password);
+        for (name, value) in &mut c.kafka.client {
+            if is_secret_name(name) {
+                redact(value);
+            }
+        }
+        redact(&mut c.clickhouse.password);
+        redact(&mut c.s3.secret_access_key);
+        redact(&mut c.query.jwt_secret);
+        redact(&mut c.query.read_password);
+        c.to_toml()
+    }
+}
+
+/// What [`Config::to_toml_redacted`] shows in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// A librdkafka property holding a secret (`sasl.password`,
+/// `ssl.key.password`, `sasl.oauthbearer.client.secret`, `ssl.key.pem`).
+pub fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.contains("password") || name.contains("secret") || name == "ssl.key.pem"
 }
 
 /// The Kafka-protocol cluster and the topics Hourglass uses.
@@ -156,6 +189,14 @@ pub struct S3Config {
     pub secret_access_key: String,
     /// Path-style addressing, needed by most S3-compatible servers.
     pub force_path_style: bool,
+}
+
+impl S3Config {
+    /// The built-in keys of the local stack's S3 server (the defaults).
+    pub fn has_local_stack_keys(&self) -> bool {
+        let d = Self::default();
+        self.access_key_id == d.access_key_id && self.secret_access_key == d.secret_access_key
+    }
 }
 
 impl Default for S3Config {
@@ -497,8 +538,6 @@ pub struct QueryConfig {
     /// (for apps without tenants, or an operator's token). A claim that is
     /// present must still be a non-empty string: `null` is refused either way.
     pub allow_project_wide_tokens: bool,
-    /// Event property (and aggregator dimension) holding the tenant.
-    pub tenant_property: String,
     /// Boolean claim that allows deleting a user's data.
     pub admin_claim: String,
     /// Events whose name marks them as errors (sessions' error counts)...
@@ -514,6 +553,17 @@ pub struct QueryConfig {
     pub max_buckets: u32,
     /// ClickHouse time limit per query.
     pub query_timeout_ms: u64,
+    /// ClickHouse user the API reads as: a read-only one (profile
+    /// `readonly = 2`, so the per-query limits below can still be set). Empty
+    /// reads as `clickhouse.user`, with a warning at start. Only
+    /// `DELETE /v1/users/{user}` writes, as `clickhouse.user`.
+    pub read_user: String,
+    /// Its password (prefer HOURGLASS_QUERY__READ_PASSWORD).
+    pub read_password: String,
+    /// Most rows one ClickHouse query (or any of its subqueries) may return.
+    pub max_result_rows: u64,
+    /// Most memory one ClickHouse query may use, in bytes.
+    pub max_memory_bytes: u64,
     /// Requests per second per token, and the burst above it.
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
@@ -535,7 +585,6 @@ impl Default for QueryConfig {
             project_claim: "project_id".into(),
             tenant_claim: "tenant_id".into(),
             allow_project_wide_tokens: false,
-            tenant_property: "tenant_id".into(),
             admin_claim: "hourglass_admin".into(),
             error_events: vec!["error".into(), "$exception".into()],
             error_property: "error".into(),
@@ -544,6 +593,10 @@ impl Default for QueryConfig {
             max_raw_range_days: 31,
             max_buckets: 2016,
             query_timeout_ms: 10_000,
+            read_user: "hourglass_reader".into(),
+            read_password: String::new(),
+            max_result_rows: 100_000,
+            max_memory_bytes: 1 << 30,
             rate_limit_per_sec: 50,
             rate_limit_burst: 100,
             cache_closed_answers: true,
@@ -555,6 +608,38 @@ impl Default for QueryConfig {
 #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
 mod tests {
     use super::*;
+
+    #[test]
+    fn printed_config_never_shows_a_secret() {
+        let mut c = Config::default();
+        c.kafka.sasl_password = "kafka-pw".into();
+        c.kafka.client.insert("sasl.username".into(), "hg".into());
+        c.kafka
+            .client
+            .insert("ssl.key.password".into(), "key-pw".into());
+        c.clickhouse.password = "ch-pw".into();
+        c.query.jwt_secret = "jwt-secret".into();
+        c.query.read_password = "reader-pw".into();
+        let text = c.to_toml_redacted();
+        for secret in [
+            "kafka-pw",
+            "key-pw",
+            "ch-pw",
+            "jwt-secret",
+            "reader-pw",
+            "hourglass-secret",
+        ] {
+            assert!(!text.contains(secret), "{secret} printed:\n{text}");
+        }
+        assert!(text.contains("\"sasl.username\" = \"hg\""), "{text}");
+        assert_eq!(text.matches(REDACTED).count(), 6, "{text}");
+        // Unset secrets stay empty, so the output says they are unset.
+        assert!(
+            Config::default()
+                .to_toml_redacted()
+                .contains("password = \"\"")
+        );
+    }
 
     #[test]
     fn defaults_point_at_the_local_stack() {

@@ -11,6 +11,15 @@ pub async fn client(cfg: &S3Config) -> Client {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(Region::new(cfg.region.clone()));
     if !cfg.access_key_id.is_empty() {
+        if cfg.has_local_stack_keys()
+            && !cfg.endpoint.contains("127.0.0.1")
+            && !cfg.endpoint.contains("localhost")
+        {
+            tracing::warn!(
+                endpoint = %cfg.endpoint,
+                "s3: using the local stack's built-in access key against another endpoint; set s3.access_key_id and s3.secret_access_key, or empty them to use the AWS chain (IRSA, instance profile)"
+            );
+        }
         loader = loader.credentials_provider(Credentials::new(
             &cfg.access_key_id,
             &cfg.secret_access_key,

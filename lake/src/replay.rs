@@ -9,7 +9,7 @@
 //! the recomputed windows (late events included or dropped alike) equal a
 //! live run's.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use hourglass_aggregator::window::{
     Checkpoint, ClosedWindows, EventRef, PartitionWindows, WindowConfig,
 };
 use hourglass_core::Config;
+use hourglass_core::clickhouse::deletions::DeletedUsers;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::FutureRecord;
 
@@ -135,7 +136,7 @@ pub async fn stage(
         client: hourglass_core::clickhouse::client(&cfg.clickhouse),
         table: table.to_owned(),
         existing: None,
-        dims: (&cfg.aggregator).into(),
+        shape: cfg.into(),
     };
     replay_into(cfg, store, opts, sink).await
 }
@@ -178,7 +179,17 @@ async fn replay_into(
         summary.events_read += events.len() as u64;
         if !deleted.is_empty() {
             let before = events.len();
-            events.retain(|e| !deleted.covers(e));
+            let tenant = &cfg.contract.tenant_property;
+            events.retain(|e| {
+                let ev = &e.event;
+                !deleted.covers(
+                    &ev.project_id,
+                    ev.tenant(tenant),
+                    ev.user_id.as_deref().unwrap_or_default(),
+                    ev.anonymous_id.as_deref().unwrap_or_default(),
+                    ev.received_at.timestamp(),
+                )
+            });
             summary.deleted_skipped += (before - events.len()) as u64;
         }
         sink.take(events, opts, &mut summary).await?;
@@ -207,49 +218,6 @@ fn progress_bar(total: u64, visible: bool) -> ProgressBar {
     bar
 }
 
-/// Users whose data was deleted through the query API: their events
-/// received up to the request are not brought back by a replay.
-/// By project, then user: when the deletion was requested (Unix seconds).
-struct DeletedUsers(HashMap<String, HashMap<String, i64>>);
-
-impl DeletedUsers {
-    async fn read(client: &clickhouse::Client) -> Result<Self, ReplayError> {
-        let rows: Vec<(String, String, u32)> = client
-            .query("SELECT project_id, user, toUInt32(max(requested_at)) FROM deletions GROUP BY project_id, user")
-            .fetch_all()
-            .await?;
-        let mut by_project: HashMap<String, HashMap<String, i64>> = HashMap::new();
-        for (project, user, at) in rows {
-            by_project
-                .entry(project)
-                .or_default()
-                .insert(user, i64::from(at));
-        }
-        Ok(Self(by_project))
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Called for every event read while any deletion exists: looks up by
-    /// reference, no allocation.
-    fn covers(&self, e: &LakeEvent) -> bool {
-        let ev = &e.event;
-        let Some(users) = self.0.get(ev.project_id.as_str()) else {
-            return false;
-        };
-        [ev.user_id.as_deref(), ev.anonymous_id.as_deref()]
-            .into_iter()
-            .flatten()
-            .any(|user| {
-                users
-                    .get(user)
-                    .is_some_and(|&at| ev.received_at.timestamp() <= at)
-            })
-    }
-}
-
 fn in_range(e: &LakeEvent, opts: &ReplayOptions) -> bool {
     e.event.timestamp >= opts.from
         && e.event.timestamp < opts.to
@@ -265,7 +233,7 @@ enum Sink {
         table: String,
         /// Event ids already in the table, skipped (`None`: every copy goes in).
         existing: Option<HashSet<uuid::Uuid>>,
-        dims: hourglass_core::dimensions::Dimensions,
+        shape: hourglass_loader::rows::RowShape,
     },
     Rollups {
         client: clickhouse::Client,
@@ -285,7 +253,7 @@ impl Sink {
             Target::ClickHouse => Sink::ClickHouse {
                 table: "events".into(),
                 existing: Some(existing_ids(&client, opts).await?),
-                dims: (&cfg.aggregator).into(),
+                shape: cfg.into(),
                 client,
             },
             Target::Rollups => Sink::Rollups {
@@ -311,7 +279,7 @@ impl Sink {
                 client,
                 table,
                 existing,
-                dims,
+                shape,
             } => {
                 let mut rows = Vec::new();
                 for e in events.iter().filter(|e| in_range(e, opts)) {
@@ -326,7 +294,7 @@ impl Sink {
                         e.event.clone(),
                         e.partition,
                         e.offset,
-                        dims,
+                        shape,
                     ) {
                         Ok(row) => rows.push(row),
                         Err(why) => {

@@ -17,9 +17,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::LoaderError;
 use crate::metrics::*;
-use crate::rows::{EventRow, Refusal, to_row};
+use crate::rows::{EventRow, Refusal, RowShape, to_row};
 use crate::sink::EventSink;
-use hourglass_core::dimensions::Dimensions;
 
 type LoaderConsumer = BaseConsumer<AssignAtPositions<EventSink>>;
 
@@ -54,8 +53,9 @@ struct Batch {
     rows: Vec<EventRow>,
     bytes: usize,
     started: Option<Instant>,
-    /// Turns `properties` into `events.dimensions`, as the aggregator keys.
-    dims: Dimensions,
+    /// Turns `properties` into `events.dimensions` (as the aggregator keys)
+    /// and `events.tenant_id`.
+    shape: RowShape,
 }
 
 impl Batch {
@@ -82,7 +82,7 @@ impl Batch {
             _ => return,
         }
         self.next.insert(p, offset + 1);
-        match to_row(message.payload(), p, offset, &self.dims) {
+        match to_row(message.payload(), p, offset, &self.shape) {
             Ok(row) => {
                 self.bytes += message.payload_len();
                 self.rows.push(row);
@@ -119,7 +119,7 @@ impl Loop {
             shutdown,
             readiness,
             batch: Batch {
-                dims: Dimensions::from(&cfg.aggregator),
+                shape: RowShape::from(cfg),
                 ..Batch::default()
             },
         }

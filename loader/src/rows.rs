@@ -24,6 +24,25 @@ pub struct EventRow {
     pub kafka_offset: i64,
     /// The aggregator's key text of the configured dimensions.
     pub dimensions: String,
+    /// The event's tenant (`contract.tenant_property`), empty for none.
+    pub tenant_id: String,
+}
+
+/// What a row takes from the configuration: the dimensions the aggregator
+/// keys by and the property naming the tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowShape {
+    pub dims: Dimensions,
+    pub tenant_property: String,
+}
+
+impl From<&hourglass_core::Config> for RowShape {
+    fn from(cfg: &hourglass_core::Config) -> Self {
+        Self {
+            dims: Dimensions::from(&cfg.aggregator),
+            tenant_property: cfg.contract.tenant_property.clone(),
+        }
+    }
 }
 
 /// Why a record goes to the dead-letter topic.
@@ -61,11 +80,11 @@ pub fn to_row(
     payload: Option<&[u8]>,
     partition: i32,
     offset: i64,
-    dims: &Dimensions,
+    shape: &RowShape,
 ) -> Result<EventRow, Refusal> {
     let bytes = payload.ok_or(Refusal::Empty)?;
     let e = EventEnvelope::decode(bytes).map_err(|e| Refusal::Undecodable(e.to_string()))?;
-    from_envelope(e, partition, offset, dims)
+    from_envelope(e, partition, offset, shape)
 }
 
 /// An envelope (from Kafka or the lake) into a row.
@@ -73,10 +92,11 @@ pub fn from_envelope(
     e: EventEnvelope,
     partition: i32,
     offset: i64,
-    dims: &Dimensions,
+    shape: &RowShape,
 ) -> Result<EventRow, Refusal> {
     Ok(EventRow {
-        dimensions: dims.key(&e.properties),
+        dimensions: shape.dims.key(&e.properties),
+        tenant_id: e.tenant(&shape.tenant_property).to_owned(),
         timestamp: datetime("timestamp", e.timestamp)?,
         timestamp_ms: e.timestamp.timestamp_millis(),
         received_at: datetime("received_at", e.received_at)?,
@@ -100,12 +120,15 @@ mod tests {
 
     const GOOD: &str = r#"{"schema_version":1,"project_id":"p","event_id":"0192f0a4-8a40-7cc0-8000-000000000001",
         "event":"e","user_id":"u","timestamp":"2026-01-01T00:00:00.250Z","received_at":"2026-01-01T00:00:01Z",
-        "value":2.5,"properties":{"a":1},"from_the_future":true}"#;
+        "value":2.5,"properties":{"a":1,"org":"acme","x":{"org":"other"}},"from_the_future":true}"#;
 
-    fn dims() -> Dimensions {
-        Dimensions {
-            names: vec!["a".into(), "b".into()],
-            max_len: 64,
+    fn dims() -> RowShape {
+        RowShape {
+            dims: Dimensions {
+                names: vec!["a".into(), "b".into()],
+                max_len: 64,
+            },
+            tenant_property: "org".into(),
         }
     }
 
@@ -116,7 +139,8 @@ mod tests {
         assert_eq!(r.timestamp_ms, 1_767_225_600_250);
         assert_eq!(r.received_at, 1_767_225_601);
         assert_eq!((r.kafka_partition, r.kafka_offset), (3, 42));
-        assert_eq!(r.properties, r#"{"a":1}"#);
+        assert_eq!(r.properties, r#"{"a":1,"org":"acme","x":{"org":"other"}}"#);
+        assert_eq!(r.tenant_id, "acme");
         assert_eq!(r.anonymous_id, "");
         assert_eq!(r.value, Some(2.5));
         assert_eq!(r.dimensions, r#"{"a":"1","b":""}"#);

@@ -2,15 +2,16 @@
 //!
 //! A user deleted through the query API (`deletions`) must not come back
 //! through a loader that lags behind the request: each batch leaves out the
-//! events of a deleted user received up to the request (the rule the delete
-//! itself and the batch layer apply), and records the offsets it skipped
+//! events a deletion covers ([`DeletedUsers`], the rule the delete itself
+//! and the batch layer apply), and records the offsets it skipped
 //! so the progress still reaches the batch's end.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::Datelike;
 use clickhouse::{Client, Row};
+use hourglass_core::clickhouse::deletions::{DeletedUsers, DeletionsVersion};
 use hourglass_core::kafka::assign::StartPositions;
 use serde::Deserialize;
 
@@ -31,36 +32,23 @@ pub struct EventSink {
     deletions: Arc<Mutex<Deletions>>,
 }
 
-/// The `deletions` table as last read: (project, user) → the latest request,
-/// Unix seconds. Read again only when its row count or latest request moves.
+/// The `deletions` table as last read, and what it looked like then.
 #[derive(Default)]
 struct Deletions {
-    seen: Option<(u64, u32)>,
-    /// project → user → latest request.
-    until: HashMap<String, HashMap<String, u32>>,
+    seen: Option<DeletionsVersion>,
+    users: DeletedUsers,
 }
 
 impl Deletions {
-    /// Whether the delete request of the event's user covers it: the user is
-    /// its `user_id` or its `anonymous_id`, as the delete matched them.
     fn covers(&self, row: &EventRow) -> bool {
-        let Some(users) = self.until.get(row.project_id.as_str()) else {
-            return false;
-        };
-        [&row.user_id, &row.anonymous_id].into_iter().any(|user| {
-            !user.is_empty()
-                && users
-                    .get(user.as_str())
-                    .is_some_and(|&until| row.received_at <= until)
-        })
+        self.users.covers(
+            &row.project_id,
+            &row.tenant_id,
+            &row.user_id,
+            &row.anonymous_id,
+            i64::from(row.received_at),
+        )
     }
-}
-
-#[derive(Row, Deserialize)]
-struct DeletionRecord {
-    project_id: String,
-    user: String,
-    until: u32,
 }
 
 #[derive(Row, serde::Serialize)]
@@ -145,30 +133,13 @@ impl EventSink {
 
     /// Read `deletions` again if it changed since the last batch.
     async fn refresh_deletions(&self) -> Result<(), clickhouse::error::Error> {
-        let seen: (u64, u32) = self
-            .client
-            .query("SELECT count(), toUInt32(max(requested_at)) FROM deletions")
-            .fetch_one()
-            .await?;
+        let seen = DeletedUsers::version(&self.client).await?;
         if self.deletions.lock().expect("deletions lock").seen == Some(seen) {
             return Ok(());
         }
-        let rows: Vec<DeletionRecord> = self
-            .client
-            .query(
-                "SELECT project_id, user, toUInt32(max(requested_at)) AS until \
-                 FROM deletions GROUP BY project_id, user",
-            )
-            .fetch_all()
-            .await?;
+        let users = DeletedUsers::read(&self.client).await?;
         let mut d = self.deletions.lock().expect("deletions lock");
-        d.until.clear();
-        for r in rows {
-            d.until
-                .entry(r.project_id)
-                .or_default()
-                .insert(r.user, r.until);
-        }
+        d.users = users;
         d.seen = Some(seen);
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! `DELETE /v1/users/{user}`: removes the user's rows from `events` and
-//! records the request in `deletions`, which replay from the lake reads so a
-//! rebuild does not bring the rows back. Needs a token with the admin claim.
+//! records the request in `deletions`, which the loader and replay from the
+//! lake read so neither brings the rows back. Needs a token with the admin
+//! claim; a tenant's token deletes within its tenant only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,9 @@ use crate::state::AppState;
 pub struct Deletion {
     pub user: String,
     pub project_id: String,
+    /// The tenant the request was made for (the token's); absent for a
+    /// project-wide token, whose request covers every tenant.
+    pub tenant_id: Option<String>,
     pub requested_at: DateTime<Utc>,
     /// Rows removed from `events`.
     pub events_removed: u64,
@@ -38,11 +42,13 @@ struct DeletionRow {
     requested_at: u32,
     requested_by: String,
     events_removed: u64,
+    /// Empty for a project-wide request.
+    tenant_id: String,
 }
 
-fn user_rows(state: &AppState, scope: &Scope, user: &str) -> Sql {
+fn user_rows(scope: &Scope, user: &str) -> Sql {
     let mut sql = Sql::default();
-    events_scope(&mut sql, scope, &state.cfg.query.tenant_property);
+    events_scope(&mut sql, scope);
     user_filter(&mut sql, user);
     sql
 }
@@ -73,10 +79,10 @@ pub async fn delete_user(
     if user.is_empty() {
         return Err(ApiError::bad("the user is empty"));
     }
-    let ch = &state.clickhouse;
+    let ch = &state.writer;
     let requested_at = Utc::now();
     let mut count = Sql::new("SELECT count() FROM events WHERE");
-    count.append(user_rows(&state, &scope, &user));
+    count.append(user_rows(&scope, &user));
     let removed: u64 = count.query(ch).fetch_one().await?;
     // Recorded first: if the delete below fails, a replay already skips the user.
     let mut insert = ch.insert::<DeletionRow>("deletions").await?;
@@ -87,6 +93,7 @@ pub async fn delete_user(
             requested_at: requested_at.timestamp() as u32,
             requested_by: scope.subject.clone(),
             events_removed: removed,
+            tenant_id: scope.tenant_id.clone().unwrap_or_default(),
         })
         .await?;
     insert.end().await?;
@@ -103,20 +110,21 @@ pub async fn delete_user(
             "?, uniqExact(event_id), toDateTime(?) FROM events WHERE",
             [user.as_str().into(), requested_at.timestamp().into()],
         );
-        ledger.append(user_rows(&state, &scope, &user));
+        ledger.append(user_rows(&scope, &user));
         ledger.push(" GROUP BY hour, project_id, event");
         ledger.query(ch).execute().await?;
         let mut delete = Sql::new("ALTER TABLE events DELETE WHERE");
-        delete.append(user_rows(&state, &scope, &user));
+        delete.append(user_rows(&scope, &user));
         delete.query(ch).execute().await?;
     }
     let completed =
         hourglass_core::clickhouse::mutations_done(ch, "events", Duration::from_secs(30)).await?;
-    tracing::info!(project = %scope.project_id, by = %scope.subject, removed, completed, "user data deleted");
+    tracing::info!(project = %scope.project_id, tenant = scope.tenant_id.as_deref().unwrap_or(""), by = %scope.subject, removed, completed, "user data deleted");
     crate::metrics::deletion(removed);
     let answer = Deletion {
         user,
         project_id: scope.project_id,
+        tenant_id: scope.tenant_id,
         requested_at,
         events_removed: removed,
         completed,

@@ -27,6 +27,11 @@ pub enum ApiError {
         "the query ran past its time limit (query.query_timeout_ms): narrow the range or use a larger step"
     )]
     Timeout,
+    /// ClickHouse stopped the query at a configured limit (rows or memory).
+    #[error(
+        "the query needs more than one request may use ({0}): narrow the range, filter, or use a larger step"
+    )]
+    TooLarge(&'static str),
     #[error("ClickHouse is unavailable: {0}")]
     Unavailable(String),
 }
@@ -44,6 +49,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::TooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -56,6 +62,7 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::RateLimited(_) => "rate_limited",
             Self::Timeout => "timeout",
+            Self::TooLarge(_) => "query_too_large",
             Self::Unavailable(_) => "unavailable",
         }
     }
@@ -67,6 +74,14 @@ impl From<clickhouse::error::Error> for ApiError {
         // Code 159: TIMEOUT_EXCEEDED (max_execution_time).
         if text.contains("Code: 159") {
             return Self::Timeout;
+        }
+        // 396 TOO_MANY_ROWS_OR_BYTES (max_result_rows), 241
+        // MEMORY_LIMIT_EXCEEDED (max_memory_usage).
+        if text.contains("Code: 396") {
+            return Self::TooLarge("query.max_result_rows");
+        }
+        if text.contains("Code: 241") {
+            return Self::TooLarge("query.max_memory_bytes");
         }
         tracing::error!(error = %text, "ClickHouse query failed");
         // The server's message can quote the query: never echo it.

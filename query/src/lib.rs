@@ -115,11 +115,43 @@ pub async fn run_with(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), Quer
     Ok(())
 }
 
+/// Warn when the user the API reads as can write: a hostile query string
+/// must never meet a login that could change data. True once known.
+async fn check_read_only(state: &AppState) -> bool {
+    let readonly: Result<String, _> = state
+        .reader
+        .query("SELECT value FROM system.settings WHERE name = 'readonly'")
+        .fetch_one()
+        .await;
+    let Ok(readonly) = readonly else {
+        return false;
+    };
+    let read_only = readonly != "0";
+    metrics::reader_read_only(read_only);
+    if !read_only {
+        let q = &state.cfg.query;
+        let user = if q.read_user.is_empty() {
+            &state.cfg.clickhouse.user
+        } else {
+            &q.read_user
+        };
+        tracing::warn!(
+            user = %user,
+            "the query API reads as a ClickHouse user that can write: create a read-only user (profile readonly = 2) and set query.read_user"
+        );
+    }
+    true
+}
+
 /// Ready while ClickHouse answers; also forgets idle tokens' rate state.
 async fn watch_clickhouse(state: Arc<AppState>, readiness: Readiness, shutdown: Arc<AtomicBool>) {
+    let mut login_checked = false;
     while !shutdown.load(std::sync::atomic::Ordering::Relaxed) {
+        if !login_checked {
+            login_checked = check_read_only(&state).await;
+        }
         let ok = state
-            .clickhouse
+            .reader
             .query("SELECT 1")
             .fetch_one::<u8>()
             .await

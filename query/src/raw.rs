@@ -119,7 +119,7 @@ async fn page(
     let (from, to) = raw_range(p, q.max_raw_range_days)?;
     let limit = p.limit(q.default_page_size, q.max_page_size)?;
     let mut sql = Sql::new(COLUMNS);
-    events_scope(&mut sql, scope, &q.tenant_property);
+    events_scope(&mut sql, scope);
     sql.push_bound(
         " AND timestamp >= toDateTime(?) AND timestamp < toDateTime(?)",
         [from.timestamp().into(), to.timestamp().into()],
@@ -145,9 +145,7 @@ async fn page(
         " ORDER BY timestamp_ms DESC, event_id DESC LIMIT ?",
         [i64::from(limit + 1).into()],
     );
-    let mut rows: Vec<EventRow> = state
-        .bounded(sql.query(&state.clickhouse).fetch_all())
-        .await?;
+    let mut rows: Vec<EventRow> = state.bounded(sql.query(&state.reader).fetch_all()).await?;
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next_cursor = more
@@ -210,13 +208,24 @@ pub async fn user_timeline(
     Ok(Json(page(&state, &scope, &p, Some(&user)).await?))
 }
 
+/// Parameters of `/v1/events/{event_id}` (documentation; parsed strictly).
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct EventByIdParams {
+    /// Earliest event time searched (RFC 3339 or Unix seconds).
+    from: Option<String>,
+    /// End of the event times searched (exclusive).
+    to: Option<String>,
+}
+
 #[utoipa::path(
     get,
     path = "/v1/events/{event_id}",
-    params(("event_id" = String, Path, description = "The event's id")),
+    params(("event_id" = String, Path, description = "The event's id"), EventByIdParams),
     responses(
         (status = 200, description = "The event", body = Event),
-        (status = 404, description = "No such event in this project", body = crate::error::ErrorBody),
+        (status = 404, description = "No such event in this project within the times searched", body = crate::error::ErrorBody),
     ),
     security(("bearer" = [])),
     tag = "raw events"
@@ -225,15 +234,55 @@ pub async fn one(
     State(state): State<Arc<AppState>>,
     scope: Scope,
     Path(event_id): Path<String>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Json<Event>, ApiError> {
+    let p = Params::parse(raw.as_deref(), &["from", "to"])?;
+    let q = &state.cfg.query;
+    let (from, to) = if p.get("from").is_some() || p.get("to").is_some() {
+        raw_range(&p, q.max_raw_range_days)?
+    } else {
+        id_range(&event_id, q.max_raw_range_days, Utc::now())
+    };
     let mut sql = Sql::new(COLUMNS);
-    events_scope(&mut sql, &scope, &state.cfg.query.tenant_property);
-    sql.push_bound(" AND event_id = ? LIMIT 1", [event_id.as_str().into()]);
+    events_scope(&mut sql, &scope);
+    sql.push_bound(
+        " AND timestamp >= toDateTime(?) AND timestamp < toDateTime(?) AND event_id = ? LIMIT 1",
+        [
+            from.timestamp().into(),
+            to.timestamp().into(),
+            event_id.as_str().into(),
+        ],
+    );
     let row: Option<EventRow> = state
-        .bounded(sql.query(&state.clickhouse).fetch_optional())
+        .bounded(sql.query(&state.reader).fetch_optional())
         .await?;
-    row.map(|r| Json(to_event(r)))
-        .ok_or_else(|| ApiError::NotFound(format!("no event {event_id:?} in this project")))
+    row.map(|r| Json(to_event(r))).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no event {event_id:?} in this project dated {} .. {} (pass `from` and `to` to search other times)",
+            from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ))
+    })
+}
+
+/// The event times searched for an id when no range is given, so a lookup
+/// never scans the whole table: around the time a UUIDv7 carries (an event
+/// is dated at most `max_days` before its id was made, as by an import, and
+/// not much after), otherwise the last `max_days`.
+fn id_range(event_id: &str, max_days: u32, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let made = uuid::Uuid::parse_str(event_id)
+        .ok()
+        .filter(|id| id.get_version() == Some(uuid::Version::SortRand))
+        .and_then(|id| id.get_timestamp())
+        .and_then(|t| {
+            let (secs, nanos) = t.to_unix();
+            Utc.timestamp_opt(i64::try_from(secs).ok()?, nanos).single()
+        });
+    let anchor = made.unwrap_or(now);
+    (
+        anchor - chrono::Duration::days(i64::from(max_days)),
+        anchor + chrono::Duration::days(1),
+    )
 }
 
 #[cfg(test)]
@@ -249,5 +298,27 @@ mod tests {
         );
         assert!(decode_cursor("' OR 1=1 --").is_err());
         assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("x:y")).is_err());
+    }
+
+    #[test]
+    fn an_id_lookup_is_bounded_by_the_time_in_a_uuid_v7() {
+        let now = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+        let made = Utc.timestamp_opt(1_767_225_600, 0).unwrap();
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, 1_767_225_600, 0);
+        let v7 = uuid::Uuid::new_v7(ts).to_string();
+        let (from, to) = id_range(&v7, 31, now);
+        assert_eq!(from, made - chrono::Duration::days(31));
+        assert_eq!(to, made + chrono::Duration::days(1));
+        // Not a UUIDv7: the last 31 days.
+        for other in ["order-17", &uuid::Uuid::new_v4().to_string()] {
+            let (from, to) = id_range(other, 31, now);
+            assert_eq!(
+                (from, to),
+                (
+                    now - chrono::Duration::days(31),
+                    now + chrono::Duration::days(1)
+                )
+            );
+        }
     }
 }

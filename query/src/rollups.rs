@@ -251,10 +251,10 @@ pub async fn metrics(
     }
     if let Some(tenant) = &scope.tenant_id {
         // Rollups know tenants only if the aggregator keeps them as a dimension.
-        let d = dimension(dims, &cfg.query.tenant_property).map_err(|_| {
+        let d = dimension(dims, &cfg.contract.tenant_property).map_err(|_| {
             ApiError::Forbidden(format!(
                 "this token is scoped to a tenant, and the rollups are not kept per tenant (add {:?} to aggregator.dimensions)",
-                cfg.query.tenant_property
+                cfg.contract.tenant_property
             ))
         })?;
         filters.push((d, tenant.clone()));
@@ -267,7 +267,7 @@ pub async fn metrics(
         state
             .bounded(
                 state
-                    .clickhouse
+                    .reader
                     .query(crate::layers::COMMITS_FINGERPRINT)
                     .fetch_one(),
             )
@@ -295,9 +295,7 @@ pub async fn metrics(
         group_by: &group_by,
         filters: &filters,
     });
-    let rows: Vec<BucketRow> = state
-        .bounded(sql.query(&state.clickhouse).fetch_all())
-        .await?;
+    let rows: Vec<BucketRow> = state.bounded(sql.query(&state.reader).fetch_all()).await?;
 
     let mut series: BTreeMap<Vec<String>, Vec<Point>> = BTreeMap::new();
     for r in rows {

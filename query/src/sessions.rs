@@ -74,10 +74,10 @@ pub struct SessionsParams {
 }
 
 /// `WHERE` of both queries: the scope, the range, sessions only.
-fn base(state: &AppState, scope: &Scope, from: i64, to: i64) -> Sql {
+fn base(scope: &Scope, from: i64, to: i64) -> Sql {
     let mut sql = Sql::default();
     sql.push(" FROM events WHERE");
-    events_scope(&mut sql, scope, &state.cfg.query.tenant_property);
+    events_scope(&mut sql, scope);
     sql.push_bound(
         " AND session_id != '' AND timestamp >= toDateTime(?) AND timestamp < toDateTime(?)",
         [from.into(), to.into()],
@@ -135,7 +135,7 @@ pub async fn sessions(
         ),
         error_values,
     );
-    let b = base(&state, &scope, from_s, to_s);
+    let b = base(&scope, from_s, to_s);
     list.append(b);
     list.push_bound(
         &format!(" GROUP BY session_id ORDER BY {order}, session_id LIMIT ?"),
@@ -146,12 +146,12 @@ pub async fn sessions(
         "SELECT count() AS sessions, sum(n) AS total, avg(d) AS avg_secs, quantileExact(0.95)(d) AS p95_secs \
          FROM (SELECT count() AS n, (max(timestamp_ms) - min(timestamp_ms)) / 1000 AS d",
     );
-    summary.append(base(&state, &scope, from_s, to_s));
+    summary.append(base(&scope, from_s, to_s));
     summary.push(" GROUP BY session_id)");
 
     let fetch = async {
-        let rows: Vec<SessionRow> = list.query(&state.clickhouse).fetch_all().await?;
-        let total: SummaryRow = summary.query(&state.clickhouse).fetch_one().await?;
+        let rows: Vec<SessionRow> = list.query(&state.reader).fetch_all().await?;
+        let total: SummaryRow = summary.query(&state.reader).fetch_one().await?;
         Ok::<_, clickhouse::error::Error>((rows, total))
     };
     let (rows, total) = state.bounded(fetch).await?;

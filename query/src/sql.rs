@@ -91,14 +91,12 @@ impl Sql {
 }
 
 /// `WHERE`-clause terms that confine a query of `events` to the token's
-/// project (and tenant: an event property, `query.tenant_property`).
-pub fn events_scope(sql: &mut Sql, scope: &Scope, tenant_property: &str) {
+/// project, and to its tenant when it has one (`events.tenant_id`, the
+/// top-level property `contract.tenant_property` as the loader wrote it).
+pub fn events_scope(sql: &mut Sql, scope: &Scope) {
     sql.push_bound(" project_id = ?", [scope.project_id.as_str().into()]);
     if let Some(tenant) = &scope.tenant_id {
-        sql.push_bound(
-            " AND visitParamExtractString(properties, ?) = ?",
-            [tenant_property.into(), tenant.as_str().into()],
-        );
+        sql.push_bound(" AND tenant_id = ?", [tenant.as_str().into()]);
     }
 }
 

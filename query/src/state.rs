@@ -14,7 +14,10 @@ use crate::error::ApiError;
 
 pub struct AppState {
     pub cfg: Config,
-    pub clickhouse: Client,
+    /// Every read, as `query.read_user` and under the per-query limits.
+    pub reader: Client,
+    /// `DELETE /v1/users/{user}` only, as `clickhouse.user`.
+    pub writer: Client,
     pub verifier: Verifier,
     limiter: DefaultKeyedRateLimiter<u64>,
     /// `/v1/metrics` answers over ranges whose windows have all closed, by
@@ -27,16 +30,34 @@ pub struct AppState {
 /// that rewrites them shows within this).
 pub const CLOSED_ANSWER_TTL: Duration = Duration::from_secs(300);
 
+/// The client every read goes through: the read-only user when one is
+/// configured, and limits the server enforces on each query, so no request
+/// can make ClickHouse return, hold or run more than configured.
+fn reader_client(cfg: &Config) -> Client {
+    let q = &cfg.query;
+    let mut login = cfg.clickhouse.clone();
+    if !q.read_user.is_empty() {
+        login.user = q.read_user.clone();
+        login.password = q.read_password.clone();
+    }
+    hourglass_core::clickhouse::client(&login)
+        // The API's own timeout (`bounded`) drops the answer; this stops the
+        // query on the server too.
+        .with_setting(
+            "max_execution_time",
+            q.query_timeout_ms.div_ceil(1000).max(1).to_string(),
+        )
+        .with_setting("max_result_rows", q.max_result_rows.to_string())
+        .with_setting("result_overflow_mode", "throw")
+        .with_setting("max_memory_usage", q.max_memory_bytes.to_string())
+}
+
 impl AppState {
     pub fn new(cfg: Config, verifier: Verifier) -> Self {
         let per_sec = NonZeroU32::new(cfg.query.rate_limit_per_sec.max(1)).expect("max(1)");
         let burst = NonZeroU32::new(cfg.query.rate_limit_burst.max(1)).expect("max(1)");
-        let clickhouse = hourglass_core::clickhouse::client(&cfg.clickhouse)
-            // Also enforced here: a query the server has not stopped is dropped.
-            .with_setting(
-                "max_execution_time",
-                cfg.query.query_timeout_ms.div_ceil(1000).max(1).to_string(),
-            );
+        let writer = hourglass_core::clickhouse::client(&cfg.clickhouse);
+        let reader = reader_client(&cfg);
         Self {
             closed_answers: moka::future::Cache::builder()
                 .max_capacity(64 * 1024 * 1024)
@@ -46,7 +67,8 @@ impl AppState {
                 .time_to_live(CLOSED_ANSWER_TTL)
                 .build(),
             limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
-            clickhouse,
+            reader,
+            writer,
             verifier,
             cfg,
         }

@@ -68,6 +68,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "batch_duplicate_ids",
         sql: include_str!("../migrations/0009_batch_duplicate_ids.sql"),
     },
+    Migration {
+        version: 10,
+        name: "tenants",
+        sql: include_str!("../migrations/0010_tenants.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

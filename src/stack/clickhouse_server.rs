@@ -55,6 +55,10 @@ pub fn server(root: &Path, http_port: u16, write_configs: bool) -> Result<Server
   <profiles>
     <default><max_memory_usage>8000000000</max_memory_usage></default>
     <readonly><readonly>1</readonly></readonly>
+    <!-- readonly 2: no writes, but a query may still set its own limits
+         (the query API sets max_result_rows, max_memory_usage and
+         max_execution_time on every read). -->
+    <reader><readonly>2</readonly><max_memory_usage>8000000000</max_memory_usage></reader>
   </profiles>
   <users>
     <default>
@@ -69,6 +73,12 @@ pub fn server(root: &Path, http_port: u16, write_configs: bool) -> Result<Server
       <profile>readonly</profile>
       <quota>default</quota>
     </grafana>
+    <hourglass_reader>
+      <password></password>
+      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+      <profile>reader</profile>
+      <quota>default</quota>
+    </hourglass_reader>
   </users>
   <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
 </yandex>

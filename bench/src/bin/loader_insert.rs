@@ -72,6 +72,7 @@ fn rows(n: usize) -> Vec<EventRow> {
                 kafka_partition: (i % 8) as u16,
                 kafka_offset: (i / 8) as i64,
                 dimensions: String::new(),
+                tenant_id: String::new(),
             }
         })
         .collect()

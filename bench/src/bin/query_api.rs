@@ -138,6 +138,7 @@ async fn load(cfg: &Config, args: &Args) -> Result<()> {
                 &properties,
                 window.max_dimension_len,
             ),
+            tenant_id: String::new(),
         });
         if batch.len() == batch.capacity() || i + 1 == args.events {
             let mut insert = ch.insert::<EventRow>("events").await?;

@@ -84,7 +84,29 @@ written back as integers (quoted strings are left alone).
 {{- end }}
 {{- end }}
 {{- $_ := set $cfg "query" (merge $query (default dict $cfg.query)) }}
+{{- /* No S3 keys in the config: the binary's defaults are the local stack's
+       keys, which would silently win over IRSA or an instance profile. Keys
+       come from secrets.s3Credentials (environment) or the AWS chain. */}}
+{{- $_ := set $cfg "s3" (merge (dict "access_key_id" "" "secret_access_key" "") (default dict $cfg.s3)) }}
 {{- regexReplaceAll "(?m)^(\\s*[A-Za-z0-9_]+ = -?[0-9]+)\\.0$" (toToml $cfg) "${1}" }}
+{{- end }}
+
+{{/* Secrets only the query API needs, kept out of the other pods. */}}
+{{- define "hourglass.queryEnv" -}}
+{{- with .Values.secrets.clickhouseReadPassword.name }}
+- name: HOURGLASS_QUERY__READ_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.secrets.clickhouseReadPassword.key }}
+{{- end }}
+{{- with .Values.secrets.jwt.name }}
+- name: HOURGLASS_QUERY__JWT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.secrets.jwt.key }}
+{{- end }}
 {{- end }}
 
 {{/* Environment every component gets: secrets by reference, then extraEnv. */}}
@@ -116,13 +138,6 @@ written back as integers (quoted strings are left alone).
     secretKeyRef:
       name: {{ . }}
       key: {{ $.Values.secrets.kafkaSaslPassword.key }}
-{{- end }}
-{{- with .Values.secrets.jwt.name }}
-- name: HOURGLASS_QUERY__JWT_SECRET
-  valueFrom:
-    secretKeyRef:
-      name: {{ . }}
-      key: {{ $.Values.secrets.jwt.key }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}

@@ -41,6 +41,9 @@ spec:
       args: [{{ .command | quote }}]
       env:
         {{- include "hourglass.env" $root | nindent 8 }}
+        {{- if eq .component "query" }}
+        {{- include "hourglass.queryEnv" $root | nindent 8 }}
+        {{- end }}
       ports:
         - name: http
           containerPort: {{ .port }}

@@ -3,6 +3,7 @@
 //! Production runs ClickHouse 24.x; the local stack runs Debian's 18.16. Code
 //! that wants a newer feature asks [`ServerVersion`] first.
 
+pub mod deletions;
 pub mod errors;
 
 use clickhouse::Client;

@@ -77,6 +77,17 @@ impl EventEnvelope {
         Ok(serde_json::from_slice(bytes)?)
     }
 
+    /// The event's tenant: the top-level `property` of `properties` (see
+    /// `contract.tenant_property`), empty when absent. Ingest lets through
+    /// only strings; anything else, as in a record older than that rule,
+    /// counts as no tenant.
+    pub fn tenant(&self, property: &str) -> &str {
+        self.properties
+            .get(property)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+    }
+
     pub fn timestamp_millis(&self) -> i64 {
         self.timestamp.timestamp_millis()
     }

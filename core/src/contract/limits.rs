@@ -28,6 +28,12 @@ pub struct ContractLimits {
     /// Earliest event time `/v1/import` accepts, in days before the time
     /// received.
     pub import_max_past_days: u32,
+    /// The top-level key of `properties` naming an event's tenant: the one
+    /// definition every layer uses (ingest checks it, the loader writes it
+    /// to `events.tenant_id`, rollups keep it when it is one of
+    /// `aggregator.dimensions`, and the query API and deletions scope by
+    /// it). Its value is a string, or absent or null for no tenant.
+    pub tenant_property: String,
 }
 
 impl Default for ContractLimits {
@@ -42,6 +48,7 @@ impl Default for ContractLimits {
             max_future_secs: 600,
             max_past_days: 31,
             import_max_past_days: 5 * 366,
+            tenant_property: "tenant_id".into(),
         }
     }
 }

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::envelope::{kafka_key, rfc3339_millis};
-use super::validate::{check_len, event_time, finite_value, normalize};
+use super::validate::{check_len, event_time, finite_value, normalize, valid_tenant};
 use super::{ContractLimits, Rejection, SCHEMA_VERSION};
 
 /// One validated event ready for Kafka: its record key (`project_id:user`)
@@ -379,7 +379,16 @@ impl<'de> Visitor<'de> for Walk<'_> {
         let mut entries = 0;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             inner.check_len::<A::Error>(&key)?;
-            map.next_value_seed(inner)?;
+            if self.depth == 0 && key == self.limits.tenant_property.as_str() {
+                // The tenant: a string or null (anything else is refused by
+                // `normalize`, which names the rule).
+                let tenant: Option<Cow<'de, str>> = map.next_value()?;
+                if !tenant.is_none_or(|t| valid_tenant(&t, self.limits)) {
+                    return Err(de::Error::custom("invalid tenant"));
+                }
+            } else {
+                map.next_value_seed(inner)?;
+            }
             entries += 1;
         }
         Ok(entries)
@@ -537,6 +546,12 @@ mod tests {
         )
         .unwrap();
         assert!(n.encode_native(&raw).is_some());
+        // Only the top-level tenant is the tenant; the same key deeper is data.
+        let tenant = RawValue::from_string(
+            r#"{"event":"view","user_id":"u1","properties":{"tenant_id":"acme","a":{"tenant_id":5}}}"#.into(),
+        )
+        .unwrap();
+        assert!(n.encode_native(&tenant).is_some());
         let segment =
             RawValue::from_string(r#"{"type":"track","event":"view","userId":"u1"}"#.into())
                 .unwrap();

@@ -55,6 +55,10 @@ pub enum Rejection {
     #[error("a string inside `properties` is {len} bytes, over the limit of {limit}")]
     PropertyTooLong { len: usize, limit: usize },
     #[error(
+        "`properties.{property}` names the event's tenant: it must be a string of at most {limit} bytes without control characters"
+    )]
+    BadTenant { property: String, limit: usize },
+    #[error(
         "unknown Segment `type` {0:?} (expected track, page, screen, identify, group or alias)"
     )]
     UnknownType(String),
@@ -79,6 +83,7 @@ impl Rejection {
             Rejection::NumberOutOfRange => "number_out_of_range",
             Rejection::TooDeep { .. } => "too_deep",
             Rejection::PropertyTooLong { .. } => "property_too_long",
+            Rejection::BadTenant { .. } => "invalid_tenant",
             Rejection::UnknownType(_) => "unknown_type",
         }
     }
@@ -226,6 +231,7 @@ pub fn normalize(
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(map)) => {
             check_nested(&map, 1, limits)?;
+            check_tenant(map.get(&limits.tenant_property), limits)?;
             map
         }
         Some(_) => {
@@ -282,6 +288,24 @@ fn bounded_string(
         return Err(Rejection::ControlCharacter(field));
     }
     Ok((!text.is_empty()).then_some(text))
+}
+
+/// The tenant property, when present, is a plain string: every layer reads
+/// it as text (a number or object would be one tenant to the rollups and
+/// another to the raw reads), and it scopes reads and deletions.
+fn check_tenant(value: Option<&Value>, limits: &ContractLimits) -> Result<(), Rejection> {
+    match value {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(s)) if valid_tenant(s, limits) => Ok(()),
+        Some(_) => Err(Rejection::BadTenant {
+            property: limits.tenant_property.clone(),
+            limit: limits.max_id_len,
+        }),
+    }
+}
+
+pub(super) fn valid_tenant(tenant: &str, limits: &ContractLimits) -> bool {
+    tenant.len() <= limits.max_id_len && !tenant.chars().any(char::is_control)
 }
 
 fn optional_id(
@@ -520,6 +544,10 @@ mod tests {
             (r#"{"event":"e","anonymous_id":"a\u0000"}"#.into(), "control_character"),
             (r#"{"event":"e","user_id":"u","session_id":"s\u007f"}"#.into(), "control_character"),
             (r#"{"event":"e","user_id":"u","properties":[1]}"#.into(), "wrong_type"),
+            (r#"{"event":"e","user_id":"u","properties":{"tenant_id":5}}"#.into(), "invalid_tenant"),
+            (r#"{"event":"e","user_id":"u","properties":{"tenant_id":{"a":"t"}}}"#.into(), "invalid_tenant"),
+            (r#"{"event":"e","user_id":"u","properties":{"tenant_id":"t\u001f2"}}"#.into(), "invalid_tenant"),
+            (format!(r#"{{"event":"e","user_id":"u","properties":{{"tenant_id":"{long}"}}}}"#), "invalid_tenant"),
             (
                 r#"{"event":"e","user_id":"u","properties":{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{"i":1}}}}}}}}}}"#.into(),
                 "too_deep",
