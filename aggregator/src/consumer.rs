@@ -36,6 +36,7 @@ pub struct EventCounters {
     overflow: metrics::Counter,
     late: metrics::Counter,
     ahead: metrics::Counter,
+    too_old: metrics::Counter,
     undecodable: metrics::Counter,
     clamped: metrics::Counter,
 }
@@ -48,6 +49,7 @@ impl EventCounters {
             overflow: metrics::counter!(EVENTS, "outcome" => "overflow"),
             late: metrics::counter!(EVENTS, "outcome" => "late"),
             ahead: metrics::counter!(EVENTS, "outcome" => "ahead"),
+            too_old: metrics::counter!(EVENTS, "outcome" => "too_old"),
             undecodable: metrics::counter!(EVENTS, "outcome" => "undecodable"),
             clamped: metrics::counter!(CLAMPED_VALUES),
         }
@@ -204,6 +206,7 @@ fn handle_record(
         Ingested::Overflow => counters.overflow.increment(1),
         Ingested::Late => counters.late.increment(1),
         Ingested::Ahead => counters.ahead.increment(1),
+        Ingested::TooOld => counters.too_old.increment(1),
     }
     if windows.clamped_values != clamped_before {
         counters.clamped.increment(1);

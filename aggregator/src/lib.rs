@@ -68,6 +68,13 @@ fn validate(cfg: &Config) -> Result<(), AggregatorError> {
             "aggregator.histogram_sigfig must be 1..=5".into(),
         ));
     }
+    if a.max_ahead_secs > 86_400 {
+        // With MAX_BEHIND_MS, what bounds the months one flush spans.
+        return Err(AggregatorError::Config(format!(
+            "aggregator.max_ahead_secs = {} must be at most 86400 (a day)",
+            a.max_ahead_secs
+        )));
+    }
     if a.max_keys_per_window == 0 {
         return Err(AggregatorError::Config(
             "aggregator.max_keys_per_window must be > 0".into(),

@@ -15,7 +15,7 @@ pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         EVENTS,
-        "Events read, by outcome: added, overflow, late, ahead (dated past aggregator.max_ahead_secs after the clock; set aside like late ones), undecodable"
+        "Events read, by outcome: added, overflow, late, ahead (dated past aggregator.max_ahead_secs after the clock; set aside like late ones), too_old (dated more than 2,901 days before the clock; set aside too), undecodable"
     );
     describe_gauge!(OPEN_WINDOWS, "Open windows over all assigned partitions");
     describe_gauge!(OPEN_KEYS, "Open keys over all open windows");

@@ -68,10 +68,17 @@ pub struct ReplaySummary {
     pub seconds: f64,
 }
 
+/// The longest range one `--into rollups` replay writes (about 95 months).
+pub const MAX_ROLLUP_REPLAY_DAYS: i64 = 2_900;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("--from must be before --to")]
     EmptyRange,
+    #[error(
+        "a replay into rollups spans at most {MAX_ROLLUP_REPLAY_DAYS} days (its rows go in one INSERT per partition, and ClickHouse refuses one over 100 monthly partitions): replay the range in parts"
+    )]
+    RangeTooLong,
     #[error("lake: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("reading {key}: {source}")]
@@ -149,6 +156,11 @@ async fn replay_into(
 ) -> Result<ReplaySummary, ReplayError> {
     if opts.from >= opts.to {
         return Err(ReplayError::EmptyRange);
+    }
+    if opts.target == Target::Rollups
+        && opts.to - opts.from > chrono::Duration::days(MAX_ROLLUP_REPLAY_DAYS)
+    {
+        return Err(ReplayError::RangeTooLong);
     }
     let started = Instant::now();
     let files = list_files(store.as_ref(), &cfg.kafka.topic, opts).await?;
@@ -529,5 +541,33 @@ async fn wait_for_mutations(client: &clickhouse::Client, table: &str) -> Result<
             table: table.into(),
             secs: LIMIT_SECS,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_rollups_replay_over_100_months_is_refused_before_any_work() {
+        let from = chrono::TimeZone::with_ymd_and_hms(&Utc, 2016, 1, 1, 0, 0, 0).unwrap();
+        let opts = ReplayOptions {
+            from,
+            to: from + chrono::Duration::days(3_700),
+            project: None,
+            target: Target::Rollups,
+            kafka_topic: String::new(),
+            dry_run: true,
+            parallel: 1,
+            lateness: chrono::Duration::hours(2),
+            lead: chrono::Duration::hours(1),
+            progress: false,
+        };
+        let empty = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(crate::store::LocalStore::new(empty.path()));
+        let cfg = Config::default();
+        let err = replay(&cfg, store, &opts).await.unwrap_err();
+        assert!(matches!(err, ReplayError::RangeTooLong), "{err}");
+        assert!(err.to_string().contains("in parts"));
     }
 }

@@ -7,7 +7,8 @@
 //! an event whose window already closed is *late*: counted, never added (the
 //! batch layer still keeps it), and so is an event dated further ahead of the
 //! wall clock than `max_ahead` (it would hold a window open for as long as
-//! its date is away). A partition that has read everything there is
+//! its date is away) or further behind it than [`MAX_BEHIND_MS`] (older than
+//! any import; it bounds the months one flush spans). A partition that has read everything there is
 //! and sees nothing for `idle_timeout` moves its watermark to the wall clock,
 //! so quiet partitions still close their windows.
 //!
@@ -21,7 +22,8 @@ mod partition;
 
 pub use aggregate::{KeyAggregate, RollupRow};
 pub use partition::{
-    Checkpoint, ClosedWindows, EventRef, Ingested, LATE_FLUSH_AT, LateRecord, PartitionWindows,
+    Checkpoint, ClosedWindows, EventRef, Ingested, LATE_FLUSH_AT, LateRecord, MAX_BEHIND_MS,
+    PartitionWindows,
 };
 
 use hourglass_core::config::AggregatorConfig;

@@ -29,7 +29,18 @@ pub enum Ingested {
     /// Dated more than `max_ahead` after the wall clock: set aside with the
     /// late records, never windowed.
     Ahead,
+    /// Dated more than [`MAX_BEHIND_MS`] before the wall clock (older than
+    /// even `/v1/import` accepts): set aside the same way.
+    TooOld,
 }
+
+/// How far before the wall clock an event may be dated and still be
+/// windowed: the most `contract.import_max_past_days` may be (2,900 days)
+/// plus a day. With `max_ahead` (at most a day), every window one flush
+/// closes, and every late record it writes, lies within 97 months, so no
+/// INSERT spans more than the 100 monthly partitions a server accepts,
+/// whatever was produced to the topic.
+pub const MAX_BEHIND_MS: i64 = 2_901 * 86_400_000;
 
 /// What a flush must write with its rows so a restart resumes exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +114,7 @@ pub struct PartitionWindows {
     dims_buf: Vec<u8>,
     pub late_events: u64,
     pub ahead_events: u64,
+    pub too_old_events: u64,
     pub overflow_events: u64,
     pub clamped_values: u64,
 }
@@ -129,6 +141,7 @@ impl PartitionWindows {
             dims_buf: Vec::new(),
             late_events: 0,
             ahead_events: 0,
+            too_old_events: 0,
             overflow_events: 0,
             clamped_values: 0,
         }
@@ -173,12 +186,20 @@ impl PartitionWindows {
         self.idle_doubted = false;
         self.idle_since_ms = wall_ms;
         let start = self.cfg.window_start(event.timestamp_ms);
-        let ahead = event.timestamp_ms > wall_ms.saturating_add(self.cfg.max_ahead_ms);
-        if ahead || self.cfg.is_closed(start, self.watermark) {
-            if ahead {
-                self.ahead_events += 1;
-            } else {
-                self.late_events += 1;
+        let outcome = if event.timestamp_ms > wall_ms.saturating_add(self.cfg.max_ahead_ms) {
+            Some(Ingested::Ahead)
+        } else if event.timestamp_ms < wall_ms.saturating_sub(MAX_BEHIND_MS) {
+            Some(Ingested::TooOld)
+        } else if self.cfg.is_closed(start, self.watermark) {
+            Some(Ingested::Late)
+        } else {
+            None
+        };
+        if let Some(outcome) = outcome {
+            match outcome {
+                Ingested::Ahead => self.ahead_events += 1,
+                Ingested::TooOld => self.too_old_events += 1,
+                _ => self.late_events += 1,
             }
             if self.late.is_empty() {
                 self.late_since_ms = wall_ms;
@@ -189,11 +210,7 @@ impl PartitionWindows {
                 event: event.event.into(),
                 offset,
             });
-            return if ahead {
-                Ingested::Ahead
-            } else {
-                Ingested::Late
-            };
+            return outcome;
         }
 
         self.build_key(event);
@@ -359,6 +376,7 @@ impl PartitionWindows {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Datelike;
     use serde_json::{Map, Value};
 
     const MIN: i64 = 60_000;
@@ -490,8 +508,9 @@ mod tests {
         assert_eq!(p.watermark_ms(), Some(T0), "the watermark did not move");
         assert_eq!(p.open_windows(), 1, "no window for the far future");
         assert_eq!(p.ahead_events, 3);
-        // 1970 lands in a window of its own, closed by the next real event.
-        assert_eq!(p.ingest(&ev("a", "u3", 0, None), 4, wall), Ingested::Late);
+        // 1970 is older than anything the contract accepts: set aside too.
+        assert_eq!(p.ingest(&ev("a", "u3", 0, None), 4, wall), Ingested::TooOld);
+        assert_eq!(p.too_old_events, 1);
         // Windows keep closing as real time goes by.
         p.ingest(&ev("a", "u1", T0 + 6 * MIN, None), 5, wall);
         let closed = p.take_closed().expect("window 0 closes as it would have");
@@ -513,6 +532,44 @@ mod tests {
             "nothing far ahead pins the resume offset"
         );
         assert_eq!(closed.checkpoint.watermark_ms, T0 + 6 * MIN);
+    }
+
+    /// The sparsest history an import may bring, one event a month back to
+    /// its limit, read in order and closed in one flush: the flush spans at
+    /// most 97 months, under the 100 monthly partitions of one INSERT.
+    #[test]
+    fn one_flush_never_spans_100_months() {
+        let wall = 1_796_428_800_000; // 2026-12-05
+        let mut p = PartitionWindows::new(cfg(&[], 100), 0, None);
+        let day = 86_400_000;
+        let oldest = wall - 2_900 * day;
+        assert_eq!(
+            p.ingest(&ev("a", "u1", oldest - 2 * day, None), 0, wall),
+            Ingested::TooOld,
+            "older than any import"
+        );
+        let mut offset = 1;
+        let mut t = oldest;
+        while t < wall {
+            assert_eq!(
+                p.ingest(&ev("a", "u1", t, None), offset, wall),
+                Ingested::Added
+            );
+            offset += 1;
+            t += 30 * day;
+        }
+        p.ingest(&ev("a", "u1", wall + 5 * MIN, None), offset, wall);
+        let closed = p.take_closed().expect("the history closes at once");
+        let months: std::collections::BTreeSet<i64> = closed
+            .rows
+            .iter()
+            .map(|r| {
+                let d = chrono::DateTime::from_timestamp_millis(r.window_start_ms).unwrap();
+                i64::from(d.year()) * 12 + i64::from(d.month())
+            })
+            .collect();
+        assert_eq!(closed.rows.len(), offset as usize - 1);
+        assert!((95..=97).contains(&months.len()), "{} months", months.len());
     }
 
     /// A client clock a few minutes fast (inside `max_ahead`): its events
