@@ -2,7 +2,7 @@
 //! ES256 public keys from a PEM file or a JWKS file), `exp` required, `exp`
 //! and `nbf` checked with a small leeway. The token's project (and tenant)
 //! become the [`Scope`] every query is filtered by. Hourglass issues no
-//! tokens: the app's own auth service does (README "Query API").
+//! tokens: the app's own auth service does (docs/query-api.md).
 
 use std::collections::HashMap;
 use std::sync::Arc;
