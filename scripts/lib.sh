@@ -21,6 +21,14 @@ ensure_build_tools() {
   command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup)" >&2; exit 1; }
 }
 
+# rustfmt and clippy, for the test command's first step.
+ensure_lint_tools() {
+  if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    step "installing rustfmt and clippy"
+    rustup component add rustfmt clippy
+  fi
+}
+
 build_hourglass() {
   step "building hourglass (release; target dir $CARGO_TARGET_DIR)"
   cargo build --release --bin hourglass

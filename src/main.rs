@@ -38,7 +38,12 @@ enum Command {
         create_topics: bool,
     },
     /// Print the effective configuration as TOML (secrets shown as <redacted>).
-    Config,
+    Config {
+        /// Only check it: every value the pipeline cannot run with is named,
+        /// and the exit status is 1 if there is any.
+        #[arg(long)]
+        check: bool,
+    },
     /// The local stack: Kafka-protocol broker, ClickHouse and S3 on 127.0.0.1.
     Stack {
         #[command(subcommand)]
@@ -209,6 +214,11 @@ async fn main() -> Result<()> {
     hourglass_core::process::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let cfg = Config::load(cli.config.as_deref())?;
+    // Every command but `config` (which shows or checks it) refuses a
+    // configuration the pipeline cannot run with, naming every problem.
+    if !matches!(cli.command, Command::Config { .. }) {
+        cfg.validate()?;
+    }
     if let Command::Up { args, dir } = cli.command {
         // Logs go to a file: the terminal shows the live view.
         let dir = dir.unwrap_or_else(stack::default_dir);
@@ -217,7 +227,14 @@ async fn main() -> Result<()> {
     hourglass_core::telemetry::init_tracing(&cfg.telemetry);
     match cli.command {
         Command::Up { .. } => unreachable!("handled above"),
-        Command::Config => print!("{}", cfg.to_toml_redacted()),
+        Command::Config { check } => {
+            if check {
+                cfg.validate()?;
+                println!("configuration valid");
+            } else {
+                print!("{}", cfg.to_toml_redacted());
+            }
+        }
         Command::Migrate { create_topics } => {
             if create_topics {
                 hourglass_core::kafka::ensure_pipeline_topics(&cfg.kafka)

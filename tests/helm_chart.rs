@@ -158,10 +158,17 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
             );
         }
 
-        // The rendered config is one the binary accepts.
+        // The rendered config is one the binary accepts, values included
+        // (`config --check`: what every component checks at start).
         let toml = literal_block(&manifests, "hourglass.toml");
         let config_file = scratch.join(format!("{name}.toml"));
         std::fs::write(&config_file, &toml).unwrap();
+        let checked = ok(Command::new(common::hourglass_bin())
+            .arg("--config")
+            .arg(&config_file)
+            .args(["config", "--check"])
+            .env_remove("HOURGLASS_CONFIG"));
+        assert!(checked.contains("configuration valid"), "{name}: {checked}");
         let effective = ok(Command::new(common::hourglass_bin())
             .arg("--config")
             .arg(&config_file)
@@ -299,6 +306,30 @@ fn chart_refuses_values_that_would_deploy_something_broken() {
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
+    // Values the schema lets through but the pipeline cannot run with:
+    // `hourglass config --check` names each before anything is deployed.
+    let manifests = ok(helm().args(["template", "hg", CHART]).args([
+        "--set",
+        "config.aggregator.window_secs=7",
+        "--set",
+        "config.loader.batch_rows=0",
+    ]));
+    let config_file =
+        std::env::temp_dir().join(format!("hg_chart_bad_{}.toml", std::process::id()));
+    std::fs::write(&config_file, literal_block(&manifests, "hourglass.toml")).unwrap();
+    let out = run(Command::new(common::hourglass_bin())
+        .arg("--config")
+        .arg(&config_file)
+        .args(["config", "--check"])
+        .env_remove("HOURGLASS_CONFIG"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {stderr}");
+    assert!(
+        stderr.contains("aggregator.window_secs (7) must divide an hour"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("loader.batch_rows"), "{stderr}");
+    let _ = std::fs::remove_file(&config_file);
 }
 
 #[test]

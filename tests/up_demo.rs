@@ -22,7 +22,9 @@ async fn up_with_demo_traffic_fills_every_store_consistently() {
     let dir = std::env::temp_dir().join(&env.name);
     let lake = dir.join("lake");
     let port = free_port();
+    let query_port = free_port();
     let vars = [
+        ("HOURGLASS_QUERY__LISTEN", format!("127.0.0.1:{query_port}")),
         ("HOURGLASS_INGEST__LISTEN", format!("127.0.0.1:{port}")),
         ("HOURGLASS_AGGREGATOR__WINDOW_SECS", "10".into()),
         ("HOURGLASS_AGGREGATOR__GRACE_SECS", "2".into()),
@@ -55,6 +57,35 @@ async fn up_with_demo_traffic_fills_every_store_consistently() {
     .arg(&dir)
     .envs(env.child_env())
     .envs(vars.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    // While it runs: the query API answers with the token `up` wrote for
+    // the demo project, as the README's first read does.
+    let token_file = dir.join("query-token");
+    let reader = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for _ in 0..60 {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let Ok(token) = std::fs::read_to_string(&token_file) else {
+                continue;
+            };
+            let Ok(r) = http
+                .get(format!("http://127.0.0.1:{query_port}/v1/events?limit=5"))
+                .bearer_auth(token.trim())
+                .send()
+                .await
+            else {
+                continue;
+            };
+            if r.status() != 200 {
+                continue;
+            }
+            let page: serde_json::Value = r.json().await.unwrap();
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            if !events.is_empty() {
+                return events;
+            }
+        }
+        Vec::new()
+    });
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()
@@ -64,6 +95,17 @@ async fn up_with_demo_traffic_fills_every_store_consistently() {
         out.status.success(),
         "hourglass up failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let read_back = reader.await.unwrap();
+    assert_eq!(
+        read_back.len(),
+        5,
+        "the query API answered with the demo token"
+    );
+    assert!(read_back.iter().all(|e| e["project_id"] == "demo"));
+    assert!(
+        stdout.contains(&format!("http://127.0.0.1:{query_port}/v1/events?limit=5")),
+        "the banner shows the read curl"
     );
     assert!(
         stdout.contains(&format!("http://127.0.0.1:{port}/v1/batch")),

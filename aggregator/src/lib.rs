@@ -55,34 +55,6 @@ pub enum AggregatorError {
     },
 }
 
-fn validate(cfg: &Config) -> Result<(), AggregatorError> {
-    let a = &cfg.aggregator;
-    if a.window_secs == 0 || 86_400 % a.window_secs != 0 {
-        return Err(AggregatorError::Config(format!(
-            "aggregator.window_secs = {} must divide a day",
-            a.window_secs
-        )));
-    }
-    if !(1..=5).contains(&a.histogram_sigfig) {
-        return Err(AggregatorError::Config(
-            "aggregator.histogram_sigfig must be 1..=5".into(),
-        ));
-    }
-    if a.max_ahead_secs > 86_400 {
-        // With MAX_BEHIND_MS, what bounds the months one flush spans.
-        return Err(AggregatorError::Config(format!(
-            "aggregator.max_ahead_secs = {} must be at most 86400 (a day)",
-            a.max_ahead_secs
-        )));
-    }
-    if a.max_keys_per_window == 0 {
-        return Err(AggregatorError::Config(
-            "aggregator.max_keys_per_window must be > 0".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Run the aggregator until SIGINT/SIGTERM.
 pub async fn run(cfg: Config) -> Result<(), AggregatorError> {
     run_with(cfg, telemetry::shutdown_on_signal()).await
@@ -93,7 +65,8 @@ pub async fn run_with(
     cfg: Config,
     shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), AggregatorError> {
-    validate(&cfg)?;
+    cfg.validate()
+        .map_err(|e| AggregatorError::Config(e.to_string()))?;
     let service = telemetry::Service::start_with(&cfg.aggregator.http_listen, shutdown)
         .map_err(|e| AggregatorError::Config(format!("aggregator.http_listen: {e}")))?;
     // After the recorder exists (Service installs it), or the descriptions are lost.

@@ -302,11 +302,8 @@ pub async fn run(cfg: Config) -> Result<(), BatchError> {
 /// Like [`run`], until `shutdown` is set. A pass in progress finishes its
 /// current hour first; a pass that fails is retried on the next interval.
 pub async fn run_with(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), BatchError> {
-    if cfg.aggregator.window_secs == 0 || 3600 % cfg.aggregator.window_secs != 0 {
-        return Err(BatchError::Config(
-            "aggregator.window_secs must divide an hour for the batch layer".into(),
-        ));
-    }
+    cfg.validate()
+        .map_err(|e| BatchError::Config(e.to_string()))?;
     let service = telemetry::Service::start_with(&cfg.batch.http_listen, shutdown)
         .map_err(|e| BatchError::Config(format!("batch.http_listen: {e}")))?;
     metrics::describe();

@@ -17,6 +17,9 @@ use crate::contract::ContractLimits;
 /// Environment variable naming the TOML file when `--config` is not given.
 pub const CONFIG_PATH_ENV: &str = "HOURGLASS_CONFIG";
 
+mod validate;
+pub use validate::{INGEST_EVENT_COPIES, InvalidConfig, MAX_IMPORT_PAST_DAYS};
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {

@@ -14,7 +14,7 @@ use crate::lane::LARGE_BODY_BYTES;
 /// inflates to, as it inflates (that covers the raw copies and the parser's
 /// scratch), and twice more for its events once they are parsed; a plain
 /// body is charged three times for its events once they are parsed.
-pub const EVENT_COPIES: usize = 3;
+pub const EVENT_COPIES: usize = hourglass_core::config::INGEST_EVENT_COPIES;
 
 #[derive(Debug)]
 pub struct MemoryBudget {

@@ -67,7 +67,8 @@ pub async fn run_until(
         cfg.ingest.listen.parse().map_err(|e| {
             IngestError::Config(format!("ingest.listen {:?}: {e}", cfg.ingest.listen))
         })?;
-    check(&cfg)?;
+    cfg.validate()
+        .map_err(|e| IngestError::Config(e.to_string()))?;
     let keys = WriteKeys::from_config(&cfg.ingest)?;
     telemetry::metrics_handle();
     metrics::describe();
@@ -124,49 +125,6 @@ pub async fn run_until(
     }
     tracing::info!("ingest stopped");
     served.map_err(IngestError::Serve)
-}
-
-fn check(cfg: &Config) -> Result<(), IngestError> {
-    let i = &cfg.ingest;
-    if i.rate_limit_events_per_sec > 0
-        && (i.rate_limit_burst as usize) < cfg.contract.max_batch_events
-    {
-        return Err(IngestError::Config(format!(
-            "ingest.rate_limit_burst ({}) must be at least contract.max_batch_events ({}), or a full batch could never pass",
-            i.rate_limit_burst, cfg.contract.max_batch_events
-        )));
-    }
-    let largest = i.max_body_bytes + budget::EVENT_COPIES * i.max_decoded_bytes;
-    if i.max_in_flight_bytes < largest {
-        return Err(IngestError::Config(format!(
-            "ingest.max_in_flight_bytes ({}) must hold one largest request: max_body_bytes + {} × max_decoded_bytes = {largest}",
-            i.max_in_flight_bytes,
-            budget::EVENT_COPIES
-        )));
-    }
-    if i.header_read_timeout_secs == 0 || i.body_read_timeout_secs == 0 {
-        return Err(IngestError::Config(
-            "ingest.header_read_timeout_secs and ingest.body_read_timeout_secs must be at least 1"
-                .into(),
-        ));
-    }
-    // Every event time then lies within 96 months, so no INSERT of the
-    // loader or the aggregator can span the 100 monthly partitions a
-    // ClickHouse block may hold.
-    if cfg.contract.import_max_past_days > 2_900
-        || cfg.contract.max_past_days > cfg.contract.import_max_past_days
-    {
-        return Err(IngestError::Config(format!(
-            "contract.import_max_past_days ({}) must be at most 2900 (about 95 months) and at least contract.max_past_days ({})",
-            cfg.contract.import_max_past_days, cfg.contract.max_past_days
-        )));
-    }
-    if i.max_decoded_bytes < i.max_body_bytes {
-        return Err(IngestError::Config(
-            "ingest.max_decoded_bytes must be at least ingest.max_body_bytes".into(),
-        ));
-    }
-    Ok(())
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

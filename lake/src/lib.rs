@@ -46,11 +46,8 @@ pub async fn run_archiver_with(
     cfg: Config,
     shutdown: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), LakeError> {
-    if cfg.lake.file_max_rows == 0 || cfg.lake.file_max_bytes == 0 {
-        return Err(LakeError::Config(
-            "lake.file_max_rows and file_max_bytes must be > 0".into(),
-        ));
-    }
+    cfg.validate()
+        .map_err(|e| LakeError::Config(e.to_string()))?;
     let service = telemetry::Service::start_with(&cfg.lake.http_listen, shutdown)
         .map_err(|e| LakeError::Config(format!("lake.http_listen: {e}")))?;
     metrics::describe();

@@ -49,11 +49,8 @@ pub async fn run_with(
     cfg: Config,
     shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), LoaderError> {
-    if cfg.loader.batch_rows == 0 || cfg.loader.batch_bytes == 0 {
-        return Err(LoaderError::Config(
-            "loader.batch_rows and batch_bytes must be > 0".into(),
-        ));
-    }
+    cfg.validate()
+        .map_err(|e| LoaderError::Config(e.to_string()))?;
     let service = telemetry::Service::start_with(&cfg.loader.http_listen, shutdown)
         .map_err(|e| LoaderError::Config(format!("loader.http_listen: {e}")))?;
     // After the recorder exists (Service installs it), or the descriptions are lost.

@@ -249,6 +249,33 @@ impl FromRequestParts<Arc<AppState>> for Scope {
     }
 }
 
+/// An HS256 token for `project` (the whole project: no tenant claim) valid
+/// for `ttl`, signed with `secret`: what `hourglass up` hands out for its
+/// local demo project. In production the app's auth service mints tokens.
+pub fn project_token(
+    cfg: &QueryConfig,
+    project: &str,
+    subject: &str,
+    ttl: std::time::Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let exp = chrono::Utc::now().timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+    let mut claims = Map::new();
+    claims.insert(cfg.project_claim.clone(), Value::from(project));
+    claims.insert("sub".into(), Value::from(subject));
+    claims.insert("exp".into(), Value::from(exp));
+    if !cfg.jwt_issuer.is_empty() {
+        claims.insert("iss".into(), Value::from(cfg.jwt_issuer.as_str()));
+    }
+    if !cfg.jwt_audience.is_empty() {
+        claims.insert("aud".into(), Value::from(cfg.jwt_audience.as_str()));
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(cfg.jwt_secret.as_bytes()),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

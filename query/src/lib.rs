@@ -35,6 +35,8 @@ use crate::state::AppState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
+    #[error(transparent)]
+    Config(#[from] hourglass_core::config::InvalidConfig),
     #[error("query.listen {0:?} is not an ip:port")]
     Listen(String),
     #[error(transparent)]
@@ -82,6 +84,7 @@ pub async fn run(cfg: Config) -> Result<(), QueryError> {
 
 /// Serve until `shutdown` is set; requests in flight are answered first.
 pub async fn run_with(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), QueryError> {
+    cfg.validate()?;
     let addr: SocketAddr = cfg
         .query
         .listen

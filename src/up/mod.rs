@@ -1,9 +1,10 @@
 //! `hourglass up`: the whole pipeline on one machine, in one process.
 //!
 //! Starts the local stack when it is not running, applies migrations, then
-//! runs ingest, aggregator, loader and archiver as tasks on one runtime with
-//! one shutdown flag; optionally demo traffic through the real HTTP
-//! endpoint; and a live view in the terminal. Logs go to a file.
+//! runs ingest, aggregator, loader, archiver, the batch layer and the query
+//! API as tasks on one runtime with one shutdown flag; optionally demo
+//! traffic through the real HTTP endpoint; and a live view in the terminal.
+//! Logs go to a file.
 
 mod demo;
 mod view;
@@ -58,8 +59,48 @@ fn local_key(dir: &Path) -> Result<(String, String)> {
     Ok((key, hash))
 }
 
-fn banner(cfg: &Config, key: &str, log: &Path) {
+/// The query API's HS256 secret for this stack folder, made once (like the
+/// write key), and a token for project `demo` written next to it for the
+/// README's curl (a new one, valid 30 days, on every start).
+fn local_query_login(cfg: &mut Config, dir: &Path) -> Result<String> {
+    let q = &mut cfg.query;
+    if q.jwt_algorithm != hourglass_core::config::JwtAlgorithm::HS256 {
+        anyhow::bail!(
+            "hourglass up signs its demo token with HS256; query.jwt_algorithm is {:?}",
+            q.jwt_algorithm
+        );
+    }
+    if q.jwt_secret.is_empty() {
+        let path = dir.join("query-secret");
+        let secret = match std::fs::read_to_string(&path) {
+            Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
+            _ => {
+                let secret = uuid::Uuid::new_v4().simple().to_string()
+                    + &uuid::Uuid::new_v4().simple().to_string();
+                std::fs::write(&path, format!("{secret}\n"))
+                    .context("writing the local query secret")?;
+                secret
+            }
+        };
+        q.jwt_secret = secret;
+    }
+    // The demo's events carry no tenant: its token reads the whole project.
+    q.allow_project_wide_tokens = true;
+    let token = hourglass_query::auth::project_token(
+        q,
+        "demo",
+        "hourglass-up",
+        Duration::from_secs(30 * 86_400),
+    )
+    .context("signing the local query token")?;
+    std::fs::write(dir.join("query-token"), format!("{token}\n"))
+        .context("writing the local query token")?;
+    Ok(token)
+}
+
+fn banner(cfg: &Config, key: &str, token: &str, log: &Path) {
     let ingest = format!("http://{}", cfg.ingest.listen);
+    let query = format!("http://{}", cfg.query.listen);
     let ch = &cfg.clickhouse.url;
     let db = &cfg.clickhouse.database;
     let w = cfg.aggregator.window_secs;
@@ -77,6 +118,10 @@ Hourglass is up.
 Send events (write key of project "demo"):
   curl -s -u '{key}:' -H 'content-type: application/json' {ingest}/v1/batch \
     -d '{{"batch":[{{"event":"page_view","user_id":"u1","properties":{{"path":"/"}}}},{{"event":"api_call","user_id":"u2","value":182.5}}]}}'
+
+Read it back through the query API (token of project "demo", also in .stack/query-token):
+  curl -s -H 'Authorization: Bearer {token}' '{query}/v1/events?limit=5'
+  curl -s -H 'Authorization: Bearer {token}' "{query}/v1/metrics?event=page_view&step=5m&from=$(date -u -d '-1 hour' +%Y-%m-%dT%H:00:00Z)&to=$(date -u -d '+1 hour' +%Y-%m-%dT%H:00:00Z)"
 
 ClickHouse ({ch}, database {db}):
   # last hour per event, with p95
@@ -97,6 +142,31 @@ Logs: {}
     );
 }
 
+/// Run one component as a task; when it fails, say which and stop the rest.
+fn supervise<E>(
+    name: &'static str,
+    component: impl Future<Output = Result<(), E>> + Send + 'static,
+    shutdown: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Result<(), String>>
+where
+    E: Into<anyhow::Error> + Send + 'static,
+{
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let result = component.await.map_err(|e| {
+            let e: anyhow::Error = e.into();
+            format!("{name}: {e:#}")
+        });
+        if let Err(e) = &result
+            && !shutdown.swap(true, Ordering::Relaxed)
+        {
+            tracing::error!(error = %e, "a component failed; stopping the others");
+            eprintln!("\n{e}\nstopping the other components");
+        }
+        result
+    })
+}
+
 pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let log = dir.join("up.log");
@@ -113,6 +183,7 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
         .context("applying the ClickHouse migrations")?;
     tracing::info!(applied = ?report.applied, "migrations");
     let (key, hash) = local_key(dir)?;
+    let token = local_query_login(&mut cfg, dir)?;
     if cfg.ingest.keys.iter().all(|k| k.sha256 != hash) {
         cfg.ingest.keys.push(WriteKey {
             project_id: "demo".into(),
@@ -148,20 +219,38 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
         let (cfg, dir, stop) = (cfg.clone(), dir.to_path_buf(), shutdown.clone());
         tokio::spawn(async move { crate::stack::keep_up(&cfg, &dir, &stop).await });
     }
-    let ingest = tokio::spawn(hourglass_ingest::run_until(
-        cfg.clone(),
-        telemetry::flag_set(shutdown.clone()),
-    ));
-    let aggregator = tokio::spawn(hourglass_aggregator::run_with(
-        cfg.clone(),
-        shutdown.clone(),
-    ));
-    let loader = tokio::spawn(hourglass_loader::run_with(cfg.clone(), shutdown.clone()));
-    let archiver = tokio::spawn(hourglass_lake::run_archiver_with(
-        cfg.clone(),
-        shutdown.clone(),
-    ));
-    let batch = tokio::spawn(hourglass_batch::run_with(cfg.clone(), shutdown.clone()));
+    // Started as one set: the first component to fail stops the others
+    // (named in the error), instead of going unnoticed until Ctrl-C.
+    let ingest = supervise(
+        "ingest",
+        hourglass_ingest::run_until(cfg.clone(), telemetry::flag_set(shutdown.clone())),
+        &shutdown,
+    );
+    let aggregator = supervise(
+        "aggregator",
+        hourglass_aggregator::run_with(cfg.clone(), shutdown.clone()),
+        &shutdown,
+    );
+    let loader = supervise(
+        "loader",
+        hourglass_loader::run_with(cfg.clone(), shutdown.clone()),
+        &shutdown,
+    );
+    let archiver = supervise(
+        "archiver",
+        hourglass_lake::run_archiver_with(cfg.clone(), shutdown.clone()),
+        &shutdown,
+    );
+    let batch = supervise(
+        "batch",
+        hourglass_batch::run_with(cfg.clone(), shutdown.clone()),
+        &shutdown,
+    );
+    let query = supervise(
+        "query",
+        hourglass_query::run_with(cfg.clone(), shutdown.clone()),
+        &shutdown,
+    );
 
     let ingest_url = format!("http://{}", cfg.ingest.listen);
     let ready = format!("{ingest_url}/health/ready");
@@ -175,7 +264,7 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    banner(&cfg, &key, &log);
+    banner(&cfg, &key, &token, &log);
 
     let mut demo_counters = None;
     let mut demo_task = None;
@@ -222,33 +311,14 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
     );
 
     let mut failures = Vec::new();
-    let results = [
-        (
-            "ingest",
-            ingest.await.map(|r| r.map_err(anyhow::Error::from)),
-        ),
-        (
-            "aggregator",
-            aggregator.await.map(|r| r.map_err(anyhow::Error::from)),
-        ),
-        (
-            "loader",
-            loader.await.map(|r| r.map_err(anyhow::Error::from)),
-        ),
-        (
-            "archiver",
-            archiver.await.map(|r| r.map_err(anyhow::Error::from)),
-        ),
-        ("batch", batch.await.map(|r| r.map_err(anyhow::Error::from))),
-    ];
-    shutdown.store(true, Ordering::Relaxed);
-    for (name, result) in results {
-        match result {
+    for component in [ingest, aggregator, loader, archiver, batch, query] {
+        match component.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => failures.push(format!("{name}: {e:#}")),
-            Err(e) => failures.push(format!("{name}: task failed: {e}")),
+            Ok(Err(e)) => failures.push(e),
+            Err(e) => failures.push(format!("task failed: {e}")),
         }
     }
+    shutdown.store(true, Ordering::Relaxed);
     if let Some(t) = demo_task {
         let _ = t.await;
     }
