@@ -915,12 +915,14 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
         .unwrap_err();
     assert!(refused.to_string().contains("readonly"), "{refused}");
     let mut small = cfg.clone();
-    small.query.max_result_rows = 50;
+    small.query.max_result_rows = 100;
+    small.query.max_page_size = 99;
     let (small_api, small_stop) = start(small).await;
+    // Two days at 5m by path: hundreds of (bucket, path) rows.
     let (status, body) = small_api
         .get(
             &acme_token,
-            &format!("/v1/events?from={from}&to={to}&limit=50"),
+            &format!("/v1/metrics?event=page_view&step=5m&from={from}&to={to}&group_by=path"),
         )
         .await;
     assert_eq!(status, 422, "{body}");
@@ -931,14 +933,15 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
             .unwrap()
             .contains("query.max_result_rows")
     );
-    // A page asks for one row more than it holds (is there a next page?).
+    // The largest page reads one row more than it shows (is there a next
+    // page?): exactly the limit.
     let page = small_api
         .ok(
             &acme_token,
-            &format!("/v1/events?from={from}&to={to}&limit=49"),
+            &format!("/v1/events?from={from}&to={to}&limit=99"),
         )
         .await;
-    assert_eq!(page["events"].as_array().unwrap().len(), 49);
+    assert_eq!(page["events"].as_array().unwrap().len(), 99);
     small_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 
