@@ -200,16 +200,26 @@ struct Api {
 }
 
 impl Api {
-    async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+    /// `method path` with the token: the status and the JSON body.
+    async fn call(&self, method: reqwest::Method, token: &str, path: &str) -> (u16, Value) {
         let r = self
             .http
-            .get(format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base))
             .bearer_auth(token)
             .send()
             .await
             .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, token, path).await
+    }
+
+    async fn delete_user(&self, token: &str, user: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, token, &format!("/v1/users/{user}"))
+            .await
     }
 
     async fn ok(&self, token: &str, path: &str) -> Value {
@@ -601,26 +611,13 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
     // user's events, and a replay from the lake does not bring them back.
     let victim = acme_event.user().to_owned();
     let victim_events: Vec<&EventEnvelope> = acme.iter().filter(|e| e.user() == victim).collect();
-    let resp = api
-        .http
-        .delete(format!("{}/v1/users/{victim}", api.base))
-        .bearer_auth(&acme_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 403, "no admin claim");
+    let (status, _) = api.delete_user(&acme_token, &victim).await;
+    assert_eq!(status, 403, "no admin claim");
     let admin = token(
         json!({"project_id": "acme", "sub": "ops@acme", "hourglass_admin": true, "exp": Utc::now().timestamp() + 600}),
     );
-    let resp = api
-        .http
-        .delete(format!("{}/v1/users/{victim}", api.base))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let body: Value = resp.json().await.unwrap();
+    let (status, body) = api.delete_user(&admin, &victim).await;
+    assert_eq!(status, 200);
     assert_eq!(body["events_removed"], victim_events.len() as u64);
     assert!(body["still_held"].to_string().contains("rollup"));
     let after = api
@@ -648,15 +645,8 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
     let t1_admin = token(
         json!({"project_id": "acme", "tenant_id": "t1", "sub": "ops@t1", "hourglass_admin": true, "exp": Utc::now().timestamp() + 600}),
     );
-    let resp = api
-        .http
-        .delete(format!("{}/v1/users/{shared}", api.base))
-        .bearer_auth(&t1_admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let body: Value = resp.json().await.unwrap();
+    let (status, body) = api.delete_user(&t1_admin, shared).await;
+    assert_eq!(status, 200);
     assert_eq!(body["events_removed"], shared_in("t1") as u64, "{body}");
     assert_eq!(body["tenant_id"], "t1");
     let shared_left = |events: Vec<Value>| {

@@ -451,6 +451,28 @@ async fn load(client: &Client, rows: impl Iterator<Item = &EventRow>) {
 }
 
 /// A speed row in `rollup_5m`, as the aggregator would have flushed it.
+/// The generator's two deletion requests: one project-wide, one for a
+/// tenant only.
+async fn record_deletions(client: &Client, g: &Generated) {
+    client
+        .query("INSERT INTO deletions (project_id, user, requested_at, requested_by, events_removed) VALUES (?, ?, toDateTime(?), 'test', 0)")
+        .bind(&g.deleted_user.0)
+        .bind(&g.deleted_user.1)
+        .bind(g.deleted_at)
+        .execute()
+        .await
+        .unwrap();
+    client
+        .query("INSERT INTO deletions (project_id, user, tenant_id, requested_at, requested_by, events_removed) VALUES (?, ?, ?, toDateTime(?), 'test', 0)")
+        .bind(&g.tenant_deletion.0)
+        .bind(&g.tenant_deletion.1)
+        .bind(&g.tenant_deletion.2)
+        .bind(g.deleted_at)
+        .execute()
+        .await
+        .unwrap();
+}
+
 async fn speed_row(client: &Client, window: i64, event: &str, dims: &str, events: u64) {
     client
         .query(
@@ -481,23 +503,7 @@ async fn an_hour_recomputed_from_raw_rows_equals_the_truth_and_replaces_the_spee
             && r.row.received_at <= g.deleted_at));
     }
     load(&client, g.rows.iter().map(|r| &r.row)).await;
-    client
-        .query("INSERT INTO deletions (project_id, user, requested_at, requested_by, events_removed) VALUES (?, ?, toDateTime(?), 'test', 0)")
-        .bind(&g.deleted_user.0)
-        .bind(&g.deleted_user.1)
-        .bind(g.deleted_at)
-        .execute()
-        .await
-        .unwrap();
-    client
-        .query("INSERT INTO deletions (project_id, user, tenant_id, requested_at, requested_by, events_removed) VALUES (?, ?, ?, toDateTime(?), 'test', 0)")
-        .bind(&g.tenant_deletion.0)
-        .bind(&g.tenant_deletion.1)
-        .bind(&g.tenant_deletion.2)
-        .bind(g.deleted_at)
-        .execute()
-        .await
-        .unwrap();
+    record_deletions(&client, &g).await;
     // Merged first: the pass must read the truth from collapsed copies too.
     client
         .query("OPTIMIZE TABLE events FINAL")
@@ -896,23 +902,7 @@ async fn the_lake_and_clickhouse_give_identical_batch_rows() {
     let g = generate(&dims, 99, 3_000);
     load(&client, g.rows.iter().map(|r| &r.row)).await;
     archive(&cfg, &g.rows).await;
-    client
-        .query("INSERT INTO deletions (project_id, user, requested_at, requested_by, events_removed) VALUES (?, ?, toDateTime(?), 'test', 0)")
-        .bind(&g.deleted_user.0)
-        .bind(&g.deleted_user.1)
-        .bind(g.deleted_at)
-        .execute()
-        .await
-        .unwrap();
-    client
-        .query("INSERT INTO deletions (project_id, user, tenant_id, requested_at, requested_by, events_removed) VALUES (?, ?, ?, toDateTime(?), 'test', 0)")
-        .bind(&g.tenant_deletion.0)
-        .bind(&g.tenant_deletion.1)
-        .bind(&g.tenant_deletion.2)
-        .bind(g.deleted_at)
-        .execute()
-        .await
-        .unwrap();
+    record_deletions(&client, &g).await;
 
     let mut batch = Batch::new(&cfg);
     let lease = Lease::acquire(batch.client(), cfg.batch.lease_secs, false)
