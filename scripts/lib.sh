@@ -104,3 +104,15 @@ ensure_chart_tools() {
   fi
   ln -sfn "$CHART_TOOLS/node_modules" tests/chart/node_modules
 }
+
+# The query API's page is checked in a real browser (tests/up_demo.rs):
+# Debian's chromium, headless.
+export HOURGLASS_CHROMIUM="${HOURGLASS_CHROMIUM:-chromium}"
+ensure_browser() {
+  if ! command -v "$HOURGLASS_CHROMIUM" >/dev/null; then
+    step "installing chromium (headless checks of the query API's page)"
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium
+  fi
+}

@@ -421,6 +421,22 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
         "48 zero hours"
     );
 
+    // The event names each project has rollups of (what the page lists).
+    for (tok, events) in [(&acme_token, &acme), (&globex_token, &globex)] {
+        let names = api
+            .ok(tok, &format!("/v1/event-names?from={from}&to={to}"))
+            .await;
+        let expected: std::collections::BTreeSet<&str> =
+            events.iter().map(|e| e.event.as_str()).collect();
+        let got: Vec<&str> = names["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        assert_eq!(got, expected.into_iter().collect::<Vec<_>>());
+    }
+
     // 2. Isolation: globex's token never sees an acme row, whatever it asks.
     let acme_ids: HashSet<String> = acme.iter().map(|e| e.event_id.to_string()).collect();
     let globex_events = api

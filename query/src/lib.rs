@@ -5,9 +5,11 @@
 pub mod auth;
 pub mod deletion;
 pub mod error;
+pub mod event_names;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
+pub mod page;
 pub mod params;
 pub mod raw;
 pub mod rollups;
@@ -52,6 +54,7 @@ pub enum QueryError {
 pub fn router(state: Arc<AppState>, readiness: Readiness) -> Router {
     let api = Router::new()
         .route("/v1/metrics", get(rollups::metrics))
+        .route("/v1/event-names", get(event_names::event_names))
         .route("/v1/events", get(raw::list))
         .route("/v1/events/{event_id}", get(raw::one))
         .route("/v1/users/{user}/events", get(raw::user_timeline))
@@ -61,6 +64,7 @@ pub fn router(state: Arc<AppState>, readiness: Readiness) -> Router {
             "/openapi.json",
             get(|| async { axum::Json(openapi::ApiDoc::openapi()) }),
         )
+        .merge(page::routes())
         .layer(middleware::from_fn(record))
         .with_state(state);
     api.merge(telemetry::health_router(readiness))

@@ -11,6 +11,7 @@ use utoipa::{Modify, OpenApi};
     ),
     paths(
         crate::rollups::metrics,
+        crate::event_names::event_names,
         crate::raw::list,
         crate::raw::one,
         crate::raw::user_timeline,

@@ -180,6 +180,25 @@ fn dimension<'a>(allowed: &'a [String], name: &str) -> Result<&'a str, ApiError>
         })
 }
 
+/// The rollups' filter that keeps a tenant-scoped token to its tenant:
+/// rollups know tenants only where the aggregator keeps the tenant
+/// property as a dimension, so such a token is refused elsewhere.
+pub fn tenant_filter<'a>(
+    cfg: &'a hourglass_core::Config,
+    scope: &Scope,
+) -> Result<Option<(&'a str, String)>, ApiError> {
+    let Some(tenant) = &scope.tenant_id else {
+        return Ok(None);
+    };
+    let d = dimension(&cfg.aggregator.dimensions, &cfg.contract.tenant_property).map_err(|_| {
+        ApiError::Forbidden(format!(
+            "this token is scoped to a tenant, and the rollups are not kept per tenant (add {:?} to aggregator.dimensions)",
+            cfg.contract.tenant_property
+        ))
+    })?;
+    Ok(Some((d, tenant.clone())))
+}
+
 #[utoipa::path(
     get,
     path = "/v1/metrics",
@@ -249,15 +268,8 @@ pub async fn metrics(
             .ok_or_else(|| ApiError::bad(format!("`where` must be dimension:value, not {w:?}")))?;
         filters.push((dimension(dims, name)?, value.to_owned()));
     }
-    if let Some(tenant) = &scope.tenant_id {
-        // Rollups know tenants only if the aggregator keeps them as a dimension.
-        let d = dimension(dims, &cfg.contract.tenant_property).map_err(|_| {
-            ApiError::Forbidden(format!(
-                "this token is scoped to a tenant, and the rollups are not kept per tenant (add {:?} to aggregator.dimensions)",
-                cfg.contract.tenant_property
-            ))
-        })?;
-        filters.push((d, tenant.clone()));
+    if let Some(tenant) = tenant_filter(cfg, &scope)? {
+        filters.push(tenant);
     }
     let fill = p.flag("fill")?;
     let closed = to_s <= closed_before(cfg);

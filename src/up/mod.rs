@@ -123,6 +123,9 @@ Read it back through the query API (token of project "demo", also in .stack/quer
   curl -s -H 'Authorization: Bearer {token}' '{query}/v1/events?limit=5'
   curl -s -H 'Authorization: Bearer {token}' "{query}/v1/metrics?event=page_view&step=5m&from=$(date -u -d '-1 hour' +%Y-%m-%dT%H:00:00Z)&to=$(date -u -d '+1 hour' +%Y-%m-%dT%H:00:00Z)"
 
+Look at it: a page of events per minute, distinct users and p95 per hour by event, and which hours the batch layer has corrected:
+  {query}/ui#token={token}
+
 ClickHouse ({ch}, database {db}):
   # last hour per event, with p95
   curl -s '{ch}/?database={db}' --data-binary "SELECT window_start, event, events, users, p95 FROM metrics_1h WHERE window_start >= toStartOfHour(now()) - 3600 ORDER BY window_start, events DESC FORMAT PrettyCompact"

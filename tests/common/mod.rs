@@ -4,8 +4,10 @@
 //! test command starts) and clean up after themselves.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod generator;
 pub mod grafana;
+pub mod readme;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
