@@ -41,8 +41,15 @@ enum Command {
     Config {
         /// Only check it: every value the pipeline cannot run with is named,
         /// and the exit status is 1 if there is any.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["reference", "schema"])]
         check: bool,
+        /// Print the reference of every key (defaults and meanings, from the
+        /// code) as the Markdown of docs/configuration.md.
+        #[arg(long, conflicts_with = "schema")]
+        reference: bool,
+        /// Print the JSON schema of the configuration file.
+        #[arg(long)]
+        schema: bool,
     },
     /// The local stack: Kafka-protocol broker, ClickHouse and S3 on 127.0.0.1.
     Stack {
@@ -227,8 +234,23 @@ async fn main() -> Result<()> {
     hourglass_core::telemetry::init_tracing(&cfg.telemetry);
     match cli.command {
         Command::Up { .. } => unreachable!("handled above"),
-        Command::Config { check } => {
-            if check {
+        Command::Config {
+            check,
+            reference,
+            schema,
+        } => {
+            if reference {
+                print!(
+                    "{}",
+                    hourglass_core::config::reference::reference_markdown()
+                        .map_err(anyhow::Error::msg)?
+                );
+            } else if schema {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&hourglass_core::config::reference::schema())?
+                );
+            } else if check {
                 cfg.validate()?;
                 println!("configuration valid");
             } else {

@@ -17,10 +17,11 @@ use crate::contract::ContractLimits;
 /// Environment variable naming the TOML file when `--config` is not given.
 pub const CONFIG_PATH_ENV: &str = "HOURGLASS_CONFIG";
 
+pub mod reference;
 mod validate;
 pub use validate::{INGEST_EVENT_COPIES, InvalidConfig, MAX_IMPORT_PAST_DAYS};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -100,7 +101,7 @@ pub fn is_secret_name(name: &str) -> bool {
 }
 
 /// The Kafka-protocol cluster and the topics Hourglass uses.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated.
@@ -151,14 +152,17 @@ impl Default for KafkaConfig {
 }
 
 /// The ClickHouse server (HTTP interface).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
     /// HTTP endpoint.
     pub url: String,
     /// Database holding every Hourglass table; created by `hourglass migrate`.
     pub database: String,
+    /// ClickHouse user every component writes as (and reads as, unless
+    /// `query.read_user` is set).
     pub user: String,
+    /// Password of `user` (`HOURGLASS_CLICKHOUSE__PASSWORD`, a Secret in the chart).
     pub password: String,
     /// Days of raw events kept (TTL), on servers that support TTL. 0 keeps forever.
     pub events_retention_days: u32,
@@ -177,18 +181,21 @@ impl Default for ClickHouseConfig {
 }
 
 /// The S3-compatible object store of the lake.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Config {
     /// Endpoint URL; empty means AWS's own endpoint for `region`.
     pub endpoint: String,
+    /// Region the bucket lives in (signing needs one, also for S3-compatible servers).
     pub region: String,
+    /// Bucket of the lake.
     pub bucket: String,
     /// Key prefix under which the lake's Hive-style folders live.
     pub prefix: String,
     /// Static credentials; when empty the standard AWS chain is used
     /// (environment, profile, IRSA web identity, instance metadata).
     pub access_key_id: String,
+    /// Secret of `access_key_id` (`HOURGLASS_S3__SECRET_ACCESS_KEY`, a Secret in the chart).
     pub secret_access_key: String,
     /// Path-style addressing, needed by most S3-compatible servers.
     pub force_path_style: bool,
@@ -216,7 +223,7 @@ impl Default for S3Config {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -224,7 +231,7 @@ pub enum LogFormat {
 }
 
 /// Logs, metrics and health endpoints.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// `text` for people, `json` for log shippers.
@@ -244,7 +251,7 @@ impl Default for TelemetryConfig {
 
 /// One project's write key, stored as the SHA-256 of the key (hex): a leaked
 /// config file does not leak keys. `hourglass keys new` makes a key and its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WriteKey {
     /// Project whose events this key may send; becomes every event's `project_id`.
@@ -254,12 +261,13 @@ pub struct WriteKey {
 }
 
 /// The HTTP ingest service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// Address the API, health and metrics endpoints listen on.
     pub listen: String,
-    /// Write keys, one per project (more than one per project rotates keys).
+    /// Write keys, `[{project_id, sha256}]`, one per project (more than one
+    /// per project rotates keys); `hourglass keys new` makes one.
     pub keys: Vec<WriteKey>,
     /// Optional file of more keys, one `project_id sha256` pair per line (`#`
     /// comments): how a Kubernetes Secret is mounted.
@@ -281,7 +289,8 @@ pub struct IngestConfig {
     /// Memory the requests in flight may hold, in bytes: each request is
     /// charged for its body as it arrives and for its events as they are
     /// decoded (their copies included); past this the service answers 503
-    /// with Retry-After instead of allocating.
+    /// with Retry-After (`over_memory_budget`) instead of allocating. At
+    /// least `max_body_bytes` + 3 × `max_decoded_bytes`.
     pub max_in_flight_bytes: usize,
     /// Requests whose bodies are over 256 KiB (as sent or inflated) decoded
     /// and parsed at a time; the others wait their turn, so a flood of large
@@ -335,7 +344,7 @@ impl Default for IngestConfig {
 }
 
 /// The speed layer: event-time windows into `rollup_5m`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AggregatorConfig {
     /// Kafka consumer group.
@@ -350,7 +359,11 @@ pub struct AggregatorConfig {
     /// aside (recorded as late, left to the batch layer) instead of opening
     /// a window that would not close for years. Whatever the input, the
     /// watermark never passes the clock, so a fast client clock cannot close
-    /// the current window early for everyone on its partition.
+    /// the current window early for everyone on its partition (metric
+    /// outcome `ahead`). At most 86400. Events dated more than 2,901 days
+    /// before the clock are set aside the same way (outcome `too_old`):
+    /// together they bound one flush to 97 months, under the 100 monthly
+    /// partitions one ClickHouse INSERT may touch.
     pub max_ahead_secs: u32,
     /// Property names whose values become key dimensions (e.g. `path`, `country`).
     pub dimensions: Vec<String>,
@@ -362,7 +375,8 @@ pub struct AggregatorConfig {
     pub histogram_sigfig: u8,
     /// Largest `value` the histogram tracks; larger values are clamped and counted.
     pub histogram_max_value: f64,
-    /// How often closed windows are flushed, in milliseconds.
+    /// Least time between two writes of closed windows, in milliseconds (also
+    /// how often idle partitions are checked).
     pub flush_interval_ms: u64,
     /// Address of the health and metrics endpoint.
     pub http_listen: String,
@@ -388,16 +402,19 @@ impl Default for AggregatorConfig {
 }
 
 /// The batch layer's loader: raw events into ClickHouse `events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoaderConfig {
     /// Kafka consumer group.
     pub group_id: String,
-    /// A batch is written when it holds this many rows...
+    /// A batch is written when it holds this many rows (or at `batch_bytes`
+    /// or `batch_age_ms`, whichever comes first).
     pub batch_rows: usize,
-    /// ...or this many bytes of record values...
+    /// A batch is written when it holds this many bytes of record values
+    /// (or at `batch_rows` or `batch_age_ms`).
     pub batch_bytes: usize,
-    /// ...or its first record is this old, whichever comes first.
+    /// A batch is written when its first record is this old, in
+    /// milliseconds (or at `batch_rows` or `batch_bytes`).
     pub batch_age_ms: u64,
     /// Longest backoff between retries while ClickHouse is down, in milliseconds.
     pub max_backoff_ms: u64,
@@ -419,7 +436,7 @@ impl Default for LoaderConfig {
 }
 
 /// Where the lake's objects live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LakeStorage {
     /// A folder on this machine (`lake.local_dir`): the default for one machine.
@@ -429,19 +446,24 @@ pub enum LakeStorage {
 }
 
 /// The archiver (Kafka → Parquet in the lake) and replay.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LakeConfig {
+    /// Where Parquet files go: a local folder (`local_dir`) or the `[s3]`
+    /// bucket under `s3.prefix`.
     pub storage: LakeStorage,
     /// Root folder of the lake when `storage = "local"`.
     pub local_dir: String,
     /// Kafka consumer group of the archiver.
     pub group_id: String,
-    /// A file is closed when it holds this many events...
+    /// A file is closed when it holds this many events (or at
+    /// `file_max_bytes`, `file_max_age_secs` or an hour boundary).
     pub file_max_rows: usize,
-    /// ...or this many bytes of event JSON...
+    /// A file is closed when it holds this many bytes of event JSON (or at
+    /// `file_max_rows`, `file_max_age_secs` or an hour boundary).
     pub file_max_bytes: usize,
-    /// ...or its first event was read this long ago; files also end at every
+    /// A file is closed when its first event was read this long ago (or at
+    /// `file_max_rows` or `file_max_bytes`); files also end at every
     /// hour boundary of `received_at`.
     pub file_max_age_secs: u64,
     /// Rows per Parquet row group.
@@ -470,7 +492,7 @@ impl Default for LakeConfig {
 
 /// Signature algorithm the query API accepts (one, pinned: a token signed
 /// with any other is refused).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum JwtAlgorithm {
     HS256,
     RS256,
@@ -479,10 +501,11 @@ pub enum JwtAlgorithm {
 
 /// The batch layer (`hourglass batch`): closed hours recomputed from the raw
 /// record, replacing the speed layer's numbers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
-    /// An hour is recomputed once it ended this many seconds ago.
+    /// An hour is recomputed once it ended this many seconds ago (`hourglass
+    /// up` sets 120).
     pub settle_secs: u32,
     /// Seconds between passes looking for due and changed hours.
     pub interval_secs: u32,
@@ -515,20 +538,27 @@ impl Default for BatchConfig {
 }
 
 /// The read API (`hourglass query`): JWT-scoped reads for apps.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueryConfig {
     /// Address of the API (and its health and metrics endpoints).
     pub listen: String,
+    /// The one signing algorithm accepted; a token signed any other way
+    /// (or with `alg: none`) is refused.
     pub jwt_algorithm: JwtAlgorithm,
     /// HS256 shared secret (prefer HOURGLASS_QUERY__JWT_SECRET).
     pub jwt_secret: String,
-    /// RS256/ES256: a PEM public key file...
+    /// RS256/ES256: a PEM file holding the one public key tokens are
+    /// checked with (or `jwt_jwks_file`).
     pub jwt_public_key_file: String,
-    /// ...or a JWKS file (keys picked by `kid`).
+    /// RS256/ES256: a JWKS file, the key picked by the token's `kid` (or
+    /// `jwt_public_key_file`).
     pub jwt_jwks_file: String,
-    /// Required `iss` and `aud`, when set.
+    /// When set, a token must carry `iss` with this value (a token without
+    /// the claim is refused).
     pub jwt_issuer: String,
+    /// When set, a token must carry `aud` with this value (a token without
+    /// the claim is refused).
     pub jwt_audience: String,
     /// Clock skew allowed on `exp` and `nbf`.
     pub jwt_leeway_secs: u64,
@@ -543,16 +573,20 @@ pub struct QueryConfig {
     pub allow_project_wide_tokens: bool,
     /// Boolean claim that allows deleting a user's data.
     pub admin_claim: String,
-    /// Events whose name marks them as errors (sessions' error counts)...
+    /// Events whose name marks them as errors in `/v1/sessions` (also
+    /// events with `error_property` true).
     pub error_events: Vec<String>,
-    /// ...and a boolean property that does the same.
+    /// A boolean property that marks an event as an error in
+    /// `/v1/sessions` (also events named in `error_events`).
     pub error_property: String,
-    /// Page size of raw events when none is asked, and the most allowed.
+    /// Raw events or sessions per page when `limit` is not given.
     pub default_page_size: u32,
+    /// Most raw events or sessions one page may hold (`limit`), and most
+    /// names `/v1/event-names` returns.
     pub max_page_size: u32,
     /// Longest range of a raw-events or sessions query.
     pub max_raw_range_days: u32,
-    /// Most buckets one `/v1/metrics` answer may hold.
+    /// Most buckets one `/v1/metrics` answer may hold (2016: 7 days at 5m).
     pub max_buckets: u32,
     /// ClickHouse time limit per query.
     pub query_timeout_ms: u64,
@@ -561,14 +595,17 @@ pub struct QueryConfig {
     /// reads as `clickhouse.user`, with a warning at start. Only
     /// `DELETE /v1/users/{user}` writes, as `clickhouse.user`.
     pub read_user: String,
-    /// Its password (prefer HOURGLASS_QUERY__READ_PASSWORD).
+    /// Password of `read_user` (prefer `HOURGLASS_QUERY__READ_PASSWORD`).
     pub read_password: String,
-    /// Most rows one ClickHouse query (or any of its subqueries) may return.
+    /// Most rows one ClickHouse query (or any of its subqueries) may return;
+    /// over it, 422 `query_too_large`. Must exceed `max_page_size`.
     pub max_result_rows: u64,
-    /// Most memory one ClickHouse query may use, in bytes.
+    /// Most memory one ClickHouse query may use, in bytes; over it, 422
+    /// `query_too_large`.
     pub max_memory_bytes: u64,
-    /// Requests per second per token, and the burst above it.
+    /// Requests per second per token (over it: 429 with `Retry-After`).
     pub rate_limit_per_sec: u32,
+    /// Requests one token may make at once after a quiet spell.
     pub rate_limit_burst: u32,
     /// Keep `/v1/metrics` answers over closed windows in memory (5 minutes).
     pub cache_closed_answers: bool,

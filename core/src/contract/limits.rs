@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 
 /// Bounds on what one batch and one event may hold. Anything past them is
 /// rejected with a reason naming the limit, never truncated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ContractLimits {
     /// Most events one batch may carry.
@@ -20,19 +20,23 @@ pub struct ContractLimits {
     /// Latest event time accepted, in seconds after the time received (after
     /// the clock-skew correction): a client clock this far ahead is wrong,
     /// and a time in the future would move the speed layer's watermark.
+    /// Refused as `timestamp_out_of_range`.
     pub max_future_secs: u32,
     /// Earliest event time accepted on the live endpoints, in days before
     /// the time received (an app offline this long is rare; history goes
     /// through `/v1/import`).
     pub max_past_days: u32,
     /// Earliest event time `/v1/import` accepts, in days before the time
-    /// received.
+    /// received. At most 2900, so no INSERT spans more than 100 monthly
+    /// partitions.
     pub import_max_past_days: u32,
     /// The top-level key of `properties` naming an event's tenant: the one
     /// definition every layer uses (ingest checks it, the loader writes it
     /// to `events.tenant_id`, rollups keep it when it is one of
     /// `aggregator.dimensions`, and the query API and deletions scope by
-    /// it). Its value is a string, or absent or null for no tenant.
+    /// it). Its value is a string of at most `max_id_len` bytes without
+    /// control characters (else `invalid_tenant`), or absent or null for no
+    /// tenant. The same key nested deeper is plain data.
     pub tenant_property: String,
 }
 
