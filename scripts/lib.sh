@@ -103,6 +103,13 @@ ensure_chart_tools() {
     chmod +x "$HOURGLASS_HELM"
   fi
   ln -sfn "$CHART_TOOLS/node_modules" tests/chart/node_modules
+  # promtool, for the alert rules' unit tests (Debian's prometheus package).
+  if ! command -v "${HOURGLASS_PROMTOOL:-promtool}" >/dev/null; then
+    step "installing promtool (Debian's prometheus package)"
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends prometheus
+  fi
 }
 
 # The query API's page is checked in a real browser (tests/up_demo.rs):

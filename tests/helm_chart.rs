@@ -106,7 +106,8 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
         for line in report.lines().filter(|l| !l.trim().is_empty()) {
             assert!(
                 line.contains("Couldn't find schema for kind ScaledObject")
-                    || line.contains("Couldn't find schema for kind ServiceMonitor"),
+                    || line.contains("Couldn't find schema for kind ServiceMonitor")
+                    || line.contains("Couldn't find schema for kind PrometheusRule"),
                 "{name}: kubernetes-validate: {line}"
             );
         }
@@ -116,10 +117,11 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
             .arg(&rendered));
         let scaled = kinds(&manifests, "ScaledObject");
         let monitors = kinds(&manifests, "ServiceMonitor");
+        let rules = kinds(&manifests, "PrometheusRule");
         assert!(
             crs.contains(&format!(
                 "{} custom resources checked, 0 invalid",
-                scaled + monitors
+                scaled + monitors + rules
             )),
             "{name}: {crs}"
         );
@@ -363,10 +365,25 @@ fn dashboards_match_grafanas_schema_types() {
     }
 }
 
-#[test]
-fn pipeline_dashboard_uses_only_metrics_the_components_export() {
-    let dashboard =
-        std::fs::read_to_string(Path::new(CHART).join("dashboards/pipeline-health.json")).unwrap();
+/// `hourglass_*` metric names in `text` (a `_bucket` suffix kept).
+fn metric_names(text: &str) -> Vec<&str> {
+    let mut names: Vec<&str> = text
+        .match_indices("hourglass_")
+        .map(|(at, _)| {
+            let rest = &text[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// Every component's metrics module, where each metric name is defined.
+fn exported_metrics() -> String {
     let mut exported = String::new();
     for krate in ["ingest", "aggregator", "loader", "lake", "query", "batch"] {
         exported += &std::fs::read_to_string(
@@ -376,18 +393,90 @@ fn pipeline_dashboard_uses_only_metrics_the_components_export() {
         )
         .unwrap();
     }
-    let mut names: Vec<&str> = dashboard
-        .match_indices("hourglass_")
-        .map(|(at, _)| {
-            let rest = &dashboard[at..];
-            let end = rest
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(rest.len());
-            &rest[..end]
-        })
+    exported
+}
+
+/// The alert rules as the chart renders them (default thresholds), run
+/// through `promtool test rules` with tests/chart/alerts.test.yaml: each
+/// rule fires where it should and stays quiet where it should, annotations
+/// included; and every metric they read is one a component exports.
+#[test]
+fn alert_rules_pass_their_promtool_tests() {
+    let scratch = std::env::temp_dir().join(format!("hg_alerts_{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let manifests = ok(helm().args([
+        "template",
+        "hg",
+        CHART,
+        "--namespace",
+        "analytics",
+        "--set",
+        "prometheusRule.enabled=true",
+        "--show-only",
+        "templates/prometheusrule.yaml",
+    ]));
+    let rendered = scratch.join("rendered.yaml");
+    std::fs::write(&rendered, &manifests).unwrap();
+    ok(Command::new("node")
+        .arg(Path::new(CHECKS).join("extract_rules.mjs"))
+        .arg(&rendered)
+        .arg(scratch.join("rules.yaml")));
+    let tests = std::fs::read_to_string(Path::new(CHECKS).join("alerts.test.yaml")).unwrap();
+    std::fs::write(scratch.join("alerts.test.yaml"), &tests).unwrap();
+    let promtool = std::env::var("HOURGLASS_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let checked = ok(Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(scratch.join("rules.yaml")));
+    assert!(checked.contains("SUCCESS: 12 rules found"), "{checked}");
+    let report = ok(Command::new(&promtool)
+        .args(["test", "rules"])
+        .arg(scratch.join("alerts.test.yaml")));
+    assert!(report.contains("SUCCESS"), "{report}");
+    // Each alert has a case where it fires and one where it stays quiet.
+    let alerts: Vec<&str> = manifests
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    names.sort_unstable();
-    names.dedup();
+    assert_eq!(alerts.len(), 11, "{alerts:?}");
+    for alert in alerts {
+        let cases: Vec<&str> = tests
+            .split("- alertname: ")
+            .skip(1)
+            .filter(|c| c.starts_with(&format!("{alert}\n")))
+            .collect();
+        assert!(
+            cases.iter().any(|c| c.contains("exp_alerts: []")),
+            "{alert} has no quiet case"
+        );
+        assert!(
+            cases.iter().any(|c| c.contains("exp_labels:")),
+            "{alert} has no firing case"
+        );
+    }
+    let exported = exported_metrics();
+    // The lag recording rule names its three metrics by one regex.
+    let lag_metrics = ["aggregator", "loader", "archiver"]
+        .map(|c| format!("hourglass_{c}_consumer_lag_messages"));
+    let names = metric_names(&manifests)
+        .into_iter()
+        .filter(|n| *n != "hourglass_")
+        .map(str::to_owned)
+        .chain(lag_metrics);
+    for name in names {
+        assert!(
+            exported.contains(&format!("\"{name}\"")),
+            "the rules read {name}, which no component exports"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[test]
+fn pipeline_dashboard_uses_only_metrics_the_components_export() {
+    let dashboard =
+        std::fs::read_to_string(Path::new(CHART).join("dashboards/pipeline-health.json")).unwrap();
+    let exported = exported_metrics();
+    let names = metric_names(&dashboard);
     assert!(names.len() >= 10, "{names:?}");
     for name in names {
         let base = name.strip_suffix("_bucket").unwrap_or(name);

@@ -1,15 +1,16 @@
 // Validates the custom resources of rendered manifests (KEDA ScaledObject,
-// Prometheus-operator ServiceMonitor) against their CRDs' OpenAPI schemas,
+// Prometheus-operator ServiceMonitor and PrometheusRule) against their CRDs' OpenAPI schemas,
 // which kubernetes-validate does not ship.
 //   node check_custom_resources.mjs rendered.yaml
 import fs from "node:fs";
 import { loadAll } from "js-yaml";
 import { ScaledObject } from "@kubernetes-models/keda/keda.sh/v1alpha1";
-import { ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
+import { PrometheusRule, ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
 
 const models = {
   "keda.sh/v1alpha1/ScaledObject": ScaledObject,
   "monitoring.coreos.com/v1/ServiceMonitor": ServiceMonitor,
+  "monitoring.coreos.com/v1/PrometheusRule": PrometheusRule,
 };
 let checked = 0;
 let invalid = 0;
