@@ -112,6 +112,20 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Partitions used when Hourglass creates `topic` (the local stack, tests).
     pub partitions: i32,
+    /// Copies of each partition when Hourglass creates a topic (`hourglass
+    /// migrate --create-topics`, the chart's pre-install job, the local
+    /// stack); creating fails, naming both numbers, when the cluster has
+    /// fewer brokers. Ingest and the loader warn at start about an existing
+    /// topic with fewer copies. 1 on the local stack's single broker; the
+    /// chart sets 3.
+    pub replication_factor: i32,
+    /// `min.insync.replicas` of the topics Hourglass creates: with the
+    /// producers' `acks=all`, an event is acknowledged once this many
+    /// copies hold it, and a partition with fewer copies in sync refuses
+    /// writes (ingest answers 503) rather than keep a single copy. At most
+    /// `replication_factor`; an existing topic set lower is warned about at
+    /// start. The chart sets 2.
+    pub min_insync_replicas: i32,
     /// Extra librdkafka properties applied to every client, e.g.
     /// `security.protocol = "SASL_SSL"`, `sasl.mechanism = "SCRAM-SHA-512"`,
     /// `sasl.username`, `ssl.ca.location`.
@@ -143,6 +157,8 @@ impl Default for KafkaConfig {
             topic: "events".into(),
             dlq_topic: "events.dlq".into(),
             partitions: 8,
+            replication_factor: 1,
+            min_insync_replicas: 1,
             client: BTreeMap::new(),
             sasl_password: String::new(),
             session_timeout_ms: 30_000,

@@ -43,6 +43,20 @@ impl Config {
             "contract.tenant_property must name a property".into(),
         );
 
+        let k = &self.kafka;
+        check(
+            k.replication_factor >= 1
+                && (1..=k.replication_factor).contains(&k.min_insync_replicas),
+            format!(
+                "kafka.min_insync_replicas ({}) must be from 1 to kafka.replication_factor ({}), which must be at least 1",
+                k.min_insync_replicas, k.replication_factor
+            ),
+        );
+        check(
+            k.partitions >= 1,
+            format!("kafka.partitions ({}) must be at least 1", k.partitions),
+        );
+
         let i = &self.ingest;
         check(
             i.rate_limit_events_per_sec == 0 || (i.rate_limit_burst as usize) >= c.max_batch_events,

@@ -4,15 +4,13 @@
 pub mod assign;
 mod batch_producer;
 pub mod tansu_store;
+pub mod topics;
 
 pub use batch_producer::{BatchAcks, BatchOutcome, BatchProducer};
+pub use topics::{TopicError, delete_topics, ensure_pipeline_topics, ensure_topics};
 
-use std::time::Duration;
-
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::ConsumerContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext};
@@ -154,56 +152,6 @@ impl ClientContext for LagReporting {
 }
 
 impl ConsumerContext for LagReporting {}
-
-fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-    client_config(cfg).create()
-}
-
-/// The pipeline's own topics, where missing: `kafka.topic` with
-/// `kafka.partitions` partitions, and the one-partition dead-letter topic.
-pub async fn ensure_pipeline_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
-    ensure_topics(
-        cfg,
-        &[
-            (cfg.topic.as_str(), cfg.partitions),
-            (cfg.dlq_topic.as_str(), 1),
-        ],
-    )
-    .await
-}
-
-/// Create topics that do not exist yet (the broker may not auto-create).
-/// Topics that already exist are left as they are.
-pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
-    let admin = admin(cfg)?;
-    let retention = (7 * 24 * 3600 * 1000u64).to_string();
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|(name, partitions)| {
-            NewTopic::new(name, *partitions, TopicReplication::Fixed(1))
-                .set("retention.ms", &retention)
-        })
-        .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&new, &opts).await? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                tracing::error!(%topic, ?code, "could not create topic");
-                return Err(KafkaError::AdminOp(code));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Delete topics (tests clean up after themselves with this).
-pub async fn delete_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), KafkaError> {
-    let admin = admin(cfg)?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    admin.delete_topics(topics, &opts).await?;
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {
