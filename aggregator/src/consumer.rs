@@ -494,9 +494,14 @@ impl Loop {
         }
         if let Some(paused) = paused {
             let partitions = &self.partitions;
-            paused.resume(&self.consumer, &self.topic, |p| {
+            let resumed = paused.resume(&self.consumer, &self.topic, |p| {
                 partitions.get(&p).map(PartitionWindows::next_offset)
             });
+            if let Err(e) = resumed {
+                // Reading on from a wrong position would skip records: stop;
+                // the next start resumes from the checkpoints.
+                self.refused = Some(e.into());
+            }
             self.readiness.set(true);
         }
         !abandoned

@@ -59,6 +59,10 @@ pub struct Archiver {
     next: HashMap<i32, i64>,
     shutdown: Arc<AtomicBool>,
     readiness: Readiness,
+    /// A seek after a pause that failed for good: the consumer's position
+    /// is no longer ours, so the archiver stops (a restart resumes from the
+    /// last commit).
+    position_lost: Option<KafkaError>,
 }
 
 impl Archiver {
@@ -81,6 +85,7 @@ impl Archiver {
             next: HashMap::new(),
             shutdown,
             readiness,
+            position_lost: None,
         }
     }
 
@@ -105,6 +110,9 @@ impl Archiver {
                 housekeeping = Instant::now();
                 self.forget_revoked();
                 self.close_aged()?;
+            }
+            if let Some(e) = self.position_lost.take() {
+                return Err(e.into());
             }
         }
         tracing::info!(
@@ -293,9 +301,12 @@ impl Archiver {
         };
         if let Some(p) = paused {
             let next = self.next.clone();
-            p.resume(&self.consumer, &self.topic, |partition| {
+            if let Err(e) = p.resume(&self.consumer, &self.topic, |partition| {
                 next.get(&partition).copied()
-            });
+            }) {
+                self.position_lost = Some(e);
+                return None;
+            }
             self.readiness.set(true);
         }
         result

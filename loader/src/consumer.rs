@@ -326,7 +326,8 @@ impl Loop {
         }
         if let Some(paused) = paused {
             let next = &self.batch.next;
-            paused.resume(&self.consumer, &self.topic, |p| next.get(&p).copied());
+            // A failed seek stops the loader: it resumes from loader_progress.
+            paused.resume(&self.consumer, &self.topic, |p| next.get(&p).copied())?;
             self.readiness.set(true);
         }
         let loaded = (self.batch.rows.len() as u64).saturating_sub(skipped);

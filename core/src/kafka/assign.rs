@@ -160,6 +160,9 @@ impl<S: StartPositions> ConsumerContext for AssignAtPositions<S> {
     }
 }
 
+/// Seeks tried before [`Paused::resume`] gives up (about 1.5 s of waits).
+const SEEK_ATTEMPTS: u32 = 5;
+
 /// A consumer's whole assignment paused while a write is retried: the
 /// component keeps polling (so the group keeps it and rebalances are served)
 /// without taking records; partitions whose records still arrive are re-read
@@ -191,19 +194,43 @@ impl Paused {
     }
 
     /// Resume, and seek every partition that delivered a record while paused
-    /// to `next_offset(partition)` (None: no longer ours).
+    /// to `next_offset(partition)` (None: no longer ours). A seek is retried
+    /// a few times; one that still fails is an error the caller must stop
+    /// on: the records between its position and what was fetched while
+    /// paused would otherwise be skipped. A restart resumes from the
+    /// component's durable position, which is always right.
     pub fn resume<C: ConsumerContext>(
         self,
         consumer: &BaseConsumer<C>,
         topic: &str,
         next_offset: impl Fn(i32) -> Option<i64>,
-    ) {
-        let _ = consumer.resume(&self.assignment);
+    ) -> Result<(), KafkaError> {
+        if let Err(e) = consumer.resume(&self.assignment) {
+            // Still paused: nothing is read, so nothing is skipped; the
+            // group's next rebalance or a restart resumes it.
+            tracing::error!(error = %e, "resuming the paused partitions failed");
+        }
         for p in self.touched {
-            if let Some(next) = next_offset(p) {
-                let _ = consumer.seek(topic, p, Offset::Offset(next), Duration::from_secs(5));
+            let Some(next) = next_offset(p) else {
+                continue;
+            };
+            let mut wait = Duration::from_millis(100);
+            for attempt in 1.. {
+                match consumer.seek(topic, p, Offset::Offset(next), Duration::from_secs(5)) {
+                    Ok(()) => break,
+                    Err(e) if attempt < SEEK_ATTEMPTS => {
+                        tracing::warn!(partition = p, offset = next, attempt, error = %e, "seek after a pause failed; retrying");
+                        std::thread::sleep(wait);
+                        wait *= 2;
+                    }
+                    Err(e) => {
+                        tracing::error!(partition = p, offset = next, error = %e, "seek after a pause failed for good: stopping, to resume from the durable position");
+                        return Err(e);
+                    }
+                }
             }
         }
+        Ok(())
     }
 }
 
