@@ -450,7 +450,6 @@ async fn load(client: &Client, rows: impl Iterator<Item = &EventRow>) {
     insert.end().await.unwrap();
 }
 
-/// A speed row in `rollup_5m`, as the aggregator would have flushed it.
 /// The generator's two deletion requests: one project-wide, one for a
 /// tenant only.
 async fn record_deletions(client: &Client, g: &Generated) {
@@ -473,6 +472,7 @@ async fn record_deletions(client: &Client, g: &Generated) {
         .unwrap();
 }
 
+/// A speed row in `rollup_5m`, as the aggregator would have flushed it.
 async fn speed_row(client: &Client, window: i64, event: &str, dims: &str, events: u64) {
     client
         .query(

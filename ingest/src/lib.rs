@@ -74,13 +74,7 @@ pub async fn run_until(
     metrics::describe();
     let readiness = Readiness::default();
     let publisher = Publisher::new(&cfg.kafka, &cfg.ingest, readiness.clone())?;
-    // acks=all means what the topics were made with: say so when it is less
-    // than configured (without holding up the start on a slow broker).
-    let kafka = cfg.kafka.clone();
-    tokio::spawn(async move {
-        let topics = [kafka.topic.as_str(), kafka.dlq_topic.as_str()];
-        hourglass_core::kafka::topics::warn_if_weaker(&kafka, &topics).await;
-    });
+    hourglass_core::kafka::topics::check_pipeline_topics_in_background(&cfg.kafka);
     let stop_watch = Arc::new(AtomicBool::new(false));
     let watcher = {
         let publisher = publisher.clone();

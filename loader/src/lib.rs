@@ -55,13 +55,8 @@ pub async fn run_with(
         .map_err(|e| LoaderError::Config(format!("loader.http_listen: {e}")))?;
     // After the recorder exists (Service installs it), or the descriptions are lost.
     metrics::describe();
-    // The loader produces dead letters with acks=all: say when the topics
-    // hold fewer copies than configured.
-    let kafka = cfg.kafka.clone();
-    tokio::spawn(async move {
-        let topics = [kafka.topic.as_str(), kafka.dlq_topic.as_str()];
-        hourglass_core::kafka::topics::warn_if_weaker(&kafka, &topics).await;
-    });
+    // The loader produces dead letters with acks=all.
+    hourglass_core::kafka::topics::check_pipeline_topics_in_background(&cfg.kafka);
     let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
     let mut sink = EventSink::new(client.clone());
     match ServerVersion::query(&client).await {

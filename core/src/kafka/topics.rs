@@ -103,6 +103,15 @@ pub async fn describe(
     topics: &[&str],
 ) -> Result<Vec<TopicDurability>, KafkaError> {
     let (_, replicas) = metadata(cfg, topics).await?;
+    with_configs(cfg, replicas).await
+}
+
+/// `replicas` (topic → fewest replicas, from metadata) with each topic's
+/// `min.insync.replicas` read from the cluster.
+async fn with_configs(
+    cfg: &KafkaConfig,
+    replicas: BTreeMap<String, usize>,
+) -> Result<Vec<TopicDurability>, KafkaError> {
     let admin = admin(cfg)?;
     let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
     let mut out = Vec::new();
@@ -136,7 +145,11 @@ pub async fn describe(
 /// cluster that cannot be asked is logged too; nothing is refused: the
 /// topics are the operator's).
 pub async fn warn_if_weaker(cfg: &KafkaConfig, topics: &[&str]) {
-    match describe(cfg, topics).await {
+    log_weaknesses(cfg, describe(cfg, topics).await);
+}
+
+fn log_weaknesses(cfg: &KafkaConfig, described: Result<Vec<TopicDurability>, KafkaError>) {
+    match described {
         Ok(found) => {
             for w in weaknesses(cfg, &found) {
                 tracing::warn!("{w}");
@@ -144,6 +157,16 @@ pub async fn warn_if_weaker(cfg: &KafkaConfig, topics: &[&str]) {
         }
         Err(e) => tracing::warn!(error = %e, "could not check the topics' durability"),
     }
+}
+
+/// At a component's start, in the background (a slow broker must not hold
+/// the start up): warn when the pipeline's topics are weaker than
+/// configured, since `acks=all` means only what they were made with.
+pub fn check_pipeline_topics_in_background(cfg: &KafkaConfig) {
+    let cfg = cfg.clone();
+    tokio::spawn(async move {
+        warn_if_weaker(&cfg, &[cfg.topic.as_str(), cfg.dlq_topic.as_str()]).await;
+    });
 }
 
 /// The pipeline's own topics, where missing: `kafka.topic` with
@@ -201,13 +224,9 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<
             }
         }
     }
-    let existing: Vec<&str> = names
-        .iter()
-        .copied()
-        .filter(|n| existing.contains_key(*n))
-        .collect();
     if !existing.is_empty() {
-        warn_if_weaker(cfg, &existing).await;
+        // The metadata read above already holds their replicas.
+        log_weaknesses(cfg, with_configs(cfg, existing).await);
     }
     Ok(())
 }
