@@ -55,12 +55,14 @@ restart_check() {
 }
 
 # Python tools the tests drive: the official Segment SDK (ingest must work with
-# it unchanged) and pyarrow/duckdb (the lake must be readable by them). They
-# live in a venv outside the clone, reused across clones.
+# it unchanged), pyarrow/duckdb (the lake must be readable by them) and
+# chdb-core (a current ClickHouse engine in-process: the schema and the query
+# API's statements must work there as on 18.16). They live in a venv outside
+# the clone, reused across clones.
 export HOURGLASS_PYTHON="${HOURGLASS_PYTHON:-$HOME/.cache/hourglass/venv/bin/python}"
 ensure_python_tools() {
   local venv; venv="$(dirname "$(dirname "$HOURGLASS_PYTHON")")"
-  if "$HOURGLASS_PYTHON" -c 'import segment.analytics, pyarrow, duckdb, kubernetes_validate' 2>/dev/null; then
+  if "$HOURGLASS_PYTHON" -c 'import segment.analytics, pyarrow, duckdb, kubernetes_validate, chdb' 2>/dev/null; then
     return
   fi
   step "installing Python test tools into $venv"
@@ -70,7 +72,7 @@ ensure_python_tools() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q python3 python3-venv
   fi
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check segment-analytics-python pyarrow duckdb kubernetes-validate
+  "$venv/bin/pip" install -q --disable-pip-version-check segment-analytics-python pyarrow duckdb kubernetes-validate chdb-core
 }
 
 # The chart's checks (tests/helm_chart.rs): helm (the binary inside the npm

@@ -345,7 +345,7 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
         })
         .collect();
     std::fs::write(&sdk_file, serde_json::to_vec(&sdk_events).unwrap()).unwrap();
-    let python = std::env::var("HOURGLASS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = common::python();
     let out = Command::new(&python)
         .args([
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/segment_retry.py"),

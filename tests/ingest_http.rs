@@ -263,7 +263,7 @@ async fn the_official_segment_python_sdk_works_unchanged() {
     let env = TestEnv::new("ingest_segment").await;
     env.create_topic(4).await;
     let ingest = Ingest::start(&env, "app", &[]).await;
-    let python = std::env::var("HOURGLASS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = common::python();
     let n = 600;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/segment_sdk.py");
     let out = std::process::Command::new(&python)

@@ -126,7 +126,7 @@ async fn every_event_is_archived_exactly_once_through_kills() {
     eprintln!("{} objects, {rows} rows", objects.len());
 
     // A data engineer's view: pyarrow with Hive partitioning, DuckDB on top.
-    let python = std::env::var("HOURGLASS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = common::python();
     let s3 = &env.cfg.s3;
     let out = std::process::Command::new(&python)
         .args([

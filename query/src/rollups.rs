@@ -278,9 +278,8 @@ pub async fn metrics(
     let commits: (u64, u64) = if cache {
         state
             .bounded(
-                state
-                    .reader
-                    .query(crate::layers::COMMITS_FINGERPRINT)
+                crate::sql::Sql::new(crate::layers::COMMITS_FINGERPRINT)
+                    .query(&state.reader)
                     .fetch_one(),
             )
             .await?

@@ -33,6 +33,9 @@ impl From<i64> for Value {
     }
 }
 
+/// The tracing target of every statement the query API sends.
+pub const STATEMENT_LOG: &str = "hourglass_query::sql";
+
 #[derive(Debug, Default)]
 pub struct Sql {
     text: String,
@@ -73,6 +76,10 @@ impl Sql {
         self
     }
 
+    /// The query to run. Each statement is logged at debug level (target
+    /// `hourglass_query::sql`) with its values substituted, as the server
+    /// receives it: what an operator needs to rerun a slow or failing read,
+    /// and how the modern-ClickHouse check collects the API's statements.
     pub fn query(&self, client: &Client) -> Query {
         let mut q = client.query(&self.text);
         for v in &self.binds {
@@ -81,6 +88,7 @@ impl Sql {
                 Value::Int(n) => q.bind(*n),
             };
         }
+        tracing::debug!(target: STATEMENT_LOG, statement = %q.sql_display(), "clickhouse statement");
         q
     }
 

@@ -8,6 +8,7 @@ pub mod browser;
 pub mod generator;
 pub mod grafana;
 pub mod readme;
+pub mod seeded_project;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -321,6 +322,12 @@ pub fn stack_up() {
         .status()
         .expect("run hourglass stack up");
     assert!(status.success(), "stack up after the outage");
+}
+
+/// The Python that has the tests' tools (scripts/lib.sh's venv: the Segment
+/// SDK, pyarrow, duckdb, chdb-core).
+pub fn python() -> String {
+    std::env::var("HOURGLASS_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
 /// A port free right now on 127.0.0.1 (for a child's listen address).
