@@ -207,7 +207,13 @@ enum CheckpointAction {
 #[derive(Subcommand)]
 enum StackAction {
     /// Install what is missing, start what is stopped, wait until everything answers.
-    Up,
+    Up {
+        /// Also the cluster profile: ZooKeeper and 2 shards × 2 replicas of
+        /// ClickHouse (HTTP on 18201–18204, cluster `hourglass`); it stays
+        /// part of this stack folder.
+        #[arg(long)]
+        cluster: bool,
+    },
     /// Stop the servers this stack started.
     Down,
     /// Show which servers answer.
@@ -282,7 +288,7 @@ async fn main() -> Result<()> {
         Command::Stack { action, dir } => {
             let dir = dir.unwrap_or_else(stack::default_dir);
             match action {
-                StackAction::Up => stack::up(&cfg, &dir).await?,
+                StackAction::Up { cluster } => stack::up(&cfg, &dir, cluster).await?,
                 StackAction::Down => stack::down(&cfg, &dir)?,
                 StackAction::ResetKafka => stack::reset_kafka(&cfg, &dir).await?,
                 StackAction::Status => {
@@ -513,7 +519,8 @@ async fn checkpoint(cfg: &Config, action: CheckpointAction) -> Result<()> {
                 resume_offset,
                 watermark_ms,
             };
-            sink.reset_checkpoint(partition, to).await?;
+            sink.reset_checkpoint(&cfg.clickhouse, partition, to)
+                .await?;
             match current {
                 Some(cp) => println!(
                     "partition {partition}: resume offset {} -> {resume_offset}, watermark {} -> {}",

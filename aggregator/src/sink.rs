@@ -239,7 +239,13 @@ impl RollupSink {
     /// event of the partition late for ever, since the checkpoint is the
     /// largest ever written. The partition's progress rows are deleted
     /// (waiting for the mutation) and one row with `to` is written.
-    pub async fn reset_checkpoint(&self, partition: i32, to: Checkpoint) -> Result<(), SinkError> {
+    pub async fn reset_checkpoint(
+        &self,
+        ch: &hourglass_core::config::ClickHouseConfig,
+        partition: i32,
+        to: Checkpoint,
+    ) -> Result<(), SinkError> {
+        use hourglass_core::clickhouse::cluster::{mutated_table, mutation_target};
         let fail = |reason: String| SinkError::ResetCheckpoint {
             topic: self.topic.clone(),
             partition,
@@ -248,17 +254,23 @@ impl RollupSink {
         let partition_id =
             u16::try_from(partition).map_err(|_| fail("no such partition".into()))?;
         self.client
-            .query("ALTER TABLE aggregator_progress DELETE WHERE topic = ? AND partition_id = ?")
+            .query(&format!(
+                "ALTER TABLE {} DELETE WHERE topic = ? AND partition_id = ?",
+                mutation_target(ch, "aggregator_progress")
+            ))
             .bind(&self.topic)
             .bind(partition_id)
             .execute()
             .await
             .map_err(|e| fail(format!("deleting its progress rows: {e}")))?;
         let limit = std::time::Duration::from_secs(120);
-        let done =
-            hourglass_core::clickhouse::mutations_done(&self.client, "aggregator_progress", limit)
-                .await
-                .map_err(|e| fail(format!("waiting for the deletion: {e}")))?;
+        let done = hourglass_core::clickhouse::mutations_done(
+            &self.client,
+            &mutated_table(ch, "aggregator_progress"),
+            limit,
+        )
+        .await
+        .map_err(|e| fail(format!("waiting for the deletion: {e}")))?;
         if !done {
             return Err(fail("the deletion has not finished after 120 s".into()));
         }

@@ -55,7 +55,7 @@ async fn a_poisoned_watermark_is_reset_and_the_others_are_kept() {
         resume_offset: 150,
         watermark_ms: T0_MS + 120_000,
     };
-    sink.reset_checkpoint(0, to).await.expect("reset");
+    sink.reset_checkpoint(&cfg, 0, to).await.expect("reset");
     let mut after = sink.checkpoints().await.unwrap();
     after.sort_by_key(|(p, _)| *p);
     assert_eq!(after.len(), 2);

@@ -182,6 +182,32 @@ pub struct ClickHouseConfig {
     pub password: String,
     /// Days of raw events kept (TTL), on servers that support TTL. 0 keeps forever.
     pub events_retention_days: u32,
+    /// Name of the ClickHouse cluster (its `remote_servers` entry) the
+    /// tables live on; empty: one server. When set, migrations create
+    /// Replicated tables `ON CLUSTER`, the tables a source partition writes
+    /// are sharded by that partition behind Distributed tables of the usual
+    /// names, inserts wait for `insert_quorum` replicas and the pipeline's
+    /// reads are sequentially consistent (docs/clickhouse-cluster.md). Every
+    /// server needs the macros `{shard}` and `{replica}` (unique across the
+    /// cluster) and a ZooKeeper or ClickHouse Keeper.
+    pub cluster: String,
+    /// Replicas of a shard that must hold an insert before it counts (cluster
+    /// mode): a majority of each shard's replicas (2 for 2 or 3 replicas), so
+    /// that any replica a failed-over consumer reads its checkpoint from
+    /// either has every acknowledged flush or refuses to answer.
+    pub insert_quorum: u32,
+    /// Seconds an insert waits for its quorum (cluster mode) before it fails
+    /// as retryable. Rows a timed-out insert wrote stay invisible to the
+    /// pipeline until the quorum completes; keep this longer than the replica
+    /// outages you want to ride out without operator work.
+    pub insert_quorum_timeout_secs: u32,
+}
+
+impl ClickHouseConfig {
+    /// Whether the tables live on a cluster (`cluster` is set).
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster.is_empty()
+    }
 }
 
 impl Default for ClickHouseConfig {
@@ -192,6 +218,9 @@ impl Default for ClickHouseConfig {
             user: "default".into(),
             password: String::new(),
             events_retention_days: 0,
+            cluster: String::new(),
+            insert_quorum: 2,
+            insert_quorum_timeout_secs: 600,
         }
     }
 }

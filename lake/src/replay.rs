@@ -20,6 +20,7 @@ use hourglass_aggregator::window::{
     Checkpoint, ClosedWindows, EventRef, PartitionWindows, WindowConfig,
 };
 use hourglass_core::Config;
+use hourglass_core::clickhouse::cluster::{mutated_table, mutation_target};
 use hourglass_core::clickhouse::deletions::DeletedUsers;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::FutureRecord;
@@ -249,6 +250,8 @@ enum Sink {
     },
     Rollups {
         client: clickhouse::Client,
+        /// Where mutations go (a cluster's local tables).
+        clickhouse: hourglass_core::config::ClickHouseConfig,
         topic: String,
         window: Arc<WindowConfig>,
         partitions: BTreeMap<i32, PartitionWindows>,
@@ -270,6 +273,7 @@ impl Sink {
             },
             Target::Rollups => Sink::Rollups {
                 client,
+                clickhouse: cfg.clickhouse.clone(),
                 topic: cfg.kafka.topic.clone(),
                 window: Arc::new(WindowConfig::from(&cfg.aggregator)),
                 partitions: BTreeMap::new(),
@@ -392,6 +396,7 @@ impl Sink {
     ) -> Result<(), ReplayError> {
         let Sink::Rollups {
             client,
+            clickhouse,
             topic,
             partitions,
             ..
@@ -421,7 +426,7 @@ impl Sink {
         if opts.dry_run {
             return Ok(());
         }
-        replace_rollups(client, topic, opts, &closed).await
+        replace_rollups(client, clickhouse, topic, opts, &closed).await
     }
 }
 
@@ -454,6 +459,7 @@ async fn existing_ids(
 /// are rebuilt from the `rollup_5m` rows outside the range plus the new ones.
 async fn replace_rollups(
     client: &clickhouse::Client,
+    ch: &hourglass_core::config::ClickHouseConfig,
     topic: &str,
     opts: &ReplayOptions,
     closed: &[(i32, ClosedWindows)],
@@ -479,17 +485,17 @@ async fn replace_rollups(
         + 86_400;
 
     client
-        .query(&format!("ALTER TABLE rollup_5m DELETE WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?) AND {only}"))
+        .query(&format!("ALTER TABLE {} DELETE WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?) AND {only}", mutation_target(ch, "rollup_5m")))
         .bind(from).bind(to).bind(&project).bind(&project)
         .execute().await?;
     for (table, a, b) in [("rollup_1h", h0, h1), ("rollup_1d", d0, d1)] {
         client
-            .query(&format!("ALTER TABLE {table} DELETE WHERE bucket_start >= toDateTime(?) AND bucket_start < toDateTime(?) AND {only}"))
+            .query(&format!("ALTER TABLE {} DELETE WHERE bucket_start >= toDateTime(?) AND bucket_start < toDateTime(?) AND {only}", mutation_target(ch, table)))
             .bind(a).bind(b).bind(&project).bind(&project)
             .execute().await?;
     }
     for table in ["rollup_5m", "rollup_1h", "rollup_1d"] {
-        wait_for_mutations(client, table).await?;
+        wait_for_mutations(client, &mutated_table(ch, table)).await?;
     }
     // The new rows; the views add them to the (now empty) hourly and daily buckets.
     let sink = RollupSink::new(client.clone(), format!("replay:{topic}"));

@@ -11,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
+use hourglass_core::clickhouse::cluster::{mutated_table, mutation_target};
 use serde::Serialize;
 
 use crate::auth::Scope;
@@ -113,12 +114,19 @@ pub async fn delete_user(
         ledger.append(user_rows(&scope, &user));
         ledger.push(" GROUP BY hour, project_id, event");
         ledger.query(ch).execute().await?;
-        let mut delete = Sql::new("ALTER TABLE events DELETE WHERE");
+        let mut delete = Sql::new(&format!(
+            "ALTER TABLE {} DELETE WHERE",
+            mutation_target(&state.cfg.clickhouse, "events")
+        ));
         delete.append(user_rows(&scope, &user));
         delete.query(ch).execute().await?;
     }
-    let completed =
-        hourglass_core::clickhouse::mutations_done(ch, "events", Duration::from_secs(30)).await?;
+    let completed = hourglass_core::clickhouse::mutations_done(
+        ch,
+        &mutated_table(&state.cfg.clickhouse, "events"),
+        Duration::from_secs(30),
+    )
+    .await?;
     tracing::info!(project = %scope.project_id, tenant = scope.tenant_id.as_deref().unwrap_or(""), by = %scope.subject, removed, completed, "user data deleted");
     crate::metrics::deletion(removed);
     let answer = Deletion {

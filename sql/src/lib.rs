@@ -9,6 +9,8 @@
 //! processes at once, safe; `schema_migrations` records what ran and refuses
 //! a migration whose file changed after it was applied.
 
+pub mod cluster;
+
 use clickhouse::Client;
 use hourglass_core::clickhouse::{ServerVersion, server_client};
 use hourglass_core::config::ClickHouseConfig;
@@ -100,6 +102,8 @@ pub enum MigrateError {
     },
     #[error("ClickHouse query failed: {0}")]
     Query(#[from] clickhouse::error::Error),
+    #[error("clickhouse.cluster: {0}")]
+    Cluster(String),
 }
 
 /// What the server supports, deciding how migrations are rendered.
@@ -157,6 +161,50 @@ pub fn render(sql: &str, database: &str, features: Features, retention_days: u32
                 .replace("{events_settings}", settings)
         })
         .collect()
+}
+
+/// A migration's statements for the configured target: rendered for the
+/// server, then rewritten for the cluster when `clickhouse.cluster` is set.
+pub fn statements(m: &Migration, cfg: &ClickHouseConfig, features: Features) -> Vec<String> {
+    let rendered = render(m.sql, &cfg.database, features, cfg.events_retention_days);
+    if !cfg.is_cluster() {
+        return rendered;
+    }
+    rendered
+        .iter()
+        .flat_map(|s| cluster::rewrite(s, &cfg.database, &cfg.cluster))
+        .collect()
+}
+
+/// The cluster named by `clickhouse.cluster` exists on the server and every
+/// shard has at least `insert_quorum` replicas (else no insert could ever
+/// count); a quorum that is not a majority is allowed with a warning (a
+/// failed-over consumer could then read an older checkpoint).
+async fn check_cluster(client: &Client, cfg: &ClickHouseConfig) -> Result<(), MigrateError> {
+    let shards: Vec<(u32, u64)> = client
+        .query("SELECT shard_num, count() FROM system.clusters WHERE cluster = ? GROUP BY shard_num ORDER BY shard_num")
+        .bind(&cfg.cluster)
+        .fetch_all()
+        .await?;
+    if shards.is_empty() {
+        return Err(MigrateError::Cluster(format!(
+            "the server at {} has no cluster {:?} in its remote_servers",
+            cfg.url, cfg.cluster
+        )));
+    }
+    let fewest = shards.iter().map(|(_, n)| *n).min().unwrap_or(0);
+    let quorum = u64::from(cfg.insert_quorum);
+    if quorum > fewest {
+        return Err(MigrateError::Cluster(format!(
+            "insert_quorum {quorum} is more than the {fewest} replicas of the smallest shard of {:?}: no insert could count",
+            cfg.cluster
+        )));
+    }
+    if quorum * 2 <= fewest {
+        tracing::warn!(cluster = %cfg.cluster, quorum, replicas = fewest, "clickhouse.insert_quorum is not a majority of a shard's replicas: a consumer failing over could read a checkpoint older than its last flush");
+    }
+    tracing::info!(cluster = %cfg.cluster, shards = shards.len(), replicas = fewest, quorum, "migrating on a cluster");
+    Ok(())
 }
 
 fn quote_ident(name: &str) -> String {
@@ -219,17 +267,28 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport, MigrateErr
     })?;
     let features = Features::from(version);
     let db = quote_ident(&cfg.database);
+    let for_target = |statement: String| {
+        if cfg.is_cluster() {
+            cluster::rewrite(&statement, &cfg.database, &cfg.cluster)
+        } else {
+            vec![statement]
+        }
+    };
+    if cfg.is_cluster() {
+        check_cluster(&client, cfg).await?;
+    }
 
-    execute(&client, &format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
-    execute(
-        &client,
-        &format!(
-            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
-             (version UInt32, name String, checksum String, applied_at DateTime) \
-             ENGINE = ReplacingMergeTree() ORDER BY version"
-        ),
-    )
-    .await?;
+    let ledger = format!(
+        "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
+         (version UInt32, name String, checksum String, applied_at DateTime) \
+         ENGINE = ReplacingMergeTree() ORDER BY version"
+    );
+    for statement in for_target(format!("CREATE DATABASE IF NOT EXISTS {db}"))
+        .into_iter()
+        .chain(for_target(ledger))
+    {
+        execute(&client, &statement).await?;
+    }
 
     let applied: Vec<(u32, String)> = client
         .query(&format!(
@@ -258,7 +317,7 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport, MigrateErr
             report.already_applied.push(m.version);
             continue;
         }
-        for statement in render(m.sql, &cfg.database, features, cfg.events_retention_days) {
+        for statement in statements(m, cfg, features) {
             execute(&client, &statement)
                 .await
                 .map_err(|source| MigrateError::Statement {

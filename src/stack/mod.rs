@@ -7,6 +7,7 @@
 //! stops what `up` started, by the PIDs it recorded.
 
 mod clickhouse_server;
+pub mod cluster;
 mod process;
 
 use std::path::{Path, PathBuf};
@@ -24,17 +25,26 @@ pub fn default_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".stack"))
 }
 
-/// The servers of the stack; `write_configs` (only when starting) writes
-/// their generated config files.
+/// The servers of the stack, with the cluster profile's when it was set up
+/// in `dir`; `write_configs` (only when starting) writes their generated
+/// config files.
 fn servers(cfg: &Config, dir: &Path, write_configs: bool) -> Result<Vec<Server>> {
+    let mut all = usual_servers(cfg, dir, write_configs)?;
+    if cluster::is_set_up(dir) {
+        all.extend(cluster::servers(dir, write_configs)?);
+    }
+    Ok(all)
+}
+
+fn usual_servers(cfg: &Config, dir: &Path, write_configs: bool) -> Result<Vec<Server>> {
     let kafka_port = port_of(&cfg.kafka.brokers).context("kafka.brokers has no port")?;
     let ch_port = port_of(&cfg.clickhouse.url).context("clickhouse.url has no port")?;
     let s3_port = port_of(&cfg.s3.endpoint).context("s3.endpoint has no port")?;
     let listener = format!("tcp://127.0.0.1:{kafka_port}");
     Ok(vec![
         Server {
-            name: "kafka (tansu)",
-            key: "kafka",
+            name: "kafka (tansu)".into(),
+            key: "kafka".into(),
             binary: "tansu",
             install: process::Install::Cargo {
                 krate: "tansu@0.6.0",
@@ -55,8 +65,8 @@ fn servers(cfg: &Config, dir: &Path, write_configs: bool) -> Result<Vec<Server>>
         },
         clickhouse_server::server(dir, ch_port, write_configs)?,
         Server {
-            name: "S3 (s3s-fs)",
-            key: "s3",
+            name: "S3 (s3s-fs)".into(),
+            key: "s3".into(),
             binary: "s3s-fs",
             install: process::Install::Cargo {
                 krate: "s3s-fs@0.14.1",
@@ -80,10 +90,15 @@ fn servers(cfg: &Config, dir: &Path, write_configs: bool) -> Result<Vec<Server>>
 }
 
 /// Install, start and prepare everything; returns once all of it answers.
-pub async fn up(cfg: &Config, dir: &Path) -> Result<()> {
+/// `with_cluster` adds the cluster profile ([`cluster`]), which stays part
+/// of this stack folder until `down`.
+pub async fn up(cfg: &Config, dir: &Path, with_cluster: bool) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create stack folder {}", dir.display()))?;
     let dir = dir.canonicalize()?;
+    if with_cluster {
+        std::fs::create_dir_all(dir.join("cluster"))?;
+    }
     std::fs::create_dir_all(dir.join("s3").join("data"))?;
     for server in servers(cfg, &dir, true)? {
         server.ensure_running(&dir).await?;
@@ -100,6 +115,16 @@ pub async fn up(cfg: &Config, dir: &Path) -> Result<()> {
         hourglass_core::s3::ensure_bucket(&s3, &cfg.s3.bucket)
     })
     .await?;
+    if cluster::is_set_up(&dir) {
+        println!(
+            "cluster {:?}: {} shards × {} replicas, ClickHouse at {} (and the next ports), ZooKeeper 127.0.0.1:{}",
+            cluster::CLUSTER,
+            cluster::SHARDS,
+            cluster::REPLICAS,
+            cluster::nodes()[0].url(),
+            cluster::ZOOKEEPER_PORT
+        );
+    }
     println!(
         "stack ready: kafka {} (topics {}, {}), clickhouse {}, s3 {} (bucket {}); state in {}",
         cfg.kafka.brokers,
@@ -123,7 +148,7 @@ fn index_broker_store(kafka: &process::Server, dir: &Path) -> Result<()> {
     }
     process::install_tool("sqlite3", "sqlite3", &process::Install::Apt(&["sqlite3"]))?;
     hourglass_core::kafka::tansu_store::index_headers(
-        &dir.join(kafka.key).join("tansu.db"),
+        &dir.join(&kafka.key).join("tansu.db"),
         Duration::from_secs(30),
     )
     .context("kafka (tansu): indexing its SQLite store")
@@ -175,7 +200,7 @@ pub async fn keep_up(cfg: &Config, dir: &Path, stop: &std::sync::atomic::AtomicB
                 continue;
             }
             tracing::warn!(
-                server = server.name,
+                server = %server.name,
                 "a server of the local stack died: restarting it"
             );
             let restarted = match server.ensure_running(&dir).await {
@@ -183,9 +208,9 @@ pub async fn keep_up(cfg: &Config, dir: &Path, stop: &std::sync::atomic::AtomicB
                 other => other,
             };
             match restarted {
-                Ok(()) => tracing::info!(server = server.name, "restarted"),
+                Ok(()) => tracing::info!(server = %server.name, "restarted"),
                 Err(e) => {
-                    tracing::error!(server = server.name, error = %format!("{e:#}"), "could not restart")
+                    tracing::error!(server = %server.name, error = %format!("{e:#}"), "could not restart")
                 }
             }
         }
@@ -199,7 +224,7 @@ pub async fn keep_up(cfg: &Config, dir: &Path, stop: &std::sync::atomic::AtomicB
 /// records), which is a fact of the local stack, not of what is tested.
 pub async fn reset_kafka(cfg: &Config, dir: &Path) -> Result<()> {
     let dir = dir.canonicalize()?;
-    let kafka = servers(cfg, &dir, false)?
+    let kafka = usual_servers(cfg, &dir, false)?
         .into_iter()
         .find(|s| s.key == "kafka")
         .expect("the stack has a broker");
@@ -230,9 +255,12 @@ pub async fn reset_kafka(cfg: &Config, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Stop the servers this stack started (by recorded PID).
+/// Stop the servers this stack started (by recorded PID), the cluster
+/// profile's first (ZooKeeper last).
 pub fn down(cfg: &Config, dir: &Path) -> Result<()> {
-    for server in servers(cfg, dir, false)? {
+    let mut all = servers(cfg, dir, false)?;
+    all.reverse();
+    for server in all {
         server.stop(dir)?;
     }
     Ok(())

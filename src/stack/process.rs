@@ -29,9 +29,10 @@ pub enum Ready {
 
 pub struct Server {
     /// For people: named in every error.
-    pub name: &'static str,
+    pub name: String,
     /// For files: `DIR/KEY/` holds its data, log and PID file.
-    pub key: &'static str,
+    pub key: String,
+    /// A program on the PATH, or an absolute path.
     pub binary: &'static str,
     pub install: Install,
     pub port: u16,
@@ -51,6 +52,9 @@ pub fn port_of(address: &str) -> Option<u16> {
 }
 
 fn find_binary(name: &str) -> Option<PathBuf> {
+    if name.starts_with('/') {
+        return Path::new(name).is_file().then(|| PathBuf::from(name));
+    }
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -100,7 +104,7 @@ pub fn install_tool(name: &str, binary: &str, install: &Install) -> Result<PathB
 
 impl Server {
     fn dir(&self, root: &Path) -> PathBuf {
-        root.join(self.key)
+        root.join(&self.key)
     }
 
     pub fn pid_file(&self, root: &Path) -> PathBuf {
@@ -134,7 +138,7 @@ impl Server {
     }
 
     fn install(&self) -> Result<PathBuf> {
-        install_tool(self.name, self.binary, &self.install)
+        install_tool(&self.name, self.binary, &self.install)
     }
 
     /// Reuse, or install and start, then wait until it answers.

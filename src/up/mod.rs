@@ -176,7 +176,7 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
     telemetry::init_tracing_to_file(&cfg.telemetry, &log)
         .with_context(|| format!("opening the log file {}", log.display()))?;
     if !args.no_stack {
-        crate::stack::up(&cfg, dir).await?;
+        crate::stack::up(&cfg, dir, false).await?;
     }
     hourglass_core::kafka::ensure_pipeline_topics(&cfg.kafka)
         .await

@@ -3,6 +3,7 @@
 //! Production runs ClickHouse 24.x; the local stack runs Debian's 18.16. Code
 //! that wants a newer feature asks [`ServerVersion`] first.
 
+pub mod cluster;
 pub mod deletions;
 pub mod errors;
 
@@ -35,9 +36,13 @@ pub async fn mutations_done(
     }
 }
 
-/// A client bound to the configured database.
+/// A client bound to the configured database, with the cluster's write
+/// and read rules when `clickhouse.cluster` is set ([`cluster`]).
 pub fn client(cfg: &ClickHouseConfig) -> Client {
-    server_client(cfg).with_database(&cfg.database)
+    cluster::writer_settings(cfg).into_iter().fold(
+        server_client(cfg).with_database(&cfg.database),
+        |c, (k, v)| c.with_setting(k, v),
+    )
 }
 
 /// A client with no database selected (for `CREATE DATABASE`).

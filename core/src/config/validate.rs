@@ -57,6 +57,24 @@ impl Config {
             format!("kafka.partitions ({}) must be at least 1", k.partitions),
         );
 
+        let ch = &self.clickhouse;
+        check(
+            !ch.is_cluster() || (ch.insert_quorum >= 1 && ch.insert_quorum_timeout_secs >= 1),
+            format!(
+                "clickhouse.insert_quorum ({}) and clickhouse.insert_quorum_timeout_secs ({}) must be at least 1 with clickhouse.cluster set",
+                ch.insert_quorum, ch.insert_quorum_timeout_secs
+            ),
+        );
+        check(
+            ch.cluster
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+            format!(
+                "clickhouse.cluster ({:?}) must be a cluster name of letters, digits, `_` and `-`",
+                ch.cluster
+            ),
+        );
+
         let i = &self.ingest;
         check(
             i.rate_limit_events_per_sec == 0 || (i.rate_limit_burst as usize) >= c.max_batch_events,

@@ -1,0 +1,109 @@
+//! Where Hourglass's tables live when `clickhouse.cluster` is set.
+//!
+//! The tables a source partition writes are sharded by that partition: each
+//! is a Replicated table `<name>_local` on every server behind a Distributed
+//! table `<name>` whose sharding key is the partition, so partition `p`'s
+//! rows, and the checkpoint the same INSERT carries, always land on shard
+//! `p mod shards` (shards weighted equally). Writers insert through the
+//! Distributed table synchronously (`insert_distributed_sync`) with a quorum
+//! of replicas, and read with `select_sequential_consistency`: a replica
+//! that lacks an acknowledged insert refuses to answer instead of handing a
+//! consumer an older checkpoint. Every other table (batch layer, deletions,
+//! ledgers) is small and replicated to every server under one path, so a
+//! query sent to any shard finds it locally.
+
+use crate::config::ClickHouseConfig;
+
+/// The sharded tables and their sharding keys. Tables materialized views
+/// fill from a sharded table are sharded alike (their rows come from the
+/// same INSERT); rows never inserted through their Distributed table get a
+/// random key.
+pub const SHARDED_TABLES: &[(&str, &str)] = &[
+    ("events", "kafka_partition"),
+    ("rollup_5m", "source_partition"),
+    ("aggregator_progress", "partition_id"),
+    ("loader_progress", "partition_id"),
+    ("rollup_1h", "rand()"),
+    ("rollup_1d", "rand()"),
+    ("event_hours", "rand()"),
+];
+
+/// The Distributed sharding key of `table` when it is sharded.
+pub fn sharding_key(table: &str) -> Option<&'static str> {
+    SHARDED_TABLES
+        .iter()
+        .find(|(name, _)| *name == table)
+        .map(|(_, key)| *key)
+}
+
+/// The local (per-shard) table behind a sharded table's Distributed one.
+pub fn local_name(table: &str) -> String {
+    format!("{table}_local")
+}
+
+/// What `ALTER TABLE … DELETE` must name to delete rows of `table`: the
+/// table itself on one server; on a cluster, a sharded table's local tables
+/// on every shard (a Distributed table takes no mutations; a replicated
+/// table's mutation reaches its other replicas by itself).
+pub fn mutation_target(cfg: &ClickHouseConfig, table: &str) -> String {
+    if cfg.is_cluster() && sharding_key(table).is_some() {
+        format!(
+            "`{}`.{} ON CLUSTER `{}`",
+            cfg.database,
+            local_name(table),
+            cfg.cluster
+        )
+    } else {
+        table.to_owned()
+    }
+}
+
+/// The local table whose `system.mutations` rows show a mutation of
+/// `table` (see [`mutation_target`]).
+pub fn mutated_table(cfg: &ClickHouseConfig, table: &str) -> String {
+    if cfg.is_cluster() && sharding_key(table).is_some() {
+        local_name(table)
+    } else {
+        table.to_owned()
+    }
+}
+
+/// Settings every pipeline client sends on a cluster (none on one server).
+pub fn writer_settings(cfg: &ClickHouseConfig) -> Vec<(&'static str, String)> {
+    if !cfg.is_cluster() {
+        return Vec::new();
+    }
+    vec![
+        ("insert_distributed_sync", "1".into()),
+        ("insert_quorum", cfg.insert_quorum.to_string()),
+        (
+            "insert_quorum_timeout",
+            (u64::from(cfg.insert_quorum_timeout_secs) * 1000).to_string(),
+        ),
+        ("select_sequential_consistency", "1".into()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mutations_of_sharded_tables_go_to_every_shard() {
+        let mut cfg = ClickHouseConfig::default();
+        assert_eq!(mutation_target(&cfg, "events"), "events");
+        assert!(writer_settings(&cfg).is_empty());
+        cfg.cluster = "hg".into();
+        assert_eq!(
+            mutation_target(&cfg, "events"),
+            "`hourglass`.events_local ON CLUSTER `hg`"
+        );
+        assert_eq!(mutation_target(&cfg, "batch_lease"), "batch_lease");
+        assert_eq!(mutated_table(&cfg, "rollup_5m"), "rollup_5m_local");
+        assert!(
+            writer_settings(&cfg).contains(&("insert_quorum", "2".into())),
+            "{:?}",
+            writer_settings(&cfg)
+        );
+    }
+}
