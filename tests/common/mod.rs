@@ -8,6 +8,7 @@ pub mod browser;
 pub mod generator;
 pub mod grafana;
 pub mod readme;
+pub mod rollup_truth;
 pub mod seeded_project;
 
 use std::process::{Child, Command, Stdio};
@@ -173,6 +174,14 @@ impl TestEnv {
                 self.cfg.clickhouse.database.clone(),
             ),
             (
+                "HOURGLASS_CLICKHOUSE__URL".into(),
+                self.cfg.clickhouse.url.clone(),
+            ),
+            (
+                "HOURGLASS_CLICKHOUSE__CLUSTER".into(),
+                self.cfg.clickhouse.cluster.clone(),
+            ),
+            (
                 "HOURGLASS_AGGREGATOR__GROUP_ID".into(),
                 self.cfg.aggregator.group_id.clone(),
             ),
@@ -219,9 +228,17 @@ impl TestEnv {
     }
 
     pub async fn drop_database(&self) {
+        let on_cluster = if self.cfg.clickhouse.is_cluster() {
+            format!(" ON CLUSTER `{}`", self.cfg.clickhouse.cluster)
+        } else {
+            String::new()
+        };
         let _ = self
             .clickhouse()
-            .query(&format!("DROP DATABASE IF EXISTS `{}`", self.name))
+            .query(&format!(
+                "DROP DATABASE IF EXISTS `{}`{on_cluster}",
+                self.cfg.clickhouse.database
+            ))
             .execute()
             .await;
     }

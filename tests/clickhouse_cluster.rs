@@ -1,0 +1,203 @@
+//! The aggregator and the loader on a ClickHouse cluster: the local stack's
+//! cluster profile (`hourglass stack up --cluster`, which the test command
+//! runs: ZooKeeper and 2 shards × 2 replicas of ClickHouse 18.16), in
+//! cluster mode (Replicated tables behind Distributed ones, inserts with a
+//! quorum of 2, sequentially consistent reads; docs/clickhouse-cluster.md).
+//!
+//! Seeded events on a 4-partition topic (partitions 0 and 2 on shard 1, 1
+//! and 3 on shard 2) are loaded and aggregated while (1) a replica of shard
+//! 1 is SIGKILLed mid-run and brought back, and (2) a replica of shard 2 is
+//! SIGKILLed and both consumers are SIGKILLed and restarted while it is
+//! down. Then the rollups and every serving view equal the generator's
+//! truth, `events` holds each event once, and each shard's two replicas
+//! hold the same rows.
+
+mod common;
+
+use std::time::Duration;
+
+use common::generator;
+use common::rollup_truth::{assert_matches_truth, flushed_events, wait_all_flushed};
+use common::{TestEnv, sigkill, sigterm, wait_until};
+
+const CLUSTER_URL: &str = "http://127.0.0.1:18201";
+
+fn event_count() -> usize {
+    std::env::var("HG_CLUSTER_EVENTS")
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("HG_CLUSTER_EVENTS={v:?} is not a number of events"))
+        })
+        .unwrap_or(300_000)
+}
+
+fn components_env(env: &TestEnv) -> Vec<(&'static str, String)> {
+    vec![
+        ("HOURGLASS_AGGREGATOR__IDLE_TIMEOUT_SECS", "2".into()),
+        ("HOURGLASS_AGGREGATOR__FLUSH_INTERVAL_MS", "300".into()),
+        ("HOURGLASS_AGGREGATOR__DIMENSIONS", r#"["path"]"#.into()),
+        ("HOURGLASS_LOADER__HTTP_LISTEN", "127.0.0.1:0".into()),
+        ("HOURGLASS_LOADER__GROUP_ID", format!("{}-load", env.name)),
+        ("HOURGLASS_LOADER__BATCH_ROWS", "20000".into()),
+        ("HOURGLASS_LOADER__MAX_BACKOFF_MS", "2000".into()),
+    ]
+}
+
+/// The PID of cluster server `n`, which this stack must have started: a
+/// server it cannot kill is a failure, not a skipped scenario.
+fn replica_pid(n: u16) -> i32 {
+    common::stack_pid(&format!("cluster/ch{n}")).unwrap_or_else(|| {
+        panic!("cluster server ch{n} was not started by this stack: run `hourglass stack up --cluster`")
+    })
+}
+
+fn kill_replica(n: u16) {
+    let pid = nix::unistd::Pid::from_raw(replica_pid(n));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL a replica");
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        // A child of `stack up` that died stays a zombie until reaped; not ours to reap.
+        if std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn loaded(env: &TestEnv) -> u64 {
+    env.clickhouse()
+        .query("SELECT count() FROM events")
+        .fetch_one::<u64>()
+        .await
+        .unwrap_or(0)
+}
+
+/// `SELECT count()` of `table` on one server only.
+async fn count_on(node: u16, env: &TestEnv, table: &str) -> u64 {
+    let mut cfg = env.cfg.clickhouse.clone();
+    cfg.url = format!("http://127.0.0.1:{}", 18200 + node);
+    hourglass_core::clickhouse::client(&cfg)
+        .query(&format!("SELECT count() FROM {table}"))
+        .fetch_one()
+        .await
+        .unwrap_or_else(|e| panic!("count {table} on ch{node}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_through_replica_kills_and_failovers() {
+    let n = event_count();
+    let mut env = TestEnv::new("cluster").await;
+    env.cfg.clickhouse.url = CLUSTER_URL.into();
+    env.cfg.clickhouse.cluster = "hourglass".into();
+    let answers = reqwest::get(format!("{CLUSTER_URL}/?query=SELECT%201"))
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    assert!(
+        answers,
+        "the cluster profile does not answer at {CLUSTER_URL}: run `hourglass stack up --cluster` (scripts/test does)"
+    );
+    env.migrate().await;
+    env.create_topic(4).await;
+    let generated = generator::generate(21, n, 13, 2_000);
+    generator::produce(&env.cfg.kafka, &generated.events).await;
+    eprintln!("produced {n} events on 4 partitions");
+
+    let extra = components_env(&env);
+    let mut aggregator = env.spawn(&["aggregate"], &extra);
+    let mut loader = env.spawn(&["load"], &extra);
+    wait_until(Duration::from_secs(120), "first flushes and loads", || async {
+        flushed_events(&env).await > 0 && loaded(&env).await > 0
+    })
+    .await;
+
+    // 1. A replica of shard 1 SIGKILLed mid-run; writes to shard 1 wait for
+    // their quorum, reads go to the other replica; it comes back 10 s later.
+    let (flushed, rows) = (flushed_events(&env).await, loaded(&env).await);
+    kill_replica(2);
+    eprintln!("ch2 (shard 1) SIGKILLed with {flushed} events flushed and {rows} rows loaded");
+    assert!(
+        flushed < n as u64 && rows < n as u64,
+        "the kill came after the run had finished"
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        aggregator.try_wait().unwrap().is_none() && loader.try_wait().unwrap().is_none(),
+        "the consumers ride out a replica's death"
+    );
+    common::stack_up();
+    eprintln!(
+        "ch2 back: {} events flushed, {} rows loaded",
+        flushed_events(&env).await,
+        loaded(&env).await
+    );
+
+    // 2. A replica of shard 2 SIGKILLed, then both consumers SIGKILLed and
+    // started again while it is down: they read their checkpoints from the
+    // surviving replicas, which have every acknowledged insert.
+    let (flushed, rows) = (flushed_events(&env).await, loaded(&env).await);
+    kill_replica(4);
+    sigkill(&mut aggregator);
+    sigkill(&mut loader);
+    eprintln!(
+        "ch4 (shard 2) and both consumers SIGKILLed with {flushed} events flushed and {rows} rows loaded"
+    );
+    common::after_sigkill().await;
+    let mut aggregator = env.spawn(&["aggregate"], &extra);
+    let mut loader = env.spawn(&["load"], &extra);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    eprintln!(
+        "restarted with ch4 down: {} events flushed, {} rows loaded",
+        flushed_events(&env).await,
+        loaded(&env).await
+    );
+    common::stack_up();
+
+    wait_all_flushed(&env, n as u64).await;
+    wait_until(Duration::from_secs(600), "every event loaded", || async {
+        loaded(&env).await >= n as u64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sigterm(&mut aggregator);
+    sigterm(&mut loader);
+
+    assert_matches_truth(&env, &generated).await;
+    let (rows, ids): (u64, u64) = env
+        .clickhouse()
+        .query("SELECT count(), uniqExact(event_id) FROM events")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!((rows, ids), (n as u64, n as u64), "events holds each event once");
+
+    // Each shard's replicas hold the same rows; the shards together hold
+    // each row once.
+    wait_until(Duration::from_secs(60), "replicas in step", || async {
+        count_on(1, &env, "events_local").await == count_on(2, &env, "events_local").await
+            && count_on(3, &env, "events_local").await == count_on(4, &env, "events_local").await
+    })
+    .await;
+    for table in ["events_local", "rollup_5m_local"] {
+        let counts = [
+            count_on(1, &env, table).await,
+            count_on(2, &env, table).await,
+            count_on(3, &env, table).await,
+            count_on(4, &env, table).await,
+        ];
+        eprintln!("{table} rows on ch1..ch4: {counts:?}");
+        assert!(counts.iter().all(|c| *c > 0), "{table}: rows on every shard");
+        assert_eq!(
+            (counts[0], counts[2]),
+            (counts[1], counts[3]),
+            "{table}: replicas of a shard hold the same rows"
+        );
+    }
+    assert_eq!(
+        count_on(1, &env, "events_local").await + count_on(3, &env, "events_local").await,
+        n as u64,
+        "the shards together hold each event once"
+    );
+    env.drop_database().await;
+}
