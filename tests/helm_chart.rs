@@ -186,6 +186,16 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
         );
 
         match name.as_str() {
+            "cluster-values" => {
+                assert!(effective.contains("cluster = \"prod\""), "{effective}");
+                assert!(effective.contains("insert_quorum = 2"), "{effective}");
+                assert!(effective.contains("replication_factor = 3"), "{effective}");
+                assert_eq!(rules, 1, "the alert rules are on");
+                assert!(
+                    manifests.contains("- migrate\n"),
+                    "the migration job runs `migrate` (ON CLUSTER)"
+                );
+            }
             "keda-values" => {
                 assert_eq!(scaled, 3, "a ScaledObject per consumer");
                 assert_eq!(
