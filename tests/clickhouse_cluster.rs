@@ -10,7 +10,9 @@
 //! SIGKILLed and both consumers are SIGKILLed and restarted while it is
 //! down. Then the rollups and every serving view equal the generator's
 //! truth, `events` holds each event once, and each shard's two replicas
-//! hold the same rows.
+//! hold the same rows. A batch pass then recomputes every hour on the
+//! cluster, the views (now from the batch layer) still equal the truth, and
+//! the query API answers from it.
 
 mod common;
 
@@ -48,7 +50,9 @@ fn components_env(env: &TestEnv) -> Vec<(&'static str, String)> {
 /// server it cannot kill is a failure, not a skipped scenario.
 fn replica_pid(n: u16) -> i32 {
     common::stack_pid(&format!("cluster/ch{n}")).unwrap_or_else(|| {
-        panic!("cluster server ch{n} was not started by this stack: run `hourglass stack up --cluster`")
+        panic!(
+            "cluster server ch{n} was not started by this stack: run `hourglass stack up --cluster`"
+        )
     })
 }
 
@@ -107,9 +111,11 @@ async fn exactly_once_through_replica_kills_and_failovers() {
     let extra = components_env(&env);
     let mut aggregator = env.spawn(&["aggregate"], &extra);
     let mut loader = env.spawn(&["load"], &extra);
-    wait_until(Duration::from_secs(120), "first flushes and loads", || async {
-        flushed_events(&env).await > 0 && loaded(&env).await > 0
-    })
+    wait_until(
+        Duration::from_secs(120),
+        "first flushes and loads",
+        || async { flushed_events(&env).await > 0 && loaded(&env).await > 0 },
+    )
     .await;
 
     // 1. A replica of shard 1 SIGKILLed mid-run; writes to shard 1 wait for
@@ -170,7 +176,11 @@ async fn exactly_once_through_replica_kills_and_failovers() {
         .fetch_one()
         .await
         .unwrap();
-    assert_eq!((rows, ids), (n as u64, n as u64), "events holds each event once");
+    assert_eq!(
+        (rows, ids),
+        (n as u64, n as u64),
+        "events holds each event once"
+    );
 
     // Each shard's replicas hold the same rows; the shards together hold
     // each row once.
@@ -187,7 +197,10 @@ async fn exactly_once_through_replica_kills_and_failovers() {
             count_on(4, &env, table).await,
         ];
         eprintln!("{table} rows on ch1..ch4: {counts:?}");
-        assert!(counts.iter().all(|c| *c > 0), "{table}: rows on every shard");
+        assert!(
+            counts.iter().all(|c| *c > 0),
+            "{table}: rows on every shard"
+        );
         assert_eq!(
             (counts[0], counts[2]),
             (counts[1], counts[3]),
@@ -199,5 +212,95 @@ async fn exactly_once_through_replica_kills_and_failovers() {
         n as u64,
         "the shards together hold each event once"
     );
+
+    // 3. The batch layer on the cluster: one pass recomputes every hour from
+    // `events` (read through the Distributed table) into the tables every
+    // server holds; the views, now answering from it, still equal the truth.
+    env.cfg.batch.switch_delay_secs = 0;
+    let pass = hourglass_batch::run_once(
+        &env.cfg,
+        hourglass_batch::Range {
+            from: None,
+            to: None,
+            force: false,
+        },
+    )
+    .await
+    .expect("a batch pass on the cluster");
+    eprintln!(
+        "batch pass: {} hours, {} days, {} events",
+        pass.hours.len(),
+        pass.days.len(),
+        pass.events
+    );
+    assert_eq!(pass.events, n as u64, "the pass read every event once");
+    let hours: std::collections::BTreeSet<i64> = generated
+        .truth
+        .keys()
+        .map(|(w, _, _)| w.div_euclid(3_600_000) * 3600)
+        .collect();
+    assert_eq!(pass.hours, hours.iter().copied().collect::<Vec<_>>());
+    for node in 1..=4 {
+        let commits = count_on(node, &env, "batch_commits").await;
+        assert!(commits >= hours.len() as u64, "ch{node}: {commits} commits");
+    }
+    assert_matches_truth(&env, &generated).await;
+
+    // 4. The query API on the cluster answers from the batch layer.
+    let page_views: u64 = generated
+        .truth
+        .iter()
+        .filter(|((_, e, _), _)| e == "page_view")
+        .map(|(_, t)| t.events)
+        .sum();
+    let (from, to) = (hours.first().unwrap(), hours.last().unwrap() + 3600);
+    let answer = query_metrics(
+        &env,
+        &format!("event=page_view&step=1h&from={from}&to={to}"),
+    )
+    .await;
+    let points = answer["series"][0]["points"].as_array().expect("points");
+    let served: u64 = points.iter().map(|p| p["events"].as_u64().unwrap()).sum();
+    assert_eq!(served, page_views, "/v1/metrics on the cluster: {answer}");
+    assert!(points.iter().all(|p| p["layer"] == "batch"), "{answer}");
     env.drop_database().await;
+}
+
+/// `GET /v1/metrics?query` from a query API started in-process against the cluster.
+async fn query_metrics(env: &TestEnv, query: &str) -> serde_json::Value {
+    const SECRET: &str = "cluster-check-secret-0123456789abcdef";
+    let mut cfg = env.cfg.clone();
+    cfg.query.jwt_secret = SECRET.into();
+    cfg.query.allow_project_wide_tokens = true;
+    let port = common::free_port();
+    cfg.query.listen = format!("127.0.0.1:{port}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(hourglass_query::run_with(cfg, stop.clone()));
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_until(Duration::from_secs(20), "the query API", || async {
+        http.get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    let claims = serde_json::json!({"project_id": "proj", "sub": "t", "exp": chrono::Utc::now().timestamp() + 600});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let r = http
+        .get(format!("{base}/v1/metrics?{query}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(status.is_success(), "/v1/metrics?{query}: {status} {body}");
+    body
 }

@@ -92,10 +92,14 @@ pub fn hour_states(h: &HourSpec<'_>) -> String {
     let first = "(received_at, kafka_partition, kafka_offset)";
     let user = "if(user_id != '', user_id, anonymous_id)";
     let duplicates = format!(
-        "cityHash64(event_id) IN (SELECT id_hash FROM batch_dup_ids WHERE version = {})",
+        "cityHash64(event_id) GLOBAL IN (SELECT id_hash FROM batch_dup_ids WHERE version = {})",
         h.version
     );
-    let deleted = format!("(project_id, {user}) IN (SELECT project_id, user FROM deletions)");
+    // GLOBAL: on a cluster `events` is Distributed and a shard would look
+    // the subquery's table up in its own default database; the initiator
+    // runs it once and ships the result (on one server it is the same).
+    let deleted =
+        format!("(project_id, {user}) GLOBAL IN (SELECT project_id, user FROM deletions)");
     format!(
         "INSERT INTO batch_states \
          (version, hour, window_start, project_id, event, dimensions, events, users_state, \

@@ -203,6 +203,18 @@ async fn check_cluster(client: &Client, cfg: &ClickHouseConfig) -> Result<(), Mi
     if quorum * 2 <= fewest {
         tracing::warn!(cluster = %cfg.cluster, quorum, replicas = fewest, "clickhouse.insert_quorum is not a majority of a shard's replicas: a consumer failing over could read a checkpoint older than its last flush");
     }
+    // A retried flush whose block the main table already holds must still
+    // reach the materialized views that missed it (an INSERT can fail after
+    // its main table and before a view); servers since 19.x can, when asked.
+    let views_dedup: Vec<String> = client
+        .query("SELECT value FROM system.settings WHERE name = 'deduplicate_blocks_in_dependent_materialized_views'")
+        .fetch_all()
+        .await?;
+    if views_dedup.first().is_some_and(|v| v == "0") {
+        tracing::warn!(
+            "set deduplicate_blocks_in_dependent_materialized_views = 1 in the writing user's profile: without it a retried INSERT that the main table deduplicates skips the rollup views (docs/clickhouse-cluster.md)"
+        );
+    }
     tracing::info!(cluster = %cfg.cluster, shards = shards.len(), replicas = fewest, quorum, "migrating on a cluster");
     Ok(())
 }

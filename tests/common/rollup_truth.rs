@@ -163,4 +163,3 @@ pub async fn assert_matches_truth(env: &TestEnv, generated: &Generated) {
     assert_view_matches(env, "metrics_1h", &roll_up(&generated.truth, 3_600_000)).await;
     assert_view_matches(env, "metrics_1d", &roll_up(&generated.truth, 86_400_000)).await;
 }
-
