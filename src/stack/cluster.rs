@@ -67,7 +67,8 @@ pub fn servers(root: &Path, write_configs: bool) -> Result<Vec<Server>> {
             &zoo_cfg,
             format!(
                 "tickTime=2000\ndataDir={}\nclientPort={ZOOKEEPER_PORT}\nclientPortAddress=127.0.0.1\n\
-                 maxClientCnxns=0\nadmin.enableServer=false\nautopurge.purgeInterval=1\n",
+                 maxClientCnxns=0\nadmin.enableServer=false\nautopurge.purgeInterval=1\n\
+                 4lw.commands.whitelist=ruok,srvr\n",
                 zk_dir.join("data").display()
             ),
         )?;
@@ -79,7 +80,9 @@ pub fn servers(root: &Path, write_configs: bool) -> Result<Vec<Server>> {
         install: Install::Apt(&["zookeeper"]),
         port: ZOOKEEPER_PORT,
         args: vec!["start-foreground".into(), zoo_cfg.display().to_string()],
-        ready: Ready::Tcp,
+        // Serving, not only listening: ClickHouse gives up on a ZooKeeper
+        // that is still loading its data (which answers `ruok` already).
+        ready: Ready::TcpReply("srvr", "Mode: standalone"),
     }];
     let remote_servers: String = (1..=SHARDS)
         .map(|shard| {

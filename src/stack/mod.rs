@@ -277,7 +277,7 @@ pub async fn status(cfg: &Config, dir: &Path) -> Result<bool> {
             None => "not started by this stack".into(),
         };
         println!(
-            "{:<18} port {:<6} {:<10} {}",
+            "{:<26} port {:<6} {:<6} {}",
             server.name,
             server.port,
             if answering { "up" } else { "DOWN" },

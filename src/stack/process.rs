@@ -25,6 +25,9 @@ pub enum Ready {
     HttpStatus(&'static str, u16),
     /// `GET path` answers 200 with this body (trimmed).
     HttpBody(&'static str, &'static str),
+    /// A TCP request (ZooKeeper's four-letter words) answered with a reply
+    /// that contains this text.
+    TcpReply(&'static str, &'static str),
 }
 
 pub struct Server {
@@ -134,6 +137,9 @@ impl Server {
             Ready::HttpBody(path, body) => http_get(self.port, path)
                 .await
                 .is_some_and(|(code, text)| code == 200 && text.trim() == body),
+            Ready::TcpReply(request, reply) => tcp_exchange(self.port, request)
+                .await
+                .is_some_and(|text| text.contains(reply)),
         }
     }
 
@@ -213,6 +219,23 @@ impl Server {
         println!("{}: stopped (pid {pid})", self.name);
         Ok(())
     }
+}
+
+async fn tcp_exchange(port: u16, request: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.ok()?;
+        Some(reply)
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
