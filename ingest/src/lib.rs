@@ -27,6 +27,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Method, header};
 use hourglass_core::Config;
+use hourglass_core::config::IngestConfig;
 use hourglass_core::telemetry::{self, Readiness};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -88,12 +89,7 @@ pub async fn run_until(
         cfg.contract.clone(),
         cfg.ingest.clone(),
     ));
-    // Bodies are read by the handlers themselves (`body::receive`), under
-    // the caps, the deadline and the memory budget.
-    let app = api::router(state)
-        .layer(DefaultBodyLimit::disable())
-        .layer(cors(&cfg.ingest.cors_origins))
-        .merge(telemetry::health_router(readiness.clone()));
+    let app = app(state, &cfg.ingest, readiness.clone());
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -126,6 +122,16 @@ pub async fn run_until(
     }
     tracing::info!("ingest stopped");
     served.map_err(IngestError::Serve)
+}
+
+/// Every route of ingest as it is served: the API, CORS and the health
+/// endpoints. Bodies are read by the handlers themselves (`body::receive`),
+/// under the caps, the deadline and the memory budget.
+pub fn app(state: Arc<AppState>, cfg: &IngestConfig, readiness: Readiness) -> axum::Router {
+    api::router(state)
+        .layer(DefaultBodyLimit::disable())
+        .layer(cors(&cfg.cors_origins))
+        .merge(telemetry::health_router(readiness))
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
