@@ -29,6 +29,20 @@ ensure_lint_tools() {
   fi
 }
 
+# The build cache outside the clone only grows (incremental state, test
+# binaries of earlier builds): past HOURGLASS_CACHE_LIMIT_GB (40) it filled
+# a 90 GB disk. Drop what the next build recreates, keep the dependencies.
+prune_build_cache() {
+  local dir="$CARGO_TARGET_DIR" limit_gb="${HOURGLASS_CACHE_LIMIT_GB:-40}" used_kb
+  [ -d "$dir" ] || return 0
+  used_kb="$(du -sk "$dir" 2>/dev/null | cut -f1)"
+  if [ "${used_kb:-0}" -gt $((limit_gb * 1024 * 1024)) ]; then
+    step "build cache at $((used_kb / 1024 / 1024)) GB (limit $limit_gb): dropping incremental state and old test binaries"
+    rm -rf "$dir/release/incremental" "$dir/debug"
+    find "$dir/release/deps" -maxdepth 1 -type f ! -name '*.*' -mtime +1 -delete 2>/dev/null || true
+  fi
+}
+
 build_hourglass() {
   step "building hourglass (release; target dir $CARGO_TARGET_DIR)"
   cargo build --release --bin hourglass
