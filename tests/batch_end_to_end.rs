@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use clickhouse::Row;
-use common::{Ingest, TestEnv, free_port, hourglass_bin, wait_until};
+use common::{Ingest, TestEnv, hourglass_bin, wait_until};
 use hourglass_core::histogram::VALUE_SCALE;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -485,28 +485,16 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
     assert!(late_events * 100 >= 2 * distinct.len() as u64, "~3 % late");
 
     // 4. One user deleted through the query API.
-    let port = free_port();
     let mut qcfg = env.cfg.clone();
-    qcfg.query.listen = format!("127.0.0.1:{port}");
     qcfg.query.jwt_secret = SECRET.into();
     qcfg.query.allow_project_wide_tokens = true;
-    let stop = Arc::new(AtomicBool::new(false));
-    tokio::spawn(hourglass_query::run_with(qcfg, stop.clone()));
-    let api = format!("http://127.0.0.1:{port}");
-    wait_until(Duration::from_secs(20), "the query API", || async {
-        reqwest::get(format!("{api}/health/ready"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    let (api, stop) = common::start_query_api(qcfg).await;
     let token = |admin: bool| {
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        common::hs256_token(
+            SECRET,
             &json!({"project_id": PROJECT, "sub": "e2e", "hourglass_admin": admin,
                     "exp": Utc::now().timestamp() + 3600}),
-            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
         )
-        .unwrap()
     };
     let victim = "user-7";
     let victim_events = distinct.values().filter(|e| e.user == victim).count() as u64;

@@ -272,27 +272,10 @@ async fn query_metrics(env: &TestEnv, query: &str) -> serde_json::Value {
     let mut cfg = env.cfg.clone();
     cfg.query.jwt_secret = SECRET.into();
     cfg.query.allow_project_wide_tokens = true;
-    let port = common::free_port();
-    cfg.query.listen = format!("127.0.0.1:{port}");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    tokio::spawn(hourglass_query::run_with(cfg, stop.clone()));
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    wait_until(Duration::from_secs(20), "the query API", || async {
-        http.get(format!("{base}/health/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    let (base, stop) = common::start_query_api(cfg).await;
     let claims = serde_json::json!({"project_id": "proj", "sub": "t", "exp": chrono::Utc::now().timestamp() + 600});
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
-    let r = http
+    let token = common::hs256_token(SECRET, &claims);
+    let r = reqwest::Client::new()
         .get(format!("{base}/v1/metrics?{query}"))
         .bearer_auth(token)
         .send()

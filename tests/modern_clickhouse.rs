@@ -18,7 +18,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
@@ -29,7 +28,6 @@ use hourglass_aggregator::window::{Checkpoint, ClosedWindows, KeyAggregate, Roll
 use hourglass_core::histogram::ValueHistogram;
 use hourglass_lake::store::LocalStore;
 use hourglass_sql::{Features, MIGRATIONS, render};
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use serde_json::{Value, json};
 
@@ -234,12 +232,7 @@ impl StatementLog {
 }
 
 fn token(claims: Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    common::hs256_token(SECRET, &claims)
 }
 
 /// 18.16's answer to `sql`, as TabSeparated text.
@@ -424,23 +417,8 @@ async fn a_current_clickhouse_answers_every_statement_as_18_16_does() {
     let mut cfg = env.cfg.clone();
     cfg.query.jwt_secret = SECRET.into();
     cfg.query.allow_project_wide_tokens = true;
-    let port = common::free_port();
-    cfg.query.listen = format!("127.0.0.1:{port}");
-    let stop = Arc::new(AtomicBool::new(false));
-    tokio::spawn(hourglass_query::run_with(cfg, stop.clone()));
-    let base = format!("http://127.0.0.1:{port}");
+    let (base, stop) = common::start_query_api(cfg).await;
     let http = reqwest::Client::new();
-    common::wait_until(
-        std::time::Duration::from_secs(20),
-        "the query API",
-        || async {
-            http.get(format!("{base}/health/ready"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
-    )
-    .await;
     let exp = Utc::now().timestamp() + 3600;
     let acme = token(json!({"project_id": "acme", "sub": "t", "exp": exp}));
     let acme_t1 = token(json!({"project_id": "acme", "tenant_id": "t1", "exp": exp}));

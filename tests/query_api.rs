@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use chrono::{DateTime, Duration, Utc};
+use common::TestEnv;
 use common::seeded_project::{generate, seed, t0};
-use common::{TestEnv, free_port};
 use hourglass_core::contract::EventEnvelope;
 use hourglass_core::histogram::ValueHistogram;
 use hourglass_lake::store::LocalStore;
@@ -24,12 +24,7 @@ use serde_json::{Value, json};
 const SECRET: &str = "a-shared-secret-of-the-apps-auth-service-0123456789";
 
 fn token(claims: Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    common::hs256_token(SECRET, &claims)
 }
 
 fn claims(project: &str) -> Value {
@@ -91,27 +86,11 @@ impl Api {
 }
 
 async fn start(cfg: hourglass_core::Config) -> (Api, Arc<AtomicBool>) {
-    let port = free_port();
-    let mut cfg = cfg;
-    cfg.query.listen = format!("127.0.0.1:{port}");
-    let stop = Arc::new(AtomicBool::new(false));
-    tokio::spawn(hourglass_query::run_with(cfg, stop.clone()));
+    let (base, stop) = common::start_query_api(cfg).await;
     let api = Api {
-        base: format!("http://127.0.0.1:{port}"),
+        base,
         http: reqwest::Client::new(),
     };
-    common::wait_until(
-        std::time::Duration::from_secs(20),
-        "the query API",
-        || async {
-            api.http
-                .get(format!("{}/health/ready", api.base))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
-    )
-    .await;
     (api, stop)
 }
 

@@ -166,7 +166,14 @@ pub fn render(sql: &str, database: &str, features: Features, retention_days: u32
 /// A migration's statements for the configured target: rendered for the
 /// server, then rewritten for the cluster when `clickhouse.cluster` is set.
 pub fn statements(m: &Migration, cfg: &ClickHouseConfig, features: Features) -> Vec<String> {
-    let rendered = render(m.sql, &cfg.database, features, cfg.events_retention_days);
+    for_target(
+        cfg,
+        render(m.sql, &cfg.database, features, cfg.events_retention_days),
+    )
+}
+
+/// Single-server statements as the configured target runs them.
+fn for_target(cfg: &ClickHouseConfig, rendered: Vec<String>) -> Vec<String> {
     if !cfg.is_cluster() {
         return rendered;
     }
@@ -279,13 +286,6 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport, MigrateErr
     })?;
     let features = Features::from(version);
     let db = quote_ident(&cfg.database);
-    let for_target = |statement: String| {
-        if cfg.is_cluster() {
-            cluster::rewrite(&statement, &cfg.database, &cfg.cluster)
-        } else {
-            vec![statement]
-        }
-    };
     if cfg.is_cluster() {
         check_cluster(&client, cfg).await?;
     }
@@ -295,10 +295,8 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport, MigrateErr
          (version UInt32, name String, checksum String, applied_at DateTime) \
          ENGINE = ReplacingMergeTree() ORDER BY version"
     );
-    for statement in for_target(format!("CREATE DATABASE IF NOT EXISTS {db}"))
-        .into_iter()
-        .chain(for_target(ledger))
-    {
+    let database = format!("CREATE DATABASE IF NOT EXISTS {db}");
+    for statement in for_target(cfg, vec![database, ledger]) {
         execute(&client, &statement).await?;
     }
 

@@ -341,6 +341,36 @@ pub fn stack_up() {
     assert!(status.success(), "stack up after the outage");
 }
 
+/// A token signed with HS256 and `secret` (the query API's
+/// `query.jwt_secret`), carrying `claims`.
+pub fn hs256_token(secret: &str, claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// `hourglass query` in this process on a free port, once it is ready: its
+/// base URL, and the flag that stops it.
+pub async fn start_query_api(
+    mut cfg: Config,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let port = free_port();
+    cfg.query.listen = format!("127.0.0.1:{port}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(hourglass_query::run_with(cfg, stop.clone()));
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until(Duration::from_secs(20), "the query API", || async {
+        reqwest::get(format!("{base}/health/ready"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    (base, stop)
+}
+
 /// The Python that has the tests' tools (scripts/lib.sh's venv: the Segment
 /// SDK, pyarrow, duckdb, chdb-core).
 pub fn python() -> String {

@@ -46,7 +46,7 @@ pub fn local_name(table: &str) -> String {
 /// on every shard (a Distributed table takes no mutations; a replicated
 /// table's mutation reaches its other replicas by itself).
 pub fn mutation_target(cfg: &ClickHouseConfig, table: &str) -> String {
-    if cfg.is_cluster() && sharding_key(table).is_some() {
+    if sharded_here(cfg, table) {
         format!(
             "`{}`.{} ON CLUSTER `{}`",
             cfg.database,
@@ -61,11 +61,17 @@ pub fn mutation_target(cfg: &ClickHouseConfig, table: &str) -> String {
 /// The local table whose `system.mutations` rows show a mutation of
 /// `table` (see [`mutation_target`]).
 pub fn mutated_table(cfg: &ClickHouseConfig, table: &str) -> String {
-    if cfg.is_cluster() && sharding_key(table).is_some() {
+    if sharded_here(cfg, table) {
         local_name(table)
     } else {
         table.to_owned()
     }
+}
+
+/// `table` is sharded on the configured target (a cluster, and a table of
+/// [`SHARDED_TABLES`]).
+fn sharded_here(cfg: &ClickHouseConfig, table: &str) -> bool {
+    cfg.is_cluster() && sharding_key(table).is_some()
 }
 
 /// Settings every pipeline client sends on a cluster (none on one server).
