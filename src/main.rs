@@ -222,6 +222,11 @@ enum StackAction {
     ResetKafka,
 }
 
+/// Cancelled on SIGINT/SIGTERM: what a component run alone stops on.
+fn on_signal() -> tokio_util::sync::CancellationToken {
+    hourglass_core::telemetry::shutdown_on_signal()
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     hourglass_core::process::disable_transparent_huge_pages();
@@ -298,7 +303,7 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        Command::Ingest => hourglass_ingest::run(cfg).await?,
+        Command::Ingest => hourglass_ingest::run(cfg, on_signal()).await?,
         Command::Keys { action } => match action {
             KeysAction::New { project } => {
                 let (key, hash) = hourglass_ingest::keys::new_key();
@@ -309,12 +314,12 @@ async fn main() -> Result<()> {
             }
             KeysAction::Hash { key } => println!("{}", hourglass_ingest::keys::hash_key(&key)),
         },
-        Command::Archive => hourglass_lake::run_archiver(cfg).await?,
+        Command::Archive => hourglass_lake::run_archiver(cfg, on_signal()).await?,
         Command::Replay(args) => replay(&cfg, args).await?,
-        Command::Aggregate => hourglass_aggregator::run(cfg).await?,
+        Command::Aggregate => hourglass_aggregator::run(cfg, on_signal()).await?,
         Command::Checkpoint { action } => checkpoint(&cfg, action).await?,
-        Command::Load => hourglass_loader::run(cfg).await?,
-        Command::Query => hourglass_query::run(cfg).await?,
+        Command::Load => hourglass_loader::run(cfg, on_signal()).await?,
+        Command::Query => hourglass_query::run(cfg, on_signal()).await?,
         Command::Batch(args) => batch(&cfg, args).await?,
         Command::Reconcile { from, to } => {
             let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
@@ -361,7 +366,7 @@ async fn batch(cfg: &Config, args: BatchArgs) -> Result<()> {
         return Ok(());
     }
     if !args.once {
-        return Ok(hourglass_batch::run(cfg.clone()).await?);
+        return Ok(hourglass_batch::run(cfg.clone(), on_signal()).await?);
     }
     let range = hourglass_batch::Range {
         from: args.from.map(|t| t.timestamp()),

@@ -8,28 +8,30 @@ use std::time::Duration;
 
 use common::generator;
 use common::rollup_truth::{assert_matches_truth, flushed_events, wait_all_flushed};
+use common::scenario::{self, KillPlan};
 use common::{TestEnv, sigkill, sigterm, wait_until};
-use rand::{Rng, SeedableRng, rngs::SmallRng};
 
-fn event_count() -> usize {
-    std::env::var("HG_AGG_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000)
-}
+const SCENARIOS: [&str; 4] = ["clean", "kills", "pair", "outage"];
 
 fn aggregator_env() -> Vec<(&'static str, String)> {
-    vec![
+    let mut env = vec![
         ("HOURGLASS_AGGREGATOR__IDLE_TIMEOUT_SECS", "2".into()),
         ("HOURGLASS_AGGREGATOR__FLUSH_INTERVAL_MS", "300".into()),
         ("HOURGLASS_AGGREGATOR__DIMENSIONS", r#"["path"]"#.into()),
-    ]
+        ("HOURGLASS_CONSUMERS__RETRY_MAX_MS", "2000".into()),
+    ];
+    env.extend(scenario::fast_group_env());
+    env
 }
 
 /// One topic, produced once; each scenario gets its own database and group.
+/// `HG_AGG_EVENTS` (default 1,000,000), `HG_AGG_SCENARIOS` (default all of
+/// clean, kills, pair, outage) and `HG_KILL_SEED` (replays a run's kills).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollups_are_exact_with_and_without_crashes() {
-    let n = event_count();
+    let n = scenario::env_count("HG_AGG_EVENTS", 1_000_000);
+    let only = scenario::env_scenarios("HG_AGG_SCENARIOS", &SCENARIOS);
+    let mut plan = KillPlan::new("aggregator_exactly_once");
     let topic_env = TestEnv::new("agg").await;
     topic_env.create_topic(8).await;
     let generated = generator::generate(42, n, 13, 5_000);
@@ -49,79 +51,56 @@ async fn rollups_are_exact_with_and_without_crashes() {
             env
         }
     };
-
-    let only =
-        std::env::var("HG_AGG_SCENARIOS").unwrap_or_else(|_| "clean,kills,pair,outage".into());
+    // How long one life of an aggregator lasts before its kill, at most:
+    // half a clean run, so several kills land before the work is done.
+    let mut life_span = Duration::from_secs(15);
 
     // 1. A clean run.
-    if only.contains("clean") {
+    if only.iter().any(|s| s == "clean") {
         let env = scenario_env("clean").await;
         let started = std::time::Instant::now();
         let mut child = env.spawn(&["aggregate"], &aggregator_env());
         wait_all_flushed(&env, n as u64).await;
         eprintln!("clean run: {n} events flushed in {:?}", started.elapsed());
+        life_span = (started.elapsed() / 2).clamp(Duration::from_secs(5), Duration::from_secs(20));
         sigterm(&mut child);
         assert_matches_truth(&env, &generated).await;
         env.drop_database().await;
     }
 
-    // 2. SIGKILLed at random moments, restarted each time.
-    if only.contains("kills") {
+    // 2. SIGKILLed at random moments of its lives (joining the group,
+    // reading checkpoints, reading, inserting), restarted at once each time.
+    if only.iter().any(|s| s == "kills") {
         let env = scenario_env("kills").await;
-        let mut rng = SmallRng::seed_from_u64(7);
-        let mut kills = 0;
-        let mut seen = 0;
-        while kills < 5 {
-            let mut child = env.spawn(&["aggregate"], &aggregator_env());
-            // Kill at a random moment after this process has made progress.
-            wait_until(
-                Duration::from_secs(120),
-                "progress before a kill",
-                || async { flushed_events(&env).await > seen },
-            )
-            .await;
-            tokio::time::sleep(Duration::from_millis(rng.random_range(0..2_000))).await;
-            let before = flushed_events(&env).await;
-            seen = before;
-            sigkill(&mut child);
-            assert!(
-                before < n as u64,
-                "kill {kills} came after the run had finished"
-            );
-            kills += 1;
-            eprintln!("kill {kills}: {before} events flushed before it");
-            common::after_sigkill().await;
-        }
-        let mut child = env.spawn(&["aggregate"], &aggregator_env());
+        let mut child = scenario::kill_lives(
+            &mut plan,
+            5,
+            life_span,
+            || env.spawn(&["aggregate"], &aggregator_env()),
+            || flushed_events(&env),
+            n as u64,
+        )
+        .await;
         wait_all_flushed(&env, n as u64).await;
         sigterm(&mut child);
         assert_matches_truth(&env, &generated).await;
         env.drop_database().await;
     }
 
-    // 3. Two aggregators in one group; one is SIGKILLed mid-run (rebalance),
-    // then restarted as its supervisor would.
-    if only.contains("pair") {
+    // 3. Two aggregators in one group; one is SIGKILLed at a random moment
+    // (the survivor takes its partitions over) and restarted at once.
+    if only.iter().any(|s| s == "pair") {
         let env = scenario_env("pair").await;
-        let mut a = env.spawn(&["aggregate"], &aggregator_env());
         let mut b = env.spawn(&["aggregate"], &aggregator_env());
-        wait_until(Duration::from_secs(120), "a first flush", || async {
-            flushed_events(&env).await > 0
-        })
+        let mut a = scenario::kill_lives(
+            &mut plan,
+            2,
+            life_span,
+            || env.spawn(&["aggregate"], &aggregator_env()),
+            || flushed_events(&env),
+            n as u64,
+        )
         .await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let before = flushed_events(&env).await;
-        sigkill(&mut a);
-        assert!(
-            before < n as u64,
-            "the kill came after the run had finished"
-        );
-        eprintln!("pair: killed one of two with {before} events flushed");
-        // The survivor takes over once the dead member's session expires.
-        common::after_sigkill().await;
-        let mid = flushed_events(&env).await;
-        eprintln!("pair: {mid} events flushed by the survivor alone; restarting the killed one");
-        let mut a = env.spawn(&["aggregate"], &aggregator_env());
         wait_all_flushed(&env, n as u64).await;
         sigterm(&mut a);
         sigterm(&mut b);
@@ -129,35 +108,53 @@ async fn rollups_are_exact_with_and_without_crashes() {
         env.drop_database().await;
     }
 
-    // 4. ClickHouse stopped for 20 s mid-run: partitions pause, flushes are
-    // retried, and the numbers are still exact.
-    if only.contains("outage") {
-        match common::stack_pid("clickhouse") {
-            None => {
-                eprintln!("ClickHouse was not started by this stack: skipping the outage scenario")
-            }
-            Some(pid) => {
-                let env = scenario_env("outage").await;
-                let mut child = env.spawn(&["aggregate"], &aggregator_env());
-                wait_until(Duration::from_secs(120), "a first flush", || async {
-                    flushed_events(&env).await > 0
-                })
-                .await;
-                let before = flushed_events(&env).await;
-                common::stop_clickhouse(pid);
-                eprintln!("outage: ClickHouse stopped with {before} events flushed");
-                tokio::time::sleep(Duration::from_secs(20)).await;
-                common::stack_up();
-                wait_all_flushed(&env, n as u64).await;
-                assert!(
-                    child.try_wait().unwrap().is_none(),
-                    "the aggregator kept running through the outage"
-                );
-                sigterm(&mut child);
-                assert_matches_truth(&env, &generated).await;
-                env.drop_database().await;
-            }
-        }
+    // 4. ClickHouse SIGKILLed in the middle of a flush's INSERT; the
+    // aggregator SIGKILLed too, and a new one started while ClickHouse is
+    // still down (it waits for its checkpoints); ClickHouse back 10 s later.
+    if only.iter().any(|s| s == "outage")
+        && let Some(pid) = scenario::stack_pid_for("clickhouse", "outage")
+    {
+        let env = scenario_env("outage").await;
+        let mut child = env.spawn(&["aggregate"], &aggregator_env());
+        wait_until(Duration::from_secs(120), "a first flush", || async {
+            flushed_events(&env).await > 0
+        })
+        .await;
+        tokio::time::sleep(plan.instant(life_span)).await;
+        let before = flushed_events(&env).await;
+        let mid_insert = scenario::kill_clickhouse_mid_insert(
+            &env.clickhouse(),
+            pid,
+            "rollup_5m",
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(
+            mid_insert,
+            "no flush INSERT was seen running to kill ClickHouse in"
+        );
+        assert!(
+            before < n as u64,
+            "the outage came after the run had finished"
+        );
+        eprintln!("outage: ClickHouse SIGKILLed mid-INSERT with {before} events flushed");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        sigkill(&mut child);
+        let mut child = env.spawn(&["aggregate"], &aggregator_env());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "an aggregator started while ClickHouse is down waits for it"
+        );
+        common::stack_up();
+        wait_all_flushed(&env, n as u64).await;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the aggregator kept running through the outage"
+        );
+        sigterm(&mut child);
+        assert_matches_truth(&env, &generated).await;
+        env.drop_database().await;
     }
 
     topic_env.teardown().await;

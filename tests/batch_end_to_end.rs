@@ -666,7 +666,7 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
             assert_eq!(got, want, "/v1/metrics {event} at {step}");
         }
     }
-    stop.store(true, Ordering::Relaxed);
+    stop.cancel();
 
     // 7. Reconciliation: per hour and event, exactly what was injected.
     let (ok, table) = hourglass(

@@ -25,25 +25,21 @@ use common::{TestEnv, sigkill, sigterm, wait_until};
 const CLUSTER_URL: &str = "http://127.0.0.1:18201";
 
 fn event_count() -> usize {
-    std::env::var("HG_CLUSTER_EVENTS")
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("HG_CLUSTER_EVENTS={v:?} is not a number of events"))
-        })
-        .unwrap_or(300_000)
+    common::scenario::env_count("HG_CLUSTER_EVENTS", 300_000)
 }
 
 fn components_env(env: &TestEnv) -> Vec<(&'static str, String)> {
-    vec![
+    let mut vars = vec![
         ("HOURGLASS_AGGREGATOR__IDLE_TIMEOUT_SECS", "2".into()),
         ("HOURGLASS_AGGREGATOR__FLUSH_INTERVAL_MS", "300".into()),
         ("HOURGLASS_AGGREGATOR__DIMENSIONS", r#"["path"]"#.into()),
         ("HOURGLASS_LOADER__HTTP_LISTEN", "127.0.0.1:0".into()),
         ("HOURGLASS_LOADER__GROUP_ID", format!("{}-load", env.name)),
         ("HOURGLASS_LOADER__BATCH_ROWS", "20000".into()),
-        ("HOURGLASS_LOADER__MAX_BACKOFF_MS", "2000".into()),
-    ]
+        ("HOURGLASS_CONSUMERS__RETRY_MAX_MS", "2000".into()),
+    ];
+    vars.extend(common::scenario::fast_group_env());
+    vars
 }
 
 /// The PID of cluster server `n`, which this stack must have started: a
@@ -149,7 +145,8 @@ async fn exactly_once_through_replica_kills_and_failovers() {
     eprintln!(
         "ch4 (shard 2) and both consumers SIGKILLed with {flushed} events flushed and {rows} rows loaded"
     );
-    common::after_sigkill().await;
+    // Replacements start at once; the watchdog rejoins one the group left
+    // without partitions while the dead members' sessions run out.
     let mut aggregator = env.spawn(&["aggregate"], &extra);
     let mut loader = env.spawn(&["load"], &extra);
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -283,7 +280,7 @@ async fn query_metrics(env: &TestEnv, query: &str) -> serde_json::Value {
         .unwrap();
     let status = r.status();
     let body: serde_json::Value = r.json().await.unwrap_or_default();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.cancel();
     assert!(status.is_success(), "/v1/metrics?{query}: {status} {body}");
     body
 }

@@ -10,27 +10,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::generator;
-use common::{TestEnv, sigkill, sigterm, wait_until};
+use common::scenario::{self, KillPlan};
+use common::{TestEnv, sigterm};
 use hourglass_core::config::LakeStorage;
 use hourglass_lake::store::ObjectStore;
-use rand::{Rng, SeedableRng, rngs::SmallRng};
-
-fn event_count() -> usize {
-    std::env::var("HG_LAKE_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000)
-}
 
 fn archiver_env(env: &TestEnv) -> Vec<(&'static str, String)> {
-    vec![
+    let mut vars = vec![
         ("HOURGLASS_LAKE__STORAGE", "s3".into()),
         ("HOURGLASS_S3__PREFIX", env.name.clone()),
         ("HOURGLASS_LAKE__GROUP_ID", format!("{}-arch", env.name)),
         ("HOURGLASS_LAKE__HTTP_LISTEN", "127.0.0.1:0".into()),
         ("HOURGLASS_LAKE__FILE_MAX_ROWS", "50000".into()),
         ("HOURGLASS_LAKE__FILE_MAX_AGE_SECS", "5".into()),
-    ]
+    ];
+    vars.extend(scenario::fast_group_env());
+    vars
 }
 
 /// Events the lake's file names say it holds (overlaps would count twice).
@@ -41,7 +36,8 @@ async fn archived(store: &dyn ObjectStore) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_is_archived_exactly_once_through_kills() {
-    let n = event_count();
+    let n = scenario::env_count("HG_LAKE_EVENTS", 1_000_000);
+    let mut plan = KillPlan::new("lake_archive");
     let mut env = TestEnv::new("lake_archive").await;
     env.cfg.lake.storage = LakeStorage::S3;
     env.cfg.s3.prefix = env.name.clone();
@@ -51,30 +47,21 @@ async fn every_event_is_archived_exactly_once_through_kills() {
     let store: Arc<dyn ObjectStore> =
         Arc::from(hourglass_lake::store::open(&env.cfg).await.unwrap());
 
-    let mut rng = SmallRng::seed_from_u64(17);
-    let mut seen = 0;
-    for kill in 1..=5 {
-        let mut child = env.spawn(&["archive"], &archiver_env(&env));
-        wait_until(
-            Duration::from_secs(120),
-            "archiving progress before a kill",
-            || {
-                let store = store.clone();
-                async move { archived(store.as_ref()).await > seen }
-            },
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..2_500))).await;
-        sigkill(&mut child);
-        seen = archived(store.as_ref()).await;
-        assert!(
-            seen < n as u64,
-            "kill {kill} came after the run had finished"
-        );
-        eprintln!("kill {kill}: {seen} events archived before it");
-        common::after_sigkill().await;
-    }
-    let mut child = env.spawn(&["archive"], &archiver_env(&env));
+    // SIGKILLed at random moments of its lives (joining the group, reading,
+    // uploading), restarted at once each time.
+    let mut child = scenario::kill_lives(
+        &mut plan,
+        5,
+        Duration::from_secs(15),
+        || env.spawn(&["archive"], &archiver_env(&env)),
+        || {
+            let store = store.clone();
+            async move { archived(store.as_ref()).await }
+        },
+        n as u64,
+    )
+    .await;
+    let seen = archived(store.as_ref()).await;
     let start = std::time::Instant::now();
     common::wait_for_progress(
         Duration::from_secs(180),

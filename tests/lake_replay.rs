@@ -1,19 +1,18 @@
 //! Replay: a day's raw rows and rollups deleted, then rebuilt from the lake
-//! → the same numbers as before; the same replay again → unchanged.
+//! → the same numbers as before and as the generator's truth; the same
+//! replay again → unchanged; then a range of raw rows that covers only part
+//! of an hour, deleted and replayed → exactly the generator's events of that
+//! range, none twice. The day itself is partly covered: the events span
+//! 23:30 of the day before to 00:35.
 
 mod common;
 
 use std::time::Duration;
 
+use chrono::{DateTime, TimeZone, Utc};
 use common::generator;
+use common::rollup_truth::assert_matches_truth;
 use common::{TestEnv, sigterm, wait_until};
-
-fn event_count() -> usize {
-    std::env::var("HG_REPLAY_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000)
-}
 
 const DAY: &str = "2026-01-01 00:00:00";
 
@@ -72,16 +71,19 @@ async fn wait_mutations(env: &TestEnv) {
 }
 
 async fn replay(env: &TestEnv, lake: &str, into: &str) {
+    replay_range(
+        env,
+        lake,
+        into,
+        "2026-01-01T00:00:00Z",
+        "2026-01-02T00:00:00Z",
+    )
+    .await;
+}
+
+async fn replay_range(env: &TestEnv, lake: &str, into: &str, from: &str, to: &str) {
     let mut child = env.spawn(
-        &[
-            "replay",
-            "--from",
-            "2026-01-01T00:00:00Z",
-            "--to",
-            "2026-01-02T00:00:00Z",
-            "--into",
-            into,
-        ],
+        &["replay", "--from", from, "--to", to, "--into", into],
         &pipeline_env(env, lake),
     );
     let status = child.wait().unwrap();
@@ -94,7 +96,7 @@ async fn replay(env: &TestEnv, lake: &str, into: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_day_is_rebuilt_from_the_lake_with_the_same_numbers() {
-    let n = event_count();
+    let n = common::scenario::env_count("HG_REPLAY_EVENTS", 200_000);
     let env = TestEnv::new("lake_replay").await;
     env.migrate().await;
     env.create_topic(8).await;
@@ -168,6 +170,86 @@ async fn a_deleted_day_is_rebuilt_from_the_lake_with_the_same_numbers() {
             assert_eq!(a, b, "replay round {round}: snapshot part {i} differs");
         }
     }
+    // Not only what the pipeline said before: what the generator sent.
+    let day = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    assert_eq!(
+        raw_in(&env, day, day + chrono::Duration::days(1)).await,
+        truth_in(&generated.events, day, day + chrono::Duration::days(1)),
+        "the replayed day's raw rows (count, distinct ids) against the generator"
+    );
+    assert_matches_truth(&env, &generated).await;
+
+    // Part of an hour: 00:10-00:20 deleted from `events` and replayed; rows
+    // just outside it were kept and must not come twice.
+    let (from, to) = (
+        day + chrono::Duration::minutes(10),
+        day + chrono::Duration::minutes(20),
+    );
+    sql(
+        &env,
+        &format!(
+            "ALTER TABLE events DELETE WHERE timestamp >= '{}' AND timestamp < '{}'",
+            from.format("%F %T"),
+            to.format("%F %T")
+        ),
+    )
+    .await;
+    wait_mutations(&env).await;
+    assert_eq!(raw_in(&env, from, to).await, (0, 0), "the range is gone");
+    replay_range(
+        &env,
+        &lake,
+        "clickhouse",
+        &from.to_rfc3339(),
+        &to.to_rfc3339(),
+    )
+    .await;
+    let truth = truth_in(&generated.events, from, to);
+    assert!(truth.0 > 0, "the generator sent events in {from}..{to}");
+    assert_eq!(
+        raw_in(&env, from, to).await,
+        truth,
+        "the part of the hour against the generator"
+    );
+    assert_eq!(
+        raw_in(
+            &env,
+            day - chrono::Duration::days(1),
+            day + chrono::Duration::days(1)
+        )
+        .await,
+        (n as u64, n as u64),
+        "every event once: rows around the range were not replayed again"
+    );
     let _ = std::fs::remove_dir_all(&lake);
     env.teardown().await;
+}
+
+/// Raw rows with `from <= timestamp < to`: count and distinct event ids.
+async fn raw_in(env: &TestEnv, from: DateTime<Utc>, to: DateTime<Utc>) -> (u64, u64) {
+    let text = sql(
+        env,
+        &format!(
+            "SELECT count(), uniqExact(event_id) FROM events \
+             WHERE timestamp >= '{}' AND timestamp < '{}'",
+            from.format("%F %T"),
+            to.format("%F %T")
+        ),
+    )
+    .await;
+    let mut parts = text.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+    (parts.next().unwrap(), parts.next().unwrap())
+}
+
+/// The generator's events with `from <= timestamp < to` (all distinct).
+fn truth_in(
+    events: &[hourglass_core::contract::EventEnvelope],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> (u64, u64) {
+    let n = events
+        .iter()
+        .filter(|e| e.timestamp >= from && e.timestamp < to)
+        .count() as u64;
+    (n, n)
 }

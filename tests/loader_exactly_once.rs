@@ -1,36 +1,38 @@
 //! End to end: seeded events plus poison records on Kafka → `hourglass load`
-//! → exactly one `events` row per event, with the loader SIGKILLed and with
-//! ClickHouse stopped mid-run; poison records land in the dead-letter topic.
+//! → exactly one `events` row per event, with the loader SIGKILLed at random
+//! moments and with ClickHouse SIGKILLed mid-INSERT; poison records land in
+//! the dead-letter topic. Duplicates are counted in a plain MergeTree shadow
+//! of `events` (filled by a materialized view), which no merge collapses.
+//! `HG_LOAD_EVENTS` (default 1,000,000), `HG_KILL_SEED` (replays the kills).
 
 mod common;
 
 use std::time::Duration;
 
 use common::generator;
+use common::scenario::{self, KillPlan};
 use common::{TestEnv, sigkill, sigterm, wait_until};
-use rand::{Rng, SeedableRng, rngs::SmallRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureRecord;
 
-fn event_count() -> usize {
-    std::env::var("HG_LOAD_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000)
-}
-
 fn loader_env() -> Vec<(&'static str, String)> {
-    vec![
+    let mut env = vec![
         ("HOURGLASS_LOADER__HTTP_LISTEN", "127.0.0.1:0".into()),
         ("HOURGLASS_LOADER__BATCH_ROWS", "50000".into()),
-        ("HOURGLASS_LOADER__MAX_BACKOFF_MS", "2000".into()),
-    ]
+        ("HOURGLASS_CONSUMERS__RETRY_MAX_MS", "2000".into()),
+    ];
+    env.extend(scenario::fast_group_env());
+    env
 }
 
+/// Rows written and distinct events, from the shadow: every INSERT into
+/// `events` also lands there, and a plain MergeTree never collapses a
+/// duplicate (`events` may, whenever it merges; a ClickHouse restart forgets
+/// `SYSTEM STOP MERGES`).
 async fn loaded(env: &TestEnv) -> (u64, u64) {
     env.clickhouse()
-        .query("SELECT count(), uniqExact(event_id) FROM events")
+        .query("SELECT count(), uniqExact(event_id) FROM events_shadow")
         .fetch_one::<(u64, u64)>()
         .await
         .unwrap_or((0, 0))
@@ -47,28 +49,31 @@ async fn wait_all_loaded(env: &TestEnv, n: u64) {
     assert_eq!(
         loaded(env).await,
         (n, n),
-        "count() and uniqExact(event_id) of `events`"
+        "count() and uniqExact(event_id) of every row inserted into `events`"
     );
 }
 
-/// A fresh database whose `events` never merges, so a duplicate row stays
-/// visible to count() instead of being collapsed by the table engine.
+/// A fresh database with the shadow of `events`.
 async fn scenario(label: &str, topic: &str) -> TestEnv {
     let mut env = TestEnv::new(label).await;
     env.cfg.kafka.topic = topic.to_owned();
     env.cfg.kafka.dlq_topic = format!("{topic}.dlq");
     env.migrate().await;
-    env.clickhouse()
-        .query("SYSTEM STOP MERGES events")
-        .execute()
-        .await
-        .unwrap();
+    for ddl in [
+        "CREATE TABLE events_shadow (event_id String, kafka_partition UInt16, kafka_offset Int64) \
+         ENGINE = MergeTree() ORDER BY (kafka_partition, kafka_offset)",
+        "CREATE MATERIALIZED VIEW events_shadow_mv TO events_shadow AS \
+         SELECT event_id, kafka_partition, kafka_offset FROM events",
+    ] {
+        env.clickhouse().query(ddl).execute().await.unwrap();
+    }
     env
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_loads_exactly_once_through_kills_and_a_clickhouse_outage() {
-    let n = event_count();
+    let n = scenario::env_count("HG_LOAD_EVENTS", 1_000_000);
+    let mut plan = KillPlan::new("loader_exactly_once");
     let topic_env = TestEnv::new("load").await;
     topic_env.create_topic(8).await;
     hourglass_core::kafka::ensure_topics(
@@ -108,6 +113,7 @@ async fn every_event_loads_exactly_once_through_kills_and_a_clickhouse_outage() 
     let mut child = env.spawn(&["load"], &loader_env());
     wait_all_loaded(&env, n as u64).await;
     eprintln!("clean run: {n} rows in {:?}", started.elapsed());
+    let life_span = (started.elapsed() / 2).clamp(Duration::from_secs(5), Duration::from_secs(20));
     sigterm(&mut child);
     env.drop_database().await;
 
@@ -149,62 +155,68 @@ async fn every_event_loads_exactly_once_through_kills_and_a_clickhouse_outage() 
         );
     }
 
-    // 2. SIGKILLed at random moments, restarted each time.
+    // 2. SIGKILLed at random moments of its lives (joining the group,
+    // reading its progress, batching, inserting), restarted at once.
     let env = scenario("load_kills", &topic).await;
-    let mut rng = SmallRng::seed_from_u64(5);
-    let mut seen = 0;
-    for kill in 1..=5 {
-        let mut child = env.spawn(&["load"], &loader_env());
-        wait_until(
-            Duration::from_secs(120),
-            "progress before a kill",
-            || async { loaded(&env).await.0 > seen },
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_500))).await;
-        sigkill(&mut child);
-        seen = loaded(&env).await.0;
-        assert!(
-            seen < n as u64,
-            "kill {kill} came after the run had finished"
-        );
-        eprintln!("kill {kill}: {seen} rows loaded before it");
-        common::after_sigkill().await;
-    }
-    let mut child = env.spawn(&["load"], &loader_env());
+    let mut child = scenario::kill_lives(
+        &mut plan,
+        5,
+        life_span,
+        || env.spawn(&["load"], &loader_env()),
+        || async { loaded(&env).await.0 },
+        n as u64,
+    )
+    .await;
     wait_all_loaded(&env, n as u64).await;
     sigterm(&mut child);
     env.drop_database().await;
 
-    // 3. ClickHouse stopped for 30 s mid-run; the loader recovers by itself.
-    match common::stack_pid("clickhouse") {
-        None => eprintln!("ClickHouse was not started by this stack: skipping the outage scenario"),
-        Some(pid) => {
-            let env = scenario("load_outage", &topic).await;
-            let mut child = env.spawn(&["load"], &loader_env());
-            wait_until(
-                Duration::from_secs(120),
-                "some rows before the outage",
-                || async { loaded(&env).await.0 > 0 },
-            )
-            .await;
-            let before = loaded(&env).await.0;
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            )
-            .unwrap();
-            eprintln!("outage: ClickHouse stopped with {before} rows loaded");
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            common::stack_up();
-            wait_all_loaded(&env, n as u64).await;
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the loader kept running through the outage"
-            );
-            sigterm(&mut child);
-            env.drop_database().await;
-        }
+    // 3. ClickHouse SIGKILLed in the middle of an INSERT; the loader
+    // SIGKILLed too and a new one started while ClickHouse is still down (it
+    // waits for its progress); ClickHouse back 10 s later.
+    if let Some(pid) = scenario::stack_pid_for("clickhouse", "outage") {
+        let env = scenario("load_outage", &topic).await;
+        let mut child = env.spawn(&["load"], &loader_env());
+        wait_until(
+            Duration::from_secs(120),
+            "some rows before the outage",
+            || async { loaded(&env).await.0 > 0 },
+        )
+        .await;
+        tokio::time::sleep(plan.instant(life_span)).await;
+        let before = loaded(&env).await.0;
+        let mid_insert = scenario::kill_clickhouse_mid_insert(
+            &env.clickhouse(),
+            pid,
+            "events",
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(
+            mid_insert,
+            "no INSERT was seen running to kill ClickHouse in"
+        );
+        assert!(
+            before < n as u64,
+            "the outage came after the run had finished"
+        );
+        eprintln!("outage: ClickHouse SIGKILLed mid-INSERT with {before} rows loaded");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        sigkill(&mut child);
+        let mut child = env.spawn(&["load"], &loader_env());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "a loader started while ClickHouse is down waits for it"
+        );
+        common::stack_up();
+        wait_all_loaded(&env, n as u64).await;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the loader kept running through the outage"
+        );
+        sigterm(&mut child);
+        env.drop_database().await;
     }
 
     let _ = hourglass_core::kafka::delete_topics(

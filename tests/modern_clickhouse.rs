@@ -610,7 +610,7 @@ async fn a_current_clickhouse_answers_every_statement_as_18_16_does() {
         "the comparison covers data ({rows} rows)"
     );
 
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.cancel();
     let _ = std::fs::remove_dir_all(&work);
     env.drop_database().await;
 }

@@ -10,7 +10,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use chrono::{DateTime, Duration, Utc};
 use common::TestEnv;
@@ -85,7 +84,7 @@ impl Api {
     }
 }
 
-async fn start(cfg: hourglass_core::Config) -> (Api, Arc<AtomicBool>) {
+async fn start(cfg: hourglass_core::Config) -> (Api, tokio_util::sync::CancellationToken) {
     let (base, stop) = common::start_query_api(cfg).await;
     let api = Api {
         base,
@@ -769,8 +768,8 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
         )
         .await;
     assert_eq!(page["events"].as_array().unwrap().len(), 99);
-    small_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    small_stop.cancel();
+    stop.cancel();
 
     // An RS256 service accepts RS256 and refuses the HS/RS confusion: a token
     // signed with HS256 using the RSA public key as the secret.
@@ -799,7 +798,7 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
     .unwrap();
     let (status, _) = rs_api.get(&confused, "/v1/events").await;
     assert_eq!(status, 401, "HS256 signed with the public key");
-    rs_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rs_stop.cancel();
 
     let _ = std::fs::remove_dir_all(&lake_dir);
     env.teardown().await;

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -21,8 +20,11 @@ use rdkafka::message::{BorrowedMessage, Message};
 use crate::metrics::*;
 use crate::record::RecordView;
 use crate::window::{ClosedWindows, EventRef, Ingested, PartitionWindows, WindowConfig};
-use hourglass_core::kafka::assign::{AssignAtPositions, Change, Paused, commit_hint};
+use hourglass_core::config::ConsumersConfig;
+use hourglass_core::consumer::{AssignmentWatchdog, ConsumerError, PausedRetry};
+use hourglass_core::kafka::assign::{AssignAtPositions, Change, commit_hint};
 use hourglass_core::telemetry::Readiness;
+use tokio_util::sync::CancellationToken;
 
 use crate::sink::{RollupSink, SinkError};
 use hourglass_core::clickhouse::errors::Failure;
@@ -61,13 +63,15 @@ pub struct Loop {
     pub topic: String,
     pub windows: Arc<WindowConfig>,
     pub flush_interval: Duration,
-    pub shutdown: Arc<AtomicBool>,
+    pub retry: ConsumersConfig,
+    pub watchdog: AssignmentWatchdog,
+    pub shutdown: CancellationToken,
     pub readiness: Readiness,
     pub partitions: BTreeMap<i32, PartitionWindows>,
     pub counters: EventCounters,
     pub in_flight: Option<InFlight>,
     /// A write ClickHouse refuses for good: the loop stops with it.
-    pub refused: Option<crate::AggregatorError>,
+    pub refused: Option<ConsumerError>,
 }
 
 /// One flush's INSERTs, running in the background.
@@ -88,7 +92,7 @@ fn wall_ms() -> i64 {
 }
 
 impl Loop {
-    pub fn run(mut self) -> Result<(), crate::AggregatorError> {
+    pub fn run(mut self) -> Result<(), ConsumerError> {
         self.consumer.subscribe(&[&self.topic])?;
         // Every flush interval the loop ticks (closes windows by wall clock
         // and writes what closed). Between ticks, windows closed by event
@@ -103,7 +107,7 @@ impl Loop {
         // poll brings no record (a quiet stream reads it every time).
         let mut now_ms = wall_ms();
         let mut records_since_clock = 0;
-        while !self.shutdown.load(Ordering::Relaxed) {
+        while !self.shutdown.is_cancelled() {
             if let Some(refused) = self.refused.take() {
                 return Err(refused);
             }
@@ -142,6 +146,7 @@ impl Loop {
             records_since_clock = 0;
             now_ms = wall_ms();
             self.apply_rebalances();
+            self.watchdog.check(&self.consumer);
             let write_due = self.write_due(last_write.elapsed());
             if write_due || last_tick.elapsed() >= self.flush_interval {
                 self.finish_flush();
@@ -410,8 +415,7 @@ impl Loop {
         let sink = self.consumer.context().source.clone();
         let runtime = self.consumer.context().runtime.clone();
         let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
-        let mut paused: Option<Paused> = None;
+        let mut retry = PausedRetry::new(&self.retry, &self.readiness);
         let mut abandoned = false;
         let mut error = first;
         loop {
@@ -431,21 +435,15 @@ impl Loop {
                     error = %error,
                     "ClickHouse refuses this flush for good; stopping (see `hourglass checkpoint`)"
                 );
-                self.refused = Some(crate::AggregatorError::Refused {
-                    partition: p,
-                    offsets,
-                    failure: failure.label(),
+                self.refused = Some(ConsumerError::Refused {
+                    what: format!("the windows of partition {p} (records at offsets {offsets:?})"),
+                    failure,
                     error: error.to_string(),
                 });
                 abandoned = true;
                 break;
             }
             metrics::counter!(FLUSH_RETRIES).increment(1);
-            tracing::warn!(partition = p, error = %error, retry_in = ?delay, "flush failed; partitions paused");
-            self.readiness.set(false);
-            if paused.is_none() {
-                paused = Paused::start(&self.consumer);
-            }
             // The request may have reached the server before failing. (A
             // flush of late records alone carries no checkpoint: retried.)
             if !closed.rows.is_empty()
@@ -456,16 +454,11 @@ impl Loop {
             {
                 break;
             }
-            // Keep polling while paused so the group keeps us; a record that still
-            // arrives is not processed here, and its partition is re-read from our
-            // position once resumed.
-            if let Some(paused) = paused.as_mut() {
-                paused.poll_for(&self.consumer, delay);
-            } else {
-                std::thread::sleep(delay);
-            }
-            if self.shutdown.load(Ordering::Relaxed) && started.elapsed() > Duration::from_secs(30)
-            {
+            // Keeps polling while paused so the group keeps us; a record
+            // that still arrives is not processed here, and its partition is
+            // re-read from our position once resumed.
+            retry.wait(&self.consumer, &format!("flush of partition {p}"), &error);
+            if self.shutdown.is_cancelled() && started.elapsed() > Duration::from_secs(30) {
                 tracing::error!(
                     partition = p,
                     "giving up a flush at shutdown; it is redone from the checkpoint on the next start"
@@ -486,23 +479,19 @@ impl Loop {
                 abandoned = true;
                 break;
             }
-            delay = (delay * 2).min(Duration::from_secs(10));
             error = match runtime.block_on(sink.write(p, closed)) {
                 Ok(()) => break,
                 Err(e) => e,
             };
         }
-        if let Some(paused) = paused {
-            let partitions = &self.partitions;
-            let resumed = paused.resume(&self.consumer, &self.topic, |p| {
-                partitions.get(&p).map(PartitionWindows::next_offset)
-            });
-            if let Err(e) = resumed {
-                // Reading on from a wrong position would skip records: stop;
-                // the next start resumes from the checkpoints.
-                self.refused = Some(e.into());
-            }
-            self.readiness.set(true);
+        let partitions = &self.partitions;
+        let resumed = retry.finish(&self.consumer, &self.topic, |p| {
+            partitions.get(&p).map(PartitionWindows::next_offset)
+        });
+        if let Err(e) = resumed {
+            // Reading on from a wrong position would skip records: stop;
+            // the next start resumes from the checkpoints.
+            self.refused = Some(e);
         }
         !abandoned
     }

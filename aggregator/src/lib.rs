@@ -29,77 +29,62 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hourglass_core::Config;
-use hourglass_core::telemetry;
+use hourglass_core::consumer::{
+    AssignmentWatchdog, Component, ConsumerError, Started, run_consumer,
+};
+use tokio_util::sync::CancellationToken;
 
 use sink::RollupSink;
 use window::WindowConfig;
 
-#[derive(Debug, thiserror::Error)]
-pub enum AggregatorError {
-    #[error("invalid aggregator configuration: {0}")]
-    Config(String),
-    #[error("Kafka consumer failed: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("health endpoint failed: {0}")]
-    Http(#[from] std::io::Error),
-    #[error("aggregator thread panicked")]
-    Panicked,
-    #[error(
-        "ClickHouse refuses the windows of partition {partition} (records at offsets {offsets:?}) for good ({failure}): {error}"
-    )]
-    Refused {
-        partition: i32,
-        offsets: std::ops::Range<i64>,
-        failure: &'static str,
-        error: String,
-    },
+/// Run the aggregator until `shutdown` is cancelled; the flush in flight
+/// and the windows closed by then are written first.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ConsumerError> {
+    let component = Component {
+        name: "aggregator",
+        http_listen: &cfg.aggregator.http_listen,
+        group_id: &cfg.aggregator.group_id,
+    };
+    run_consumer(&cfg, component, shutdown, metrics::describe, |started| {
+        build(&cfg, started)
+    })
+    .await
 }
 
-/// Run the aggregator until SIGINT/SIGTERM.
-pub async fn run(cfg: Config) -> Result<(), AggregatorError> {
-    run_with(cfg, telemetry::shutdown_on_signal()).await
-}
-
-/// Run the aggregator until `shutdown` is set.
-pub async fn run_with(
-    cfg: Config,
-    shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Result<(), AggregatorError> {
-    cfg.validate()
-        .map_err(|e| AggregatorError::Config(e.to_string()))?;
-    let service = telemetry::Service::start_with(&cfg.aggregator.http_listen, shutdown)
-        .map_err(|e| AggregatorError::Config(format!("aggregator.http_listen: {e}")))?;
-    // After the recorder exists (Service installs it), or the descriptions are lost.
-    metrics::describe();
+async fn build(
+    cfg: &Config,
+    started: Started,
+) -> Result<impl FnOnce() -> Result<(), ConsumerError> + use<>, ConsumerError> {
     let context = consumer::AggregatorContext::new(
         RollupSink::new(
             hourglass_core::clickhouse::client(&cfg.clickhouse),
             &cfg.kafka.topic,
         ),
-        tokio::runtime::Handle::current(),
+        started.runtime.clone(),
         metrics::CONSUMER_LAG,
+        &cfg.consumers,
     );
-    let consumer =
-        hourglass_core::kafka::lag_reporting_consumer_config(&cfg.kafka, &cfg.aggregator.group_id)
-            .set("enable.partition.eof", "true")
-            .set("partition.assignment.strategy", "range")
-            .create_with_context(context)?;
+    let mut consumer_config = started.consumer_config;
+    let consumer = consumer_config
+        .set("enable.partition.eof", "true")
+        .create_with_context(context)?;
     let main = consumer::Loop {
         consumer,
         topic: cfg.kafka.topic.clone(),
         windows: Arc::new(WindowConfig::from(&cfg.aggregator)),
         flush_interval: Duration::from_millis(cfg.aggregator.flush_interval_ms.max(10)),
-        shutdown: service.shutdown.clone(),
-        readiness: service.readiness.clone(),
+        retry: cfg.consumers.clone(),
+        watchdog: AssignmentWatchdog::new(
+            &cfg.kafka.topic,
+            &cfg.aggregator.group_id,
+            Duration::from_secs(cfg.consumers.stuck_assignment_secs),
+        ),
+        shutdown: started.shutdown,
+        readiness: started.readiness,
         partitions: BTreeMap::new(),
         counters: consumer::EventCounters::register(),
         in_flight: None,
         refused: None,
     };
-    tracing::info!(topic = %cfg.kafka.topic, group = %cfg.aggregator.group_id, "aggregator starting");
-    let result = tokio::task::spawn_blocking(move || main.run())
-        .await
-        .map_err(|_| AggregatorError::Panicked)?;
-    service.stop().await?;
-    result
+    Ok(move || main.run())
 }

@@ -21,14 +21,13 @@ pub mod plan;
 pub mod reconcile;
 pub mod sql;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
 use hourglass_core::Config;
 use hourglass_core::dimensions::Dimensions;
 use hourglass_core::telemetry;
+use tokio_util::sync::CancellationToken;
 
 use crate::lease::Lease;
 use crate::sql::HourSpec;
@@ -294,14 +293,10 @@ pub async fn run_once(cfg: &Config, range: Range) -> Result<PassReport, BatchErr
     report
 }
 
-/// `hourglass batch`: a pass every `batch.interval_secs` until SIGINT/SIGTERM.
-pub async fn run(cfg: Config) -> Result<(), BatchError> {
-    run_with(cfg, telemetry::shutdown_on_signal()).await
-}
-
-/// Like [`run`], until `shutdown` is set. A pass in progress finishes its
-/// current hour first; a pass that fails is retried on the next interval.
-pub async fn run_with(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), BatchError> {
+/// `hourglass batch`: a pass every `batch.interval_secs` until `shutdown`
+/// is cancelled. A pass in progress finishes its current hour first; a pass
+/// that fails is retried on the next interval.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), BatchError> {
     cfg.validate()
         .map_err(|e| BatchError::Config(e.to_string()))?;
     let service = telemetry::Service::start_with(&cfg.batch.http_listen, shutdown)
@@ -326,7 +321,7 @@ pub async fn run_with(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), Batc
     };
     service.readiness.set(true);
     let interval = Duration::from_secs(u64::from(cfg.batch.interval_secs.max(1)));
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_cancelled() {
         match batch.pass(Range::default(), &lease).await {
             Ok(r) if !r.hours.is_empty() || !r.days.is_empty() => tracing::info!(
                 hours = r.hours.len(),
@@ -375,14 +370,10 @@ pub async fn run_with(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), Batc
     Ok(())
 }
 
-/// Sleep `d` unless `stop` is set first; returns whether it was.
-async fn sleep_unless(stop: &AtomicBool, d: Duration) -> bool {
-    let until = Instant::now() + d;
-    while Instant::now() < until {
-        if stop.load(Ordering::Relaxed) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+/// Sleep `d` unless `stop` is cancelled first; returns whether it was.
+async fn sleep_unless(stop: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(d) => stop.is_cancelled(),
     }
-    stop.load(Ordering::Relaxed)
 }

@@ -687,8 +687,8 @@ async fn check_query_api(
     cfg.query.listen = format!("127.0.0.1:{port}");
     cfg.query.jwt_secret = "batch-test-secret".into();
     cfg.query.allow_project_wide_tokens = true;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    tokio::spawn(hourglass_query::run_with(cfg.clone(), stop.clone()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(hourglass_query::run(cfg.clone(), stop.clone()));
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &serde_json::json!({"project_id": "p1", "sub": "test", "exp": chrono_now() + 3600}),
@@ -797,7 +797,7 @@ async fn check_query_api(
         (Some(5), Some("speed")),
         "{body}"
     );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.cancel();
 }
 
 fn chrono_now() -> i64 {

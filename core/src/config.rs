@@ -32,6 +32,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub aggregator: AggregatorConfig,
     pub loader: LoaderConfig,
+    pub consumers: ConsumersConfig,
     pub lake: LakeConfig,
     pub query: QueryConfig,
     pub batch: BatchConfig,
@@ -461,8 +462,6 @@ pub struct LoaderConfig {
     /// A batch is written when its first record is this old, in
     /// milliseconds (or at `batch_rows` or `batch_bytes`).
     pub batch_age_ms: u64,
-    /// Longest backoff between retries while ClickHouse is down, in milliseconds.
-    pub max_backoff_ms: u64,
     /// Address of the health and metrics endpoint.
     pub http_listen: String,
 }
@@ -474,8 +473,40 @@ impl Default for LoaderConfig {
             batch_rows: 100_000,
             batch_bytes: 64 * 1024 * 1024,
             batch_age_ms: 1_000,
-            max_backoff_ms: 10_000,
             http_listen: "127.0.0.1:19103".into(),
+        }
+    }
+}
+
+/// The runtime shared by the three consumers (aggregator, loader,
+/// archiver): how they retry a write that fails, and when a consumer the
+/// group left without partitions rejoins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumersConfig {
+    /// First wait before retrying a failed write (ClickHouse, the lake, the
+    /// dead-letter topic), in milliseconds; each further failure doubles it.
+    pub retry_initial_ms: u64,
+    /// Longest wait between retries, in milliseconds.
+    pub retry_max_ms: u64,
+    /// Random share added to each wait (0 to 1): 0.5 waits between 1× and
+    /// 1.5× the backoff, so replicas that failed together do not retry in step.
+    pub retry_jitter: f64,
+    /// A consumer left with no partitions this long while its group has no
+    /// more members than the topic has partitions (so the group owes it
+    /// some) leaves and rejoins the group, in seconds. Covers coordinators
+    /// that hand a new member an empty assignment for good (tansu 0.6 after
+    /// a member died). 0 turns the check off.
+    pub stuck_assignment_secs: u64,
+}
+
+impl Default for ConsumersConfig {
+    fn default() -> Self {
+        Self {
+            retry_initial_ms: 100,
+            retry_max_ms: 10_000,
+            retry_jitter: 0.5,
+            stuck_assignment_secs: 15,
         }
     }
 }

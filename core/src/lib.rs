@@ -8,11 +8,14 @@
 //!   environment overrides), with defaults that work against the local stack.
 //! - [`kafka`], [`clickhouse`], [`s3`]: client builders, so no component
 //!   writes broker, database or object-store plumbing of its own.
+//! - [`consumer`]: the runtime the three Kafka consumers run on (start,
+//!   retry with the assignment paused, rejoin a group that forgot them).
 //! - [`telemetry`]: tracing, Prometheus metrics and the health endpoints that
 //!   every long-running component serves.
 
 pub mod clickhouse;
 pub mod config;
+pub mod consumer;
 pub mod contract;
 pub mod dimensions;
 pub mod histogram;

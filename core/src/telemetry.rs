@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, TelemetryConfig};
@@ -130,46 +131,35 @@ pub async fn wait_for_signal() {
     }
 }
 
-/// A flag set on the first SIGINT or SIGTERM.
-pub fn shutdown_on_signal() -> Arc<AtomicBool> {
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let flag = shutdown.clone();
+/// A token cancelled on the first SIGINT or SIGTERM: every component's
+/// `run(config, shutdown)` takes one.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: finishing the work in flight");
-        flag.store(true, Ordering::Relaxed);
+        token.cancel();
     });
     shutdown
 }
 
-/// Resolves once `flag` is set (polled every 100 ms).
-pub async fn flag_set(flag: Arc<AtomicBool>) {
-    while !flag.load(Ordering::Relaxed) {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
 /// What every long-running component starts with: the health and metrics
-/// endpoint, a readiness flag, and a shutdown flag set on SIGINT/SIGTERM.
+/// endpoint, a readiness flag, and the shutdown token.
 pub struct Service {
     pub readiness: Readiness,
-    pub shutdown: Arc<AtomicBool>,
+    pub shutdown: CancellationToken,
     stop_http: tokio::sync::oneshot::Sender<()>,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Service {
-    /// Serve health on `listen` (an `ip:port`; port 0 picks one); the
-    /// shutdown flag is set on SIGINT/SIGTERM.
-    pub fn start(listen: &str) -> Result<Self, std::net::AddrParseError> {
-        Self::start_with(listen, shutdown_on_signal())
-    }
-
-    /// Like [`Service::start`], with a shutdown flag owned by the caller
-    /// (`hourglass up` runs every component on one runtime, one flag).
+    /// Serve health on `listen` (an `ip:port`; port 0 picks one) until
+    /// [`Service::stop`]; `shutdown` is the component's token (`hourglass
+    /// up` runs every component on one runtime, one token).
     pub fn start_with(
         listen: &str,
-        shutdown: Arc<AtomicBool>,
+        shutdown: CancellationToken,
     ) -> Result<Self, std::net::AddrParseError> {
         let addr: SocketAddr = listen.parse()?;
         let readiness = Readiness::default();

@@ -21,7 +21,6 @@ pub mod publish;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
@@ -29,6 +28,7 @@ use axum::http::{HeaderName, Method, header};
 use hourglass_core::Config;
 use hourglass_core::config::IngestConfig;
 use hourglass_core::telemetry::{self, Readiness};
+use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use api::AppState;
@@ -52,18 +52,10 @@ pub enum IngestError {
     Serve(std::io::Error),
 }
 
-/// Serve until SIGINT/SIGTERM.
-pub async fn run(cfg: Config) -> Result<(), IngestError> {
-    run_until(cfg, telemetry::wait_for_signal()).await
-}
-
-/// Serve until `shutdown` resolves; then stop accepting, let the requests in
-/// flight finish (each waits for its broker acknowledgements), and flush the
-/// producer.
-pub async fn run_until(
-    cfg: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), IngestError> {
+/// Serve until `shutdown` is cancelled; then stop accepting, let the
+/// requests in flight finish (each waits for its broker acknowledgements),
+/// and flush the producer.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), IngestError> {
     let addr: SocketAddr =
         cfg.ingest.listen.parse().map_err(|e| {
             IngestError::Config(format!("ingest.listen {:?}: {e}", cfg.ingest.listen))
@@ -76,7 +68,7 @@ pub async fn run_until(
     let readiness = Readiness::default();
     let publisher = Publisher::new(&cfg.kafka, &cfg.ingest, readiness.clone())?;
     hourglass_core::kafka::topics::check_pipeline_topics_in_background(&cfg.kafka);
-    let stop_watch = Arc::new(AtomicBool::new(false));
+    let stop_watch = CancellationToken::new();
     let watcher = {
         let publisher = publisher.clone();
         let stop = stop_watch.clone();
@@ -105,14 +97,14 @@ pub async fn run_until(
         app,
         Duration::from_secs(cfg.ingest.header_read_timeout_secs),
         async move {
-            shutdown.await;
+            shutdown.cancelled().await;
             tracing::info!("ingest shutting down: no new requests, finishing those in flight");
-            stopping.store(true, Ordering::Relaxed);
+            stopping.cancel();
             draining.stop_being_ready();
         },
     )
     .await;
-    stop_watch.store(true, Ordering::Relaxed);
+    stop_watch.cancel();
     watcher.abort();
     if let Err(e) = publisher
         .flush(Duration::from_millis(cfg.ingest.delivery_timeout_ms))

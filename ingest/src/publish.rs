@@ -1,7 +1,6 @@
 //! Publishing normalized events to Kafka, answering only once the broker has
 //! acknowledged every one of them (`acks=all`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -195,8 +194,8 @@ impl Publisher {
     /// topic, and when that does not answer within `every` (at least 1.5 s), a TCP connect
     /// (see [`broker_health`]). Ingest is ready unless the broker is
     /// unreachable.
-    pub async fn watch_broker(&self, every: Duration, stop: Arc<AtomicBool>) {
-        while !stop.load(Ordering::Relaxed) {
+    pub async fn watch_broker(&self, every: Duration, stop: tokio_util::sync::CancellationToken) {
+        while !stop.is_cancelled() {
             let generation = self.generation();
             let (topic, brokers) = (self.topic.clone(), self.brokers.clone());
             let probe = tokio::task::spawn_blocking(move || {
@@ -229,7 +228,7 @@ impl Publisher {
                 connects: false,
                 error: e.to_string(),
             });
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_cancelled() {
                 break;
             }
             match self.health.observe(probe, Instant::now()) {

@@ -10,30 +10,31 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use hourglass_core::config::LakeConfig;
+use hourglass_core::Config;
+use hourglass_core::config::{ConsumersConfig, LakeConfig};
+use hourglass_core::consumer::{AssignmentWatchdog, ConsumerError, PausedRetry};
 use hourglass_core::contract::EventEnvelope;
 use hourglass_core::kafka::LagReporting;
-use hourglass_core::kafka::assign::{Paused, commit_hint};
+use hourglass_core::kafka::assign::commit_hint;
 use hourglass_core::telemetry::Readiness;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use tokio_util::sync::CancellationToken;
 
 use crate::layout;
 use crate::metrics;
 use crate::schema::{BatchBuilder, to_parquet};
 use crate::store::{ObjectStore, StoreError};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ArchiveError {
-    #[error("Kafka: {0}")]
-    Kafka(#[from] KafkaError),
-    #[error("Parquet: {0}")]
-    Parquet(#[from] crate::schema::SchemaError),
+fn parquet_failed(e: crate::schema::SchemaError) -> ConsumerError {
+    ConsumerError::Sink {
+        what: "encoding Parquet",
+        error: e.to_string(),
+    }
 }
 
 /// One file being filled.
@@ -52,17 +53,19 @@ pub struct Archiver {
     runtime: tokio::runtime::Handle,
     topic: String,
     cfg: LakeConfig,
+    retry: ConsumersConfig,
+    watchdog: AssignmentWatchdog,
     files: HashMap<i32, OpenFile>,
     /// Offsets already in the lake, per partition (found by the existence check).
     skip_through: HashMap<i32, i64>,
     /// Next offset to read per partition (to re-seek after a pause).
     next: HashMap<i32, i64>,
-    shutdown: Arc<AtomicBool>,
+    shutdown: CancellationToken,
     readiness: Readiness,
     /// A seek after a pause that failed for good: the consumer's position
     /// is no longer ours, so the archiver stops (a restart resumes from the
     /// last commit).
-    position_lost: Option<KafkaError>,
+    position_lost: Option<ConsumerError>,
 }
 
 impl Archiver {
@@ -70,8 +73,9 @@ impl Archiver {
         consumer: BaseConsumer<LagReporting>,
         store: Arc<dyn ObjectStore>,
         topic: &str,
-        cfg: &LakeConfig,
-        shutdown: Arc<AtomicBool>,
+        cfg: &Config,
+        watchdog: AssignmentWatchdog,
+        shutdown: CancellationToken,
         readiness: Readiness,
     ) -> Self {
         Self {
@@ -79,7 +83,9 @@ impl Archiver {
             store,
             runtime: tokio::runtime::Handle::current(),
             topic: topic.to_owned(),
-            cfg: cfg.clone(),
+            cfg: cfg.lake.clone(),
+            retry: cfg.consumers.clone(),
+            watchdog,
             files: HashMap::new(),
             skip_through: HashMap::new(),
             next: HashMap::new(),
@@ -90,10 +96,10 @@ impl Archiver {
     }
 
     /// Archive until shutdown; files open then are written out first.
-    pub fn run(mut self) -> Result<(), ArchiveError> {
+    pub fn run(mut self) -> Result<(), ConsumerError> {
         self.consumer.subscribe(&[&self.topic])?;
         let mut housekeeping = Instant::now();
-        while !self.shutdown.load(Ordering::Relaxed) {
+        while !self.shutdown.is_cancelled() {
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     self.readiness.set(true);
@@ -110,9 +116,10 @@ impl Archiver {
                 housekeeping = Instant::now();
                 self.forget_revoked();
                 self.close_aged()?;
+                self.watchdog.check(&self.consumer);
             }
             if let Some(e) = self.position_lost.take() {
-                return Err(e.into());
+                return Err(e);
             }
         }
         tracing::info!(
@@ -131,7 +138,7 @@ impl Archiver {
         partition: i32,
         offset: i64,
         payload: Option<&[u8]>,
-    ) -> Result<(), ArchiveError> {
+    ) -> Result<(), ConsumerError> {
         self.next.insert(partition, offset + 1);
         if self
             .skip_through
@@ -212,7 +219,7 @@ impl Archiver {
             .max()
     }
 
-    fn close_aged(&mut self) -> Result<(), ArchiveError> {
+    fn close_aged(&mut self) -> Result<(), ConsumerError> {
         let max_age = Duration::from_secs(self.cfg.file_max_age_secs);
         let aged: Vec<i32> = self
             .files
@@ -243,13 +250,13 @@ impl Archiver {
     }
 
     /// Write a partition's open file to the lake, then commit past it.
-    fn close(&mut self, partition: i32) -> Result<(), ArchiveError> {
+    fn close(&mut self, partition: i32) -> Result<(), ConsumerError> {
         let Some(mut open) = self.files.remove(&partition) else {
             return Ok(());
         };
         let rows = open.builder.rows();
         let batch = open.builder.finish();
-        let body = to_parquet(&batch, self.cfg.row_group_rows)?;
+        let body = to_parquet(&batch, self.cfg.row_group_rows).map_err(parquet_failed)?;
         let key = layout::file_key(open.hour, &self.topic, partition, open.first, open.last);
         let started = Instant::now();
         let store = self.store.clone();
@@ -277,37 +284,25 @@ impl Archiver {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let mut backoff = Duration::from_millis(200);
-        let mut paused: Option<Paused> = None;
+        let mut retry = PausedRetry::new(&self.retry, &self.readiness);
         let result = loop {
             match self.runtime.block_on(op()) {
                 Ok(v) => break Some(v),
                 Err(e) => {
-                    self.readiness.set(false);
                     metrics::store_error(what);
-                    tracing::warn!(error = %e, retry_in = ?backoff, "lake store failed; retrying");
-                    if paused.is_none() {
-                        paused = Paused::start(&self.consumer);
-                    }
-                    if let Some(p) = paused.as_mut() {
-                        p.poll_for(&self.consumer, backoff);
-                    }
-                    if self.shutdown.load(Ordering::Relaxed) {
+                    retry.wait(&self.consumer, &format!("lake {what}"), &e);
+                    if self.shutdown.is_cancelled() {
                         break None;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         };
-        if let Some(p) = paused {
-            let next = self.next.clone();
-            if let Err(e) = p.resume(&self.consumer, &self.topic, |partition| {
-                next.get(&partition).copied()
-            }) {
-                self.position_lost = Some(e);
-                return None;
-            }
-            self.readiness.set(true);
+        let next = &self.next;
+        if let Err(e) = retry.finish(&self.consumer, &self.topic, |partition| {
+            next.get(&partition).copied()
+        }) {
+            self.position_lost = Some(e);
+            return None;
         }
         result
     }

@@ -16,61 +16,56 @@ pub mod schema;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hourglass_core::Config;
-use hourglass_core::telemetry;
+use hourglass_core::consumer::{
+    AssignmentWatchdog, Component, ConsumerError, Started, run_consumer,
+};
+use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, thiserror::Error)]
-pub enum LakeError {
-    #[error("invalid lake configuration: {0}")]
-    Config(String),
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
-    #[error("Kafka client failed: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error(transparent)]
-    Archive(#[from] archive::ArchiveError),
-    #[error("health endpoint failed: {0}")]
-    Http(#[from] std::io::Error),
-    #[error("archiver thread panicked")]
-    Panicked,
+/// Run the archiver until `shutdown` is cancelled; open files are written
+/// first.
+pub async fn run_archiver(cfg: Config, shutdown: CancellationToken) -> Result<(), ConsumerError> {
+    let component = Component {
+        name: "archiver",
+        http_listen: &cfg.lake.http_listen,
+        group_id: &cfg.lake.group_id,
+    };
+    run_consumer(&cfg, component, shutdown, metrics::describe, |started| {
+        build(&cfg, started)
+    })
+    .await
 }
 
-/// Run the archiver until SIGINT/SIGTERM; open files are written first.
-pub async fn run_archiver(cfg: Config) -> Result<(), LakeError> {
-    run_archiver_with(cfg, telemetry::shutdown_on_signal()).await
-}
-
-/// Run the archiver until `shutdown` is set.
-pub async fn run_archiver_with(
-    cfg: Config,
-    shutdown: Arc<std::sync::atomic::AtomicBool>,
-) -> Result<(), LakeError> {
-    cfg.validate()
-        .map_err(|e| LakeError::Config(e.to_string()))?;
-    let service = telemetry::Service::start_with(&cfg.lake.http_listen, shutdown)
-        .map_err(|e| LakeError::Config(format!("lake.http_listen: {e}")))?;
-    metrics::describe();
-    let store: Arc<dyn store::ObjectStore> = Arc::from(store::open(&cfg).await?);
+async fn build(
+    cfg: &Config,
+    started: Started,
+) -> Result<impl FnOnce() -> Result<(), ConsumerError> + use<>, ConsumerError> {
+    let store: Arc<dyn store::ObjectStore> =
+        Arc::from(store::open(cfg).await.map_err(|e| ConsumerError::Sink {
+            what: "opening the lake",
+            error: e.to_string(),
+        })?);
+    tracing::info!(lake = %store.describe(), "archiving into the lake");
     let consumer =
-        hourglass_core::kafka::lag_reporting_consumer_config(&cfg.kafka, &cfg.lake.group_id)
-            .set("partition.assignment.strategy", "range")
+        started
+            .consumer_config
             .create_with_context(hourglass_core::kafka::LagReporting {
                 gauge: metrics::CONSUMER_LAG,
             })?;
-    tracing::info!(topic = %cfg.kafka.topic, group = %cfg.lake.group_id, lake = %store.describe(), "archiver starting");
     let archiver = archive::Archiver::new(
         consumer,
         store,
         &cfg.kafka.topic,
-        &cfg.lake,
-        service.shutdown.clone(),
-        service.readiness.clone(),
+        cfg,
+        AssignmentWatchdog::new(
+            &cfg.kafka.topic,
+            &cfg.lake.group_id,
+            Duration::from_secs(cfg.consumers.stuck_assignment_secs),
+        ),
+        started.shutdown,
+        started.readiness,
     );
-    let result = tokio::task::spawn_blocking(move || archiver.run())
-        .await
-        .map_err(|_| LakeError::Panicked)?;
-    service.stop().await?;
-    tracing::info!("archiver stopped");
-    Ok(result?)
+    Ok(move || archiver.run())
 }

@@ -1,21 +1,20 @@
 //! The loader's loop: poll, batch, insert, repeat.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hourglass_core::Config;
 use hourglass_core::clickhouse::errors::{Failure, classify};
-use hourglass_core::kafka::assign::{AssignAtPositions, Change, Paused, commit_hint};
+use hourglass_core::config::ConsumersConfig;
+use hourglass_core::consumer::{AssignmentWatchdog, Backoff, ConsumerError, PausedRetry};
+use hourglass_core::kafka::assign::{AssignAtPositions, Change, commit_hint};
 use hourglass_core::telemetry::Readiness;
-use rand::Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
 
-use crate::LoaderError;
 use crate::metrics::*;
 use crate::rows::{EventRow, Refusal, RowShape, to_row};
 use crate::sink::EventSink;
@@ -28,7 +27,7 @@ struct DeadLetters {
     topic: String,
     source_topic: String,
     runtime: tokio::runtime::Handle,
-    max_backoff: Duration,
+    retry: ConsumersConfig,
 }
 
 pub struct Loop {
@@ -38,8 +37,9 @@ pub struct Loop {
     batch_rows: usize,
     batch_bytes: usize,
     batch_age: Duration,
-    max_backoff: Duration,
-    shutdown: Arc<AtomicBool>,
+    retry: ConsumersConfig,
+    watchdog: AssignmentWatchdog,
+    shutdown: CancellationToken,
     readiness: Readiness,
     /// Next offset to load, per assigned partition.
     batch: Batch,
@@ -98,7 +98,7 @@ impl Loop {
         consumer: LoaderConsumer,
         dlq: FutureProducer,
         cfg: &Config,
-        shutdown: Arc<AtomicBool>,
+        shutdown: CancellationToken,
         readiness: Readiness,
     ) -> Self {
         let dead_letters = DeadLetters {
@@ -106,7 +106,7 @@ impl Loop {
             topic: cfg.kafka.dlq_topic.clone(),
             source_topic: cfg.kafka.topic.clone(),
             runtime: consumer.context().runtime.clone(),
-            max_backoff: Duration::from_millis(cfg.loader.max_backoff_ms.max(100)),
+            retry: cfg.consumers.clone(),
         };
         Self {
             consumer,
@@ -115,7 +115,12 @@ impl Loop {
             batch_rows: cfg.loader.batch_rows,
             batch_bytes: cfg.loader.batch_bytes,
             batch_age: Duration::from_millis(cfg.loader.batch_age_ms),
-            max_backoff: Duration::from_millis(cfg.loader.max_backoff_ms.max(100)),
+            retry: cfg.consumers.clone(),
+            watchdog: AssignmentWatchdog::new(
+                &cfg.kafka.topic,
+                &cfg.loader.group_id,
+                Duration::from_secs(cfg.consumers.stuck_assignment_secs),
+            ),
             shutdown,
             readiness,
             batch: Batch {
@@ -125,15 +130,16 @@ impl Loop {
         }
     }
 
-    pub fn run(mut self) -> Result<(), LoaderError> {
+    pub fn run(mut self) -> Result<(), ConsumerError> {
         self.consumer.subscribe(&[&self.topic])?;
-        while !self.shutdown.load(Ordering::Relaxed) {
+        while !self.shutdown.is_cancelled() {
             match self.consumer.poll(Duration::from_millis(50)) {
                 Some(Ok(message)) => self.batch.take(&message, &self.dead_letters),
                 Some(Err(KafkaError::PartitionEOF(_))) | None => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
             }
             self.apply_rebalances();
+            self.watchdog.check(&self.consumer);
             let due = self.batch.rows.len() >= self.batch_rows
                 || self.batch.bytes >= self.batch_bytes
                 || self
@@ -202,7 +208,7 @@ impl DeadLetters {
                 key: "hourglass-source-offset",
                 value: Some(offset.as_str()),
             });
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(&self.retry);
         loop {
             let mut record = FutureRecord::to(&self.topic)
                 .payload(payload)
@@ -216,9 +222,9 @@ impl DeadLetters {
             {
                 Ok(_) => break,
                 Err((e, _)) => {
-                    tracing::warn!(error = %e, "dead-letter produce failed; retrying");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(self.max_backoff);
+                    let wait = backoff.next_wait();
+                    tracing::warn!(error = %e, retry_in = ?wait, "dead-letter produce failed; retrying");
+                    std::thread::sleep(wait);
                 }
             }
         }
@@ -259,7 +265,7 @@ impl Loop {
     /// order, so progress never passes a row not yet handled) and
     /// dead-lettered with the server's reason while the rest load; a setup
     /// failure (unknown table, credentials) stops the loader.
-    fn flush(&mut self) -> Result<(), LoaderError> {
+    fn flush(&mut self) -> Result<(), ConsumerError> {
         if self.batch.rows.is_empty() {
             self.batch.clear();
             return Ok(());
@@ -267,8 +273,7 @@ impl Loop {
         let sink = self.consumer.context().source.clone();
         let runtime = self.consumer.context().runtime.clone();
         let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
-        let mut paused: Option<Paused> = None;
+        let mut retry = PausedRetry::new(&self.retry, &self.readiness);
         let rows = self.batch.rows.len();
         let mut skipped = 0u64;
         let mut isolating = false;
@@ -288,7 +293,13 @@ impl Loop {
             match classify(&error) {
                 Failure::Setup => {
                     tracing::error!(rows, error = %error, "ClickHouse refuses every write until an operator fixes it; stopping");
-                    return Err(LoaderError::Setup(error.to_string()));
+                    return Err(ConsumerError::Refused {
+                        what: format!(
+                            "a batch of {rows} rows (every write, until an operator fixes it)"
+                        ),
+                        failure: Failure::Setup,
+                        error: error.to_string(),
+                    });
                 }
                 Failure::Refused if !isolating => {
                     tracing::warn!(rows, error = %error, "ClickHouse refused the batch; finding the rows it refuses");
@@ -298,7 +309,6 @@ impl Loop {
                 Failure::Refused | Failure::Transient => {}
             }
             metrics::counter!(RETRIES).increment(1);
-            self.readiness.set(false);
             // An attempt may have landed before the connection failed.
             let last = self.batch.last_offsets();
             if let Ok(progress) = runtime.block_on(sink.progress())
@@ -308,28 +318,15 @@ impl Loop {
             {
                 break;
             }
-            let jitter = rand::rng().random_range(0..=delay.as_millis() as u64 / 2);
-            let wait = delay + Duration::from_millis(jitter);
-            tracing::warn!(rows, error = %error, retry_in = ?wait, "insert failed; partitions paused");
-            if paused.is_none() {
-                paused = Paused::start(&self.consumer);
-            }
-            match paused.as_mut() {
-                Some(paused) => paused.poll_for(&self.consumer, wait),
-                None => std::thread::sleep(wait),
-            }
+            retry.wait(&self.consumer, &format!("insert of {rows} rows"), &error);
             self.apply_rebalances();
             if self.batch.rows.is_empty() {
                 break;
             }
-            delay = (delay * 2).min(self.max_backoff);
         }
-        if let Some(paused) = paused {
-            let next = &self.batch.next;
-            // A failed seek stops the loader: it resumes from loader_progress.
-            paused.resume(&self.consumer, &self.topic, |p| next.get(&p).copied())?;
-            self.readiness.set(true);
-        }
+        let next = &self.batch.next;
+        // A failed seek stops the loader: it resumes from loader_progress.
+        retry.finish(&self.consumer, &self.topic, |p| next.get(&p).copied())?;
         let loaded = (self.batch.rows.len() as u64).saturating_sub(skipped);
         let last = self.batch.last_offsets();
         self.batch.clear();

@@ -20,41 +20,30 @@ pub mod sink;
 
 use hourglass_core::Config;
 use hourglass_core::clickhouse::ServerVersion;
+use hourglass_core::consumer::{Component, ConsumerError, Started, run_consumer};
 use hourglass_core::kafka::assign::AssignAtPositions;
-use hourglass_core::telemetry;
+use tokio_util::sync::CancellationToken;
 
 use sink::EventSink;
 
-#[derive(Debug, thiserror::Error)]
-pub enum LoaderError {
-    #[error("invalid loader configuration: {0}")]
-    Config(String),
-    #[error("Kafka client failed: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("health endpoint failed: {0}")]
-    Http(#[from] std::io::Error),
-    #[error("loader thread panicked")]
-    Panicked,
-    #[error("ClickHouse refuses every write until an operator fixes it: {0}")]
-    Setup(String),
+/// Run the loader until `shutdown` is cancelled; the current batch is
+/// written first.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ConsumerError> {
+    let component = Component {
+        name: "loader",
+        http_listen: &cfg.loader.http_listen,
+        group_id: &cfg.loader.group_id,
+    };
+    run_consumer(&cfg, component, shutdown, metrics::describe, |started| {
+        build(&cfg, started)
+    })
+    .await
 }
 
-/// Run the loader until SIGINT/SIGTERM; the current batch is finished first.
-pub async fn run(cfg: Config) -> Result<(), LoaderError> {
-    run_with(cfg, telemetry::shutdown_on_signal()).await
-}
-
-/// Run the loader until `shutdown` is set.
-pub async fn run_with(
-    cfg: Config,
-    shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Result<(), LoaderError> {
-    cfg.validate()
-        .map_err(|e| LoaderError::Config(e.to_string()))?;
-    let service = telemetry::Service::start_with(&cfg.loader.http_listen, shutdown)
-        .map_err(|e| LoaderError::Config(format!("loader.http_listen: {e}")))?;
-    // After the recorder exists (Service installs it), or the descriptions are lost.
-    metrics::describe();
+async fn build(
+    cfg: &Config,
+    started: Started,
+) -> Result<impl FnOnce() -> Result<(), ConsumerError> + use<>, ConsumerError> {
     // The loader produces dead letters with acks=all.
     hourglass_core::kafka::topics::check_pipeline_topics_in_background(&cfg.kafka);
     let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
@@ -68,25 +57,12 @@ pub async fn run_with(
     }
     let context = AssignAtPositions::new(
         sink,
-        tokio::runtime::Handle::current(),
+        started.runtime.clone(),
         metrics::CONSUMER_LAG,
+        &cfg.consumers,
     );
-    let consumer =
-        hourglass_core::kafka::lag_reporting_consumer_config(&cfg.kafka, &cfg.loader.group_id)
-            .set("partition.assignment.strategy", "range")
-            .create_with_context(context)?;
+    let consumer = started.consumer_config.create_with_context(context)?;
     let dlq = hourglass_core::kafka::producer(&cfg.kafka)?;
-    let main = consumer::Loop::new(
-        consumer,
-        dlq,
-        &cfg,
-        service.shutdown.clone(),
-        service.readiness.clone(),
-    );
-    tracing::info!(topic = %cfg.kafka.topic, group = %cfg.loader.group_id, "loader starting");
-    let result = tokio::task::spawn_blocking(move || main.run())
-        .await
-        .map_err(|_| LoaderError::Panicked)?;
-    service.stop().await?;
-    result
+    let main = consumer::Loop::new(consumer, dlq, cfg, started.shutdown, started.readiness);
+    Ok(move || main.run())
 }

@@ -19,7 +19,6 @@ pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -31,6 +30,7 @@ use utoipa::OpenApi;
 
 use hourglass_core::Config;
 use hourglass_core::telemetry::{self, Readiness};
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::Verifier;
 use crate::state::AppState;
@@ -82,12 +82,8 @@ async fn record(request: Request, next: Next) -> Response {
     response
 }
 
-pub async fn run(cfg: Config) -> Result<(), QueryError> {
-    run_with(cfg, telemetry::shutdown_on_signal()).await
-}
-
-/// Serve until `shutdown` is set; requests in flight are answered first.
-pub async fn run_with(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), QueryError> {
+/// Serve until `shutdown` is cancelled; requests in flight are answered first.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), QueryError> {
     cfg.validate()?;
     let addr: SocketAddr = cfg
         .query
@@ -114,7 +110,7 @@ pub async fn run_with(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), Quer
         listener,
         router(state, readiness),
         hourglass_core::http::DEFAULT_HEADER_READ_TIMEOUT,
-        telemetry::flag_set(shutdown),
+        shutdown.cancelled_owned(),
     )
     .await
     .map_err(|source| QueryError::Serve { addr, source })?;
@@ -151,9 +147,9 @@ async fn check_read_only(state: &AppState) -> bool {
 }
 
 /// Ready while ClickHouse answers; also forgets idle tokens' rate state.
-async fn watch_clickhouse(state: Arc<AppState>, readiness: Readiness, shutdown: Arc<AtomicBool>) {
+async fn watch_clickhouse(state: Arc<AppState>, readiness: Readiness, shutdown: CancellationToken) {
     let mut login_checked = false;
-    while !shutdown.load(std::sync::atomic::Ordering::Relaxed) {
+    while !shutdown.is_cancelled() {
         if !login_checked {
             login_checked = check_read_only(&state).await;
         }

@@ -171,18 +171,18 @@ where
     bail!("{what} failed: {last}")
 }
 
-/// Restart, until `stop` is set, any server of this stack that died (a
+/// Restart, until `stop` is cancelled, any server of this stack that died (a
 /// killed broker, an OOM-killed ClickHouse): what an init system or a
 /// Kubernetes restart policy does in production. Servers started by someone
 /// else are left alone.
-pub async fn keep_up(cfg: &Config, dir: &Path, stop: &std::sync::atomic::AtomicBool) {
+pub async fn keep_up(cfg: &Config, dir: &Path, stop: &tokio_util::sync::CancellationToken) {
     let Ok(dir) = dir.canonicalize() else {
         return;
     };
     let Ok(servers) = servers(cfg, &dir, false) else {
         return;
     };
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+    while !stop.is_cancelled() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         for server in &servers {
             if !server.pid_file(&dir).exists() {

@@ -2,7 +2,7 @@
 //!
 //! Starts the local stack when it is not running, applies migrations, then
 //! runs ingest, aggregator, loader, archiver, the batch layer and the query
-//! API as tasks on one runtime with one shutdown flag; optionally demo
+//! API as tasks on one runtime with one shutdown token; optionally demo
 //! traffic through the real HTTP endpoint; and a live view in the terminal.
 //! Logs go to a file.
 
@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use hourglass_core::Config;
 use hourglass_core::config::WriteKey;
 use hourglass_core::telemetry;
+use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args)]
 pub struct UpArgs {
@@ -145,30 +146,61 @@ Logs: {}
     );
 }
 
-/// Run one component as a task; when it fails, say which and stop the rest.
-fn supervise<E>(
-    name: &'static str,
-    component: impl Future<Output = Result<(), E>> + Send + 'static,
-    shutdown: &Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Result<(), String>>
-where
-    E: Into<anyhow::Error> + Send + 'static,
-{
-    let shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        let result = component.await.map_err(|e| {
-            let e: anyhow::Error = e.into();
-            format!("{name}: {e:#}")
-        });
-        if let Err(e) = &result
-            && !shutdown.swap(true, Ordering::Relaxed)
-        {
-            tracing::error!(error = %e, "a component failed; stopping the others");
-            eprintln!("\n{e}\nstopping the other components");
-        }
-        result
-    })
+/// The components `up` runs, each as a task of one set: the first to fail
+/// stops the others and is named, instead of going unnoticed until Ctrl-C.
+#[derive(Default)]
+struct Components {
+    tasks: tokio::task::JoinSet<(&'static str, Result<(), String>)>,
 }
+
+impl Components {
+    fn start<E>(
+        &mut self,
+        name: &'static str,
+        component: impl Future<Output = Result<(), E>> + Send + 'static,
+    ) where
+        E: Into<anyhow::Error> + Send + 'static,
+    {
+        self.tasks.spawn(async move {
+            let result = component.await.map_err(|e| {
+                let e: anyhow::Error = e.into();
+                format!("{e:#}")
+            });
+            (name, result)
+        });
+    }
+
+    fn any_finished(&self) -> bool {
+        self.tasks.len() < COMPONENTS
+    }
+
+    /// Wait for every component. A component that fails, or stops before
+    /// `shutdown` asked it to, cancels `shutdown` so the others drain and
+    /// stop; the failures come back named.
+    async fn join(mut self, shutdown: &CancellationToken) -> Vec<String> {
+        let mut failures = Vec::new();
+        while let Some(done) = self.tasks.join_next().await {
+            let failure = match done {
+                Ok((_, Ok(()))) if shutdown.is_cancelled() => None,
+                Ok((name, Ok(()))) => Some(format!("{name}: stopped on its own")),
+                Ok((name, Err(e))) => Some(format!("{name}: {e}")),
+                Err(e) => Some(format!("a component's task failed: {e}")),
+            };
+            if let Some(failure) = failure {
+                if !shutdown.is_cancelled() {
+                    tracing::error!(error = %failure, "a component failed; stopping the others");
+                    eprintln!("\n{failure}\nstopping the other components");
+                    shutdown.cancel();
+                }
+                failures.push(failure);
+            }
+        }
+        failures
+    }
+}
+
+/// How many components `up` starts.
+const COMPONENTS: usize = 6;
 
 pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -198,12 +230,12 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
     cfg.batch.settle_secs = args.batch_settle_secs;
     cfg.batch.interval_secs = cfg.batch.interval_secs.min(30);
 
-    let shutdown = Arc::new(AtomicBool::new(false));
+    let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             telemetry::wait_for_signal().await;
-            shutdown.store(true, Ordering::Relaxed);
+            shutdown.cancel();
             eprintln!("\nstopping: draining every component (Ctrl-C again stops at once)");
             telemetry::wait_for_signal().await;
             eprintln!("stopped at once");
@@ -214,7 +246,7 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(secs)).await;
-            shutdown.store(true, Ordering::Relaxed);
+            shutdown.cancel();
         });
     }
 
@@ -222,38 +254,25 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
         let (cfg, dir, stop) = (cfg.clone(), dir.to_path_buf(), shutdown.clone());
         tokio::spawn(async move { crate::stack::keep_up(&cfg, &dir, &stop).await });
     }
-    // Started as one set: the first component to fail stops the others
-    // (named in the error), instead of going unnoticed until Ctrl-C.
-    let ingest = supervise(
+    let mut components = Components::default();
+    components.start(
         "ingest",
-        hourglass_ingest::run_until(cfg.clone(), telemetry::flag_set(shutdown.clone())),
-        &shutdown,
+        hourglass_ingest::run(cfg.clone(), shutdown.clone()),
     );
-    let aggregator = supervise(
+    components.start(
         "aggregator",
-        hourglass_aggregator::run_with(cfg.clone(), shutdown.clone()),
-        &shutdown,
+        hourglass_aggregator::run(cfg.clone(), shutdown.clone()),
     );
-    let loader = supervise(
+    components.start(
         "loader",
-        hourglass_loader::run_with(cfg.clone(), shutdown.clone()),
-        &shutdown,
+        hourglass_loader::run(cfg.clone(), shutdown.clone()),
     );
-    let archiver = supervise(
+    components.start(
         "archiver",
-        hourglass_lake::run_archiver_with(cfg.clone(), shutdown.clone()),
-        &shutdown,
+        hourglass_lake::run_archiver(cfg.clone(), shutdown.clone()),
     );
-    let batch = supervise(
-        "batch",
-        hourglass_batch::run_with(cfg.clone(), shutdown.clone()),
-        &shutdown,
-    );
-    let query = supervise(
-        "query",
-        hourglass_query::run_with(cfg.clone(), shutdown.clone()),
-        &shutdown,
-    );
+    components.start("batch", hourglass_batch::run(cfg.clone(), shutdown.clone()));
+    components.start("query", hourglass_query::run(cfg.clone(), shutdown.clone()));
 
     let ingest_url = format!("http://{}", cfg.ingest.listen);
     let ready = format!("{ingest_url}/health/ready");
@@ -261,7 +280,7 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
         if reqwest::get(&ready)
             .await
             .is_ok_and(|r| r.status().is_success())
-            || ingest.is_finished()
+            || components.any_finished()
         {
             break;
         }
@@ -279,9 +298,7 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
             let limit = args.demo_seconds.map(Duration::from_secs);
             tokio::spawn(async move {
                 let started = std::time::Instant::now();
-                while !shutdown.load(Ordering::Relaxed)
-                    && limit.is_none_or(|l| started.elapsed() < l)
-                {
+                while !shutdown.is_cancelled() && limit.is_none_or(|l| started.elapsed() < l) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 stop.store(true, Ordering::Relaxed);
@@ -313,15 +330,8 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
         .run(),
     );
 
-    let mut failures = Vec::new();
-    for component in [ingest, aggregator, loader, archiver, batch, query] {
-        match component.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failures.push(e),
-            Err(e) => failures.push(format!("task failed: {e}")),
-        }
-    }
-    shutdown.store(true, Ordering::Relaxed);
+    let failures = components.join(&shutdown).await;
+    shutdown.cancel();
     if let Some(t) = demo_task {
         let _ = t.await;
     }

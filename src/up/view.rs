@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clickhouse::Row;
@@ -48,7 +48,7 @@ struct TopEvent {
 
 pub struct View {
     pub cfg: Config,
-    pub stop: Arc<AtomicBool>,
+    pub stop: tokio_util::sync::CancellationToken,
     pub demo: Option<Arc<DemoCounters>>,
     pub log_file: String,
 }
@@ -61,7 +61,7 @@ impl View {
         let started = Instant::now();
         let mut last = (Instant::now(), 0.0);
         let mut printed = Instant::now() - Duration::from_secs(60);
-        while !self.stop.load(Ordering::Relaxed) {
+        while !self.stop.is_cancelled() {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let text = handle.render();
             let accepted = metric(&text, "hourglass_ingest_events_accepted_total");

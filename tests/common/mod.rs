@@ -9,6 +9,7 @@ pub mod generator;
 pub mod grafana;
 pub mod readme;
 pub mod rollup_truth;
+pub mod scenario;
 pub mod seeded_project;
 
 use std::process::{Child, Command, Stdio};
@@ -290,21 +291,6 @@ pub fn sigterm(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Wait after SIGKILLing a consumer-group member before starting its
-/// replacement. tansu 0.6 keeps the dead member until its session
-/// (`kafka.session_timeout_ms`, 30 s) lapses, counted from the last request
-/// it *processed*, which on a busy broker can be seconds after the kill. If
-/// the replacement joins before that while the dead member leads the group,
-/// tansu answers the follower's SyncGroup with an empty assignment and the
-/// group stays formed with no partition assigned for good (seen in the
-/// loader's kills test: the new member heartbeated, assigned nothing, for
-/// 120 s). A restarted pod comes back after a similar delay; 36 s leaves the
-/// session a 6 s margin.
-pub async fn after_sigkill() {
-    let session = hourglass_core::config::KafkaConfig::default().session_timeout_ms;
-    tokio::time::sleep(Duration::from_millis(u64::from(session) + 6_000)).await;
-}
-
 pub fn sigkill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -320,15 +306,6 @@ pub fn stack_pid(key: &str) -> Option<i32> {
         .trim()
         .parse()
         .ok()
-}
-
-/// Stop ClickHouse (SIGTERM) and wait until it is gone.
-pub fn stop_clickhouse(pid: i32) {
-    let pid = nix::unistd::Pid::from_raw(pid);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal ClickHouse");
-    while nix::sys::signal::kill(pid, None).is_ok() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `hourglass stack up`, as an operator would after an outage.
@@ -353,14 +330,12 @@ pub fn hs256_token(secret: &str, claims: &serde_json::Value) -> String {
 }
 
 /// `hourglass query` in this process on a free port, once it is ready: its
-/// base URL, and the flag that stops it.
-pub async fn start_query_api(
-    mut cfg: Config,
-) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+/// base URL, and the token that stops it.
+pub async fn start_query_api(mut cfg: Config) -> (String, tokio_util::sync::CancellationToken) {
     let port = free_port();
     cfg.query.listen = format!("127.0.0.1:{port}");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    tokio::spawn(hourglass_query::run_with(cfg, stop.clone()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(hourglass_query::run(cfg, stop.clone()));
     let base = format!("http://127.0.0.1:{port}");
     wait_until(Duration::from_secs(20), "the query API", || async {
         reqwest::get(format!("{base}/health/ready"))

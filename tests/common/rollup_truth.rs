@@ -1,13 +1,13 @@
 //! The rollups checked against a generator's ground truth: `rollup_5m`
 //! summed over source partitions and every serving view, row by row
-//! (events, exact distinct users, value count, p50/p95/p99 against one
-//! HdrHistogram fed the bucket's values).
+//! (events, exact distinct users, value count, sum, min and max, and
+//! p50/p90/p95/p99 against the `hdrhistogram` crate itself fed the bucket's
+//! raw values: not the project's own histogram type).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clickhouse::Row;
-use hourglass_core::histogram::ValueHistogram;
 use serde::Deserialize;
 
 use super::generator::{Generated, Truth};
@@ -31,7 +31,11 @@ struct Served {
     events: u64,
     users: u64,
     value_count: u64,
+    value_sum: f64,
+    value_min: f64,
+    value_max: f64,
     p50: f64,
+    p90: f64,
     p95: f64,
     p99: f64,
 }
@@ -56,10 +60,35 @@ pub async fn wait_all_flushed(env: &TestEnv, n: u64) {
     assert_eq!(flushed_events(env).await, n, "events in rollup_5m");
 }
 
-pub fn expected_quantiles(values: &[f64]) -> (f64, f64, f64) {
-    let mut h = ValueHistogram::new(3, 3_600_000.0);
-    values.iter().for_each(|v| h.record(*v));
-    (h.quantile(0.5), h.quantile(0.95), h.quantile(0.99))
+/// p50, p90, p95, p99 of `values` as the schema defines them: thousandths
+/// recorded into an HdrHistogram of 3 significant figures over one hour
+/// (the aggregator's defaults), read with `value_at_quantile`. Straight from
+/// the `hdrhistogram` crate, so a bug shared by the aggregator and its own
+/// histogram type cannot pass here.
+pub fn expected_quantiles(values: &[f64]) -> [f64; 4] {
+    let max = 3_600_000 * 1000;
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, max, 3).unwrap();
+    for v in values {
+        h.saturating_record(((v * 1000.0).round().max(0.0) as u64).min(max));
+    }
+    [0.5, 0.9, 0.95, 0.99].map(|q| h.value_at_quantile(q) as f64 / 1000.0)
+}
+
+/// `sum`, `min`, `max` of `values` (0 for min and max when there are none,
+/// as the views answer).
+pub fn expected_value_stats(values: &[f64]) -> (f64, f64, f64) {
+    if values.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let sum = values.iter().sum();
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (sum, min, max)
+}
+
+/// Sums of many floats in a different order differ in the last bits.
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
 /// Roll the 5-minute truth up to `bucket_ms` buckets.
@@ -87,7 +116,8 @@ pub async fn assert_view_matches(
     let served: Vec<Served> = env
         .clickhouse()
         .query(&format!(
-            "SELECT toUInt32(window_start), event, dimensions, events, users, value_count, p50, p95, p99 \
+            "SELECT toUInt32(window_start), event, dimensions, events, users, value_count, \
+             value_sum, value_min, value_max, p50, p90, p95, p99 \
              FROM {view} ORDER BY window_start, event, dimensions"
         ))
         .fetch_all()
@@ -114,12 +144,22 @@ pub async fn assert_view_matches(
             t.values.len() as u64,
             "{view} value count {key:?}"
         );
+        let (sum, min, max) = expected_value_stats(&t.values);
+        assert!(
+            close(row.value_sum, sum),
+            "{view} value sum {key:?}: {} against {sum}",
+            row.value_sum
+        );
         if !t.values.is_empty() {
-            let (p50, p95, p99) = expected_quantiles(&t.values);
             assert_eq!(
-                (row.p50, row.p95, row.p99),
-                (p50, p95, p99),
-                "{view} percentiles {key:?}"
+                (row.value_min, row.value_max),
+                (min, max),
+                "{view} value min and max {key:?}"
+            );
+            assert_eq!(
+                [row.p50, row.p90, row.p95, row.p99],
+                expected_quantiles(&t.values),
+                "{view} p50, p90, p95, p99 {key:?}"
             );
         }
     }

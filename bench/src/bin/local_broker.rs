@@ -248,7 +248,7 @@ async fn run(args: &Args, setting: Setting<'_>) -> Result<Outcome> {
         ..IngestConfig::default()
     };
     let publisher = Publisher::new(&kafka, &ingest, Readiness::default())?;
-    let stop_probe = Arc::new(AtomicBool::new(false));
+    let stop_probe = tokio_util::sync::CancellationToken::new();
     {
         let (publisher, stop) = (publisher.clone(), stop_probe.clone());
         tokio::spawn(async move { publisher.watch_broker(Duration::from_secs(1), stop).await });
@@ -414,7 +414,7 @@ async fn run(args: &Args, setting: Setting<'_>) -> Result<Outcome> {
             .min()
             .unwrap_or(0)
     );
-    stop_probe.store(true, Ordering::Relaxed);
+    stop_probe.cancel();
     drop(publisher);
     drop(broker);
     if !args.keep {

@@ -19,7 +19,6 @@
 //! again when it is already there).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -410,8 +409,8 @@ async fn main() -> Result<()> {
         .local_addr()?
         .port();
     cfg.query.listen = format!("127.0.0.1:{port}");
-    let stop = Arc::new(AtomicBool::new(false));
-    tokio::spawn(hourglass_query::run_with(cfg.clone(), stop.clone()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(hourglass_query::run(cfg.clone(), stop.clone()));
     let base = format!("http://127.0.0.1:{port}");
     for _ in 0..100 {
         if reqwest::get(format!("{base}/health/ready"))
@@ -464,6 +463,6 @@ async fn main() -> Result<()> {
     for s in &scenarios {
         run(&base, &token, s, args.requests, args.concurrency).await?;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.cancel();
     Ok(())
 }

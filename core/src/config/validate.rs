@@ -130,6 +130,21 @@ impl Config {
             l.batch_rows > 0 && l.batch_bytes > 0,
             "loader.batch_rows and loader.batch_bytes must be > 0".into(),
         );
+        let r = &self.consumers;
+        check(
+            r.retry_initial_ms > 0 && r.retry_max_ms >= r.retry_initial_ms,
+            format!(
+                "consumers.retry_initial_ms ({}) must be > 0 and at most consumers.retry_max_ms ({})",
+                r.retry_initial_ms, r.retry_max_ms
+            ),
+        );
+        check(
+            (0.0..=1.0).contains(&r.retry_jitter),
+            format!(
+                "consumers.retry_jitter ({}) must be between 0 and 1",
+                r.retry_jitter
+            ),
+        );
         let k = &self.lake;
         check(
             k.file_max_rows > 0 && k.file_max_bytes > 0,

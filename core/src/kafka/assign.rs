@@ -12,7 +12,6 @@
 
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -20,6 +19,9 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
+
+use crate::config::ConsumersConfig;
+use crate::consumer::Backoff;
 
 /// Where each partition resumes, as the durable sink knows it.
 pub trait StartPositions: Send + Sync + 'static {
@@ -46,16 +48,24 @@ pub struct AssignAtPositions<S: StartPositions> {
     write_gate: Arc<tokio::sync::Mutex<()>>,
     /// Gauge set from librdkafka statistics, labelled by partition.
     lag_gauge: &'static str,
+    /// How reading the start positions is retried.
+    retry: ConsumersConfig,
 }
 
 impl<S: StartPositions> AssignAtPositions<S> {
-    pub fn new(source: S, runtime: Handle, lag_gauge: &'static str) -> Self {
+    pub fn new(
+        source: S,
+        runtime: Handle,
+        lag_gauge: &'static str,
+        retry: &ConsumersConfig,
+    ) -> Self {
         Self {
             source,
             runtime,
             changes: Mutex::new(Vec::new()),
             write_gate: Arc::default(),
             lag_gauge,
+            retry: retry.clone(),
         }
     }
 
@@ -75,14 +85,14 @@ impl<S: StartPositions> AssignAtPositions<S> {
     /// Retried until the sink answers: starting anywhere else could count
     /// records twice or skip them.
     fn positions(&self) -> Vec<(i32, S::Position)> {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(&self.retry);
         loop {
             match self.runtime.block_on(self.source.read()) {
                 Ok(p) => return p,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read start positions; retrying");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    let wait = backoff.next_wait();
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot read start positions; retrying");
+                    std::thread::sleep(wait);
                 }
             }
         }
@@ -157,80 +167,6 @@ impl<S: StartPositions> ConsumerContext for AssignAtPositions<S> {
             }
             other => tracing::error!(error = ?other, "rebalance error"),
         }
-    }
-}
-
-/// Seeks tried before [`Paused::resume`] gives up (about 1.5 s of waits).
-const SEEK_ATTEMPTS: u32 = 5;
-
-/// A consumer's whole assignment paused while a write is retried: the
-/// component keeps polling (so the group keeps it and rebalances are served)
-/// without taking records; partitions whose records still arrive are re-read
-/// from the component's own position after [`Paused::resume`].
-pub struct Paused {
-    assignment: TopicPartitionList,
-    touched: std::collections::BTreeSet<i32>,
-}
-
-impl Paused {
-    pub fn start<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<Self> {
-        let assignment = consumer.assignment().ok()?;
-        let _ = consumer.pause(&assignment);
-        Some(Self {
-            assignment,
-            touched: Default::default(),
-        })
-    }
-
-    /// Poll for `wait` without processing anything.
-    pub fn poll_for<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, wait: Duration) {
-        let until = std::time::Instant::now() + wait;
-        while std::time::Instant::now() < until {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
-                use rdkafka::Message;
-                self.touched.insert(m.partition());
-            }
-        }
-    }
-
-    /// Resume, and seek every partition that delivered a record while paused
-    /// to `next_offset(partition)` (None: no longer ours). A seek is retried
-    /// a few times; one that still fails is an error the caller must stop
-    /// on: the records between its position and what was fetched while
-    /// paused would otherwise be skipped. A restart resumes from the
-    /// component's durable position, which is always right.
-    pub fn resume<C: ConsumerContext>(
-        self,
-        consumer: &BaseConsumer<C>,
-        topic: &str,
-        next_offset: impl Fn(i32) -> Option<i64>,
-    ) -> Result<(), KafkaError> {
-        if let Err(e) = consumer.resume(&self.assignment) {
-            // Still paused: nothing is read, so nothing is skipped; the
-            // group's next rebalance or a restart resumes it.
-            tracing::error!(error = %e, "resuming the paused partitions failed");
-        }
-        for p in self.touched {
-            let Some(next) = next_offset(p) else {
-                continue;
-            };
-            let mut wait = Duration::from_millis(100);
-            for attempt in 1.. {
-                match consumer.seek(topic, p, Offset::Offset(next), Duration::from_secs(5)) {
-                    Ok(()) => break,
-                    Err(e) if attempt < SEEK_ATTEMPTS => {
-                        tracing::warn!(partition = p, offset = next, attempt, error = %e, "seek after a pause failed; retrying");
-                        std::thread::sleep(wait);
-                        wait *= 2;
-                    }
-                    Err(e) => {
-                        tracing::error!(partition = p, offset = next, error = %e, "seek after a pause failed for good: stopping, to resume from the durable position");
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 }
 
