@@ -1,10 +1,10 @@
-//! The consumer runtime's watchdog against the coordinator bug it exists
-//! for: tansu 0.6 gives a member that joins while a SIGKILLed member still
-//! holds the group (until its session ends) an empty assignment that no
-//! later rebalance corrects. Reproduced with the loader: with the watchdog
-//! off the replacement reads nothing long after the dead member's session
-//! ended; with it on, the next replacement rejoins and loads every event
-//! exactly once.
+//! A consumer group member SIGKILLed and replaced at once, as a supervisor
+//! does: the replacement joins while the dead member still holds the group
+//! (until its session ends). tansu 0.6 has given such a member an empty
+//! assignment for good (seen in the kill suites); the consumer runtime's
+//! watchdog rejoins then. Here the replacement, watchdog on, must load every
+//! event exactly once; whether the watchdog had to act is printed (tansu did
+//! not leave the group stuck in every run, so it is not asserted).
 
 mod common;
 
@@ -39,7 +39,7 @@ async fn loaded(env: &TestEnv) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_left_without_partitions_rejoins_its_group() {
+async fn a_replacement_started_at_once_loads_every_event_once() {
     let env = TestEnv::new("runtime").await;
     env.migrate().await;
     // Counts every row inserted, duplicates included.
@@ -56,7 +56,7 @@ async fn a_consumer_left_without_partitions_rejoins_its_group() {
     generator::produce(&env.cfg.kafka, first).await;
 
     // A leads the group, loads the first events, and dies.
-    let mut a = env.spawn(&["load"], &loader_env(0));
+    let mut a = env.spawn(&["load"], &loader_env(2));
     wait_until(
         Duration::from_secs(60),
         "the first events loaded",
@@ -66,44 +66,27 @@ async fn a_consumer_left_without_partitions_rejoins_its_group() {
     sigkill(&mut a);
     generator::produce(&env.cfg.kafka, rest).await;
 
-    // B joins at once, watchdog off: the bug.
-    let mut b = env.spawn(&["load"], &loader_env(0));
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_millis(3 * SESSION_MS + 5_000)).await;
-    let during_b = loaded(&env).await;
-    sigkill(&mut b);
-    eprintln!(
-        "B (watchdog off): {during_b} of {n} loaded {:.0?} after joining",
-        started.elapsed()
-    );
-    assert_eq!(
-        during_b, 10_000,
-        "the stuck group reproduces: B, joined while A's session ran, reads nothing for three sessions"
-    );
-
-    // C joins at once too, watchdog on (2 s): it rejoins once B's session
-    // is over and loads the rest, each event once.
-    let mut c = env.spawn(&["load"], &loader_env(2));
+    // B joins at once, watchdog on (2 s).
+    let mut b = env.spawn(&["load"], &loader_env(2));
     let started = Instant::now();
     wait_until(
         Duration::from_secs(90),
-        "every event loaded by C",
+        "every event loaded by B",
         || async { loaded(&env).await >= n },
     )
     .await;
     eprintln!(
-        "C (watchdog on): every event loaded {:.0?} after joining",
+        "B: every event loaded {:.0?} after joining",
         started.elapsed()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(loaded(&env).await, n, "each event loaded once");
-    sigterm(&mut c);
+    sigterm(&mut b);
     let log = std::fs::read_to_string(std::env::temp_dir().join(format!("{}.log", env.name)))
         .unwrap_or_default();
-    assert!(
-        log.contains("rejoining"),
-        "C's watchdog is what mended it (log: /tmp/{}.log)",
-        env.name
+    eprintln!(
+        "the watchdog rejoined {} time(s)",
+        log.matches("rejoining").count()
     );
     env.teardown().await;
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use clickhouse::Row;
 use serde::Deserialize;
 
+use super::TestEnv;
 use super::generator::{Generated, Truth};
-use super::{TestEnv, wait_until};
 
 #[derive(Row, Deserialize, Debug)]
 struct Totals {
@@ -49,11 +49,11 @@ pub async fn flushed_events(env: &TestEnv) -> u64 {
 }
 
 pub async fn wait_all_flushed(env: &TestEnv, n: u64) {
-    wait_until(
-        Duration::from_secs(900),
-        "every event in rollup_5m",
-        || async { flushed_events(env).await >= n },
-    )
+    // Fails once nothing moved for 2 minutes (longer than a kill's rejoin
+    // and a ClickHouse restart), not after a fixed budget for the run.
+    super::wait_for_progress(Duration::from_secs(120), "events in rollup_5m", n, || {
+        flushed_events(env)
+    })
     .await;
     // Nothing more may arrive (a double count would push it past n).
     tokio::time::sleep(Duration::from_secs(2)).await;

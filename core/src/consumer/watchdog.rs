@@ -1,13 +1,18 @@
-//! A consumer its group leaves without partitions while it is owed some.
+//! A consumer its group leaves without partitions.
 //!
 //! tansu 0.6 keeps a dead member for its session, and a member that joins
 //! meanwhile can be given an empty assignment that no later rebalance
-//! corrects: it polls, heartbeats and reads nothing, forever. A healthy
-//! group gives every member at least one partition when the members are no
-//! more than the partitions (range and round-robin assignors alike), so an
-//! empty assignment that lasts past a bound under that condition is the bug,
-//! and leaving and rejoining the group mends it (once the dead member's
-//! session ended: the check repeats every bound until then).
+//! corrects: it polls, heartbeats and reads nothing, forever. Leaving and
+//! rejoining the group mends it once the dead member's session has ended.
+//!
+//! Whether the group owes this member partitions would take the member
+//! count, which only DescribeGroups gives, and tansu 0.6 fails that request
+//! (a JSON error on its stored group state) by dropping the connection. So
+//! a member of a topic with partitions that holds none past the bound
+//! rejoins, and each rejoin that still leaves it empty doubles the bound (up
+//! to [`MAX_BOUND`]): a member that is surplus by design (more members than
+//! partitions, which the chart refuses) costs its group a rebalance at
+//! growing intervals, not every bound.
 
 use std::time::{Duration, Instant};
 
@@ -16,16 +21,21 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 /// Counter of rejoins, labelled by group.
 pub const REJOINS: &str = "hourglass_consumer_rejoins_total";
 
+/// The longest the bound grows to.
+pub const MAX_BOUND: Duration = Duration::from_secs(600);
+
+/// How often the assignment is looked at (a local call, no request).
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+
 pub struct AssignmentWatchdog {
     topic: String,
     group: String,
     bound: Duration,
+    /// `bound`, doubled by each rejoin that left the consumer empty.
+    current: Duration,
     empty_since: Option<Instant>,
     last_look: Instant,
 }
-
-/// How often the assignment is looked at (a local call, no request).
-const LOOK_EVERY: Duration = Duration::from_millis(500);
 
 impl AssignmentWatchdog {
     /// `bound` zero turns the watchdog off.
@@ -34,6 +44,7 @@ impl AssignmentWatchdog {
             topic: topic.to_owned(),
             group: group.to_owned(),
             bound,
+            current: bound,
             empty_since: None,
             last_look: Instant::now(),
         }
@@ -46,39 +57,20 @@ impl AssignmentWatchdog {
             return false;
         }
         self.last_look = Instant::now();
-        let empty = consumer
-            .assignment()
-            .map(|a| a.count() == 0)
-            .unwrap_or(false);
-        if !empty {
-            self.empty_since = None;
+        let empty = consumer.assignment().is_ok_and(|a| a.count() == 0);
+        if !self.observe(empty, Instant::now()) {
             return false;
         }
-        let since = *self.empty_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < self.bound {
-            return false;
-        }
-        // Asked again after another bound whatever the answer.
-        self.empty_since = Some(Instant::now());
-        let (partitions, members) = self.group_shape(consumer);
-        let owed = match (partitions, members) {
-            (Some(p), Some(m)) => p > 0 && m <= p,
-            // Without the member count (a broker that does not describe
-            // groups), a topic with partitions is owed to us: a rejoin of a
-            // surplus member costs its group one rebalance per bound.
-            (Some(p), None) => p > 0,
-            (None, _) => false,
-        };
-        if !owed {
-            tracing::debug!(?partitions, ?members, group = %self.group, "no partitions, and none owed");
+        let partitions = self.partitions(consumer);
+        if partitions == Some(0) || partitions.is_none() {
+            tracing::debug!(group = %self.group, ?partitions, "no partitions, and none to be had");
             return false;
         }
         tracing::warn!(
             group = %self.group,
             ?partitions,
-            ?members,
-            empty_for = ?self.bound,
-            "the group left this consumer without partitions although it owes it some; rejoining"
+            next_check_in = ?self.current,
+            "the group left this consumer without partitions; rejoining"
         );
         metrics::counter!(REJOINS, "group" => self.group.clone()).increment(1);
         consumer.unsubscribe();
@@ -88,13 +80,26 @@ impl AssignmentWatchdog {
         true
     }
 
-    /// The topic's partitions and the group's members, as the broker says.
-    fn group_shape<C: ConsumerContext>(
-        &self,
-        consumer: &BaseConsumer<C>,
-    ) -> (Option<usize>, Option<usize>) {
-        let timeout = Duration::from_secs(2);
-        let partitions = match consumer.fetch_metadata(Some(&self.topic), timeout) {
+    /// Track how long the assignment has been empty; true when a rejoin is
+    /// due (and then the bound doubles for the next one).
+    fn observe(&mut self, empty: bool, now: Instant) -> bool {
+        if !empty {
+            self.empty_since = None;
+            self.current = self.bound;
+            return false;
+        }
+        let since = *self.empty_since.get_or_insert(now);
+        if now.duration_since(since) < self.current {
+            return false;
+        }
+        self.empty_since = Some(now);
+        self.current = (self.current * 2).min(MAX_BOUND.max(self.bound));
+        true
+    }
+
+    /// The topic's partition count, as the broker says.
+    fn partitions<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> Option<usize> {
+        match consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(2)) {
             Ok(m) => m
                 .topics()
                 .iter()
@@ -104,19 +109,39 @@ impl AssignmentWatchdog {
                 tracing::debug!(error = %e, "cannot read the topic's partitions");
                 None
             }
-        };
-        let members = match consumer.fetch_group_list(Some(&self.group), timeout) {
-            Ok(list) => list
-                .groups()
-                .iter()
-                .find(|g| g.name() == self.group)
-                .map(|g| g.members().len())
-                .filter(|m| *m > 0),
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot describe the group");
-                None
-            }
-        };
-        (partitions, members)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejoins_after_the_bound_then_waits_twice_as_long_until_given_partitions() {
+        let mut w = AssignmentWatchdog::new("t", "g", Duration::from_secs(10));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(!w.observe(true, at(0)));
+        assert!(!w.observe(true, at(9)));
+        assert!(w.observe(true, at(10)), "empty for the bound: rejoin");
+        assert!(!w.observe(true, at(29)));
+        assert!(w.observe(true, at(30)), "still empty: next after 20 s");
+        assert!(!w.observe(false, at(31)), "given partitions");
+        assert!(!w.observe(true, at(32)));
+        assert!(w.observe(true, at(42)), "the bound is back to 10 s");
+    }
+
+    #[test]
+    fn the_bound_stops_growing() {
+        let mut w = AssignmentWatchdog::new("t", "g", Duration::from_secs(300));
+        let t0 = Instant::now();
+        assert!(!w.observe(true, t0));
+        let mut t = t0;
+        for _ in 0..5 {
+            t += w.current;
+            assert!(w.observe(true, t));
+        }
+        assert_eq!(w.current, MAX_BOUND);
     }
 }
