@@ -492,12 +492,13 @@ pub struct ConsumersConfig {
     /// Random share added to each wait (0 to 1): 0.5 waits between 1× and
     /// 1.5× the backoff, so replicas that failed together do not retry in step.
     pub retry_jitter: f64,
-    /// A consumer of a topic with partitions that holds none for this long
-    /// leaves and rejoins its group, in seconds; each rejoin that still
-    /// leaves it empty doubles the wait (up to 10 minutes), so a member
-    /// that is surplus by design rejoins rarely. Covers coordinators that
-    /// hand a new member an empty assignment for good (tansu 0.6 after a
-    /// member died). 0 turns the check off.
+    /// A consumer whose group has settled (librdkafka's join state
+    /// `steady`) with no partition for it for this long leaves and rejoins
+    /// the group, in seconds; each rejoin that still leaves it empty doubles
+    /// the wait (up to 10 minutes), so a member that is surplus by design
+    /// rejoins rarely. Covers coordinators that hand a new member an empty
+    /// assignment for good (tansu 0.6 after a member died). 0 turns the
+    /// check off.
     pub stuck_assignment_secs: u64,
 }
 

@@ -53,6 +53,7 @@ async fn build(
             .consumer_config
             .create_with_context(hourglass_core::kafka::LagReporting {
                 gauge: metrics::CONSUMER_LAG,
+                group_health: Default::default(),
             })?;
     let archiver = archive::Archiver::new(
         consumer,

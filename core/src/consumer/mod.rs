@@ -26,4 +26,4 @@ pub use backoff::Backoff;
 pub use bootstrap::{Component, Started, run_consumer};
 pub use error::ConsumerError;
 pub use pause::{Paused, PausedRetry};
-pub use watchdog::AssignmentWatchdog;
+pub use watchdog::{AssignmentWatchdog, GroupHealth, WatchedContext};

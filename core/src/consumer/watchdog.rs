@@ -5,18 +5,22 @@
 //! corrects: it polls, heartbeats and reads nothing, forever. Leaving and
 //! rejoining the group mends it once the dead member's session has ended.
 //!
-//! Whether the group owes this member partitions would take the member
-//! count, which only DescribeGroups gives, and tansu 0.6 fails that request
-//! (a JSON error on its stored group state) by dropping the connection. So
-//! a member of a topic with partitions that holds none past the bound
-//! rejoins, and each rejoin that still leaves it empty doubles the bound (up
-//! to [`MAX_BOUND`]): a member that is surplus by design (more members than
+//! The stuck state is read from librdkafka's own statistics of the group
+//! (every 5 s): the member is `steady` (not joining, syncing or assigning),
+//! holds no partition, and its last rebalance is older than the bound. A
+//! member in the middle of a rebalance is never disturbed. Whether the group
+//! owes it partitions would take the member count, which only DescribeGroups
+//! gives, and tansu 0.6 fails that request by dropping the connection; so
+//! each rejoin that still leaves the member empty doubles the bound (up to
+//! [`MAX_BOUND`]), and a member that is surplus by design (more members than
 //! partitions, which the chart refuses) costs its group a rebalance at
-//! growing intervals, not every bound.
+//! growing intervals.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::statistics::Statistics;
 
 /// Counter of rejoins, labelled by group.
 pub const REJOINS: &str = "hourglass_consumer_rejoins_total";
@@ -27,13 +31,58 @@ pub const MAX_BOUND: Duration = Duration::from_secs(600);
 /// How often the assignment is looked at (a local call, no request).
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 
+/// A sample older than this is not acted on (statistics come every 5 s).
+const FRESH: Duration = Duration::from_secs(12);
+
+/// The group state librdkafka last reported for this consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSample {
+    /// `steady` once joined and assigned; `wait-join`, `wait-sync` … while
+    /// a rebalance runs.
+    pub join_state: String,
+    pub assignment_size: i32,
+    pub rebalance_age: Duration,
+}
+
+/// Where a consumer context keeps the latest [`GroupSample`] (from its
+/// statistics callback) for the watchdog.
+#[derive(Debug, Clone, Default)]
+pub struct GroupHealth(Arc<Mutex<Option<(Instant, GroupSample)>>>);
+
+impl GroupHealth {
+    /// Call from the context's `stats` callback.
+    pub fn record(&self, stats: &Statistics) {
+        let Some(cgrp) = &stats.cgrp else {
+            return;
+        };
+        let sample = GroupSample {
+            join_state: cgrp.join_state.clone(),
+            assignment_size: cgrp.assignment_size,
+            rebalance_age: Duration::from_millis(cgrp.rebalance_age.max(0) as u64),
+        };
+        *self.0.lock().expect("not poisoned") = Some((Instant::now(), sample));
+    }
+
+    fn latest(&self) -> Option<GroupSample> {
+        let guard = self.0.lock().expect("not poisoned");
+        let (at, sample) = guard.as_ref()?;
+        (at.elapsed() < FRESH).then(|| sample.clone())
+    }
+}
+
+/// A consumer context that keeps its group's health for the watchdog.
+pub trait WatchedContext: ConsumerContext {
+    fn group_health(&self) -> &GroupHealth;
+}
+
 pub struct AssignmentWatchdog {
     topic: String,
     group: String,
     bound: Duration,
     /// `bound`, doubled by each rejoin that left the consumer empty.
     current: Duration,
-    empty_since: Option<Instant>,
+    /// When the last rejoin was asked (its rebalance resets the age).
+    last_rejoin: Option<Instant>,
     last_look: Instant,
 }
 
@@ -45,20 +94,23 @@ impl AssignmentWatchdog {
             group: group.to_owned(),
             bound,
             current: bound,
-            empty_since: None,
+            last_rejoin: None,
             last_look: Instant::now(),
         }
     }
 
     /// Call from the consumer's loop, between polls. Returns whether the
     /// consumer rejoined its group.
-    pub fn check<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> bool {
+    pub fn check<C: WatchedContext>(&mut self, consumer: &BaseConsumer<C>) -> bool {
         if self.bound.is_zero() || self.last_look.elapsed() < LOOK_EVERY {
             return false;
         }
         self.last_look = Instant::now();
+        let Some(sample) = consumer.context().group_health().latest() else {
+            return false;
+        };
         let empty = consumer.assignment().is_ok_and(|a| a.count() == 0);
-        if !self.observe(empty, Instant::now()) {
+        if !self.observe(&sample, empty, Instant::now()) {
             return false;
         }
         let partitions = self.partitions(consumer);
@@ -80,19 +132,25 @@ impl AssignmentWatchdog {
         true
     }
 
-    /// Track how long the assignment has been empty; true when a rejoin is
-    /// due (and then the bound doubles for the next one).
-    fn observe(&mut self, empty: bool, now: Instant) -> bool {
-        if !empty {
-            self.empty_since = None;
+    /// Whether a rejoin is due: the member is steady with no partition
+    /// (librdkafka's sample and its local assignment agree), its last
+    /// rebalance is older than the current bound, and so is the last rejoin
+    /// (whose rebalance the sample may not show yet). A rejoin doubles the
+    /// bound; partitions bring it back.
+    fn observe(&mut self, sample: &GroupSample, empty: bool, now: Instant) -> bool {
+        if sample.assignment_size > 0 || !empty {
             self.current = self.bound;
             return false;
         }
-        let since = *self.empty_since.get_or_insert(now);
-        if now.duration_since(since) < self.current {
+        let stuck = sample.join_state == "steady"
+            && sample.rebalance_age >= self.current
+            && self
+                .last_rejoin
+                .is_none_or(|at| now.duration_since(at) >= self.current);
+        if !stuck {
             return false;
         }
-        self.empty_since = Some(now);
+        self.last_rejoin = Some(now);
         self.current = (self.current * 2).min(MAX_BOUND.max(self.bound));
         true
     }
@@ -117,30 +175,62 @@ impl AssignmentWatchdog {
 mod tests {
     use super::*;
 
+    fn sample(join_state: &str, assigned: i32, age_secs: u64) -> GroupSample {
+        GroupSample {
+            join_state: join_state.into(),
+            assignment_size: assigned,
+            rebalance_age: Duration::from_secs(age_secs),
+        }
+    }
+
     #[test]
-    fn rejoins_after_the_bound_then_waits_twice_as_long_until_given_partitions() {
+    fn rejoins_a_steady_empty_member_then_waits_twice_as_long_until_given_partitions() {
         let mut w = AssignmentWatchdog::new("t", "g", Duration::from_secs(10));
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        assert!(!w.observe(true, at(0)));
-        assert!(!w.observe(true, at(9)));
-        assert!(w.observe(true, at(10)), "empty for the bound: rejoin");
-        assert!(!w.observe(true, at(29)));
-        assert!(w.observe(true, at(30)), "still empty: next after 20 s");
-        assert!(!w.observe(false, at(31)), "given partitions");
-        assert!(!w.observe(true, at(32)));
-        assert!(w.observe(true, at(42)), "the bound is back to 10 s");
+        assert!(!w.observe(&sample("steady", 0, 9), true, at(0)));
+        assert!(
+            !w.observe(&sample("wait-join", 0, 60), true, at(1)),
+            "never in the middle of a rebalance"
+        );
+        assert!(w.observe(&sample("steady", 0, 10), true, at(2)), "rejoin");
+        assert!(
+            !w.observe(&sample("steady", 0, 30), true, at(3)),
+            "the sample predates the rejoin"
+        );
+        assert!(!w.observe(&sample("steady", 0, 19), true, at(30)));
+        assert!(
+            w.observe(&sample("steady", 0, 20), true, at(30)),
+            "next after 20 s"
+        );
+        assert!(
+            !w.observe(&sample("steady", 4, 1), false, at(31)),
+            "given partitions"
+        );
+        assert!(
+            w.observe(&sample("steady", 0, 10), true, at(50)),
+            "back to 10 s"
+        );
+    }
+
+    #[test]
+    fn a_member_holding_partitions_is_left_alone() {
+        let mut w = AssignmentWatchdog::new("t", "g", Duration::from_secs(1));
+        let now = Instant::now();
+        assert!(!w.observe(&sample("steady", 3, 600), false, now));
+        assert!(
+            !w.observe(&sample("steady", 0, 600), false, now),
+            "the local assignment says otherwise"
+        );
     }
 
     #[test]
     fn the_bound_stops_growing() {
         let mut w = AssignmentWatchdog::new("t", "g", Duration::from_secs(300));
-        let t0 = Instant::now();
-        assert!(!w.observe(true, t0));
-        let mut t = t0;
+        let mut t = Instant::now();
         for _ in 0..5 {
-            t += w.current;
-            assert!(w.observe(true, t));
+            t += MAX_BOUND;
+            assert!(w.observe(&sample("steady", 0, 3_600), true, t));
         }
         assert_eq!(w.current, MAX_BOUND);
     }

@@ -21,7 +21,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
 use crate::config::ConsumersConfig;
-use crate::consumer::Backoff;
+use crate::consumer::{Backoff, GroupHealth, WatchedContext};
 
 /// Where each partition resumes, as the durable sink knows it.
 pub trait StartPositions: Send + Sync + 'static {
@@ -50,6 +50,8 @@ pub struct AssignAtPositions<S: StartPositions> {
     lag_gauge: &'static str,
     /// How reading the start positions is retried.
     retry: ConsumersConfig,
+    /// The group's state from the statistics, for the watchdog.
+    group_health: GroupHealth,
 }
 
 impl<S: StartPositions> AssignAtPositions<S> {
@@ -66,6 +68,7 @@ impl<S: StartPositions> AssignAtPositions<S> {
             write_gate: Arc::default(),
             lag_gauge,
             retry: retry.clone(),
+            group_health: GroupHealth::default(),
         }
     }
 
@@ -114,6 +117,7 @@ impl<S: StartPositions> ClientContext for AssignAtPositions<S> {
 
     fn stats(&self, stats: Statistics) {
         super::record_consumer_lag(&stats, self.lag_gauge);
+        self.group_health.record(&stats);
     }
 }
 
@@ -183,5 +187,11 @@ pub fn commit_hint<C: ConsumerContext>(
     }
     if tpl.count() > 0 {
         let _ = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async);
+    }
+}
+
+impl<S: StartPositions> WatchedContext for AssignAtPositions<S> {
+    fn group_health(&self) -> &GroupHealth {
+        &self.group_health
     }
 }

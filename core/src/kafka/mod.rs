@@ -143,15 +143,23 @@ fn unread(p: &rdkafka::statistics::Partition) -> Option<i64> {
 /// offsets in Kafka and need no rebalance hooks).
 pub struct LagReporting {
     pub gauge: &'static str,
+    pub group_health: crate::consumer::GroupHealth,
 }
 
 impl ClientContext for LagReporting {
     fn stats(&self, stats: Statistics) {
         record_consumer_lag(&stats, self.gauge);
+        self.group_health.record(&stats);
     }
 }
 
 impl ConsumerContext for LagReporting {}
+
+impl crate::consumer::WatchedContext for LagReporting {
+    fn group_health(&self) -> &crate::consumer::GroupHealth {
+        &self.group_health
+    }
+}
 
 #[cfg(test)]
 mod tests {
