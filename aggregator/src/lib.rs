@@ -29,9 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hourglass_core::Config;
-use hourglass_core::consumer::{
-    AssignmentWatchdog, Component, ConsumerError, Started, run_consumer,
-};
+use hourglass_core::consumer::{Component, ConsumerError, Started, run_consumer};
 use tokio_util::sync::CancellationToken;
 
 use sink::RollupSink;
@@ -74,11 +72,7 @@ async fn build(
         windows: Arc::new(WindowConfig::from(&cfg.aggregator)),
         flush_interval: Duration::from_millis(cfg.aggregator.flush_interval_ms.max(10)),
         retry: cfg.consumers.clone(),
-        watchdog: AssignmentWatchdog::new(
-            &cfg.kafka.topic,
-            &cfg.aggregator.group_id,
-            Duration::from_secs(cfg.consumers.stuck_assignment_secs),
-        ),
+        watchdog: started.watchdog,
         shutdown: started.shutdown,
         readiness: started.readiness,
         partitions: BTreeMap::new(),

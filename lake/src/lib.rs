@@ -16,12 +16,9 @@ pub mod schema;
 pub mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use hourglass_core::Config;
-use hourglass_core::consumer::{
-    AssignmentWatchdog, Component, ConsumerError, Started, run_consumer,
-};
+use hourglass_core::consumer::{Component, ConsumerError, Started, run_consumer};
 use tokio_util::sync::CancellationToken;
 
 /// Run the archiver until `shutdown` is cancelled; open files are written
@@ -60,11 +57,7 @@ async fn build(
         store,
         &cfg.kafka.topic,
         cfg,
-        AssignmentWatchdog::new(
-            &cfg.kafka.topic,
-            &cfg.lake.group_id,
-            Duration::from_secs(cfg.consumers.stuck_assignment_secs),
-        ),
+        started.watchdog,
         started.shutdown,
         started.readiness,
     );

@@ -98,6 +98,7 @@ impl Loop {
         consumer: LoaderConsumer,
         dlq: FutureProducer,
         cfg: &Config,
+        watchdog: AssignmentWatchdog,
         shutdown: CancellationToken,
         readiness: Readiness,
     ) -> Self {
@@ -116,11 +117,7 @@ impl Loop {
             batch_bytes: cfg.loader.batch_bytes,
             batch_age: Duration::from_millis(cfg.loader.batch_age_ms),
             retry: cfg.consumers.clone(),
-            watchdog: AssignmentWatchdog::new(
-                &cfg.kafka.topic,
-                &cfg.loader.group_id,
-                Duration::from_secs(cfg.consumers.stuck_assignment_secs),
-            ),
+            watchdog,
             shutdown,
             readiness,
             batch: Batch {

@@ -63,6 +63,13 @@ async fn build(
     );
     let consumer = started.consumer_config.create_with_context(context)?;
     let dlq = hourglass_core::kafka::producer(&cfg.kafka)?;
-    let main = consumer::Loop::new(consumer, dlq, cfg, started.shutdown, started.readiness);
+    let main = consumer::Loop::new(
+        consumer,
+        dlq,
+        cfg,
+        started.watchdog,
+        started.shutdown,
+        started.readiness,
+    );
     Ok(move || main.run())
 }

@@ -4,7 +4,7 @@ use rdkafka::ClientConfig;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use super::ConsumerError;
+use super::{AssignmentWatchdog, ConsumerError};
 use crate::Config;
 use crate::telemetry::{Readiness, Service};
 
@@ -28,6 +28,8 @@ pub struct Started {
     /// component, lag statistics, range assignment (a partition's records
     /// stay with one member between rebalances that do not move it).
     pub consumer_config: ClientConfig,
+    /// The group's watchdog, for the loop to call between polls.
+    pub watchdog: AssignmentWatchdog,
 }
 
 /// Check the config, serve health and metrics, build the loop with `build`
@@ -59,6 +61,11 @@ where
         shutdown,
         runtime: Handle::current(),
         consumer_config,
+        watchdog: AssignmentWatchdog::new(
+            &cfg.kafka.topic,
+            component.group_id,
+            std::time::Duration::from_secs(cfg.consumers.stuck_assignment_secs),
+        ),
     };
     let main = match build(started).await {
         Ok(main) => main,
