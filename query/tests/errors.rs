@@ -2,7 +2,7 @@
 //! ClickHouse is a port nothing listens on), held to its status, its
 //! `code`, its `Retry-After` and, for 401, `WWW-Authenticate`. What needs
 //! data (tenancy, exact numbers, limits ClickHouse enforces) is in the
-//! end-to-end suite (tests/query_api.rs).
+//! end-to-end suite (tests/e2e/query_api.rs).
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 """Run Hourglass's SQL on a current ClickHouse engine, in-process (chdb-core).
 
-Used by tests/modern_clickhouse.rs. `chdb_run.py --version` prints the
+Used by tests/e2e/modern_clickhouse.rs. `chdb_run.py --version` prints the
 engine's version. `chdb_run.py REQUEST.json` reads:
 
     {"database": "...",

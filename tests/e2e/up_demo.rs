@@ -5,14 +5,13 @@
 //! as written (extracted from README.md), and the page is loaded in
 //! headless Chromium until the numbers it draws equal the API's; its
 //! screenshot is kept in `test-artifacts/query-page.png` (git-ignored).
-mod common;
 
 use std::process::Command;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{TestEnv, browser, hourglass_bin, readme};
+use crate::common::{TestEnv, browser, hourglass_bin, readme};
 use hourglass_lake::store::{LocalStore, ObjectStore};
 
 fn number_after(text: &str, prefix: &str) -> u64 {
@@ -514,7 +513,7 @@ async fn up_with_demo_traffic_fills_every_store_consistently() {
         .fetch_one()
         .await
         .unwrap();
-    let checked = common::grafana::assert_every_query_returns_rows(
+    let checked = crate::common::grafana::assert_every_query_returns_rows(
         &env.cfg.clickhouse.url,
         &env.name,
         i64::from(from),

@@ -7,17 +7,15 @@
 //! reports exactly what was injected. Batch passes SIGKILLed at random
 //! moments never show a reader a missing or doubled hour or day.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::common::{Ingest, TestEnv, hourglass_bin, wait_until};
 use chrono::{DateTime, SecondsFormat, Utc};
 use clickhouse::Row;
-use common::{Ingest, TestEnv, hourglass_bin, wait_until};
 use hourglass_core::histogram::VALUE_SCALE;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -345,7 +343,7 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
         })
         .collect();
     std::fs::write(&sdk_file, serde_json::to_vec(&sdk_events).unwrap()).unwrap();
-    let python = common::python();
+    let python = crate::common::python();
     let out = Command::new(&python)
         .args([
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/segment_retry.py"),
@@ -488,9 +486,9 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
     let mut qcfg = env.cfg.clone();
     qcfg.query.jwt_secret = SECRET.into();
     qcfg.query.allow_project_wide_tokens = true;
-    let (api, stop) = common::start_query_api(qcfg).await;
+    let (api, stop) = crate::common::start_query_api(qcfg).await;
     let token = |admin: bool| {
-        common::hs256_token(
+        crate::common::hs256_token(
             SECRET,
             &json!({"project_id": PROJECT, "sub": "e2e", "hourglass_admin": admin,
                     "exp": Utc::now().timestamp() + 3600}),
@@ -569,7 +567,7 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
         .await;
         let delay = kill_rng.random_range(0..4_000);
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        common::sigkill(&mut child);
+        crate::common::sigkill(&mut child);
         eprintln!(
             "kill {kill}: {delay} ms after the pass's first commit, {} commits made by it",
             commits().await - before
@@ -748,8 +746,8 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
         .collect();
     assert_eq!(got, want, "reconciliation\n{table}");
 
-    common::sigterm(&mut aggregator);
-    common::sigterm(&mut loader);
+    crate::common::sigterm(&mut aggregator);
+    crate::common::sigterm(&mut loader);
     let _ = std::fs::remove_file(&sdk_file);
     drop(ingest);
     env.teardown().await;

@@ -5,14 +5,12 @@
 //! range, none twice. The day itself is partly covered: the events span
 //! 23:30 of the day before to 00:35.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::generator;
+use crate::common::rollup_truth::assert_matches_truth;
+use crate::common::{TestEnv, sigterm, wait_until};
 use chrono::{DateTime, TimeZone, Utc};
-use common::generator;
-use common::rollup_truth::assert_matches_truth;
-use common::{TestEnv, sigterm, wait_until};
 
 const DAY: &str = "2026-01-01 00:00:00";
 
@@ -96,7 +94,7 @@ async fn replay_range(env: &TestEnv, lake: &str, into: &str, from: &str, to: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_day_is_rebuilt_from_the_lake_with_the_same_numbers() {
-    let n = common::scenario::env_count("HG_REPLAY_EVENTS", 200_000);
+    let n = crate::common::scenario::env_count("HG_REPLAY_EVENTS", 200_000);
     let env = TestEnv::new("lake_replay").await;
     env.migrate().await;
     env.create_topic(8).await;
@@ -114,9 +112,12 @@ async fn a_deleted_day_is_rebuilt_from_the_lake_with_the_same_numbers() {
         env.spawn(&["archive"], &vars),
     ];
     let store = hourglass_lake::store::LocalStore::new(&lake);
-    wait_until(
-        Duration::from_secs(600),
+    // Progress is the three stores' counts together; a stall (not a slow
+    // machine) fails.
+    crate::common::wait_for_progress(
+        Duration::from_secs(120),
         "events loaded, aggregated and archived",
+        3 * n as u64,
         || async {
             let raw = sql(&env, "SELECT count() FROM events").await;
             let rolled = sql(&env, "SELECT sum(events) FROM rollup_5m").await;
@@ -125,7 +126,14 @@ async fn a_deleted_day_is_rebuilt_from_the_lake_with_the_same_numbers() {
                 .unwrap_or_default();
             let archived =
                 hourglass_lake::layout::records_named(objects.iter().map(|o| o.key.as_str()));
-            raw.trim() == n.to_string() && rolled.trim() == n.to_string() && archived == n as i64
+            [
+                raw.trim().parse().unwrap_or(0),
+                rolled.trim().parse().unwrap_or(0),
+                archived,
+            ]
+            .iter()
+            .map(|&c: &i64| c.clamp(0, n as i64) as u64)
+            .sum()
         },
     )
     .await;

@@ -14,18 +14,16 @@
 //! cluster, the views (now from the batch layer) still equal the truth, and
 //! the query API answers from it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::generator;
-use common::rollup_truth::{assert_matches_truth, flushed_events, wait_all_flushed};
-use common::{TestEnv, sigkill, sigterm, wait_until};
+use crate::common::generator;
+use crate::common::rollup_truth::{assert_matches_truth, flushed_events, wait_all_flushed};
+use crate::common::{TestEnv, sigkill, sigterm, wait_until};
 
 const CLUSTER_URL: &str = "http://127.0.0.1:18201";
 
 fn event_count() -> usize {
-    common::scenario::env_count("HG_CLUSTER_EVENTS", 300_000)
+    crate::common::scenario::env_count("HG_CLUSTER_EVENTS", 300_000)
 }
 
 fn components_env(env: &TestEnv) -> Vec<(&'static str, String)> {
@@ -38,14 +36,14 @@ fn components_env(env: &TestEnv) -> Vec<(&'static str, String)> {
         ("HOURGLASS_LOADER__BATCH_ROWS", "20000".into()),
         ("HOURGLASS_CONSUMERS__RETRY_MAX_MS", "2000".into()),
     ];
-    vars.extend(common::scenario::fast_group_env());
+    vars.extend(crate::common::scenario::fast_group_env());
     vars
 }
 
 /// The PID of cluster server `n`, which this stack must have started: a
 /// server it cannot kill is a failure, not a skipped scenario.
 fn replica_pid(n: u16) -> i32 {
-    common::stack_pid(&format!("cluster/ch{n}")).unwrap_or_else(|| {
+    crate::common::stack_pid(&format!("cluster/ch{n}")).unwrap_or_else(|| {
         panic!(
             "cluster server ch{n} was not started by this stack: run `hourglass stack up --cluster`"
         )
@@ -128,7 +126,7 @@ async fn exactly_once_through_replica_kills_and_failovers() {
         aggregator.try_wait().unwrap().is_none() && loader.try_wait().unwrap().is_none(),
         "the consumers ride out a replica's death"
     );
-    common::stack_up();
+    crate::common::stack_up();
     eprintln!(
         "ch2 back: {} events flushed, {} rows loaded",
         flushed_events(&env).await,
@@ -155,7 +153,7 @@ async fn exactly_once_through_replica_kills_and_failovers() {
         flushed_events(&env).await,
         loaded(&env).await
     );
-    common::stack_up();
+    crate::common::stack_up();
 
     wait_all_flushed(&env, n as u64).await;
     wait_until(Duration::from_secs(600), "every event loaded", || async {
@@ -269,9 +267,9 @@ async fn query_metrics(env: &TestEnv, query: &str) -> serde_json::Value {
     let mut cfg = env.cfg.clone();
     cfg.query.jwt_secret = SECRET.into();
     cfg.query.allow_project_wide_tokens = true;
-    let (base, stop) = common::start_query_api(cfg).await;
+    let (base, stop) = crate::common::start_query_api(cfg).await;
     let claims = serde_json::json!({"project_id": "proj", "sub": "t", "exp": chrono::Utc::now().timestamp() + 600});
-    let token = common::hs256_token(SECRET, &claims);
+    let token = crate::common::hs256_token(SECRET, &claims);
     let r = reqwest::Client::new()
         .get(format!("{base}/v1/metrics?{query}"))
         .bearer_auth(token)

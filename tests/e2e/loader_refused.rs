@@ -7,13 +7,11 @@
 //! server's reason and their source offsets, the progress reaches the end
 //! of every partition, and events produced afterwards load too.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::generator;
-use common::{TestEnv, read_topic, sigterm};
+use crate::common::generator;
+use crate::common::{TestEnv, read_topic, sigterm};
 use hourglass_core::contract::EventEnvelope;
 use rdkafka::Message;
 use rdkafka::message::Headers;

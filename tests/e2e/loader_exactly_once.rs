@@ -3,15 +3,13 @@
 //! moments and with ClickHouse SIGKILLed mid-INSERT; poison records land in
 //! the dead-letter topic. Duplicates are counted in a plain MergeTree shadow
 //! of `events` (filled by a materialized view), which no merge collapses.
-//! `HG_LOAD_EVENTS` (default 1,000,000), `HG_KILL_SEED` (replays the kills).
-
-mod common;
+//! `HG_LOAD_EVENTS` (default 400,000), `HG_KILL_SEED` (replays the kills).
 
 use std::time::Duration;
 
-use common::generator;
-use common::scenario::{self, KillPlan};
-use common::{TestEnv, sigkill, sigterm, wait_until};
+use crate::common::generator;
+use crate::common::scenario::{self, KillPlan};
+use crate::common::{TestEnv, sigkill, sigterm, wait_until};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureRecord;
@@ -40,7 +38,7 @@ async fn loaded(env: &TestEnv) -> (u64, u64) {
 
 async fn wait_all_loaded(env: &TestEnv, n: u64) {
     // Fails once nothing moved for 2 minutes, not after a fixed budget.
-    common::wait_for_progress(
+    crate::common::wait_for_progress(
         Duration::from_secs(120),
         "rows inserted into `events`",
         n,
@@ -74,7 +72,7 @@ async fn scenario(label: &str, topic: &str) -> TestEnv {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_loads_exactly_once_through_kills_and_a_clickhouse_outage() {
-    let n = scenario::env_count("HG_LOAD_EVENTS", 1_000_000);
+    let n = scenario::env_count("HG_LOAD_EVENTS", 400_000);
     let mut plan = KillPlan::new("loader_exactly_once");
     let topic_env = TestEnv::new("load").await;
     topic_env.create_topic(8).await;
@@ -211,7 +209,7 @@ async fn every_event_loads_exactly_once_through_kills_and_a_clickhouse_outage() 
             child.try_wait().unwrap().is_none(),
             "a loader started while ClickHouse is down waits for it"
         );
-        common::stack_up();
+        crate::common::stack_up();
         wait_all_loaded(&env, n as u64).await;
         assert!(
             child.try_wait().unwrap().is_none(),

@@ -6,8 +6,6 @@
 //! every dashboard type-checked against @grafana/schema. scripts/test
 //! installs the tools (scripts/lib.sh `ensure_chart_tools`).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -165,13 +163,13 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
         let toml = literal_block(&manifests, "hourglass.toml");
         let config_file = scratch.join(format!("{name}.toml"));
         std::fs::write(&config_file, &toml).unwrap();
-        let checked = ok(Command::new(common::hourglass_bin())
+        let checked = ok(Command::new(crate::common::hourglass_bin())
             .arg("--config")
             .arg(&config_file)
             .args(["config", "--check"])
             .env_remove("HOURGLASS_CONFIG"));
         assert!(checked.contains("configuration valid"), "{name}: {checked}");
-        let effective = ok(Command::new(common::hourglass_bin())
+        let effective = ok(Command::new(crate::common::hourglass_bin())
             .arg("--config")
             .arg(&config_file)
             .arg("config")
@@ -329,7 +327,7 @@ fn chart_refuses_values_that_would_deploy_something_broken() {
     let config_file =
         std::env::temp_dir().join(format!("hg_chart_bad_{}.toml", std::process::id()));
     std::fs::write(&config_file, literal_block(&manifests, "hourglass.toml")).unwrap();
-    let out = run(Command::new(common::hourglass_bin())
+    let out = run(Command::new(crate::common::hourglass_bin())
         .arg("--config")
         .arg(&config_file)
         .args(["config", "--check"])

@@ -7,12 +7,10 @@
 //! user's skipped records are a partition's last. A deletion made for one
 //! tenant leaves the same user id's events in other tenants.
 
-mod common;
-
 use std::time::Duration;
 
-use common::generator;
-use common::{TestEnv, sigterm};
+use crate::common::generator;
+use crate::common::{TestEnv, sigterm};
 use hourglass_core::contract::EventEnvelope;
 use uuid::Uuid;
 

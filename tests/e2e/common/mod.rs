@@ -35,16 +35,10 @@ pub struct TestEnv {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            // The children's log is the only account of why a wait timed out.
-            let path = std::env::temp_dir().join(format!("{}.log", self.name));
-            if let Ok(log) = std::fs::read_to_string(&path) {
-                let lines: Vec<&str> = log.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(80)..];
-                eprintln!("--- last {} lines of {} ---", tail.len(), path.display());
-                for line in tail {
-                    eprintln!("{line}");
-                }
-            }
+            // The children's log is the only account of why a wait timed
+            // out; a broker that stopped answering shows only in its own.
+            print_tail(&std::env::temp_dir().join(format!("{}.log", self.name)), 80);
+            print_tail(&checkout_dir().join(".stack/kafka/server.log"), 20);
         }
         let me = hourglass_bin();
         for pid in self.children.lock().map(|c| c.clone()).unwrap_or_default() {
@@ -57,6 +51,17 @@ impl Drop for TestEnv {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
+        }
+    }
+}
+
+fn print_tail(path: &std::path::Path, lines: usize) {
+    if let Ok(log) = std::fs::read_to_string(path) {
+        let all: Vec<&str> = log.lines().collect();
+        let tail = &all[all.len().saturating_sub(lines)..];
+        eprintln!("--- last {} lines of {} ---", tail.len(), path.display());
+        for line in tail {
+            eprintln!("{line}");
         }
     }
 }
@@ -206,8 +211,9 @@ impl TestEnv {
             .env(
                 "RUST_LOG",
                 // HG_TEST_RUST_LOG raises a child's log level when chasing a failure.
-                std::env::var("HG_TEST_RUST_LOG")
-                    .unwrap_or_else(|_| "warn,hourglass_aggregator=info".into()),
+                std::env::var("HG_TEST_RUST_LOG").unwrap_or_else(|_| {
+                    "warn,hourglass_core::consumer=info,hourglass_aggregator=info".into()
+                }),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -296,11 +302,21 @@ pub fn sigkill(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// The checkout the tests run from. Read at run time (cargo sets it for
+/// `cargo test`): the build cache is shared between clones, so a binary
+/// built in another clone of the same commit is reused here, with that
+/// clone's path compiled in.
+pub fn checkout_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// PID of a local-stack server this stack started (None: someone else's).
 pub fn stack_pid(key: &str) -> Option<i32> {
     let dir = std::env::var_os("HOURGLASS_STACK_DIR")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".stack"));
+        .unwrap_or_else(|| checkout_dir().join(".stack"));
     std::fs::read_to_string(dir.join(key).join("pid"))
         .ok()?
         .trim()
@@ -312,7 +328,7 @@ pub fn stack_pid(key: &str) -> Option<i32> {
 pub fn stack_up() {
     let status = Command::new(hourglass_bin())
         .args(["stack", "up"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(checkout_dir())
         .status()
         .expect("run hourglass stack up");
     assert!(status.success(), "stack up after the outage");

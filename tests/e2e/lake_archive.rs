@@ -1,17 +1,15 @@
-//! The archiver against the local S3 server: 1,000,000 seeded events →
+//! The archiver against the local S3 server: 400,000 seeded events (`HG_LAKE_EVENTS`) →
 //! Parquet objects holding each event exactly once, with the archiver
 //! SIGKILLed 5 times during the run; pyarrow and DuckDB read the lake with
 //! Hive partitioning.
-
-mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::generator;
-use common::scenario::{self, KillPlan};
-use common::{TestEnv, sigterm};
+use crate::common::generator;
+use crate::common::scenario::{self, KillPlan};
+use crate::common::{TestEnv, sigterm};
 use hourglass_core::config::LakeStorage;
 use hourglass_lake::store::ObjectStore;
 
@@ -36,7 +34,7 @@ async fn archived(store: &dyn ObjectStore) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_is_archived_exactly_once_through_kills() {
-    let n = scenario::env_count("HG_LAKE_EVENTS", 1_000_000);
+    let n = scenario::env_count("HG_LAKE_EVENTS", 400_000);
     let mut plan = KillPlan::new("lake_archive");
     let mut env = TestEnv::new("lake_archive").await;
     env.cfg.lake.storage = LakeStorage::S3;
@@ -63,7 +61,7 @@ async fn every_event_is_archived_exactly_once_through_kills() {
     .await;
     let seen = archived(store.as_ref()).await;
     let start = std::time::Instant::now();
-    common::wait_for_progress(
+    crate::common::wait_for_progress(
         Duration::from_secs(180),
         "events in the lake",
         n as u64,
@@ -113,7 +111,7 @@ async fn every_event_is_archived_exactly_once_through_kills() {
     eprintln!("{} objects, {rows} rows", objects.len());
 
     // A data engineer's view: pyarrow with Hive partitioning, DuckDB on top.
-    let python = common::python();
+    let python = crate::common::python();
     let s3 = &env.cfg.s3;
     let out = std::process::Command::new(&python)
         .args([

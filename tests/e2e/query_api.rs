@@ -6,14 +6,12 @@
 //! sessions, pagination, user deletion (and that a lake replay does not bring
 //! the user back), and that bad tokens and parameters get clear 4xx answers.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::common::TestEnv;
+use crate::common::seeded_project::{generate, seed, t0};
 use chrono::{DateTime, Duration, Utc};
-use common::TestEnv;
-use common::seeded_project::{generate, seed, t0};
 use hourglass_core::contract::EventEnvelope;
 use hourglass_core::histogram::ValueHistogram;
 use hourglass_lake::store::LocalStore;
@@ -23,7 +21,7 @@ use serde_json::{Value, json};
 const SECRET: &str = "a-shared-secret-of-the-apps-auth-service-0123456789";
 
 fn token(claims: Value) -> String {
-    common::hs256_token(SECRET, &claims)
+    crate::common::hs256_token(SECRET, &claims)
 }
 
 fn claims(project: &str) -> Value {
@@ -85,7 +83,7 @@ impl Api {
 }
 
 async fn start(cfg: hourglass_core::Config) -> (Api, tokio_util::sync::CancellationToken) {
-    let (base, stop) = common::start_query_api(cfg).await;
+    let (base, stop) = crate::common::start_query_api(cfg).await;
     let api = Api {
         base,
         http: reqwest::Client::new(),

@@ -4,12 +4,10 @@
 //! records it could not write, instead of retrying for ever; its checkpoint
 //! is not moved past them, so a restart meets the same refusal.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::generator;
-use common::{TestEnv, sigterm};
+use crate::common::generator;
+use crate::common::{TestEnv, sigterm};
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

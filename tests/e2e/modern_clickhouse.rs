@@ -15,14 +15,12 @@
 //!    the API's statement log) as 18.16 did; the API's writes (a user
 //!    deletion) must run there too.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use crate::common::TestEnv;
+use crate::common::seeded_project::{generate, seed, t0};
 use chrono::Utc;
-use common::TestEnv;
-use common::seeded_project::{generate, seed, t0};
 use hourglass_aggregator::sink::RollupSink;
 use hourglass_aggregator::window::{Checkpoint, ClosedWindows, KeyAggregate, RollupRow, user_hash};
 use hourglass_core::histogram::ValueHistogram;
@@ -232,7 +230,7 @@ impl StatementLog {
 }
 
 fn token(claims: Value) -> String {
-    common::hs256_token(SECRET, &claims)
+    crate::common::hs256_token(SECRET, &claims)
 }
 
 /// 18.16's answer to `sql`, as TabSeparated text.
@@ -337,7 +335,7 @@ async fn copy_tables(env: &TestEnv, dir: &std::path::Path) -> Vec<Value> {
 }
 
 fn chdb(args: &[&str]) -> String {
-    let python = common::python();
+    let python = crate::common::python();
     let out = std::process::Command::new(&python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -417,7 +415,7 @@ async fn a_current_clickhouse_answers_every_statement_as_18_16_does() {
     let mut cfg = env.cfg.clone();
     cfg.query.jwt_secret = SECRET.into();
     cfg.query.allow_project_wide_tokens = true;
-    let (base, stop) = common::start_query_api(cfg).await;
+    let (base, stop) = crate::common::start_query_api(cfg).await;
     let http = reqwest::Client::new();
     let exp = Utc::now().timestamp() + 3600;
     let acme = token(json!({"project_id": "acme", "sub": "t", "exp": exp}));

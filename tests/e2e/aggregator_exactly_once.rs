@@ -1,15 +1,13 @@
 //! End to end: seeded events on Kafka → `hourglass aggregate` → ClickHouse
 //! rollups equal to the generator's ground truth, with and without crashes.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::generator;
-use common::rollup_truth::{assert_matches_truth, flushed_events, wait_all_flushed};
-use common::scenario::{self, KillPlan};
-use common::{TestEnv, sigkill, sigterm, wait_until};
+use crate::common::generator;
+use crate::common::rollup_truth::{assert_matches_truth, flushed_events, wait_all_flushed};
+use crate::common::scenario::{self, KillPlan};
+use crate::common::{TestEnv, sigkill, sigterm, wait_until};
 
 const SCENARIOS: [&str; 4] = ["clean", "kills", "pair", "outage"];
 
@@ -25,11 +23,11 @@ fn aggregator_env() -> Vec<(&'static str, String)> {
 }
 
 /// One topic, produced once; each scenario gets its own database and group.
-/// `HG_AGG_EVENTS` (default 1,000,000), `HG_AGG_SCENARIOS` (default all of
+/// `HG_AGG_EVENTS` (default 400,000), `HG_AGG_SCENARIOS` (default all of
 /// clean, kills, pair, outage) and `HG_KILL_SEED` (replays a run's kills).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollups_are_exact_with_and_without_crashes() {
-    let n = scenario::env_count("HG_AGG_EVENTS", 1_000_000);
+    let n = scenario::env_count("HG_AGG_EVENTS", 400_000);
     let only = scenario::env_scenarios("HG_AGG_SCENARIOS", &SCENARIOS);
     let mut plan = KillPlan::new("aggregator_exactly_once");
     let topic_env = TestEnv::new("agg").await;
@@ -147,7 +145,7 @@ async fn rollups_are_exact_with_and_without_crashes() {
             child.try_wait().unwrap().is_none(),
             "an aggregator started while ClickHouse is down waits for it"
         );
-        common::stack_up();
+        crate::common::stack_up();
         wait_all_flushed(&env, n as u64).await;
         assert!(
             child.try_wait().unwrap().is_none(),

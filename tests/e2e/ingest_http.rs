@@ -2,14 +2,12 @@
 //! what is refused gets its own 4xx, and the official Segment SDK works
 //! unchanged.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::time::Duration;
 
+use crate::common::{Ingest, TestEnv, read_topic};
 use chrono::{DateTime, Utc};
-use common::{Ingest, TestEnv, read_topic};
 use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION_HEADER};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -263,7 +261,7 @@ async fn the_official_segment_python_sdk_works_unchanged() {
     let env = TestEnv::new("ingest_segment").await;
     env.create_topic(4).await;
     let ingest = Ingest::start(&env, "app", &[]).await;
-    let python = common::python();
+    let python = crate::common::python();
     let n = 600;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/segment_sdk.py");
     let out = std::process::Command::new(&python)

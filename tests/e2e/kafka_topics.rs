@@ -4,12 +4,10 @@
 //! topics are created with the configured `min.insync.replicas`; an
 //! existing topic weaker than configured is named by ingest at start.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Ingest, TestEnv, hourglass_bin, wait_until};
+use crate::common::{Ingest, TestEnv, hourglass_bin, wait_until};
 use hourglass_core::kafka::{TopicError, ensure_pipeline_topics, topics};
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,12 +2,10 @@
 //! Retry-After and never 2xx; once the broker is back it accepts again
 //! without a restart, and every event it acknowledged is on the topic.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{Ingest, TestEnv, read_topic};
+use crate::common::{Ingest, TestEnv, read_topic};
 use hourglass_core::contract::EventEnvelope;
 use rdkafka::Message;
 use serde_json::json;
@@ -26,7 +24,7 @@ fn batch(n: usize) -> (String, Vec<Uuid>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_down_means_503_never_2xx_and_back_means_accepting() {
     // Not someone else's broker: skipped outside CI, a failure in CI.
-    let Some(kafka_pid) = common::scenario::stack_pid_for("kafka", "broker outage") else {
+    let Some(kafka_pid) = crate::common::scenario::stack_pid_for("kafka", "broker outage") else {
         return;
     };
     let env = TestEnv::new("ingest_outage").await;
@@ -79,7 +77,7 @@ async fn broker_down_means_503_never_2xx_and_back_means_accepting() {
     assert_eq!(ready.status(), 503, "not ready while the broker is down");
 
     // Broker back: accepting again, same ingest process.
-    common::stack_up();
+    crate::common::stack_up();
     let back = Instant::now();
     loop {
         let (body, ids) = batch(20);

@@ -6,12 +6,10 @@
 //! event exactly once; whether the watchdog had to act is printed (tansu did
 //! not leave the group stuck in every run, so it is not asserted).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::generator;
-use common::{TestEnv, sigkill, sigterm, wait_until};
+use crate::common::generator;
+use crate::common::{TestEnv, sigkill, sigterm, wait_until};
 
 const SESSION_MS: u64 = 6_000;
 
