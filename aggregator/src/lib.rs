@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hourglass_core::Config;
+use hourglass_core::clickhouse::cluster::QuorumGuard;
 use hourglass_core::consumer::{Component, ConsumerError, Started, run_consumer};
 use tokio_util::sync::CancellationToken;
 
@@ -53,11 +54,10 @@ async fn build(
     cfg: &Config,
     started: Started,
 ) -> Result<impl FnOnce() -> Result<(), ConsumerError> + use<>, ConsumerError> {
+    let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
+    let quorum = QuorumGuard::new(&cfg.clickhouse, client.clone(), sink::CHECKPOINT_TABLES);
     let context = consumer::AggregatorContext::new(
-        RollupSink::new(
-            hourglass_core::clickhouse::client(&cfg.clickhouse),
-            &cfg.kafka.topic,
-        ),
+        RollupSink::new(client, &cfg.kafka.topic).with_quorum_guard(quorum),
         started.runtime.clone(),
         metrics::CONSUMER_LAG,
         &cfg.consumers,

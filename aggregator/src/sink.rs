@@ -2,6 +2,7 @@
 //! checkpoint, and reading checkpoints back.
 
 use clickhouse::{Client, Row};
+use hourglass_core::clickhouse::cluster::{ConsistentReadError, QuorumGuard};
 use serde::{Deserialize, Serialize};
 
 use crate::window::{Checkpoint, ClosedWindows, RollupRow};
@@ -61,7 +62,7 @@ pub enum SinkError {
     #[error("reading checkpoints of topic {topic} failed: {source}")]
     ReadCheckpoints {
         topic: String,
-        source: clickhouse::error::Error,
+        source: ConsistentReadError,
     },
     #[error("resetting the checkpoint of {topic} partition {partition} failed: {reason}")]
     ResetCheckpoint {
@@ -76,9 +77,8 @@ impl SinkError {
     pub fn failure(&self) -> hourglass_core::clickhouse::errors::Failure {
         use hourglass_core::clickhouse::errors::{Failure, classify};
         match self {
-            SinkError::Write { source, .. } | SinkError::ReadCheckpoints { source, .. } => {
-                classify(source)
-            }
+            SinkError::Write { source, .. } => classify(source),
+            SinkError::ReadCheckpoints { source, .. } => source.failure(),
             SinkError::ResetCheckpoint { .. } => Failure::Transient,
         }
     }
@@ -101,14 +101,26 @@ struct ProgressRecord<'a> {
 pub struct RollupSink {
     client: Client,
     topic: String,
+    quorum: Option<QuorumGuard>,
 }
+
+/// The tables whose pending quorum INSERTs a checkpoint read waits for.
+pub const CHECKPOINT_TABLES: &[&str] = &["rollup_5m", "aggregator_progress"];
 
 impl RollupSink {
     pub fn new(client: Client, topic: impl Into<String>) -> Self {
         Self {
             client,
             topic: topic.into(),
+            quorum: None,
         }
+    }
+
+    /// On a cluster: read checkpoints only while no quorum INSERT is
+    /// pending ([`QuorumGuard`]).
+    pub fn with_quorum_guard(mut self, guard: Option<QuorumGuard>) -> Self {
+        self.quorum = guard;
+        self
     }
 
     /// One INSERT holding every closed window of one partition plus its
@@ -193,6 +205,13 @@ impl RollupSink {
     /// The latest checkpoint of every partition that has flushed, from the
     /// small progress table (never a scan of `rollup_5m`).
     pub async fn checkpoints(&self) -> Result<Vec<(i32, Checkpoint)>, SinkError> {
+        let failed = |source| SinkError::ReadCheckpoints {
+            topic: self.topic.clone(),
+            source,
+        };
+        if let Some(guard) = &self.quorum {
+            guard.settled().await.map_err(failed)?;
+        }
         let rows: Vec<CheckpointRecord> = self
             .client
             .query(
@@ -202,10 +221,7 @@ impl RollupSink {
             .bind(&self.topic)
             .fetch_all()
             .await
-            .map_err(|source| SinkError::ReadCheckpoints {
-                topic: self.topic.clone(),
-                source,
-            })?;
+            .map_err(|e| failed(e.into()))?;
         Ok(rows
             .into_iter()
             .map(|r| {

@@ -37,6 +37,16 @@ fn parquet_failed(e: crate::schema::SchemaError) -> ConsumerError {
     }
 }
 
+/// How often finished files' offsets are committed. A commit per file
+/// would send one OffsetCommit per object, and around an hour boundary
+/// (records of two hours interleaved) files hold a record or two: hundreds
+/// of commits a second, each a write in the broker's store, queued on the
+/// coordinator connection ahead of the heartbeats (tansu 0.6 let such a
+/// member's session expire and never took it back). Committing later only
+/// means more re-reading after a crash, which the lake's existence check
+/// skips.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+
 /// One file being filled.
 struct OpenFile {
     hour: DateTime<Utc>,
@@ -60,6 +70,9 @@ pub struct Archiver {
     skip_through: HashMap<i32, i64>,
     /// Next offset to read per partition (to re-seek after a pause).
     next: HashMap<i32, i64>,
+    /// Offset after the last file written per partition, not yet committed.
+    to_commit: HashMap<i32, i64>,
+    last_commit: Instant,
     shutdown: CancellationToken,
     readiness: Readiness,
     /// A seek after a pause that failed for good: the consumer's position
@@ -89,6 +102,8 @@ impl Archiver {
             files: HashMap::new(),
             skip_through: HashMap::new(),
             next: HashMap::new(),
+            to_commit: HashMap::new(),
+            last_commit: Instant::now(),
             shutdown,
             readiness,
             position_lost: None,
@@ -116,6 +131,9 @@ impl Archiver {
                 housekeeping = Instant::now();
                 self.forget_revoked();
                 self.close_aged()?;
+                if self.last_commit.elapsed() >= COMMIT_EVERY {
+                    self.commit();
+                }
                 self.watchdog.check(&self.consumer);
             }
             if let Some(e) = self.position_lost.take() {
@@ -130,7 +148,14 @@ impl Archiver {
         for p in partitions {
             self.close(p)?;
         }
+        self.commit();
         Ok(())
+    }
+
+    /// Commit past every file written since the last commit.
+    fn commit(&mut self) {
+        self.last_commit = Instant::now();
+        commit_hint(&self.consumer, &self.topic, self.to_commit.drain());
     }
 
     fn on_record(
@@ -246,10 +271,11 @@ impl Archiver {
             .collect();
         self.files.retain(|p, _| mine.contains(p));
         self.skip_through.retain(|p, _| mine.contains(p));
+        self.to_commit.retain(|p, _| mine.contains(p));
         metrics::open_files(self.files.len());
     }
 
-    /// Write a partition's open file to the lake, then commit past it.
+    /// Write a partition's open file to the lake; the next commit goes past it.
     fn close(&mut self, partition: i32) -> Result<(), ConsumerError> {
         let Some(mut open) = self.files.remove(&partition) else {
             return Ok(());
@@ -272,7 +298,7 @@ impl Archiver {
         }
         metrics::file_written(rows, size, started.elapsed());
         tracing::debug!(%key, rows, bytes = size, "file written");
-        commit_hint(&self.consumer, &self.topic, [(partition, open.last + 1)]);
+        self.to_commit.insert(partition, open.last + 1);
         metrics::open_files(self.files.len());
         Ok(())
     }

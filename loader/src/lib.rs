@@ -20,6 +20,7 @@ pub mod sink;
 
 use hourglass_core::Config;
 use hourglass_core::clickhouse::ServerVersion;
+use hourglass_core::clickhouse::cluster::QuorumGuard;
 use hourglass_core::consumer::{Component, ConsumerError, Started, run_consumer};
 use hourglass_core::kafka::assign::AssignAtPositions;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +48,11 @@ async fn build(
     // The loader produces dead letters with acks=all.
     hourglass_core::kafka::topics::check_pipeline_topics_in_background(&cfg.kafka);
     let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
-    let mut sink = EventSink::new(client.clone());
+    let mut sink = EventSink::new(client.clone()).with_quorum_guard(QuorumGuard::new(
+        &cfg.clickhouse,
+        client.clone(),
+        sink::PROGRESS_TABLES,
+    ));
     match ServerVersion::query(&client).await {
         Ok(v) if v.has_insert_dedup() => sink = sink.with_dedup_tokens(&cfg.kafka.topic),
         Ok(_) => {}

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Datelike;
 use clickhouse::{Client, Row};
+use hourglass_core::clickhouse::cluster::{ConsistentReadError, QuorumGuard};
 use hourglass_core::clickhouse::deletions::{DeletedUsers, DeletionsVersion};
 use hourglass_core::kafka::assign::StartPositions;
 use serde::Deserialize;
@@ -30,7 +31,11 @@ pub struct EventSink {
     /// the source topic, named in every token.
     dedup_topic: Option<String>,
     deletions: Arc<Mutex<Deletions>>,
+    quorum: Option<QuorumGuard>,
 }
+
+/// The tables whose pending quorum INSERTs a progress read waits for.
+pub const PROGRESS_TABLES: &[&str] = &["events", "loader_progress"];
 
 /// The `deletions` table as last read, and what it looked like then.
 #[derive(Default)]
@@ -122,7 +127,15 @@ impl EventSink {
             client,
             dedup_topic: None,
             deletions: Arc::default(),
+            quorum: None,
         }
+    }
+
+    /// On a cluster: read progress only while no quorum INSERT is pending
+    /// ([`QuorumGuard`]).
+    pub fn with_quorum_guard(mut self, guard: Option<QuorumGuard>) -> Self {
+        self.quorum = guard;
+        self
     }
 
     /// Send insert deduplication tokens (only for servers that know them).
@@ -214,7 +227,10 @@ impl EventSink {
     }
 
     /// Highest offset loaded per partition.
-    pub async fn progress(&self) -> Result<BTreeMap<i32, i64>, clickhouse::error::Error> {
+    pub async fn progress(&self) -> Result<BTreeMap<i32, i64>, ConsistentReadError> {
+        if let Some(guard) = &self.quorum {
+            guard.settled().await?;
+        }
         let rows: Vec<ProgressRecord> = self
             .client
             .query("SELECT partition_id, max(last_offset) AS o FROM loader_progress GROUP BY partition_id")

@@ -11,7 +11,9 @@
 //! Distributed table arrives at the shard's local table, where its views
 //! fire); views and the readers keep the names they use on one server.
 
-use hourglass_core::clickhouse::cluster::{local_name, sharding_key};
+use hourglass_core::clickhouse::cluster::{
+    local_name, sharded_replication_path, sharding_key, zookeeper_root,
+};
 
 /// One rendered single-server statement as the statements a cluster runs.
 pub fn rewrite(statement: &str, database: &str, cluster: &str) -> Vec<String> {
@@ -40,7 +42,7 @@ pub fn rewrite(statement: &str, database: &str, cluster: &str) -> Vec<String> {
         return match sharding_key(&table) {
             Some(key) => {
                 let local = local_name(&table);
-                let path = format!("/clickhouse/hourglass/{database}/{{shard}}/{local}");
+                let path = sharded_replication_path(database, "{shard}", &table);
                 vec![
                     format!(
                         "CREATE TABLE IF NOT EXISTS {db}.{local}{on}{}",
@@ -50,7 +52,7 @@ pub fn rewrite(statement: &str, database: &str, cluster: &str) -> Vec<String> {
                 ]
             }
             None => {
-                let path = format!("/clickhouse/hourglass/{database}/all/{table}");
+                let path = format!("{}/all/{table}", zookeeper_root(database));
                 vec![format!(
                     "CREATE TABLE IF NOT EXISTS {db}.{table}{on}{}",
                     replicated(&rest, &path)

@@ -12,6 +12,7 @@
 //! ledgers) is small and replicated to every server under one path, so a
 //! query sent to any shard finds it locally.
 
+use crate::clickhouse::errors::{Failure, classify};
 use crate::config::ClickHouseConfig;
 
 /// The sharded tables and their sharding keys. Tables materialized views
@@ -39,6 +40,111 @@ pub fn sharding_key(table: &str) -> Option<&'static str> {
 /// The local (per-shard) table behind a sharded table's Distributed one.
 pub fn local_name(table: &str) -> String {
     format!("{table}_local")
+}
+
+/// The ZooKeeper folder of a database's replicated tables: one folder per
+/// shard (named by the `{shard}` macro) for the sharded tables, and `all`
+/// for the tables every server holds.
+pub fn zookeeper_root(database: &str) -> String {
+    format!("/clickhouse/hourglass/{database}")
+}
+
+/// The replication path of a sharded table's local table on `shard` (pass
+/// `{shard}` for the macro in DDL).
+pub fn sharded_replication_path(database: &str, shard: &str, table: &str) -> String {
+    format!("{}/{shard}/{}", zookeeper_root(database), local_name(table))
+}
+
+/// A read whose answer decides what to write next (a checkpoint, a
+/// progress mark, a landed check) failed or cannot be trusted yet.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsistentReadError {
+    #[error(transparent)]
+    Read(#[from] clickhouse::error::Error),
+    #[error(
+        "a quorum INSERT into {table} on shard {shard} has not reached its quorum (a replica down?); \
+         its part will become visible when it does, so progress read now would be behind it"
+    )]
+    QuorumPending { table: String, shard: String },
+}
+
+impl ConsistentReadError {
+    /// A pending quorum settles by itself (the replica comes back and
+    /// fetches the part): transient.
+    pub fn failure(&self) -> Failure {
+        match self {
+            ConsistentReadError::Read(e) => classify(e),
+            ConsistentReadError::QuorumPending { .. } => Failure::Transient,
+        }
+    }
+}
+
+/// Holds progress reads back while a quorum INSERT is pending on a cluster.
+///
+/// A quorum INSERT that fails (its second replica died, or the writer was
+/// killed with a replica down) leaves its part on the replica that took it,
+/// and ClickHouse does not roll it back: sequentially consistent reads hide
+/// the part until the missing replica fetches it, then show it. A consumer
+/// that read its checkpoint in between would write those rows again in
+/// other blocks, which ZooKeeper's block deduplication does not recognise:
+/// a double count once the part appears. So a checkpoint or progress read
+/// counts only while no quorum INSERT into the tables is pending on any
+/// shard (ZooKeeper's `<table>/quorum/status` node exists exactly then).
+/// Waiting costs no availability: at that quorum the shard takes no other
+/// INSERT until the replica is back either.
+#[derive(Clone)]
+pub struct QuorumGuard {
+    client: clickhouse::Client,
+    database: String,
+    tables: &'static [&'static str],
+}
+
+impl QuorumGuard {
+    /// None on one server (no quorum, nothing to wait for).
+    pub fn new(
+        cfg: &ClickHouseConfig,
+        client: clickhouse::Client,
+        tables: &'static [&'static str],
+    ) -> Option<Self> {
+        cfg.is_cluster().then(|| Self {
+            client,
+            database: cfg.database.clone(),
+            tables,
+        })
+    }
+
+    /// Ok when no quorum INSERT into the tables is pending on any shard.
+    pub async fn settled(&self) -> Result<(), ConsistentReadError> {
+        let shards: Vec<String> = self
+            .client
+            .query("SELECT name FROM system.zookeeper WHERE path = ? AND name != 'all'")
+            .bind(zookeeper_root(&self.database))
+            .fetch_all()
+            .await?;
+        for shard in &shards {
+            for table in self.tables {
+                let quorum = format!(
+                    "{}/quorum",
+                    sharded_replication_path(&self.database, shard, table)
+                );
+                let pending: u64 = self
+                    .client
+                    .query(
+                        "SELECT count() FROM system.zookeeper WHERE path = ? AND name = 'status'",
+                    )
+                    .bind(quorum)
+                    .fetch_one()
+                    .await?;
+                if pending > 0 {
+                    return Err(ConsistentReadError::QuorumPending {
+                        table: (*table).to_owned(),
+                        shard: shard.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What `ALTER TABLE … DELETE` must name to delete rows of `table`: the
@@ -106,6 +212,10 @@ mod tests {
         );
         assert_eq!(mutation_target(&cfg, "batch_lease"), "batch_lease");
         assert_eq!(mutated_table(&cfg, "rollup_5m"), "rollup_5m_local");
+        assert_eq!(
+            sharded_replication_path("hg", "{shard}", "events"),
+            "/clickhouse/hourglass/hg/{shard}/events_local"
+        );
         assert!(
             writer_settings(&cfg).contains(&("insert_quorum", "2".into())),
             "{:?}",
