@@ -500,6 +500,15 @@ pub struct ConsumersConfig {
     /// assignment for good (tansu 0.6 after a member died). 0 turns the
     /// check off.
     pub stuck_assignment_secs: u64,
+    /// A partition with records past the group's committed offset, held by
+    /// no member of this consumer, whose commit has not moved for this long
+    /// makes the consumer leave and rejoin its group, in seconds (doubling
+    /// while it keeps finding one, up to 10 minutes). Covers coordinators
+    /// that answer a rebalance with an older generation's assignments, so
+    /// a dead member's partitions belong to no one (tansu 0.6 when
+    /// rebalances race). Above a window plus its grace: the aggregator
+    /// commits when windows close. 0 turns the check off.
+    pub orphan_partition_secs: u64,
 }
 
 impl Default for ConsumersConfig {
@@ -509,6 +518,7 @@ impl Default for ConsumersConfig {
             retry_max_ms: 10_000,
             retry_jitter: 0.5,
             stuck_assignment_secs: 15,
+            orphan_partition_secs: 600,
         }
     }
 }

@@ -51,17 +51,7 @@ fn replica_pid(n: u16) -> i32 {
 }
 
 fn kill_replica(n: u16) {
-    let pid = nix::unistd::Pid::from_raw(replica_pid(n));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL a replica");
-    while nix::sys::signal::kill(pid, None).is_ok() {
-        // A child of `stack up` that died stays a zombie until reaped; not ours to reap.
-        if std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::common::scenario::kill_server(replica_pid(n));
 }
 
 async fn loaded(env: &TestEnv) -> u64 {

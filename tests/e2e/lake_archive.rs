@@ -1,7 +1,9 @@
-//! The archiver against the local S3 server: 400,000 seeded events (`HG_LAKE_EVENTS`) →
-//! Parquet objects holding each event exactly once, with the archiver
-//! SIGKILLed 5 times during the run; pyarrow and DuckDB read the lake with
-//! Hive partitioning.
+//! The archiver against the local S3 server: 400,000 seeded events
+//! (`HG_LAKE_EVENTS`) → Parquet objects holding each event exactly once,
+//! through an S3 outage (the server SIGKILLed mid-run, the archiver
+//! SIGKILLed during it and a new one started while S3 is down) and 5 more
+//! SIGKILLs of the archiver; pyarrow and DuckDB read the lake with Hive
+//! partitioning.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use crate::common::generator;
 use crate::common::scenario::{self, KillPlan};
-use crate::common::{TestEnv, sigterm};
+use crate::common::{TestEnv, sigkill, sigterm};
 use hourglass_core::config::LakeStorage;
 use hourglass_lake::store::ObjectStore;
 
@@ -44,6 +46,39 @@ async fn every_event_is_archived_exactly_once_through_kills() {
     generator::produce(&env.cfg.kafka, &generated.events).await;
     let store: Arc<dyn ObjectStore> =
         Arc::from(hourglass_lake::store::open(&env.cfg).await.unwrap());
+
+    // The S3 server SIGKILLed while the archiver writes (its uploads fail,
+    // it pauses and retries), the archiver SIGKILLed during the outage and
+    // a new one started while S3 is down; S3 back 10 s later. An archiver
+    // that committed a file's offsets before its upload landed loses that
+    // file here.
+    if let Some(s3_pid) = scenario::stack_pid_for("s3", "s3 outage") {
+        let mut child = env.spawn(&["archive"], &archiver_env(&env));
+        crate::common::wait_until(Duration::from_secs(120), "a first object", || {
+            let store = store.clone();
+            async move { archived(store.as_ref()).await > 0 }
+        })
+        .await;
+        tokio::time::sleep(plan.instant(Duration::from_secs(5))).await;
+        let before = archived(store.as_ref()).await;
+        assert!(
+            before < n as u64,
+            "the outage came after the run had finished"
+        );
+        scenario::kill_server(s3_pid);
+        eprintln!("s3 outage: the S3 server SIGKILLed with {before} events archived");
+        // Longer than the files' age limit: an upload fails meanwhile.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        sigkill(&mut child);
+        let mut child = env.spawn(&["archive"], &archiver_env(&env));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "an archiver started while S3 is down waits for it"
+        );
+        crate::common::stack_up();
+        sigkill(&mut child);
+    }
 
     // SIGKILLed at random moments of its lives (joining the group, reading,
     // uploading), restarted at once each time.

@@ -65,6 +65,7 @@ where
             &cfg.kafka.topic,
             component.group_id,
             std::time::Duration::from_secs(cfg.consumers.stuck_assignment_secs),
+            std::time::Duration::from_secs(cfg.consumers.orphan_partition_secs),
         ),
     };
     let main = match build(started).await {

@@ -10,7 +10,8 @@
 //!   and memory stays bounded), then resumed with every partition re-sought
 //!   to the component's own position.
 //! - [`AssignmentWatchdog`]: a consumer its group leaves without partitions
-//!   while it is owed some rejoins.
+//!   while it is owed some rejoins, and so does one that sees a partition
+//!   no member consumes ([`orphans`]).
 //! - [`ConsumerError`]: how a consumer stops, and whether a restart can help.
 //!
 //! Each consumer keeps only what differs: the aggregator's landed and
@@ -19,6 +20,7 @@
 mod backoff;
 pub mod bootstrap;
 mod error;
+pub mod orphans;
 mod pause;
 mod watchdog;
 

@@ -1,4 +1,5 @@
-//! A consumer its group leaves without partitions.
+//! A consumer its group leaves without partitions, and (with
+//! [`OrphanWatch`]) partitions its group leaves without a consumer.
 //!
 //! tansu 0.6 keeps a dead member for its session, and a member that joins
 //! meanwhile can be given an empty assignment that no later rebalance
@@ -21,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::statistics::Statistics;
+
+use super::orphans::OrphanWatch;
 
 /// Counter of rejoins, labelled by group.
 pub const REJOINS: &str = "hourglass_consumer_rejoins_total";
@@ -84,11 +87,14 @@ pub struct AssignmentWatchdog {
     /// When the last rejoin was asked (its rebalance resets the age).
     last_rejoin: Option<Instant>,
     last_look: Instant,
+    /// The other half: partitions the group gave no live member.
+    orphans: OrphanWatch,
 }
 
 impl AssignmentWatchdog {
-    /// `bound` zero turns the watchdog off.
-    pub fn new(topic: &str, group: &str, bound: Duration) -> Self {
+    /// `bound` zero turns the empty-assignment check off, `orphan_bound`
+    /// zero the orphaned-partition check ([`OrphanWatch`]).
+    pub fn new(topic: &str, group: &str, bound: Duration, orphan_bound: Duration) -> Self {
         Self {
             topic: topic.to_owned(),
             group: group.to_owned(),
@@ -96,19 +102,34 @@ impl AssignmentWatchdog {
             current: bound,
             last_rejoin: None,
             last_look: Instant::now(),
+            orphans: OrphanWatch::new(topic, orphan_bound),
         }
     }
 
     /// Call from the consumer's loop, between polls. Returns whether the
     /// consumer rejoined its group.
     pub fn check<C: WatchedContext>(&mut self, consumer: &BaseConsumer<C>) -> bool {
-        if self.bound.is_zero() || self.last_look.elapsed() < LOOK_EVERY {
+        if self.last_look.elapsed() < LOOK_EVERY {
             return false;
         }
         self.last_look = Instant::now();
         let Some(sample) = consumer.context().group_health().latest() else {
             return false;
         };
+        if sample.join_state != "steady" {
+            self.orphans.reset();
+        } else if let Some(partition) = self.orphans.check(consumer) {
+            tracing::warn!(
+                group = %self.group,
+                partition,
+                "a partition has records past the group's commit that no member has moved; rejoining so the group hands it out again"
+            );
+            self.rejoin(consumer);
+            return true;
+        }
+        if self.bound.is_zero() {
+            return false;
+        }
         let empty = consumer.assignment().is_ok_and(|a| a.count() == 0);
         if !self.observe(&sample, empty, Instant::now()) {
             return false;
@@ -124,12 +145,17 @@ impl AssignmentWatchdog {
             next_check_in = ?self.current,
             "the group left this consumer without partitions; rejoining"
         );
+        self.rejoin(consumer);
+        true
+    }
+
+    fn rejoin<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         metrics::counter!(REJOINS, "group" => self.group.clone()).increment(1);
+        self.orphans.reset();
         consumer.unsubscribe();
         if let Err(e) = consumer.subscribe(&[&self.topic]) {
             tracing::error!(error = %e, "subscribing again failed; retried after the next bound");
         }
-        true
     }
 
     /// Whether a rejoin is due: the member is steady with no partition
@@ -185,7 +211,7 @@ mod tests {
 
     #[test]
     fn rejoins_a_steady_empty_member_then_waits_twice_as_long_until_given_partitions() {
-        let mut w = AssignmentWatchdog::new("t", "g", Duration::from_secs(10));
+        let mut w = AssignmentWatchdog::new("t", "g", Duration::from_secs(10), Duration::ZERO);
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         assert!(!w.observe(&sample("steady", 0, 9), true, at(0)));
@@ -215,7 +241,7 @@ mod tests {
 
     #[test]
     fn a_member_holding_partitions_is_left_alone() {
-        let mut w = AssignmentWatchdog::new("t", "g", Duration::from_secs(1));
+        let mut w = AssignmentWatchdog::new("t", "g", Duration::from_secs(1), Duration::ZERO);
         let now = Instant::now();
         assert!(!w.observe(&sample("steady", 3, 600), false, now));
         assert!(
@@ -226,7 +252,7 @@ mod tests {
 
     #[test]
     fn the_bound_stops_growing() {
-        let mut w = AssignmentWatchdog::new("t", "g", Duration::from_secs(300));
+        let mut w = AssignmentWatchdog::new("t", "g", Duration::from_secs(300), Duration::ZERO);
         let mut t = Instant::now();
         for _ in 0..5 {
             t += MAX_BOUND;

@@ -91,13 +91,15 @@ impl KillPlan {
 }
 
 /// Settings for consumers in kill scenarios: a short group session, so a
-/// SIGKILLed member leaves its group in seconds, and a short watchdog
-/// bound, so the replacement (started at once, as a supervisor would)
-/// rejoins as soon as the group owes it partitions.
+/// SIGKILLed member leaves its group in seconds, and short watchdog bounds,
+/// so the replacement (started at once, as a supervisor would) rejoins as
+/// soon as the group owes it partitions, and a partition that a racing
+/// rebalance left with a dead member is handed out again after 20 s.
 pub fn fast_group_env() -> Vec<(&'static str, String)> {
     vec![
         ("HOURGLASS_KAFKA__SESSION_TIMEOUT_MS", "10000".into()),
         ("HOURGLASS_CONSUMERS__STUCK_ASSIGNMENT_SECS", "3".into()),
+        ("HOURGLASS_CONSUMERS__ORPHAN_PARTITION_SECS", "20".into()),
     ]
 }
 
@@ -165,10 +167,21 @@ pub async fn kill_clickhouse_mid_insert(
             break;
         }
     }
-    let pid = nix::unistd::Pid::from_raw(pid);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL ClickHouse");
-    while nix::sys::signal::kill(pid, None).is_ok() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    kill_server(pid);
     mid_insert
+}
+
+/// SIGKILL a server of the stack and wait until it is gone (a child of
+/// `stack up` that died stays a zombie until reaped; not ours to reap).
+pub fn kill_server(pid: i32) {
+    let pid = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL a server");
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        if std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
