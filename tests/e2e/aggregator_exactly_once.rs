@@ -5,11 +5,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::common::generator;
+use crate::common::lost_answers::{LostAnswers, clickhouse_host_port};
 use crate::common::rollup_truth::{assert_matches_truth, flushed_events, wait_all_flushed};
 use crate::common::scenario::{self, KillPlan};
 use crate::common::{TestEnv, sigkill, sigterm, wait_until};
 
-const SCENARIOS: [&str; 4] = ["clean", "kills", "pair", "outage"];
+const SCENARIOS: [&str; 5] = ["clean", "kills", "pair", "outage", "lost"];
 
 fn aggregator_env() -> Vec<(&'static str, String)> {
     let mut env = vec![
@@ -24,7 +25,7 @@ fn aggregator_env() -> Vec<(&'static str, String)> {
 
 /// One topic, produced once; each scenario gets its own database and group.
 /// `HG_AGG_EVENTS` (default 400,000), `HG_AGG_SCENARIOS` (default all of
-/// clean, kills, pair, outage) and `HG_KILL_SEED` (replays a run's kills).
+/// clean, kills, pair, outage, lost) and `HG_KILL_SEED` (replays a run's kills).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollups_are_exact_with_and_without_crashes() {
     let n = scenario::env_count("HG_AGG_EVENTS", 400_000);
@@ -152,6 +153,22 @@ async fn rollups_are_exact_with_and_without_crashes() {
             "the aggregator kept running through the outage"
         );
         sigterm(&mut child);
+        assert_matches_truth(&env, &generated).await;
+        env.drop_database().await;
+    }
+
+    // 5. The answers to three flushes' INSERTs lost on the way back
+    // (ClickHouse wrote them; the aggregator sees a broken connection): its
+    // landed check must find them, or the retry writes the windows twice.
+    if only.iter().any(|s| s == "lost") {
+        let env = scenario_env("lost").await;
+        let proxy = LostAnswers::start(&clickhouse_host_port(&env), "rollup_5m", 3).await;
+        let mut vars = aggregator_env();
+        vars.push(("HOURGLASS_CLICKHOUSE__URL", proxy.url.clone()));
+        let mut child = env.spawn(&["aggregate"], &vars);
+        wait_all_flushed(&env, n as u64).await;
+        sigterm(&mut child);
+        assert_eq!(proxy.lost(), 3, "answers lost on the way back");
         assert_matches_truth(&env, &generated).await;
         env.drop_database().await;
     }

@@ -81,11 +81,12 @@ async fn every_event_is_archived_exactly_once_through_kills() {
     }
 
     // SIGKILLed at random moments of its lives (joining the group, reading,
-    // uploading), restarted at once each time.
+    // uploading), restarted at once each time. Lives of up to 25 s: a
+    // replacement first waits out the dead member's 10 s session.
     let mut child = scenario::kill_lives(
         &mut plan,
         5,
-        Duration::from_secs(15),
+        Duration::from_secs(25),
         || env.spawn(&["archive"], &archiver_env(&env)),
         || {
             let store = store.clone();

@@ -1,13 +1,15 @@
 //! End to end: seeded events plus poison records on Kafka → `hourglass load`
 //! → exactly one `events` row per event, with the loader SIGKILLed at random
 //! moments and with ClickHouse SIGKILLed mid-INSERT; poison records land in
-//! the dead-letter topic. Duplicates are counted in a plain MergeTree shadow
+//! the dead-letter topic, and with the answers to INSERTs that landed lost
+//! on the way back. Duplicates are counted in a plain MergeTree shadow
 //! of `events` (filled by a materialized view), which no merge collapses.
 //! `HG_LOAD_EVENTS` (default 400,000), `HG_KILL_SEED` (replays the kills).
 
 use std::time::Duration;
 
 use crate::common::generator;
+use crate::common::lost_answers::{LostAnswers, clickhouse_host_port};
 use crate::common::scenario::{self, KillPlan};
 use crate::common::{TestEnv, sigkill, sigterm, wait_until};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -218,6 +220,19 @@ async fn every_event_loads_exactly_once_through_kills_and_a_clickhouse_outage() 
         sigterm(&mut child);
         env.drop_database().await;
     }
+
+    // 4. The answers to three INSERTs lost on the way back (ClickHouse wrote
+    // them; the loader sees a broken connection): its progress check must
+    // find them landed, or the retry writes them twice.
+    let env = scenario("load_lost", &topic).await;
+    let proxy = LostAnswers::start(&clickhouse_host_port(&env), "events", 3).await;
+    let mut vars = loader_env();
+    vars.push(("HOURGLASS_CLICKHOUSE__URL", proxy.url.clone()));
+    let mut child = env.spawn(&["load"], &vars);
+    wait_all_loaded(&env, n as u64).await;
+    sigterm(&mut child);
+    assert_eq!(proxy.lost(), 3, "answers lost on the way back");
+    env.drop_database().await;
 
     let _ = hourglass_core::kafka::delete_topics(
         &topic_env.cfg.kafka,

@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod generator;
 pub mod grafana;
+pub mod lost_answers;
 pub mod readme;
 pub mod rollup_truth;
 pub mod scenario;
