@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::common::generator;
 use crate::common::lost_answers::{LostAnswers, clickhouse_host_port};
 use crate::common::scenario::{self, KillPlan};
-use crate::common::{TestEnv, sigkill, sigterm, wait_until};
+use crate::common::{TestEnv, sigterm};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureRecord;
@@ -173,52 +173,30 @@ async fn every_event_loads_exactly_once_through_kills_and_a_clickhouse_outage() 
     sigterm(&mut child);
     env.drop_database().await;
 
-    // 3. ClickHouse SIGKILLed in the middle of an INSERT; the loader
-    // SIGKILLed too and a new one started while ClickHouse is still down (it
-    // waits for its progress); ClickHouse back 10 s later.
+    // 3. ClickHouse SIGKILLed in the middle of an INSERT: the running
+    // loader rides the outage out, a second one joins while ClickHouse is
+    // down (it waits for its progress); back 10 s later.
     if let Some(pid) = scenario::stack_pid_for("clickhouse", "outage") {
         let env = scenario("load_outage", &topic).await;
-        let mut child = env.spawn(&["load"], &loader_env());
-        wait_until(
-            Duration::from_secs(120),
-            "some rows before the outage",
-            || async { loaded(&env).await.0 > 0 },
-        )
-        .await;
-        // Within the first quarter of a clean run: the work must not be done yet.
-        tokio::time::sleep(plan.instant(life_span / 2)).await;
-        let before = loaded(&env).await.0;
-        let mid_insert = scenario::kill_clickhouse_mid_insert(
-            &env.clickhouse(),
+        let (mut first, mut second) = scenario::clickhouse_outage(
+            &mut plan,
             pid,
+            &env.clickhouse(),
             "events",
-            Duration::from_secs(30),
+            // Within the first quarter of a clean run: work must be left.
+            life_span / 2,
+            || env.spawn(&["load"], &loader_env()),
+            || async { loaded(&env).await.0 },
+            n as u64,
         )
         .await;
-        assert!(
-            mid_insert,
-            "no INSERT was seen running to kill ClickHouse in"
-        );
-        assert!(
-            before < n as u64,
-            "the outage came after the run had finished"
-        );
-        eprintln!("outage: ClickHouse SIGKILLed mid-INSERT with {before} rows loaded");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        sigkill(&mut child);
-        let mut child = env.spawn(&["load"], &loader_env());
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "a loader started while ClickHouse is down waits for it"
-        );
-        crate::common::stack_up();
         wait_all_loaded(&env, n as u64).await;
         assert!(
-            child.try_wait().unwrap().is_none(),
-            "the loader kept running through the outage"
+            first.try_wait().unwrap().is_none() && second.try_wait().unwrap().is_none(),
+            "both loaders kept running through the outage"
         );
-        sigterm(&mut child);
+        sigterm(&mut first);
+        sigterm(&mut second);
         env.drop_database().await;
     }
 

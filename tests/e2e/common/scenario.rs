@@ -185,3 +185,55 @@ pub fn kill_server(pid: i32) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A ClickHouse outage two consumers of one group live through: `spawn`
+/// starts the first, which runs until ClickHouse is SIGKILLed in the middle
+/// of an INSERT into `table` (at a moment drawn from `[0, within)` after its
+/// first progress) and rides the outage out (its writes fail, it pauses,
+/// retries, then resumes and re-seeks); the second is started 2 s into the
+/// outage (it joins the group and waits for its start positions). ClickHouse
+/// comes back 10 s later. Returns both, running.
+#[allow(clippy::too_many_arguments)]
+pub async fn clickhouse_outage<S, P, Fut>(
+    plan: &mut KillPlan,
+    pid: i32,
+    client: &clickhouse::Client,
+    table: &str,
+    within: Duration,
+    spawn: S,
+    progress: P,
+    n: u64,
+) -> (std::process::Child, std::process::Child)
+where
+    S: Fn() -> std::process::Child,
+    P: Fn() -> Fut,
+    Fut: Future<Output = u64>,
+{
+    let mut first = spawn();
+    super::wait_until(Duration::from_secs(120), "first progress", || async {
+        progress().await > 0
+    })
+    .await;
+    tokio::time::sleep(plan.instant(within)).await;
+    let before = progress().await;
+    let mid_insert = kill_clickhouse_mid_insert(client, pid, table, Duration::from_secs(30)).await;
+    assert!(
+        mid_insert,
+        "no INSERT into {table} was seen running to kill ClickHouse in"
+    );
+    assert!(before < n, "the outage came after the run had finished");
+    eprintln!("outage: ClickHouse SIGKILLed mid-INSERT with {before} of {n} done");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut second = spawn();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "a consumer rides a ClickHouse outage out"
+    );
+    assert!(
+        second.try_wait().unwrap().is_none(),
+        "a consumer started while ClickHouse is down waits for it"
+    );
+    super::stack_up();
+    (first, second)
+}
