@@ -163,3 +163,58 @@ impl PausedRetry {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::ClientConfig;
+
+    /// A real consumer that reaches no broker (nothing listens on the
+    /// discard port): it holds no partition, so every seek fails.
+    fn consumer_without_partitions() -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("group.id", "pause-unit-test")
+            .set("log_level", "0")
+            .create()
+            .expect("a consumer is created without a broker")
+    }
+
+    fn paused_with_records_from(partition: i32) -> Paused {
+        Paused {
+            assignment: TopicPartitionList::new(),
+            touched: BTreeSet::from([partition]),
+        }
+    }
+
+    #[test]
+    fn a_seek_that_keeps_failing_stops_the_consumer_with_the_lost_position() {
+        let consumer = consumer_without_partitions();
+        let error = paused_with_records_from(3)
+            .resume(&consumer, "events", |_| Some(42))
+            .expect_err("reading on would skip the records fetched while paused");
+        assert!(
+            matches!(
+                error,
+                ConsumerError::PositionLost {
+                    partition: 3,
+                    offset: 42,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(
+            error.is_transient(),
+            "a restart resumes from the durable position"
+        );
+    }
+
+    #[test]
+    fn a_partition_no_longer_ours_is_not_sought() {
+        let consumer = consumer_without_partitions();
+        paused_with_records_from(3)
+            .resume(&consumer, "events", |_| None)
+            .expect("nothing to seek");
+    }
+}
