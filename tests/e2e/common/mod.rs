@@ -75,7 +75,12 @@ impl TestEnv {
         cfg.clickhouse.database = name.clone();
         cfg.kafka.topic = name.clone();
         cfg.kafka.dlq_topic = format!("{name}.dlq");
+        // Every consumer group the test's own too: a group that an earlier
+        // scenario's members (or a tansu rebalance gone wrong) left behind
+        // never holds up the next one.
         cfg.aggregator.group_id = format!("{name}-agg");
+        cfg.loader.group_id = format!("{name}-load");
+        cfg.lake.group_id = format!("{name}-arch");
         let env = Self {
             cfg,
             name,
@@ -191,6 +196,14 @@ impl TestEnv {
             (
                 "HOURGLASS_AGGREGATOR__GROUP_ID".into(),
                 self.cfg.aggregator.group_id.clone(),
+            ),
+            (
+                "HOURGLASS_LOADER__GROUP_ID".into(),
+                self.cfg.loader.group_id.clone(),
+            ),
+            (
+                "HOURGLASS_LAKE__GROUP_ID".into(),
+                self.cfg.lake.group_id.clone(),
             ),
             (
                 "HOURGLASS_AGGREGATOR__HTTP_LISTEN".into(),
