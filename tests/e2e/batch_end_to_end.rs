@@ -381,10 +381,7 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
     );
     let mut loader = env.spawn(
         &["load"],
-        &[
-            ("HOURGLASS_LOADER__GROUP_ID", format!("{}-load", env.name)),
-            ("HOURGLASS_LOADER__HTTP_LISTEN", "127.0.0.1:0".into()),
-        ],
+        &[("HOURGLASS_LOADER__HTTP_LISTEN", "127.0.0.1:0".into())],
     );
     // Records per kind, with what the speed layer counts.
     let mut records: Vec<(&Event, bool)> = plan

@@ -26,13 +26,12 @@ fn event_count() -> usize {
     crate::common::scenario::env_count("HG_CLUSTER_EVENTS", 300_000)
 }
 
-fn components_env(env: &TestEnv) -> Vec<(&'static str, String)> {
+fn components_env() -> Vec<(&'static str, String)> {
     let mut vars = vec![
         ("HOURGLASS_AGGREGATOR__IDLE_TIMEOUT_SECS", "2".into()),
         ("HOURGLASS_AGGREGATOR__FLUSH_INTERVAL_MS", "300".into()),
         ("HOURGLASS_AGGREGATOR__DIMENSIONS", r#"["path"]"#.into()),
         ("HOURGLASS_LOADER__HTTP_LISTEN", "127.0.0.1:0".into()),
-        ("HOURGLASS_LOADER__GROUP_ID", format!("{}-load", env.name)),
         ("HOURGLASS_LOADER__BATCH_ROWS", "20000".into()),
         ("HOURGLASS_CONSUMERS__RETRY_MAX_MS", "2000".into()),
     ];
@@ -92,7 +91,7 @@ async fn exactly_once_through_replica_kills_and_failovers() {
     generator::produce(&env.cfg.kafka, &generated.events).await;
     eprintln!("produced {n} events on 4 partitions");
 
-    let extra = components_env(&env);
+    let extra = components_env();
     let mut aggregator = env.spawn(&["aggregate"], &extra);
     let mut loader = env.spawn(&["load"], &extra);
     wait_until(

@@ -19,7 +19,6 @@ fn archiver_env(env: &TestEnv) -> Vec<(&'static str, String)> {
     let mut vars = vec![
         ("HOURGLASS_LAKE__STORAGE", "s3".into()),
         ("HOURGLASS_S3__PREFIX", env.name.clone()),
-        ("HOURGLASS_LAKE__GROUP_ID", format!("{}-arch", env.name)),
         ("HOURGLASS_LAKE__HTTP_LISTEN", "127.0.0.1:0".into()),
         ("HOURGLASS_LAKE__FILE_MAX_ROWS", "50000".into()),
         ("HOURGLASS_LAKE__FILE_MAX_AGE_SECS", "5".into()),

@@ -14,13 +14,11 @@ use chrono::{DateTime, TimeZone, Utc};
 
 const DAY: &str = "2026-01-01 00:00:00";
 
-fn pipeline_env(env: &TestEnv, lake: &str) -> Vec<(&'static str, String)> {
+fn pipeline_env(lake: &str) -> Vec<(&'static str, String)> {
     vec![
         ("HOURGLASS_AGGREGATOR__IDLE_TIMEOUT_SECS", "2".into()),
         ("HOURGLASS_AGGREGATOR__DIMENSIONS", r#"["path"]"#.into()),
-        ("HOURGLASS_LOADER__GROUP_ID", format!("{}-load", env.name)),
         ("HOURGLASS_LOADER__HTTP_LISTEN", "127.0.0.1:0".into()),
-        ("HOURGLASS_LAKE__GROUP_ID", format!("{}-arch", env.name)),
         ("HOURGLASS_LAKE__HTTP_LISTEN", "127.0.0.1:0".into()),
         ("HOURGLASS_LAKE__LOCAL_DIR", lake.into()),
         ("HOURGLASS_LAKE__FILE_MAX_AGE_SECS", "2".into()),
@@ -82,7 +80,7 @@ async fn replay(env: &TestEnv, lake: &str, into: &str) {
 async fn replay_range(env: &TestEnv, lake: &str, into: &str, from: &str, to: &str) {
     let mut child = env.spawn(
         &["replay", "--from", from, "--to", to, "--into", into],
-        &pipeline_env(env, lake),
+        &pipeline_env(lake),
     );
     let status = child.wait().unwrap();
     assert!(
@@ -105,7 +103,7 @@ async fn a_deleted_day_is_rebuilt_from_the_lake_with_the_same_numbers() {
     let generated = generator::generate(23, n, 13, 2_000);
     generator::produce(&env.cfg.kafka, &generated.events).await;
 
-    let vars = pipeline_env(&env, &lake);
+    let vars = pipeline_env(&lake);
     let mut children = vec![
         env.spawn(&["load"], &vars),
         env.spawn(&["aggregate"], &vars),

@@ -304,9 +304,7 @@ async fn up_with_demo_traffic_fills_every_store_consistently() {
         ("HOURGLASS_AGGREGATOR__FLUSH_INTERVAL_MS", "200".into()),
         // The drill-down dashboard splits by a dimension.
         ("HOURGLASS_AGGREGATOR__DIMENSIONS", r#"["path"]"#.into()),
-        ("HOURGLASS_LOADER__GROUP_ID", format!("{}-load", env.name)),
         ("HOURGLASS_LOADER__HTTP_LISTEN", "127.0.0.1:0".into()),
-        ("HOURGLASS_LAKE__GROUP_ID", format!("{}-arch", env.name)),
         ("HOURGLASS_LAKE__HTTP_LISTEN", "127.0.0.1:0".into()),
         ("HOURGLASS_LAKE__LOCAL_DIR", lake.display().to_string()),
         ("HOURGLASS_LAKE__FILE_MAX_AGE_SECS", "2".into()),

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::watchdog::MAX_BOUND;
+use super::watchdog::{MAX_BOUND, topic_partitions};
 
 /// How often the group's commits and the partitions' ends are read (one
 /// OffsetFetch and one ListOffsets per partition not held).
@@ -92,14 +92,8 @@ impl OrphanWatch {
         mine: &HashSet<i32>,
     ) -> Option<Vec<PartitionSeen>> {
         let timeout = Duration::from_secs(2);
-        let metadata = consumer.fetch_metadata(Some(&self.topic), timeout).ok()?;
-        let others: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.topic)?
-            .partitions()
-            .iter()
-            .map(|p| p.id())
+        let others: Vec<i32> = topic_partitions(consumer, &self.topic)?
+            .into_iter()
             .filter(|p| !mine.contains(p))
             .collect();
         if others.is_empty() {

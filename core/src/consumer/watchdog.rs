@@ -183,16 +183,24 @@ impl AssignmentWatchdog {
 
     /// The topic's partition count, as the broker says.
     fn partitions<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> Option<usize> {
-        match consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(2)) {
-            Ok(m) => m
-                .topics()
-                .iter()
-                .find(|t| t.name() == self.topic)
-                .map(|t| t.partitions().len()),
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the topic's partitions");
-                None
-            }
+        topic_partitions(consumer, &self.topic).map(|p| p.len())
+    }
+}
+
+/// The topic's partitions, as the broker says (None: it did not answer).
+pub(super) fn topic_partitions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> Option<Vec<i32>> {
+    match consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) {
+        Ok(m) => m
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect()),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the topic's partitions");
+            None
         }
     }
 }
