@@ -202,6 +202,21 @@ pub struct ClickHouseConfig {
     /// pipeline until the quorum completes; keep this longer than the replica
     /// outages you want to ride out without operator work.
     pub insert_quorum_timeout_secs: u32,
+    /// How rows travel to and from ClickHouse over HTTP: `none`, the
+    /// default, for a server on the same host or a fast local network (the
+    /// local stack), or `lz4` (ClickHouse's block framing) where the
+    /// network is the narrower resource (the Helm chart sets it). LZ4 costs
+    /// the loader about 0.3 CPU-seconds per million rows (135 MB of
+    /// RowBinary to 70 MB) on both sides (docs/benchmarks.md).
+    pub compression: ClickHouseCompression,
+}
+
+/// Compression of ClickHouse HTTP requests and answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClickHouseCompression {
+    None,
+    Lz4,
 }
 
 impl ClickHouseConfig {
@@ -222,6 +237,7 @@ impl Default for ClickHouseConfig {
             cluster: String::new(),
             insert_quorum: 2,
             insert_quorum_timeout_secs: 600,
+            compression: ClickHouseCompression::None,
         }
     }
 }

@@ -79,6 +79,25 @@ pub(crate) fn last_offsets<'a>(rows: impl IntoIterator<Item = &'a EventRow>) -> 
 /// on servers that have the setting).
 pub const MAX_MONTHS_PER_INSERT: usize = 100;
 
+/// The month holding Unix second `t`: its first second, the first second
+/// of the next month, and `YYYYMM`.
+fn month_of(t: u32) -> (u32, u32, i32) {
+    let Some(day) = chrono::DateTime::from_timestamp(i64::from(t), 0).map(|d| d.date_naive())
+    else {
+        return (t, t.saturating_add(1), 0);
+    };
+    let first = day.with_day(1).expect("every month has a first day");
+    let next = first + chrono::Months::new(1);
+    let second = |d: chrono::NaiveDate| {
+        u32::try_from(d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp()).unwrap_or(u32::MAX)
+    };
+    (
+        second(first),
+        second(next),
+        day.year() * 100 + day.month() as i32,
+    )
+}
+
 /// `rows` cut, in their order, into runs of at most `max` months each. Each
 /// run holds, for every Kafka partition, the next offsets after the run
 /// before it, so the progress a run's INSERT records never passes a row of
@@ -87,9 +106,14 @@ pub fn month_runs(rows: &[&EventRow], max: usize) -> Vec<std::ops::Range<usize>>
     let mut runs = Vec::new();
     let mut start = 0;
     let mut months = std::collections::BTreeSet::new();
+    // Rows of one month mostly come together: the month's bounds are
+    // computed once per change, not per row.
+    let mut current = (u32::MAX, 0u32, 0i32);
     for (i, row) in rows.iter().enumerate() {
-        let month = chrono::DateTime::from_timestamp(i64::from(row.timestamp), 0)
-            .map_or(0, |t| t.year() * 100 + t.month() as i32);
+        if !(current.0..current.1).contains(&row.timestamp) {
+            current = month_of(row.timestamp);
+        }
+        let month = current.2;
         if !months.contains(&month) && months.len() == max.max(1) {
             runs.push(start..i);
             start = i;
@@ -167,7 +191,11 @@ impl EventSink {
         self.refresh_deletions().await?;
         let kept: Vec<&EventRow> = {
             let d = self.deletions.lock().expect("deletions lock");
-            rows.iter().filter(|r| !d.covers(r)).collect()
+            if d.users.is_empty() {
+                rows.iter().collect()
+            } else {
+                rows.iter().filter(|r| !d.covers(r)).collect()
+            }
         };
         let skipped = (rows.len() - kept.len()) as u64;
         for run in month_runs(&kept, MAX_MONTHS_PER_INSERT) {
@@ -275,6 +303,36 @@ mod tests {
             .map(|(p, o)| to_row(Some(json.as_bytes()), *p, *o, &Default::default()).unwrap())
             .collect();
         assert_eq!(dedup_token("events", &rows), "events/1:5-7,3:10-12");
+    }
+
+    #[test]
+    fn a_month_is_bounded_by_its_first_second_and_the_next_months() {
+        let at = |s: &str| {
+            s.parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
+                .timestamp() as u32
+        };
+        let jan = (
+            at("2026-01-01T00:00:00Z"),
+            at("2026-02-01T00:00:00Z"),
+            202601,
+        );
+        assert_eq!(month_of(at("2026-01-01T00:00:00Z")), jan);
+        assert_eq!(month_of(at("2026-01-31T23:59:59Z")), jan);
+        assert_eq!(
+            month_of(at("2025-12-31T23:59:59Z")),
+            (at("2025-12-01T00:00:00Z"), jan.0, 202512)
+        );
+        assert_eq!(
+            month_of(at("2028-02-29T12:00:00Z")),
+            (
+                at("2028-02-01T00:00:00Z"),
+                at("2028-03-01T00:00:00Z"),
+                202802
+            )
+        );
+        assert_eq!(month_of(0).2, 197001);
+        assert_eq!(month_of(u32::MAX).2, 210602);
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub mod errors;
 
 use clickhouse::Client;
 
-use crate::config::ClickHouseConfig;
+use crate::config::{ClickHouseCompression, ClickHouseConfig};
 
 /// Wait until `table` of the client's database has no unfinished mutation
 /// (`ALTER ... DELETE` applies in the background), polling every 100 ms;
@@ -50,7 +50,10 @@ pub fn server_client(cfg: &ClickHouseConfig) -> Client {
     let mut c = Client::default()
         .with_url(&cfg.url)
         .with_user(&cfg.user)
-        .with_compression(clickhouse::Compression::Lz4)
+        .with_compression(match cfg.compression {
+            ClickHouseCompression::None => clickhouse::Compression::None,
+            ClickHouseCompression::Lz4 => clickhouse::Compression::Lz4,
+        })
         // Row validation asks the server for column types with settings and
         // formats 18.16 does not know; our row structs are checked by tests.
         .with_validation(false);
