@@ -79,6 +79,21 @@ enum Command {
     Archive,
     /// Rebuild a time range from the lake into ClickHouse, the rollups, or Kafka.
     Replay(ReplayArgs),
+    /// One compaction pass over the lake: each settled hour's files of a
+    /// partition made one file (the archiver runs passes on its own every
+    /// lake.compact_interval_secs).
+    Compact {
+        /// First hour folder (RFC 3339, arrival time); default: the
+        /// configured lookback before the newest settled hour.
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// End (exclusive); default: after the newest settled hour.
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Show what would be merged, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Run the speed layer: windows from Kafka into rollup_5m, exactly once.
     Aggregate,
     /// The aggregator's checkpoints (resume offset and event-time watermark
@@ -316,6 +331,7 @@ async fn main() -> Result<()> {
         },
         Command::Archive => hourglass_lake::run_archiver(cfg, on_signal()).await?,
         Command::Replay(args) => replay(&cfg, args).await?,
+        Command::Compact { from, to, dry_run } => compact(&cfg, from, to, dry_run).await?,
         Command::Aggregate => hourglass_aggregator::run(cfg, on_signal()).await?,
         Command::Checkpoint { action } => checkpoint(&cfg, action).await?,
         Command::Load => hourglass_loader::run(cfg, on_signal()).await?,
@@ -389,6 +405,49 @@ async fn batch(cfg: &Config, args: BatchArgs) -> Result<()> {
         } else {
             String::new()
         }
+    );
+    Ok(())
+}
+
+async fn compact(
+    cfg: &Config,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    dry_run: bool,
+) -> Result<()> {
+    let settled = hourglass_lake::compact::CompactOptions::settled(cfg, chrono::Utc::now());
+    let opts = hourglass_lake::compact::CompactOptions {
+        from: from.unwrap_or(settled.from),
+        to: to.unwrap_or(settled.to),
+        dry_run,
+        ..settled
+    };
+    let store = hourglass_lake::store::open(cfg)
+        .await
+        .context("opening the lake")?;
+    let started = std::time::Instant::now();
+    let s = hourglass_lake::compact::compact(store.as_ref(), &opts, &|_| true)
+        .await
+        .with_context(|| format!("compacting {}", store.describe()))?;
+    println!(
+        "compact {} .. {} in {}{}: {} hour folders; {} files ({:.1} MB) {} into {} ({:.1} MB, {} rows); {} left by a stopped pass removed; {:.1} s",
+        opts.from,
+        opts.to,
+        store.describe(),
+        if dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        },
+        s.folders,
+        s.files_in,
+        s.bytes_in as f64 / 1e6,
+        if dry_run { "would merge" } else { "merged" },
+        s.files_out,
+        s.bytes_out as f64 / 1e6,
+        s.rows,
+        s.superseded_removed,
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

@@ -576,6 +576,20 @@ pub struct LakeConfig {
     pub multipart_threshold_bytes: usize,
     /// Address of the archiver's health and metrics endpoint.
     pub http_listen: String,
+    /// Seconds between the archiver's compaction passes, which make each
+    /// settled hour's files of a partition it owns one file (0: none;
+    /// `hourglass compact` runs a pass by hand).
+    pub compact_interval_secs: u64,
+    /// An hour is compacted once it ended this many seconds ago (records
+    /// are foldered by `received_at`, so an hour's records are archived
+    /// within `file_max_age_secs` of its end plus the archiver's lag; a
+    /// straggler written later is merged by the next pass).
+    pub compact_settle_secs: u64,
+    /// Hours back from the newest settled one that each pass looks at.
+    pub compact_lookback_hours: u32,
+    /// A compacted file holds at most this many bytes of source files
+    /// (larger partition-hours become several files).
+    pub compact_max_bytes: u64,
 }
 
 impl Default for LakeConfig {
@@ -590,6 +604,10 @@ impl Default for LakeConfig {
             row_group_rows: 128 * 1024,
             multipart_threshold_bytes: 16 * 1024 * 1024,
             http_listen: "127.0.0.1:19104".into(),
+            compact_interval_secs: 300,
+            compact_settle_secs: 600,
+            compact_lookback_hours: 48,
+            compact_max_bytes: 256 * 1024 * 1024,
         }
     }
 }

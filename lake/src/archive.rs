@@ -47,6 +47,9 @@ fn parquet_failed(e: crate::schema::SchemaError) -> ConsumerError {
 /// skips.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
+/// The partitions a member holds, shared with its compaction passes.
+pub type OwnedPartitions = Arc<std::sync::RwLock<std::collections::HashSet<i32>>>;
+
 /// One file being filled.
 struct OpenFile {
     hour: DateTime<Utc>,
@@ -75,6 +78,8 @@ pub struct Archiver {
     last_commit: Instant,
     shutdown: CancellationToken,
     readiness: Readiness,
+    /// Partitions assigned to this member, for its compaction passes.
+    owned: OwnedPartitions,
     /// A seek after a pause that failed for good: the consumer's position
     /// is no longer ours, so the archiver stops (a restart resumes from the
     /// last commit).
@@ -106,8 +111,14 @@ impl Archiver {
             last_commit: Instant::now(),
             shutdown,
             readiness,
+            owned: OwnedPartitions::default(),
             position_lost: None,
         }
+    }
+
+    /// The partitions this member holds, as its housekeeping last saw them.
+    pub fn owned_partitions(&self) -> OwnedPartitions {
+        self.owned.clone()
     }
 
     /// Archive until shutdown; files open then are written out first.
@@ -273,6 +284,7 @@ impl Archiver {
         self.skip_through.retain(|p, _| mine.contains(p));
         self.to_commit.retain(|p, _| mine.contains(p));
         metrics::open_files(self.files.len());
+        *self.owned.write().expect("owned partitions lock") = mine;
     }
 
     /// Write a partition's open file to the lake; the next commit goes past it.

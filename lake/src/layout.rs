@@ -2,6 +2,13 @@
 //! file name made of topic, partition, first and last offset. The name is a
 //! function of the records it holds, so re-archiving after a crash writes
 //! the same object, and offsets are zero-padded so names sort by offset.
+//!
+//! A compacted file (many files of one partition and hour made one,
+//! [`crate::compact`]) is named by its first and last offset and its row
+//! count (`-c{rows}`): around an hour boundary a partition's records of two
+//! hours interleave, so its offsets need not be contiguous. A file whose
+//! offsets lie within a compacted file's of the same folder and partition
+//! is one of its sources (or a copy of one) and is [`superseded`].
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 
@@ -30,6 +37,22 @@ pub fn file_key(hour: DateTime<Utc>, topic: &str, partition: i32, first: i64, la
     )
 }
 
+/// `{folder}{topic}-{partition}-{first}-{last}-c{rows}.parquet`: a
+/// compacted file in `folder` (an [`hour_folder`]).
+pub fn compacted_key(
+    folder: &str,
+    topic: &str,
+    partition: i32,
+    first: i64,
+    last: i64,
+    rows: i64,
+) -> String {
+    format!(
+        "{folder}{}{last:020}-c{rows}.parquet",
+        file_prefix(topic, partition, first)
+    )
+}
+
 /// What a file's key says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileName {
@@ -37,11 +60,26 @@ pub struct FileName {
     pub partition: i32,
     pub first: i64,
     pub last: i64,
+    /// Rows of a compacted file (whose offsets may have gaps); None for a
+    /// file as the archiver wrote it (every offset from first to last).
+    pub compacted_rows: Option<i64>,
 }
 
-/// Parse a key made by [`file_key`] (topic names may hold `-`).
+impl FileName {
+    /// Records the file holds.
+    pub fn records(&self) -> i64 {
+        self.compacted_rows.unwrap_or(self.last - self.first + 1)
+    }
+}
+
+/// Parse a key made by [`file_key`] or [`compacted_key`] (topic names may
+/// hold `-`).
 pub fn parse_key(key: &str) -> Option<FileName> {
     let name = key.rsplit('/').next()?.strip_suffix(".parquet")?;
+    let (name, compacted_rows) = match name.rsplit_once('-') {
+        Some((rest, rows)) if rows.starts_with('c') => (rest, Some(rows[1..].parse().ok()?)),
+        _ => (name, None),
+    };
     let mut parts = name.rsplitn(4, '-');
     let last = parts.next()?.parse().ok()?;
     let first = parts.next()?.parse().ok()?;
@@ -52,16 +90,57 @@ pub fn parse_key(key: &str) -> Option<FileName> {
         partition,
         first,
         last,
+        compacted_rows,
     })
 }
 
-/// Records the named files hold, by their names' offset ranges (a file
-/// named twice, or overlapping another, counts twice: how tests see duplicates).
+/// Records the named files hold, by their names (a file named twice, or
+/// overlapping another, counts twice: how tests see duplicates).
 pub fn records_named<'a>(keys: impl IntoIterator<Item = &'a str>) -> i64 {
     keys.into_iter()
         .filter_map(parse_key)
-        .map(|f| f.last - f.first + 1)
+        .map(|f| f.records())
         .sum()
+}
+
+/// The folder part of a key (`dt=…/hour=…/`).
+pub fn folder_of(key: &str) -> &str {
+    key.rfind('/').map_or("", |i| &key[..=i])
+}
+
+/// Keys among `keys` that a compacted file of the same folder, topic and
+/// partition already holds: its offset range covers theirs (its sources,
+/// left behind by a compaction stopped between writing it and removing
+/// them, or a copy a re-read wrote). Files of a partition are written in
+/// offset order, so no later file of the hour falls inside that range.
+/// Readers skip these; compaction removes them.
+pub fn superseded<'a>(
+    keys: impl IntoIterator<Item = &'a str>,
+) -> std::collections::HashSet<&'a str> {
+    let files: Vec<(&str, FileName)> = keys
+        .into_iter()
+        .filter_map(|k| Some((k, parse_key(k)?)))
+        .collect();
+    let covers = |c: &FileName, f: &FileName| {
+        c.first <= f.first
+            && f.last <= c.last
+            // Of two compacted files with one range, the one with more rows wins.
+            && (c.first, c.last, c.records()) != (f.first, f.last, f.records())
+            && (c.first < f.first || f.last < c.last || c.records() > f.records())
+    };
+    files
+        .iter()
+        .filter(|(key, f)| {
+            files.iter().any(|(other, c)| {
+                c.compacted_rows.is_some()
+                    && folder_of(other) == folder_of(key)
+                    && c.topic == f.topic
+                    && c.partition == f.partition
+                    && covers(c, f)
+            })
+        })
+        .map(|(key, _)| *key)
+        .collect()
 }
 
 /// Hour folders whose files can hold events with event time in `[from, to)`:
@@ -104,7 +183,8 @@ mod tests {
                 topic: "events-eu".into(),
                 partition: 3,
                 first: 42,
-                last: 1_041
+                last: 1_041,
+                compacted_rows: None,
             })
         );
         assert!(
@@ -116,6 +196,48 @@ mod tests {
             records_named([k.as_str(), "dt=x/hour=y/not-a-file.txt", k.as_str()]),
             2_000
         );
+    }
+
+    #[test]
+    fn compacted_names_carry_their_rows_and_cover_their_sources() {
+        let folder = "dt=2026-01-01/hour=13/";
+        let c = compacted_key(folder, "events-eu", 3, 42, 1_041, 900);
+        assert_eq!(
+            c,
+            "dt=2026-01-01/hour=13/events-eu-0003-00000000000000000042-00000000000000001041-c900.parquet"
+        );
+        let name = parse_key(&c).unwrap();
+        assert_eq!((name.first, name.last, name.records()), (42, 1_041, 900));
+        assert_eq!(name.topic, "events-eu");
+        assert_eq!(parse_key("dt=x/hour=y/e-0001-0005-0009-cx.parquet"), None);
+
+        let hour = hour_of(t("2026-01-01T13:00:00Z"));
+        let source = file_key(hour, "events-eu", 3, 42, 500);
+        let inside_copy = file_key(hour, "events-eu", 3, 600, 700);
+        let later = file_key(hour, "events-eu", 3, 1_042, 1_100);
+        let other_partition = file_key(hour, "events-eu", 4, 42, 500);
+        let other_hour = file_key(hour + Duration::hours(1), "events-eu", 3, 501, 599);
+        let smaller_compaction = compacted_key(folder, "events-eu", 3, 42, 1_041, 899);
+        let keys = [
+            c.as_str(),
+            &source,
+            &inside_copy,
+            &later,
+            &other_partition,
+            &other_hour,
+            &smaller_compaction,
+        ];
+        let mut gone: Vec<&str> = superseded(keys).into_iter().collect();
+        gone.sort();
+        let mut want = vec![
+            source.as_str(),
+            inside_copy.as_str(),
+            smaller_compaction.as_str(),
+        ];
+        want.sort();
+        assert_eq!(gone, want);
+        assert_eq!(records_named([c.as_str(), later.as_str()]), 900 + 59);
+        assert_eq!(folder_of(&c), folder);
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //!
 //! - [`archive`]: the archiver consumer group (exactly once through
 //!   deterministic object names and an existence check, see its docs).
+//! - [`compact`]: a settled hour's small files of a partition made one.
 //! - [`replay`]: lake → ClickHouse `events`, the rollups, or Kafka.
 //! - [`store`]: the one small trait over S3 and a local folder.
 //! - [`schema`], [`layout`]: the Parquet columns and the object names.
 
 pub mod archive;
+pub mod compact;
 pub mod layout;
 pub mod metrics;
 pub mod replay;
@@ -54,12 +56,64 @@ async fn build(
             })?;
     let archiver = archive::Archiver::new(
         consumer,
-        store,
+        store.clone(),
         &cfg.kafka.topic,
         cfg,
         started.watchdog,
-        started.shutdown,
+        started.shutdown.clone(),
         started.readiness,
     );
+    if cfg.lake.compact_interval_secs > 0 {
+        let owned = archiver.owned_partitions();
+        let (cfg, shutdown) = (cfg.clone(), started.shutdown);
+        // Its own blocking thread: merging is CPU work (Parquet decode and
+        // encode) that must not hold the runtime serving health checks.
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            runtime.block_on(compaction_loop(cfg, store, owned, shutdown));
+        });
+    }
     Ok(move || archiver.run())
+}
+
+/// A compaction pass over the settled hours of the partitions this member
+/// holds, every `lake.compact_interval_secs`, until shutdown (a pass cut
+/// short leaves only files the next one finishes, see [`compact`]).
+async fn compaction_loop(
+    cfg: Config,
+    store: Arc<dyn store::ObjectStore>,
+    owned: archive::OwnedPartitions,
+    shutdown: CancellationToken,
+) {
+    let every = std::time::Duration::from_secs(cfg.lake.compact_interval_secs);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let mine = owned.read().expect("owned partitions lock").clone();
+        if mine.is_empty() {
+            continue;
+        }
+        let opts = compact::CompactOptions::settled(&cfg, chrono::Utc::now());
+        let owns = |p: i32| mine.contains(&p);
+        let pass = compact::compact(store.as_ref(), &opts, &owns);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = pass => match result {
+                Ok(s) if s.files_in + s.superseded_removed > 0 => tracing::info!(
+                    files_in = s.files_in,
+                    files_out = s.files_out,
+                    bytes_out = s.bytes_out,
+                    superseded_removed = s.superseded_removed,
+                    "compaction pass"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    metrics::compaction_failed();
+                    tracing::warn!(error = %e, "compaction pass failed; retried next interval");
+                }
+            }
+        }
+    }
 }

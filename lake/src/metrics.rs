@@ -12,6 +12,11 @@ pub const OPEN_FILES: &str = "hourglass_archiver_open_files";
 pub const SKIPPED: &str = "hourglass_archiver_skipped_total";
 pub const UNDECODABLE: &str = "hourglass_archiver_undecodable_total";
 pub const STORE_ERRORS: &str = "hourglass_archiver_store_errors_total";
+pub const COMPACTED_FILES: &str = "hourglass_lake_compacted_files_total";
+pub const COMPACTION_OUTPUT_FILES: &str = "hourglass_lake_compaction_output_files_total";
+pub const COMPACTION_OUTPUT_BYTES: &str = "hourglass_lake_compaction_output_bytes_total";
+pub const COMPACTION_SUPERSEDED: &str = "hourglass_lake_compaction_superseded_removed_total";
+pub const COMPACTION_ERRORS: &str = "hourglass_lake_compaction_errors_total";
 pub const CONSUMER_LAG: &str = "hourglass_archiver_consumer_lag_messages";
 
 pub fn describe() {
@@ -31,6 +36,20 @@ pub fn describe() {
     describe_counter!(
         UNDECODABLE,
         "records that are not events (left to the loader's dead-letter topic)"
+    );
+    describe_counter!(
+        COMPACTED_FILES,
+        "small files merged into compacted ones (and removed)"
+    );
+    describe_counter!(COMPACTION_OUTPUT_FILES, "compacted files written");
+    describe_counter!(COMPACTION_OUTPUT_BYTES, "bytes of compacted files written");
+    describe_counter!(
+        COMPACTION_SUPERSEDED,
+        "files a stopped compaction left behind, removed by a later pass"
+    );
+    describe_counter!(
+        COMPACTION_ERRORS,
+        "compaction passes that failed (retried next interval)"
     );
     describe_counter!(
         STORE_ERRORS,
@@ -59,4 +78,18 @@ pub fn undecodable() {
 
 pub fn store_error(op: &'static str) {
     counter!(STORE_ERRORS, "op" => op).increment(1);
+}
+
+pub fn compacted(sources: usize, bytes: u64) {
+    counter!(COMPACTED_FILES).increment(sources as u64);
+    counter!(COMPACTION_OUTPUT_FILES).increment(1);
+    counter!(COMPACTION_OUTPUT_BYTES).increment(bytes);
+}
+
+pub fn compaction_superseded_removed() {
+    counter!(COMPACTION_SUPERSEDED).increment(1);
+}
+
+pub fn compaction_failed() {
+    counter!(COMPACTION_ERRORS).increment(1);
 }

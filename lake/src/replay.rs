@@ -113,6 +113,13 @@ pub async fn list_files(
                 .filter(|o| layout::parse_key(&o.key).is_some_and(|f| f.topic == topic)),
         );
     }
+    // Sources a stopped compaction left beside their compacted file.
+    let gone: std::collections::HashSet<String> =
+        layout::superseded(files.iter().map(|o| o.key.as_str()))
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+    files.retain(|o| !gone.contains(&o.key));
     files.sort_by_key(|o| {
         let f = layout::parse_key(&o.key).expect("filtered above");
         (f.partition, f.first)

@@ -146,15 +146,24 @@ impl BatchBuilder {
 /// zstd Parquet bytes of `batch`, with page statistics (readers prune by
 /// `timestamp`, `event`, `project_id`).
 pub fn to_parquet(batch: &RecordBatch, row_group_rows: usize) -> Result<Bytes, SchemaError> {
+    let mut writer = parquet_writer(row_group_rows)?;
+    writer.write(batch)?;
+    Ok(Bytes::from(writer.into_inner()?))
+}
+
+/// A writer of the lake's Parquet files (the archiver's and compaction's).
+pub fn parquet_writer(row_group_rows: usize) -> Result<ArrowWriter<Vec<u8>>, SchemaError> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_max_row_group_size(row_group_rows.max(1))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_created_by(format!("hourglass {}", env!("CARGO_PKG_VERSION")))
         .build();
-    let mut writer = ArrowWriter::try_new(Vec::new(), SCHEMA.clone(), Some(props))?;
-    writer.write(batch)?;
-    Ok(Bytes::from(writer.into_inner()?))
+    Ok(ArrowWriter::try_new(
+        Vec::new(),
+        SCHEMA.clone(),
+        Some(props),
+    )?)
 }
 
 /// Every event of one Parquet file.

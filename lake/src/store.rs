@@ -41,6 +41,8 @@ pub trait ObjectStore: Send + Sync {
     /// Every object whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+    /// Remove an object; one already gone is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Where this store is, for people.
     fn describe(&self) -> String;
 }
@@ -131,6 +133,14 @@ impl ObjectStore for LocalStore {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.root.join(key);
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Self::err(&path, e)),
+            _ => Ok(()),
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
@@ -300,6 +310,25 @@ impl ObjectStore for S3Store {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        // S3 answers a DELETE of a missing key with success too.
+        let key = self.full(key);
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| {
+                Self::err(
+                    "DeleteObject",
+                    &key,
+                    aws_sdk_s3::error::DisplayErrorContext(e),
+                )
+            })?;
+        Ok(())
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {

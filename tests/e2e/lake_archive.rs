@@ -33,6 +33,41 @@ async fn archived(store: &dyn ObjectStore) -> u64 {
     hourglass_lake::layout::records_named(objects.iter().map(|o| o.key.as_str())) as u64
 }
 
+/// Every object's events: the rows its name says, each in the hour folder
+/// of its `received_at`, and over all objects exactly `expected`, each once.
+async fn read_back(
+    store: &dyn ObjectStore,
+    objects: &[hourglass_lake::store::ObjectInfo],
+    expected: &HashSet<uuid::Uuid>,
+) {
+    let mut ids = HashSet::with_capacity(expected.len());
+    let mut rows = 0usize;
+    for o in objects {
+        assert!(o.key.starts_with("dt="), "Hive layout: {}", o.key);
+        let events =
+            hourglass_lake::schema::read_parquet(store.get(&o.key).await.unwrap()).unwrap();
+        let name = hourglass_lake::layout::parse_key(&o.key).unwrap();
+        assert_eq!(
+            events.len() as i64,
+            name.records(),
+            "{}: rows match its name",
+            o.key
+        );
+        for e in &events {
+            assert_eq!(
+                hourglass_lake::layout::hour_folder(e.event.received_at),
+                hourglass_lake::layout::folder_of(&o.key),
+                "hour folder by received_at"
+            );
+        }
+        rows += events.len();
+        ids.extend(events.into_iter().map(|e| e.event.event_id));
+    }
+    assert_eq!(rows, expected.len(), "rows over all objects");
+    assert_eq!(ids.len(), expected.len(), "no duplicate event_id");
+    assert!(&ids == expected, "exactly the generated events");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_is_archived_exactly_once_through_kills() {
     let n = scenario::env_count("HG_LAKE_EVENTS", 400_000);
@@ -118,34 +153,61 @@ async fn every_event_is_archived_exactly_once_through_kills() {
 
     // Read every object back: exactly the generated events, each once.
     let objects = store.list("").await.unwrap();
-    let mut ids = HashSet::with_capacity(n);
-    let mut rows = 0usize;
-    for o in &objects {
-        assert!(o.key.starts_with("dt="), "Hive layout: {}", o.key);
-        let events =
-            hourglass_lake::schema::read_parquet(store.get(&o.key).await.unwrap()).unwrap();
+    let expected: HashSet<_> = generated.events.iter().map(|e| e.event_id).collect();
+    read_back(store.as_ref(), &objects, &expected).await;
+    eprintln!("{} objects as the archiver wrote them", objects.len());
+
+    // Compaction of those hours: one file per partition and hour, the
+    // same events each once.
+    let (first, last) =
+        generated
+            .events
+            .iter()
+            .map(|e| e.received_at)
+            .fold((None, None), |(lo, hi), t| {
+                (
+                    Some(lo.map_or(t, |l: chrono::DateTime<chrono::Utc>| l.min(t))),
+                    Some(hi.map_or(t, |h: chrono::DateTime<chrono::Utc>| h.max(t))),
+                )
+            });
+    let opts = hourglass_lake::compact::CompactOptions {
+        topic: env.cfg.kafka.topic.clone(),
+        from: first.unwrap(),
+        to: last.unwrap() + chrono::Duration::hours(1),
+        max_bytes: env.cfg.lake.compact_max_bytes,
+        row_group_rows: env.cfg.lake.row_group_rows,
+        dry_run: false,
+    };
+    let pass = hourglass_lake::compact::compact(store.as_ref(), &opts, &|_| true)
+        .await
+        .unwrap();
+    let compacted = store.list("").await.unwrap();
+    let mut partition_hours = HashSet::new();
+    for o in &compacted {
         let name = hourglass_lake::layout::parse_key(&o.key).unwrap();
-        assert_eq!(
-            events.len() as i64,
-            name.last - name.first + 1,
-            "{}: rows match its name",
+        assert!(
+            partition_hours.insert((hourglass_lake::layout::folder_of(&o.key), name.partition)),
+            "one file per partition and hour: {}",
             o.key
         );
-        for e in &events {
-            assert_eq!(
-                hourglass_lake::layout::hour_folder(e.event.received_at),
-                o.key[..o.key.rfind('/').unwrap() + 1],
-                "hour folder by received_at"
-            );
-        }
-        rows += events.len();
-        ids.extend(events.into_iter().map(|e| e.event.event_id));
     }
-    assert_eq!(rows, n, "rows over all objects");
-    assert_eq!(ids.len(), n, "no duplicate event_id");
-    let expected: HashSet<_> = generated.events.iter().map(|e| e.event_id).collect();
-    assert_eq!(ids, expected, "exactly the generated events");
-    eprintln!("{} objects, {rows} rows", objects.len());
+    assert!(
+        pass.files_in > pass.files_out,
+        "the kills left small files to merge"
+    );
+    assert_eq!(
+        pass.files_in + (compacted.len() - pass.files_out),
+        objects.len(),
+        "every object merged or left as the only one of its partition-hour"
+    );
+    read_back(store.as_ref(), &compacted, &expected).await;
+    eprintln!(
+        "compaction: {} objects → {} ({} merged into {})",
+        objects.len(),
+        compacted.len(),
+        pass.files_in,
+        pass.files_out
+    );
 
     // A data engineer's view: pyarrow with Hive partitioning, DuckDB on top.
     let python = crate::common::python();

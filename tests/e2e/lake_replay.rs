@@ -167,6 +167,50 @@ async fn a_deleted_day_is_rebuilt_from_the_lake_with_the_same_numbers() {
     );
     assert_ne!(lost, before);
 
+    // Compact the lake first (`hourglass compact`, as an operator would):
+    // the replay reads one file per partition and hour.
+    let written = hourglass_lake::store::ObjectStore::list(&store, "")
+        .await
+        .unwrap();
+    let mut child = env.spawn(
+        &[
+            "compact",
+            "--from",
+            "2025-12-31T00:00:00Z",
+            "--to",
+            "2026-01-03T00:00:00Z",
+        ],
+        &pipeline_env(&lake),
+    );
+    assert!(child.wait().unwrap().success(), "hourglass compact failed");
+    let compacted = hourglass_lake::store::ObjectStore::list(&store, "")
+        .await
+        .unwrap();
+    let partition_hours: std::collections::HashSet<_> = compacted
+        .iter()
+        .map(|o| {
+            let name = hourglass_lake::layout::parse_key(&o.key).unwrap();
+            (
+                hourglass_lake::layout::folder_of(&o.key).to_owned(),
+                name.partition,
+            )
+        })
+        .collect();
+    assert_eq!(
+        partition_hours.len(),
+        compacted.len(),
+        "one file per partition-hour"
+    );
+    assert_eq!(
+        hourglass_lake::layout::records_named(compacted.iter().map(|o| o.key.as_str())),
+        n as i64
+    );
+    eprintln!(
+        "compacted {} objects into {}",
+        written.len(),
+        compacted.len()
+    );
+
     // Rebuild it, twice.
     for round in 1..=2 {
         replay(&env, &lake, "clickhouse").await;

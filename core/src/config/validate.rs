@@ -150,6 +150,10 @@ impl Config {
             k.file_max_rows > 0 && k.file_max_bytes > 0,
             "lake.file_max_rows and lake.file_max_bytes must be > 0".into(),
         );
+        check(
+            k.compact_max_bytes > 0 && k.compact_lookback_hours > 0,
+            "lake.compact_max_bytes and lake.compact_lookback_hours must be > 0".into(),
+        );
 
         let q = &self.query;
         check(

@@ -1,0 +1,455 @@
+//! Compaction: the files the archiver wrote for one partition and hour made
+//! one, once the hour has settled.
+//!
+//! The archiver closes a file every `lake.file_max_age_secs` per partition,
+//! and around an hour boundary (records of two hours interleaved) files of
+//! a record or two: a day holds thousands of small objects, which readers
+//! (DuckDB, Spark, replay) pay for per object. A pass lists the hour
+//! folders of a range and, per partition, merges runs of files up to
+//! `lake.compact_max_bytes` into one file named by its first and last
+//! offset and its row count ([`layout::compacted_key`]), then removes the
+//! sources. Nothing is lost or doubled if a pass stops anywhere: the merged
+//! file is complete before any source is removed, and sources left behind
+//! are [`layout::superseded`] (readers skip them, the next pass removes
+//! them). Two passes on one partition (a rebalance mid-pass) write the same
+//! object for the same sources.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Duration, Utc};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::layout::{self, FileName};
+use crate::metrics;
+use crate::schema::{SchemaError, parquet_writer};
+use crate::store::{ObjectInfo, ObjectStore, StoreError};
+
+/// What one pass looks at and how large its files may grow.
+#[derive(Debug, Clone)]
+pub struct CompactOptions {
+    pub topic: String,
+    /// Hour folders whose hour starts in `[from, to)`.
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// A merged file holds sources of at most this many bytes in all.
+    pub max_bytes: u64,
+    pub row_group_rows: usize,
+    /// Report what would be merged and removed, change nothing.
+    pub dry_run: bool,
+}
+
+impl CompactOptions {
+    /// The settled hours of the configured lookback at `now`: an hour is
+    /// settled once it ended `settle` ago (its records written by then).
+    pub fn settled(cfg: &hourglass_core::Config, now: DateTime<Utc>) -> Self {
+        let lake = &cfg.lake;
+        let last = now - Duration::seconds(lake.compact_settle_secs as i64) - Duration::hours(1);
+        let to = layout::hour_of(last) + Duration::hours(1);
+        Self {
+            topic: cfg.kafka.topic.clone(),
+            from: to - Duration::hours(i64::from(lake.compact_lookback_hours)),
+            to,
+            max_bytes: lake.compact_max_bytes,
+            row_group_rows: lake.row_group_rows,
+            dry_run: false,
+        }
+    }
+}
+
+/// What a pass did (or, dry, would do).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CompactSummary {
+    pub folders: usize,
+    /// Files merged, and their bytes.
+    pub files_in: usize,
+    pub bytes_in: u64,
+    /// Files written in their place, their bytes and rows.
+    pub files_out: usize,
+    pub bytes_out: u64,
+    pub rows: u64,
+    /// Sources a stopped pass left behind, removed.
+    pub superseded_removed: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{key}: {source}")]
+    Read { key: String, source: SchemaError },
+    #[error("writing Parquet: {0}")]
+    Write(#[from] SchemaError),
+    #[error("{folder}: partition {partition}'s files hold {found} rows, their names say {named}")]
+    Rows {
+        folder: String,
+        partition: i32,
+        named: i64,
+        found: i64,
+    },
+}
+
+impl From<parquet::errors::ParquetError> for CompactError {
+    fn from(e: parquet::errors::ParquetError) -> Self {
+        Self::Write(e.into())
+    }
+}
+
+/// One file of a folder, with what its name says.
+#[derive(Debug, Clone)]
+struct Source {
+    info: ObjectInfo,
+    name: FileName,
+}
+
+/// Runs of a partition's files (in offset order) to merge: consecutive
+/// files whose sizes add up to at most `max_bytes`; a run of one is left.
+fn plan(files: &[(u64, i64)], max_bytes: u64) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, &(size, _)) in files.iter().enumerate() {
+        if i > start && bytes + size > max_bytes {
+            runs.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    runs.push(start..files.len());
+    runs.retain(|r| r.len() >= 2);
+    runs
+}
+
+/// One pass over the hour folders of `opts`, for the partitions `owns`
+/// accepts.
+pub async fn compact(
+    store: &dyn ObjectStore,
+    opts: &CompactOptions,
+    owns: &(dyn Fn(i32) -> bool + Sync),
+) -> Result<CompactSummary, CompactError> {
+    let mut summary = CompactSummary::default();
+    let mut hour = layout::hour_of(opts.from);
+    while hour < opts.to {
+        let folder = layout::hour_folder(hour);
+        hour += Duration::hours(1);
+        let objects = store.list(&folder).await?;
+        if objects.is_empty() {
+            continue;
+        }
+        summary.folders += 1;
+        let gone = layout::superseded(objects.iter().map(|o| o.key.as_str()));
+        let mut partitions: BTreeMap<i32, Vec<Source>> = BTreeMap::new();
+        for info in &objects {
+            let Some(name) = layout::parse_key(&info.key) else {
+                continue;
+            };
+            if name.topic != opts.topic || !owns(name.partition) {
+                continue;
+            }
+            if gone.contains(info.key.as_str()) {
+                if !opts.dry_run {
+                    store.delete(&info.key).await?;
+                    metrics::compaction_superseded_removed();
+                }
+                summary.superseded_removed += 1;
+                continue;
+            }
+            partitions.entry(name.partition).or_default().push(Source {
+                info: info.clone(),
+                name,
+            });
+        }
+        for (partition, mut files) in partitions {
+            files.sort_by_key(|f| f.name.first);
+            let sizes: Vec<(u64, i64)> = files
+                .iter()
+                .map(|f| (f.info.size, f.name.records()))
+                .collect();
+            for run in plan(&sizes, opts.max_bytes) {
+                let run = &files[run];
+                summary.files_in += run.len();
+                summary.bytes_in += run.iter().map(|f| f.info.size).sum::<u64>();
+                if opts.dry_run {
+                    summary.files_out += 1;
+                    summary.rows += run.iter().map(|f| f.name.records() as u64).sum::<u64>();
+                    continue;
+                }
+                let (key, bytes, rows) = merge(store, &folder, opts, partition, run).await?;
+                tracing::info!(%key, sources = run.len(), rows, bytes, "files compacted");
+                metrics::compacted(run.len(), bytes);
+                summary.files_out += 1;
+                summary.bytes_out += bytes;
+                summary.rows += rows;
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// Write the run's rows, in offset order, as one file; then remove the
+/// run's files. Returns the new key, its bytes and rows.
+async fn merge(
+    store: &dyn ObjectStore,
+    folder: &str,
+    opts: &CompactOptions,
+    partition: i32,
+    run: &[Source],
+) -> Result<(String, u64, u64), CompactError> {
+    let named: i64 = run.iter().map(|f| f.name.records()).sum();
+    let mut writer = parquet_writer(opts.row_group_rows)?;
+    let mut found = 0i64;
+    for f in run {
+        let body = store.get(&f.info.key).await?;
+        let read = |source: parquet::errors::ParquetError| CompactError::Read {
+            key: f.info.key.clone(),
+            source: source.into(),
+        };
+        let reader = ParquetRecordBatchReaderBuilder::try_new(body)
+            .map_err(read)?
+            .with_batch_size(16 * 1024)
+            .build()
+            .map_err(read)?;
+        for batch in reader {
+            let batch = batch.map_err(|e| CompactError::Read {
+                key: f.info.key.clone(),
+                source: e.into(),
+            })?;
+            found += batch.num_rows() as i64;
+            writer.write(&batch)?;
+        }
+    }
+    if found != named {
+        return Err(CompactError::Rows {
+            folder: folder.to_owned(),
+            partition,
+            named,
+            found,
+        });
+    }
+    let body = Bytes::from(writer.into_inner()?);
+    let size = body.len() as u64;
+    let first = run.iter().map(|f| f.name.first).min().unwrap_or_default();
+    let last = run.iter().map(|f| f.name.last).max().unwrap_or_default();
+    let key = layout::compacted_key(folder, &opts.topic, partition, first, last, found);
+    store.put(&key, body).await?;
+    for f in run {
+        if f.info.key != key {
+            store.delete(&f.info.key).await?;
+        }
+    }
+    Ok((key, size, found as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{BatchBuilder, read_parquet, to_parquet};
+    use crate::store::LocalStore;
+    use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION};
+
+    #[test]
+    fn runs_stay_under_the_size_and_single_files_are_left() {
+        let files = [(10, 1), (10, 1), (10, 1), (95, 1), (3, 1), (200, 1), (1, 1)];
+        assert_eq!(plan(&files, 100), vec![0..3, 3..5]);
+        assert_eq!(plan(&files, 1_000), vec![0..7]);
+        assert_eq!(plan(&files[..1], 100), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(plan(&[], 100), Vec::<std::ops::Range<usize>>::new());
+    }
+
+    fn event(i: i64, received_at: DateTime<Utc>) -> EventEnvelope {
+        EventEnvelope {
+            schema_version: SCHEMA_VERSION,
+            project_id: "p".into(),
+            event_id: uuid::Uuid::from_u128(i as u128),
+            event: "page_view".into(),
+            user_id: Some(format!("u{i}")),
+            anonymous_id: None,
+            session_id: None,
+            timestamp: received_at,
+            received_at,
+            value: Some(i as f64),
+            properties: Default::default(),
+        }
+    }
+
+    /// Files of partition 0 as the archiver writes them around an hour
+    /// boundary: records of 13:00 and 14:00 interleaved by offset.
+    async fn archive_like(store: &LocalStore) -> Vec<(DateTime<Utc>, i64)> {
+        let h13: DateTime<Utc> = "2026-01-01T13:00:00Z".parse().unwrap();
+        let h14 = h13 + Duration::hours(1);
+        let mut written = Vec::new();
+        let runs: [(DateTime<Utc>, std::ops::Range<i64>); 6] = [
+            (h13, 0..40),
+            (h13, 40..90),
+            (h14, 90..91),
+            (h13, 91..92),
+            (h14, 92..95),
+            (h13, 95..96),
+        ];
+        for (hour, offsets) in runs {
+            let mut b = BatchBuilder::default();
+            for o in offsets.clone() {
+                b.append(&event(o, hour + Duration::minutes(59)), 0, o);
+                written.push((hour, o));
+            }
+            let body = to_parquet(&b.finish(), 1024).unwrap();
+            let key = layout::file_key(hour, "events", 0, offsets.start, offsets.end - 1);
+            store.put(&key, body).await.unwrap();
+        }
+        written
+    }
+
+    async fn offsets_in(store: &LocalStore, folder: &str) -> Vec<i64> {
+        let mut out = Vec::new();
+        let objects = store.list(folder).await.unwrap();
+        let gone = layout::superseded(objects.iter().map(|o| o.key.as_str()));
+        for o in objects.iter().filter(|o| !gone.contains(o.key.as_str())) {
+            out.extend(
+                read_parquet(store.get(&o.key).await.unwrap())
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.offset),
+            );
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_partition_hour_becomes_one_file_with_every_record_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        let written = archive_like(&store).await;
+        let opts = CompactOptions {
+            topic: "events".into(),
+            from: "2026-01-01T00:00:00Z".parse().unwrap(),
+            to: "2026-01-02T00:00:00Z".parse().unwrap(),
+            max_bytes: 1 << 30,
+            row_group_rows: 1024,
+            dry_run: true,
+        };
+        let dry = compact(&store, &opts, &|_| true).await.unwrap();
+        assert_eq!((dry.files_in, dry.files_out, dry.rows), (6, 2, 96));
+        assert_eq!(
+            store.list("").await.unwrap().len(),
+            6,
+            "a dry run changes nothing"
+        );
+
+        let done = compact(
+            &store,
+            &CompactOptions {
+                dry_run: false,
+                ..opts.clone()
+            },
+            &|_| true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (done.folders, done.files_in, done.files_out, done.rows),
+            (2, 6, 2, 96)
+        );
+        let keys: Vec<String> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                "dt=2026-01-01/hour=13/events-0000-00000000000000000000-00000000000000000095-c92.parquet",
+                "dt=2026-01-01/hour=14/events-0000-00000000000000000090-00000000000000000094-c4.parquet",
+            ]
+        );
+        for (folder, hour) in [
+            ("dt=2026-01-01/hour=13/", 13),
+            ("dt=2026-01-01/hour=14/", 14),
+        ] {
+            let want: Vec<i64> = written
+                .iter()
+                .filter(|(h, _)| h.format("%H").to_string() == format!("{hour}"))
+                .map(|(_, o)| *o)
+                .collect();
+            assert_eq!(offsets_in(&store, folder).await, want, "{folder}");
+        }
+        assert_eq!(layout::records_named(keys.iter().map(String::as_str)), 96);
+
+        // A straggler written after the pass joins the hour's file next time.
+        let mut b = BatchBuilder::default();
+        let h13: DateTime<Utc> = "2026-01-01T13:59:00Z".parse().unwrap();
+        b.append(&event(120, h13), 0, 120);
+        store
+            .put(
+                &layout::file_key(h13, "events", 0, 120, 120),
+                to_parquet(&b.finish(), 1024).unwrap(),
+            )
+            .await
+            .unwrap();
+        let again = compact(
+            &store,
+            &CompactOptions {
+                dry_run: false,
+                ..opts.clone()
+            },
+            &|_| true,
+        )
+        .await
+        .unwrap();
+        assert_eq!((again.files_in, again.files_out, again.rows), (2, 1, 93));
+        assert_eq!(store.list("dt=2026-01-01/hour=13/").await.unwrap().len(), 1);
+
+        // Nothing to do is nothing done; other partitions are left alone.
+        let idle = compact(
+            &store,
+            &CompactOptions {
+                dry_run: false,
+                ..opts
+            },
+            &|p| p != 0,
+        )
+        .await
+        .unwrap();
+        assert_eq!((idle.files_in, idle.files_out), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn sources_a_stopped_pass_left_are_skipped_by_readers_then_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        archive_like(&store).await;
+        let folder = "dt=2026-01-01/hour=13/";
+        let before = store.list(folder).await.unwrap();
+        // A pass that wrote the merged file and stopped before removing its
+        // sources: the merged file, written by hand from the sources.
+        let mut b = BatchBuilder::default();
+        for o in &before {
+            for e in read_parquet(store.get(&o.key).await.unwrap()).unwrap() {
+                b.append(&e.event, e.partition, e.offset);
+            }
+        }
+        let rows = b.rows() as i64;
+        store
+            .put(
+                &layout::compacted_key(folder, "events", 0, 0, 95, rows),
+                to_parquet(&b.finish(), 1024).unwrap(),
+            )
+            .await
+            .unwrap();
+        let everything = offsets_in(&store, folder).await;
+        assert_eq!(everything.len(), 92, "readers see each record once");
+        let opts = CompactOptions {
+            topic: "events".into(),
+            from: "2026-01-01T13:00:00Z".parse().unwrap(),
+            to: "2026-01-01T14:00:00Z".parse().unwrap(),
+            max_bytes: 1 << 30,
+            row_group_rows: 1024,
+            dry_run: false,
+        };
+        let done = compact(&store, &opts, &|_| true).await.unwrap();
+        assert_eq!((done.superseded_removed, done.files_in), (4, 0));
+        assert_eq!(store.list(folder).await.unwrap().len(), 1);
+        assert_eq!(offsets_in(&store, folder).await, everything);
+    }
+}
