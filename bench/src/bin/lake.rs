@@ -1,6 +1,11 @@
 //! The lake: archive throughput (the archiver's own work, and end to end
 //! from a `memory://` tansu through `hourglass archive`), Parquet size per
-//! 1,000 events against the JSON on Kafka, and replay throughput.
+//! 1,000 events against the JSON on Kafka, compaction of what the archiver
+//! wrote, DuckDB reading the day (as written, compacted, and the same rows
+//! in one well-formed file), and replay throughput, each from ideal files
+//! and from the archiver's own. The events arrive over one day (24 hour
+//! folders, two seconds of disorder at each boundary, as from several
+//! ingest replicas).
 //!
 //! `cargo run --release -p hourglass-bench --bin lake -- --events 1000000`
 
@@ -32,18 +37,25 @@ struct Args {
     /// The hourglass binary.
     #[arg(long, default_value = "target/release/hourglass")]
     hourglass: String,
+    /// Python with duckdb (scripts/test installs one).
+    #[arg(long, env = "HOURGLASS_PYTHON", default_value = "python3")]
+    python: String,
+    /// Rounds of each DuckDB query (medians are printed).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
 }
 
 fn events(n: usize) -> Vec<EventEnvelope> {
     let names = ["page_view", "click", "signup", "api_call", "purchase"];
     let countries = ["DE", "US", "FR", "BR", "IN", "JP", "GB"];
     let mut rng = SmallRng::seed_from_u64(5);
-    let t0: chrono::DateTime<chrono::Utc> = "2026-01-01T10:00:00Z".parse().unwrap();
+    let t0: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
     (0..n)
         .map(|i| {
             let name = names[rng.random_range(0..names.len())];
             let user = rng.random_range(0..5_000);
-            let ts = t0 + chrono::Duration::milliseconds((i as i64 * 3_000_000) / n as i64);
+            // The day, less the last two seconds (received_at stays in it).
+            let ts = t0 + chrono::Duration::milliseconds((i as i64 * 86_398_000) / n as i64);
             EventEnvelope {
                 schema_version: SCHEMA_VERSION,
                 project_id: "bench".into(),
@@ -158,6 +170,78 @@ async fn main() -> Result<()> {
         args.events as f64 / e2e.as_secs_f64(),
         e2e.as_secs_f64()
     );
+    let written = e2e_store.list("").await?;
+    println!("as written by the archiver: {}", describe_files(&written, json_bytes));
+    // A copy of the lake as written, for DuckDB to read after compaction.
+    let as_written = tmp.join("as-written");
+    copy_dir(&lake_dir, &as_written)?;
+
+    // 3. Compaction of the archiver's files, the archiver's own pass.
+    let mut lake_cfg = Config::default();
+    lake_cfg.kafka.topic = "bench_lake".into();
+    let opts = hourglass_lake::compact::CompactOptions {
+        from: "2026-01-01T00:00:00Z".parse()?,
+        to: "2026-01-03T00:00:00Z".parse()?,
+        ..hourglass_lake::compact::CompactOptions::settled(&lake_cfg, chrono::Utc::now())
+    };
+    let started = Instant::now();
+    let pass = hourglass_lake::compact::compact(&e2e_store, &opts, &|_| true).await?;
+    let took = started.elapsed().as_secs_f64();
+    let compacted = e2e_store.list("").await?;
+    let named = hourglass_lake::layout::records_named(compacted.iter().map(|o| o.key.as_str()));
+    if named != args.events as i64 {
+        bail!("the compacted lake names {named} events, not {}", args.events);
+    }
+    let partition_hours: std::collections::HashSet<(String, i32)> = compacted
+        .iter()
+        .filter_map(|o| {
+            let name = hourglass_lake::layout::parse_key(&o.key)?;
+            Some((hourglass_lake::layout::folder_of(&o.key).to_owned(), name.partition))
+        })
+        .collect();
+    println!(
+        "compaction: {} files ({:.1} MB) merged into {} in {took:.1} s ({:.0} events/s); {} partition-hours",
+        pass.files_in,
+        pass.bytes_in as f64 / 1e6,
+        pass.files_out,
+        pass.rows as f64 / took,
+        partition_hours.len()
+    );
+    println!("after compaction: {}", describe_files(&compacted, json_bytes));
+
+    // 4. DuckDB reading the day: compacted, as written, and one file.
+    let out = Command::new(&args.python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/duckdb_read.py"))
+        .arg(format!("{}/dt=2026-01-01/*/*.parquet", lake_dir.display()))
+        .arg(tmp.join("one.parquet"))
+        .arg(args.rounds.to_string())
+        .arg(format!(
+            "as_written={}/dt=2026-01-01/*/*.parquet",
+            as_written.display()
+        ))
+        .output()
+        .with_context(|| format!("running {} (needs duckdb: scripts/test installs it)", args.python))?;
+    if !out.status.success() {
+        bail!("duckdb_read.py: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let read: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let one_rate = read["one_file"]["rows_per_s"].as_f64().unwrap_or(0.0);
+    for (name, what) in [
+        ("one_file", "one well-formed file of the same rows (DuckDB's own COPY)"),
+        ("lake", "the day of the lake, compacted"),
+        ("as_written", "the day of the lake as the archiver wrote it"),
+    ] {
+        let r = &read[name];
+        let rate = r["rows_per_s"].as_f64().unwrap_or(0.0);
+        println!(
+            "DuckDB, a day's report query over {what}: {} files, {} rows, median {:.3} s = {:.1} M rows/s ({:.0} % of the one file)",
+            r["files"],
+            r["rows"],
+            r["seconds"].as_f64().unwrap_or(0.0),
+            rate / 1e6,
+            100.0 * rate / one_rate
+        );
+    }
 
     // 3. Replay: list, read and decode in parallel, filter by event time.
     let mut cfg = Config::default();
@@ -179,17 +263,31 @@ async fn main() -> Result<()> {
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(tmp.join("core")));
     let s = hourglass_lake::replay::replay(&cfg, store.clone(), &opts).await?;
     println!(
-        "replay read (4 files at a time, decode, filter; dry run): {:.0} events/s ({} events)",
+        "replay read of the ideal files ({} of {} rows; 4 files at a time, decode, filter; dry run): {:.0} events/s ({} events)",
+        s.files,
+        args.file_rows,
         s.events_read as f64 / s.seconds,
         s.events_read
     );
+    for (what, dir) in [("as written", &as_written), ("compacted", &lake_dir)] {
+        let mut real = cfg.clone();
+        real.kafka.topic = "bench_lake".into();
+        let real_store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir));
+        let s = hourglass_lake::replay::replay(&real, real_store, &opts).await?;
+        println!(
+            "replay read of the archiver's files, {what} ({} files; dry run): {:.0} events/s ({} events)",
+            s.files,
+            s.events_read as f64 / s.seconds,
+            s.events_read
+        );
+    }
     let opts = ReplayOptions {
         dry_run: false,
         ..opts
     };
     let s = hourglass_lake::replay::replay(&cfg, store, &opts).await?;
     println!(
-        "replay into ClickHouse `events`: {:.0} events/s ({} inserted)",
+        "replay of the ideal files into ClickHouse `events`: {:.0} events/s ({} inserted)",
         s.events_read as f64 / s.seconds,
         s.written
     );
@@ -201,5 +299,38 @@ async fn main() -> Result<()> {
         .execute()
         .await?;
     let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// Count, total size, size against the JSON, and the size spread of files.
+fn describe_files(files: &[hourglass_lake::store::ObjectInfo], json_bytes: usize) -> String {
+    let mut sizes: Vec<u64> = files.iter().map(|o| o.size).collect();
+    sizes.sort_unstable();
+    let total: u64 = sizes.iter().sum();
+    let at = |q: f64| sizes.get(((sizes.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0);
+    format!(
+        "{} files, {:.1} MB (1/{:.1} of the JSON); file size min {} B, median {:.1} KB, max {:.1} MB; {} files under 10 KB",
+        files.len(),
+        total as f64 / 1e6,
+        json_bytes as f64 / total.max(1) as f64,
+        at(0.0),
+        at(0.5) as f64 / 1e3,
+        at(1.0) as f64 / 1e6,
+        sizes.iter().filter(|&&s| s < 10_000).count()
+    )
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::create_dir_all(to)?;
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
     Ok(())
 }

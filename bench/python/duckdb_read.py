@@ -1,0 +1,48 @@
+"""How fast DuckDB reads a day of the lake, against the same rows in one
+well-formed file (written here by DuckDB itself: zstd, row groups of
+122,880 rows).
+
+Usage: duckdb_read.py DAY_GLOB ONE_FILE ROUNDS LABEL=GLOB...
+Each LABEL=GLOB is another set of files holding the same day (e.g. the lake
+before compaction). Prints JSON: per set, its files, rows, the query's
+median seconds over ROUNDS (run in turn with the others) and rows/s.
+"""
+import json
+import statistics
+import sys
+import time
+
+import duckdb
+
+day, one, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sets = {"lake": day}
+sets.update(dict(a.split("=", 1) for a in sys.argv[4:]))
+con = duckdb.connect()
+con.execute(
+    f"COPY (SELECT * FROM read_parquet('{day}') ORDER BY kafka_partition, kafka_offset) "
+    f"TO '{one}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
+)
+sets["one_file"] = one
+
+# A data engineer's query over every column a day's report touches.
+QUERY = """
+SELECT event, count(*) AS n, count(DISTINCT user_id) AS users, round(sum(value), 2) AS total,
+       max(length(properties)) AS longest, min(timestamp) AS first, max(received_at) AS last
+FROM read_parquet('{glob}') GROUP BY event ORDER BY event
+"""
+answers, times = {}, {name: [] for name in sets}
+for _ in range(rounds):
+    for name, glob in sets.items():
+        started = time.perf_counter()
+        answers[name] = con.execute(QUERY.format(glob=glob)).fetchall()
+        times[name].append(time.perf_counter() - started)
+for name in sets:
+    if answers[name] != answers["one_file"]:
+        sys.exit(f"{name} answers differently from the one file: {answers[name]} vs {answers['one_file']}")
+out = {}
+for name, glob in sets.items():
+    rows = con.execute(f"SELECT count(*) FROM read_parquet('{glob}')").fetchone()[0]
+    files = con.execute(f"SELECT count(*) FROM glob('{glob}')").fetchone()[0]
+    secs = statistics.median(times[name])
+    out[name] = {"files": files, "rows": rows, "seconds": secs, "rows_per_s": rows / secs}
+print(json.dumps(out))
