@@ -3,7 +3,11 @@
 //! accepted events/s and request latency (p50/p99/max, measured from each
 //! request's scheduled start so a stalled server cannot hide), next to the
 //! ceiling: a bare rdkafka producer with the same settings into the same
-//! broker.
+//! broker, producing the very records ingest published in the flat-out run
+//! (read back from the topic). The figure that matters on 2 shared cores is
+//! CPU per event: ingest's process (HTTP, decompression, parsing,
+//! validation, encoding, producing) against the bare producer's, for the
+//! same records in the same run.
 //!
 //! By default it starts its own tansu with `memory://` storage on
 //! 127.0.0.1:19193 (`--brokers` uses another).
@@ -21,7 +25,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use hourglass_bench::{Component, LocalBroker};
 use hourglass_core::Config;
-use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
+use hourglass_core::contract::{SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use serde_json::{Value, json};
 
@@ -112,32 +116,37 @@ fn start_ingest(args: &Args, cfg: &Config, port: u16) -> Result<Component> {
     Ok(Component(child))
 }
 
-/// The ceiling runs' records: pre-encoded envelopes like ingest's, made once
-/// for both runs (leaked: they live as long as the benchmark).
-fn ceiling_records(n: usize) -> &'static [(String, Vec<u8>)] {
-    let mut rng = SmallRng::seed_from_u64(3);
-    let now = chrono::Utc::now();
-    let records: Vec<(String, Vec<u8>)> = (0..n)
-        .map(|i| {
-            let e = EventEnvelope {
-                schema_version: SCHEMA_VERSION,
-                project_id: "bench".into(),
-                event_id: uuid::Uuid::now_v7(),
-                event: "page_view".into(),
-                user_id: Some(format!("user-{}", rng.random_range(0..5_000))),
-                anonymous_id: None,
-                session_id: Some(format!("s-{i}")),
-                timestamp: now,
-                received_at: now,
-                value: None,
-                properties: serde_json::from_value(json!({"path": format!("/docs/page-{}", i % PATHS),
-                    "country": "DE", "referrer": "https://www.example.com/search?q=hourglass", "device": "desktop"}))
-                .unwrap(),
-            };
-            (e.kafka_key(), e.encode())
-        })
-        .collect();
-    records.leak()
+/// The first `expected` records on `topic` (key, payload), read back from
+/// the start (a `memory://` tansu's high watermarks are not to be trusted).
+fn read_back(cfg: &Config, topic: &str, expected: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        hourglass_core::kafka::consumer_config(&cfg.kafka, &format!("{topic}-read-back"))
+            .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        assignment.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut out = Vec::with_capacity(expected);
+    let started = Instant::now();
+    while out.len() < expected {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "read back {} of the {expected} records ingest acknowledged",
+            out.len()
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            out.push((
+                m.key().unwrap_or_default().to_vec(),
+                m.payload().unwrap_or_default().to_vec(),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// Bare producer, same settings and batch acknowledgement as ingest's,
@@ -149,7 +158,8 @@ struct Ceiling {
 
 async fn ceiling(
     cfg: &Config,
-    records: &'static [(String, Vec<u8>)],
+    topic: &str,
+    records: &'static [(Vec<u8>, Vec<u8>)],
     batch: usize,
     in_flight_batches: usize,
 ) -> Result<Ceiling> {
@@ -157,19 +167,18 @@ async fn ceiling(
         &cfg.kafka,
         &hourglass_ingest::publish::producer_tuning(&cfg.ingest),
     )?;
-    let topic = cfg.kafka.topic.as_str();
     let producer = &producer;
     let version = SCHEMA_VERSION.to_string();
     let headers = [(SCHEMA_VERSION_HEADER, version.as_bytes())];
     let headers = &headers;
     // Batches as ingest sends them (one request's events, acknowledged
     // together), `in_flight_batches` of them at a time.
-    let send = |chunk: &'static [(String, Vec<u8>)]| async move {
+    let send = |chunk: &'static [(Vec<u8>, Vec<u8>)]| async move {
         let outcome = producer
             .send_all(
                 topic,
                 headers,
-                chunk.iter().map(|(k, p)| (k.as_bytes(), p.as_slice())),
+                chunk.iter().map(|(k, p)| (k.as_slice(), p.as_slice())),
             )
             .await;
         assert!(outcome.all_acknowledged(), "ceiling run: {outcome:?}");
@@ -284,6 +293,9 @@ fn report(label: &str, run: &Run) {
     );
 }
 
+/// Requests sent before the timed runs (connections, producer warm).
+const WARM_UP_REQUESTS: usize = 200;
+
 #[tokio::main]
 async fn main() -> Result<()> {
     hourglass_core::process::disable_transparent_huge_pages();
@@ -305,22 +317,6 @@ async fn main() -> Result<()> {
     cfg.kafka.topic = format!("bench_ingest_{}", std::process::id());
     hourglass_core::kafka::ensure_topics(&cfg.kafka, &[(cfg.kafka.topic.as_str(), 8)]).await?;
 
-    // Flat out: 50,000 records in flight, not held to the load generator's
-    // connections.
-    let records = ceiling_records(args.events);
-    let flat_out = ceiling(&cfg, records, args.batch, (50_000 / args.batch).max(1)).await?;
-    println!(
-        "ceiling: bare rdkafka producer, same settings and broker: {:.0} events/s, {:.2} µs of producer CPU per event",
-        flat_out.rate, flat_out.cpu_us_per_event
-    );
-    // As many events in flight as the load generator can have: what the
-    // producer's linger and the broker's round trip allow at that depth.
-    let same_depth = ceiling(&cfg, records, args.batch, args.connections).await?;
-    println!(
-        "bare producer with {} batches of {} in flight (as many as the load generator's connections): {:.0} events/s",
-        args.connections, args.batch, same_depth.rate
-    );
-
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -339,7 +335,7 @@ async fn main() -> Result<()> {
     load(
         &url,
         bodies.clone(),
-        200,
+        WARM_UP_REQUESTS,
         args.connections,
         None,
         args.batch,
@@ -358,15 +354,51 @@ async fn main() -> Result<()> {
     let cpu = hourglass_bench::cpu_seconds(ingest.0.id()) - cpu;
     report("flat out", &flat);
     let accepted = flat.events as f64 / flat.seconds;
+    let ingest_us = cpu * 1e6 / flat.events as f64;
+
+    // The ceiling: the records ingest just published (warm-up included),
+    // produced again by a bare producer into a topic of their own.
+    anyhow::ensure!(flat.failures == 0, "the flat-out run had failed requests");
+    let published = WARM_UP_REQUESTS * args.batch + flat.events;
+    let records: &'static [(Vec<u8>, Vec<u8>)] =
+        read_back(&cfg, &cfg.kafka.topic, published)?.leak();
+    let ceiling_topic = format!("{}_ceiling", cfg.kafka.topic);
+    hourglass_core::kafka::ensure_topics(&cfg.kafka, &[(ceiling_topic.as_str(), 8)]).await?;
+    // Flat out: 50,000 records in flight, not held to the load generator's
+    // connections.
+    let flat_out = ceiling(
+        &cfg,
+        &ceiling_topic,
+        records,
+        args.batch,
+        (50_000 / args.batch).max(1),
+    )
+    .await?;
     println!(
-        "flat out / ceiling: {:.0} %; / bare producer at the same depth: {:.0} %; ingest used {:.2} µs of CPU per event",
+        "ceiling: bare rdkafka producer, same settings and broker, the {} records ingest published: {:.0} events/s, {:.2} µs of producer CPU per event",
+        records.len(),
+        flat_out.rate,
+        flat_out.cpu_us_per_event
+    );
+    // As many events in flight as the load generator can have: what the
+    // producer's linger and the broker's round trip allow at that depth.
+    let same_depth = ceiling(&cfg, &ceiling_topic, records, args.batch, args.connections).await?;
+    println!(
+        "bare producer with {} batches of {} in flight (as many as the load generator's connections): {:.0} events/s, {:.2} µs of CPU per event",
+        args.connections, args.batch, same_depth.rate, same_depth.cpu_us_per_event
+    );
+    println!(
+        "ingest: {ingest_us:.2} µs of CPU per accepted event = {:.2}× the bare producer's {:.2} µs on the same records; \
+         throughput {:.0} % of the producer flat out, {:.0} % at the same depth",
+        ingest_us / flat_out.cpu_us_per_event,
+        flat_out.cpu_us_per_event,
         100.0 * accepted / flat_out.rate,
         100.0 * accepted / same_depth.rate,
-        cpu * 1e6 / flat.events as f64
     );
     if args.rate > 0 {
         let requests = args.rate * args.rate_seconds as usize / args.batch;
         let interval = Duration::from_secs_f64(args.batch as f64 / args.rate as f64);
+        let cpu = hourglass_bench::cpu_seconds(ingest.0.id());
         let paced = load(
             &url,
             bodies,
@@ -376,7 +408,14 @@ async fn main() -> Result<()> {
             args.batch,
         )
         .await;
+        let cpu = hourglass_bench::cpu_seconds(ingest.0.id()) - cpu;
         report(&format!("at {} events/s", args.rate), &paced);
+        println!(
+            "ingest at {} events/s: {:.2} µs of CPU per accepted event ({:.2}× the bare producer's flat-out figure)",
+            args.rate,
+            cpu * 1e6 / paced.events as f64,
+            cpu * 1e6 / paced.events as f64 / flat_out.cpu_us_per_event
+        );
     }
     Ok(())
 }

@@ -171,7 +171,10 @@ async fn main() -> Result<()> {
         e2e.as_secs_f64()
     );
     let written = e2e_store.list("").await?;
-    println!("as written by the archiver: {}", describe_files(&written, json_bytes));
+    println!(
+        "as written by the archiver: {}",
+        describe_files(&written, json_bytes)
+    );
     // A copy of the lake as written, for DuckDB to read after compaction.
     let as_written = tmp.join("as-written");
     copy_dir(&lake_dir, &as_written)?;
@@ -190,13 +193,19 @@ async fn main() -> Result<()> {
     let compacted = e2e_store.list("").await?;
     let named = hourglass_lake::layout::records_named(compacted.iter().map(|o| o.key.as_str()));
     if named != args.events as i64 {
-        bail!("the compacted lake names {named} events, not {}", args.events);
+        bail!(
+            "the compacted lake names {named} events, not {}",
+            args.events
+        );
     }
     let partition_hours: std::collections::HashSet<(String, i32)> = compacted
         .iter()
         .filter_map(|o| {
             let name = hourglass_lake::layout::parse_key(&o.key)?;
-            Some((hourglass_lake::layout::folder_of(&o.key).to_owned(), name.partition))
+            Some((
+                hourglass_lake::layout::folder_of(&o.key).to_owned(),
+                name.partition,
+            ))
         })
         .collect();
     println!(
@@ -207,11 +216,17 @@ async fn main() -> Result<()> {
         pass.rows as f64 / took,
         partition_hours.len()
     );
-    println!("after compaction: {}", describe_files(&compacted, json_bytes));
+    println!(
+        "after compaction: {}",
+        describe_files(&compacted, json_bytes)
+    );
 
     // 4. DuckDB reading the day: compacted, as written, and one file.
     let out = Command::new(&args.python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/duckdb_read.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/python/duckdb_read.py"
+        ))
         .arg(format!("{}/dt=2026-01-01/*/*.parquet", lake_dir.display()))
         .arg(tmp.join("one.parquet"))
         .arg(args.rounds.to_string())
@@ -220,14 +235,22 @@ async fn main() -> Result<()> {
             as_written.display()
         ))
         .output()
-        .with_context(|| format!("running {} (needs duckdb: scripts/test installs it)", args.python))?;
+        .with_context(|| {
+            format!(
+                "running {} (needs duckdb: scripts/test installs it)",
+                args.python
+            )
+        })?;
     if !out.status.success() {
         bail!("duckdb_read.py: {}", String::from_utf8_lossy(&out.stderr));
     }
     let read: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let one_rate = read["one_file"]["rows_per_s"].as_f64().unwrap_or(0.0);
     for (name, what) in [
-        ("one_file", "one well-formed file of the same rows (DuckDB's own COPY)"),
+        (
+            "one_file",
+            "one well-formed file of the same rows (DuckDB's own COPY)",
+        ),
         ("lake", "the day of the lake, compacted"),
         ("as_written", "the day of the lake as the archiver wrote it"),
     ] {
@@ -307,7 +330,12 @@ fn describe_files(files: &[hourglass_lake::store::ObjectInfo], json_bytes: usize
     let mut sizes: Vec<u64> = files.iter().map(|o| o.size).collect();
     sizes.sort_unstable();
     let total: u64 = sizes.iter().sum();
-    let at = |q: f64| sizes.get(((sizes.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0);
+    let at = |q: f64| {
+        sizes
+            .get(((sizes.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     format!(
         "{} files, {:.1} MB (1/{:.1} of the JSON); file size min {} B, median {:.1} KB, max {:.1} MB; {} files under 10 KB",
         files.len(),
