@@ -133,7 +133,7 @@ async fn main() -> Result<()> {
     )
     .await;
     let lake_dir = tmp.join("e2e");
-    let mut child = Command::new(&args.hourglass)
+    let child = Command::new(&args.hourglass)
         .arg("archive")
         .env("HOURGLASS_KAFKA__BROKERS", &cfg.kafka.brokers)
         .env(
@@ -148,6 +148,8 @@ async fn main() -> Result<()> {
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", args.hourglass))?;
+    // Stopped on every way out, a failed wait included.
+    let archiver = hourglass_bench::Component(child);
     let e2e_store = LocalStore::new(&lake_dir);
     let started = Instant::now();
     loop {
@@ -162,8 +164,7 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let e2e = started.elapsed();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(archiver);
     drop(broker);
     println!(
         "archive end to end (tansu memory:// → hourglass archive → folder, 8 partitions): {:.0} events/s ({:.1} s, includes the last file's 1 s age limit)",
@@ -321,7 +322,11 @@ async fn main() -> Result<()> {
         ))
         .execute()
         .await?;
-    let _ = std::fs::remove_dir_all(&tmp);
+    if std::env::var_os("HG_BENCH_KEEP").is_some() {
+        println!("kept {}", tmp.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
     Ok(())
 }
 
