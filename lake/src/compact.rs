@@ -104,17 +104,17 @@ struct Source {
 
 /// Runs of a partition's files (in offset order) to merge: consecutive
 /// files whose sizes add up to at most `max_bytes`; a run of one is left.
-fn plan(files: &[(u64, i64)], max_bytes: u64) -> Vec<std::ops::Range<usize>> {
+fn plan(sizes: &[u64], max_bytes: u64) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
     let (mut start, mut bytes) = (0, 0u64);
-    for (i, &(size, _)) in files.iter().enumerate() {
+    for (i, &size) in sizes.iter().enumerate() {
         if i > start && bytes + size > max_bytes {
             runs.push(start..i);
             (start, bytes) = (i, 0);
         }
         bytes += size;
     }
-    runs.push(start..files.len());
+    runs.push(start..sizes.len());
     runs.retain(|r| r.len() >= 2);
     runs
 }
@@ -160,10 +160,7 @@ pub async fn compact(
         }
         for (partition, mut files) in partitions {
             files.sort_by_key(|f| f.name.first);
-            let sizes: Vec<(u64, i64)> = files
-                .iter()
-                .map(|f| (f.info.size, f.name.records()))
-                .collect();
+            let sizes: Vec<u64> = files.iter().map(|f| f.info.size).collect();
             for run in plan(&sizes, opts.max_bytes) {
                 let run = &files[run];
                 summary.files_in += run.len();
@@ -199,20 +196,17 @@ async fn merge(
     let mut found = 0i64;
     for f in run {
         let body = store.get(&f.info.key).await?;
-        let read = |source: parquet::errors::ParquetError| CompactError::Read {
+        let read = |source: SchemaError| CompactError::Read {
             key: f.info.key.clone(),
-            source: source.into(),
+            source,
         };
         let reader = ParquetRecordBatchReaderBuilder::try_new(body)
-            .map_err(read)?
+            .map_err(|e| read(e.into()))?
             .with_batch_size(16 * 1024)
             .build()
-            .map_err(read)?;
+            .map_err(|e| read(e.into()))?;
         for batch in reader {
-            let batch = batch.map_err(|e| CompactError::Read {
-                key: f.info.key.clone(),
-                source: e.into(),
-            })?;
+            let batch = batch.map_err(|e| read(e.into()))?;
             found += batch.num_rows() as i64;
             writer.write(&batch)?;
         }
@@ -248,7 +242,7 @@ mod tests {
 
     #[test]
     fn runs_stay_under_the_size_and_single_files_are_left() {
-        let files = [(10, 1), (10, 1), (10, 1), (95, 1), (3, 1), (200, 1), (1, 1)];
+        let files = [10, 10, 10, 95, 3, 200, 1];
         assert_eq!(plan(&files, 100), vec![0..3, 3..5]);
         assert_eq!(plan(&files, 1_000), vec![0..7]);
         assert_eq!(plan(&files[..1], 100), Vec::<std::ops::Range<usize>>::new());
@@ -335,16 +329,11 @@ mod tests {
             "a dry run changes nothing"
         );
 
-        let done = compact(
-            &store,
-            &CompactOptions {
-                dry_run: false,
-                ..opts.clone()
-            },
-            &|_| true,
-        )
-        .await
-        .unwrap();
+        let opts = CompactOptions {
+            dry_run: false,
+            ..opts
+        };
+        let done = compact(&store, &opts, &|_| true).await.unwrap();
         assert_eq!(
             (done.folders, done.files_in, done.files_out, done.rows),
             (2, 6, 2, 96)
@@ -387,30 +376,12 @@ mod tests {
             )
             .await
             .unwrap();
-        let again = compact(
-            &store,
-            &CompactOptions {
-                dry_run: false,
-                ..opts.clone()
-            },
-            &|_| true,
-        )
-        .await
-        .unwrap();
+        let again = compact(&store, &opts, &|_| true).await.unwrap();
         assert_eq!((again.files_in, again.files_out, again.rows), (2, 1, 93));
         assert_eq!(store.list("dt=2026-01-01/hour=13/").await.unwrap().len(), 1);
 
         // Nothing to do is nothing done; other partitions are left alone.
-        let idle = compact(
-            &store,
-            &CompactOptions {
-                dry_run: false,
-                ..opts
-            },
-            &|p| p != 0,
-        )
-        .await
-        .unwrap();
+        let idle = compact(&store, &opts, &|p| p != 0).await.unwrap();
         assert_eq!((idle.files_in, idle.files_out), (0, 0));
     }
 

@@ -121,23 +121,27 @@ pub fn superseded<'a>(
         .into_iter()
         .filter_map(|k| Some((k, parse_key(k)?)))
         .collect();
+    // Each file is compared with the compacted files of its own folder,
+    // topic and partition only: replay lists a whole range at once.
+    let group = |key: &'a str, f: &FileName| (folder_of(key), f.topic.clone(), f.partition);
+    let mut compacted: std::collections::HashMap<_, Vec<&FileName>> =
+        std::collections::HashMap::new();
+    for (key, f) in files.iter().filter(|(_, f)| f.compacted_rows.is_some()) {
+        compacted.entry(group(key, f)).or_default().push(f);
+    }
+    // Its range holds theirs and is wider, or (two compactions of one
+    // range) it has more rows.
     let covers = |c: &FileName, f: &FileName| {
         c.first <= f.first
             && f.last <= c.last
-            // Of two compacted files with one range, the one with more rows wins.
-            && (c.first, c.last, c.records()) != (f.first, f.last, f.records())
             && (c.first < f.first || f.last < c.last || c.records() > f.records())
     };
     files
         .iter()
         .filter(|(key, f)| {
-            files.iter().any(|(other, c)| {
-                c.compacted_rows.is_some()
-                    && folder_of(other) == folder_of(key)
-                    && c.topic == f.topic
-                    && c.partition == f.partition
-                    && covers(c, f)
-            })
+            compacted
+                .get(&group(key, f))
+                .is_some_and(|cs| cs.iter().any(|c| covers(c, f)))
         })
         .map(|(key, _)| *key)
         .collect()

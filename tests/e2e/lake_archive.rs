@@ -159,21 +159,11 @@ async fn every_event_is_archived_exactly_once_through_kills() {
 
     // Compaction of those hours: one file per partition and hour, the
     // same events each once.
-    let (first, last) =
-        generated
-            .events
-            .iter()
-            .map(|e| e.received_at)
-            .fold((None, None), |(lo, hi), t| {
-                (
-                    Some(lo.map_or(t, |l: chrono::DateTime<chrono::Utc>| l.min(t))),
-                    Some(hi.map_or(t, |h: chrono::DateTime<chrono::Utc>| h.max(t))),
-                )
-            });
+    let arrivals = || generated.events.iter().map(|e| e.received_at);
     let opts = hourglass_lake::compact::CompactOptions {
         topic: env.cfg.kafka.topic.clone(),
-        from: first.unwrap(),
-        to: last.unwrap() + chrono::Duration::hours(1),
+        from: arrivals().min().unwrap(),
+        to: arrivals().max().unwrap() + chrono::Duration::hours(1),
         max_bytes: env.cfg.lake.compact_max_bytes,
         row_group_rows: env.cfg.lake.row_group_rows,
         dry_run: false,

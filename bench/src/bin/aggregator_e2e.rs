@@ -13,7 +13,7 @@
 //!
 //! `cargo run --release -p hourglass-bench --bin aggregator_e2e -- --events 1000000`
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -163,7 +163,7 @@ async fn main() -> Result<()> {
 
     let ch = hourglass_core::clickhouse::client(&cfg.clickhouse);
     let started = Instant::now();
-    let mut child = Command::new(&args.hourglass)
+    let child = Command::new(&args.hourglass)
         .arg("aggregate")
         .env("HOURGLASS_KAFKA__BROKERS", &cfg.kafka.brokers)
         .env(
@@ -188,6 +188,9 @@ async fn main() -> Result<()> {
         )
         .spawn()
         .context("starting hourglass aggregate (build it with cargo build --release)")?;
+    // Stopped (SIGTERM, waited for) on every way out, a failed wait included.
+    let aggregator = hourglass_bench::Component(child);
+    let pid = aggregator.0.id();
     // Its first record: the events counter leaves 0 (polled every 20 ms).
     let first_record = {
         let http = reqwest::Client::new();
@@ -225,9 +228,9 @@ async fn main() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let cpu = hourglass_bench::cpu_seconds(child.id());
-    let peak_rss_kib = hourglass_bench::proc_status_kib(child.id(), "VmHWM:");
-    let _ = nix_term(&mut child);
+    let cpu = hourglass_bench::cpu_seconds(pid);
+    let peak_rss_kib = hourglass_bench::proc_status_kib(pid, "VmHWM:");
+    drop(aggregator);
     let exact: u64 = ch
         .query("SELECT sum(events) FROM rollup_5m WHERE event != 'closing'")
         .fetch_one()
@@ -274,9 +277,4 @@ struct Timing {
 
 fn rate(events: usize, secs: f64) -> String {
     format!("{:.0} events/s ({secs:.2} s)", events as f64 / secs)
-}
-
-fn nix_term(child: &mut Child) -> std::io::Result<()> {
-    Command::new("kill").arg(child.id().to_string()).status()?;
-    child.wait().map(|_| ())
 }
