@@ -26,7 +26,7 @@ use hourglass_core::kafka::assign::{AssignAtPositions, Change, commit_hint};
 use hourglass_core::telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 
-use crate::sink::{RollupSink, SinkError};
+use crate::sink::{RollupSink, Settled, SinkError};
 use hourglass_core::clickhouse::errors::Failure;
 
 pub type AggregatorContext = AssignAtPositions<RollupSink>;
@@ -418,6 +418,9 @@ impl Loop {
         let mut retry = PausedRetry::new(&self.retry, &self.readiness);
         let mut abandoned = false;
         let mut error = first;
+        // The failed request may have reached the server: what it wrote is
+        // settled before anything is written again.
+        let mut outcome_unknown = !closed.rows.is_empty();
         loop {
             let failure = error.failure();
             if failure != Failure::Transient {
@@ -444,15 +447,13 @@ impl Loop {
                 break;
             }
             metrics::counter!(FLUSH_RETRIES).increment(1);
-            // The request may have reached the server before failing. (A
-            // flush of late records alone carries no checkpoint: retried.)
-            if !closed.rows.is_empty()
-                && matches!(
-                    runtime.block_on(sink.landed(p, closed.checkpoint)),
-                    Ok(true)
-                )
-            {
-                break;
+            if outcome_unknown {
+                match runtime.block_on(sink.settle(p, closed)) {
+                    Ok(Settled::NotLanded) => outcome_unknown = false,
+                    Ok(Settled::Landed | Settled::Repaired(_)) => break,
+                    // Checked again after the wait, before any write.
+                    Err(e) => error = e,
+                }
             }
             // Keeps polling while paused so the group keeps us; a record
             // that still arrives is not processed here, and its partition is
@@ -479,9 +480,15 @@ impl Loop {
                 abandoned = true;
                 break;
             }
+            if outcome_unknown {
+                continue;
+            }
             error = match runtime.block_on(sink.write(p, closed)) {
                 Ok(()) => break,
-                Err(e) => e,
+                Err(e) => {
+                    outcome_unknown = !closed.rows.is_empty();
+                    e
+                }
             };
         }
         let partitions = &self.partitions;

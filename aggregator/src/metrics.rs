@@ -9,6 +9,8 @@ pub const CONSUMER_LAG: &str = "hourglass_aggregator_consumer_lag_messages";
 pub const FLUSH_SECONDS: &str = "hourglass_aggregator_flush_duration_seconds";
 pub const FLUSH_ROWS: &str = "hourglass_aggregator_flushed_rows_total";
 pub const FLUSH_RETRIES: &str = "hourglass_aggregator_flush_retries_total";
+pub const FLUSH_REPAIRS: &str = "hourglass_aggregator_flush_repairs_total";
+pub const FLUSH_UNVERIFIED: &str = "hourglass_aggregator_flush_unverified_buckets_total";
 pub const CLAMPED_VALUES: &str = "hourglass_aggregator_clamped_values_total";
 
 pub fn describe() {
@@ -33,6 +35,14 @@ pub fn describe() {
     );
     describe_counter!(FLUSH_ROWS, "rollup_5m rows written");
     describe_counter!(FLUSH_RETRIES, "Failed flush attempts that were retried");
+    describe_counter!(
+        FLUSH_REPAIRS,
+        "After a failed flush: what it had not reached, written then, by table (rollup_5m rows, rollup_1h and rollup_1d buckets, aggregator_progress rows)"
+    );
+    describe_counter!(
+        FLUSH_UNVERIFIED,
+        "After a failed flush: rollup_1h/1d buckets whose events from the partition matched neither with nor without the flush (left as they are)"
+    );
     describe_counter!(
         CLAMPED_VALUES,
         "Values outside the histogram's range, clamped into it"

@@ -78,7 +78,10 @@ async fn a_poisoned_watermark_is_reset_and_the_others_are_kept() {
     // A flush after the reset moves the checkpoint on as before.
     let next = flush(170, T0_MS + 180_000);
     sink.write(0, &next).await.unwrap();
-    assert!(sink.landed(0, next.checkpoint).await.unwrap());
+    assert_eq!(
+        sink.settle(0, &next).await.unwrap(),
+        hourglass_aggregator::sink::Settled::Landed
+    );
     client
         .query(&format!("DROP DATABASE {}", cfg.database))
         .execute()

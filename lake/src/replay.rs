@@ -22,6 +22,7 @@ use hourglass_aggregator::window::{
 use hourglass_core::Config;
 use hourglass_core::clickhouse::cluster::{mutated_table, mutation_target};
 use hourglass_core::clickhouse::deletions::DeletedUsers;
+use hourglass_core::clickhouse::levels;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::FutureRecord;
 
@@ -521,24 +522,23 @@ async fn replace_rollups(
         };
         sink.write(*partition, &c).await?;
     }
-    // The rest of partly covered buckets, from the rows outside the range.
-    // Same expressions as the rollup_1h/1d materialized views (sql/0002).
-    for (table, bucket, a, b) in [
-        ("rollup_1h", "toStartOfHour", h0, h1),
-        ("rollup_1d", "toStartOfDay", d0, d1),
-    ] {
+    // The rest of partly covered buckets, from the rows outside the range,
+    // as the levels' materialized views would have computed them.
+    for (level, a, b) in [(levels::HOURLY, h0, h1), (levels::DAILY, d0, d1)] {
+        let filter = format!(
+            "window_start >= toDateTime(?) AND window_start < toDateTime(?) \
+             AND NOT (window_start >= toDateTime(?) AND window_start < toDateTime(?)) AND {only}"
+        );
         client
-            .query(&format!(
-                "INSERT INTO {table} SELECT {bucket}(window_start) AS bucket_start, project_id, event, dimensions, \
-                 sumState(events), uniqExactArrayState(user_hashes), sumState(value_count), sumState(value_sum), \
-                 minIfState(value_min, value_count > 0), maxIfState(value_max, value_count > 0), \
-                 sumMapState(hist_values, hist_counts) \
-                 FROM rollup_5m WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?) \
-                 AND NOT (window_start >= toDateTime(?) AND window_start < toDateTime(?)) AND {only} \
-                 GROUP BY bucket_start, project_id, event, dimensions"
-            ))
-            .bind(a).bind(b).bind(from).bind(to).bind(&project).bind(&project)
-            .execute().await?;
+            .query(&levels::fill_from_rollup_5m(level, &filter))
+            .bind(a)
+            .bind(b)
+            .bind(from)
+            .bind(to)
+            .bind(&project)
+            .bind(&project)
+            .execute()
+            .await?;
     }
     Ok(())
 }

@@ -75,6 +75,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tenants",
         sql: include_str!("../migrations/0010_tenants.sql"),
     },
+    Migration {
+        version: 11,
+        name: "rollup_source_events",
+        sql: include_str!("../migrations/0011_rollup_source_events.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +274,12 @@ pub struct MigrateReport {
 
 /// Apply every pending migration to the configured database.
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport, MigrateError> {
+    migrate_to(cfg, u32::MAX).await
+}
+
+/// Apply the pending migrations up to `last` (a database as an older
+/// release left it, for upgrade tests).
+pub async fn migrate_to(cfg: &ClickHouseConfig, last: u32) -> Result<MigrateReport, MigrateError> {
     let client = server_client(cfg);
     let version_text: String =
         client
@@ -313,7 +324,7 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport, MigrateErr
         applied: Vec::new(),
         already_applied: Vec::new(),
     };
-    for m in MIGRATIONS {
+    for m in MIGRATIONS.iter().filter(|m| m.version <= last) {
         let sum = checksum(m.sql);
         if let Some((_, old)) = applied.iter().find(|(v, _)| *v == m.version) {
             if *old != sum {
@@ -391,6 +402,31 @@ mod tests {
         assert!(events.contains("LowCardinality(String)"));
         assert!(events.contains("TTL timestamp + INTERVAL 30 DAY"));
         assert!(events.contains("non_replicated_deduplication_window"));
+    }
+
+    #[test]
+    fn the_newest_level_views_select_what_code_fills_levels_with() {
+        use hourglass_core::clickhouse::levels::{LEVELS, level_select};
+        let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        for level in LEVELS {
+            let head = format!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS `db`.{}_mv ",
+                level.table
+            );
+            let newest = MIGRATIONS
+                .iter()
+                .flat_map(|m| render(m.sql, "db", OLD, 0))
+                .rfind(|s| s.starts_with(&head))
+                .expect("the level's view");
+            let want = format!(
+                "SELECT {} FROM `db`.rollup_5m GROUP BY bucket_start, project_id, event, dimensions",
+                level_select(level)
+            );
+            assert!(
+                words(&newest).ends_with(&words(&want)),
+                "{newest}\nshould end with\n{want}"
+            );
+        }
     }
 
     #[test]

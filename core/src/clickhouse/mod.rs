@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod deletions;
 pub mod errors;
+pub mod levels;
 
 use clickhouse::Client;
 

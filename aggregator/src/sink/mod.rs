@@ -1,5 +1,10 @@
 //! ClickHouse side of the aggregator: writing closed windows with their
-//! checkpoint, and reading checkpoints back.
+//! checkpoint, reading checkpoints back, and settling a flush whose outcome
+//! is unknown ([`settle`]).
+
+mod settle;
+
+pub use settle::Settled;
 
 use clickhouse::{Client, Row};
 use hourglass_core::clickhouse::cluster::{ConsistentReadError, QuorumGuard};
@@ -64,6 +69,12 @@ pub enum SinkError {
         topic: String,
         source: ConsistentReadError,
     },
+    #[error("settling a failed flush of partition {partition}: {what}: {source}")]
+    Settle {
+        partition: i32,
+        what: &'static str,
+        source: ConsistentReadError,
+    },
     #[error("resetting the checkpoint of {topic} partition {partition} failed: {reason}")]
     ResetCheckpoint {
         topic: String,
@@ -78,7 +89,9 @@ impl SinkError {
         use hourglass_core::clickhouse::errors::{Failure, classify};
         match self {
             SinkError::Write { source, .. } => classify(source),
-            SinkError::ReadCheckpoints { source, .. } => source.failure(),
+            SinkError::ReadCheckpoints { source, .. } | SinkError::Settle { source, .. } => {
+                source.failure()
+            }
             SinkError::ResetCheckpoint { .. } => Failure::Transient,
         }
     }
@@ -103,6 +116,9 @@ pub struct RollupSink {
     topic: String,
     quorum: Option<QuorumGuard>,
 }
+
+/// Rows up to which the server reads a flush's INSERT as one block.
+const ONE_BLOCK_ROWS: &str = "1000000000000";
 
 /// The tables whose pending quorum INSERTs a checkpoint read waits for.
 pub const CHECKPOINT_TABLES: &[&str] = &["rollup_5m", "aggregator_progress"];
@@ -157,18 +173,31 @@ impl RollupSink {
         if closed.rows.is_empty() {
             return Ok(());
         }
+        self.write_rows(partition, closed.rows.iter(), closed.checkpoint)
+            .await
+            .map_err(err)
+    }
+
+    /// One INSERT into `rollup_5m` of `rows`, each carrying `cp`, read by
+    /// the server as one block: it cuts an INSERT into blocks of
+    /// `max_insert_block_size` rows (a million) and fires the views per
+    /// block, so a flush of more rows could land half in a view. One block
+    /// lands in each table as one part per month, which [`settle`] checks.
+    async fn write_rows<'a>(
+        &'a self,
+        partition: i32,
+        rows: impl IntoIterator<Item = &'a RollupRow>,
+        cp: Checkpoint,
+    ) -> Result<(), clickhouse::error::Error> {
         let mut insert = self
             .client
             .insert::<Rollup5mRecord<'_>>("rollup_5m")
-            .await
-            .map_err(err)?;
-        for row in &closed.rows {
-            insert
-                .write(&self.record(partition, row, closed.checkpoint))
-                .await
-                .map_err(err)?;
+            .await?
+            .with_setting("max_insert_block_size", ONE_BLOCK_ROWS);
+        for row in rows {
+            insert.write(&self.record(partition, row, cp)).await?;
         }
-        insert.end().await.map_err(err)
+        insert.end().await
     }
 
     fn record<'a>(
@@ -234,17 +263,6 @@ impl RollupSink {
                 )
             })
             .collect())
-    }
-
-    /// Whether a flush whose outcome is unknown (the request failed after it
-    /// may have reached the server) actually landed. Each flush of a
-    /// partition carries a strictly larger watermark than the one before.
-    pub async fn landed(&self, partition: i32, cp: Checkpoint) -> Result<bool, SinkError> {
-        Ok(self
-            .checkpoints()
-            .await?
-            .into_iter()
-            .any(|(p, stored)| p == partition && stored.watermark_ms >= cp.watermark_ms))
     }
 }
 
@@ -315,8 +333,14 @@ impl RollupSink {
 impl hourglass_core::kafka::assign::StartPositions for RollupSink {
     type Position = Checkpoint;
 
-    async fn read(&self) -> Result<Vec<(i32, Checkpoint)>, String> {
-        self.checkpoints().await.map_err(|e| e.to_string())
+    /// The checkpoints, once each assigned partition's last flush is known
+    /// to be in every table ([`RollupSink::settle_last_flushes`]).
+    async fn read(&self, assigned: &[i32]) -> Result<Vec<(i32, Checkpoint)>, String> {
+        let checkpoints = self.checkpoints().await.map_err(|e| e.to_string())?;
+        self.settle_last_flushes(assigned, &checkpoints)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(checkpoints)
     }
 
     fn next_offset(position: &Checkpoint) -> i64 {

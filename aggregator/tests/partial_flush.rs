@@ -1,0 +1,251 @@
+//! A flush that reached some tables and not others (ClickHouse died between
+//! writing `rollup_5m`'s part and its views', or between two months' parts)
+//! is settled exactly: each table ends up with the flush once, and settling
+//! again changes nothing. The missing view parts are made real by detaching
+//! the view for the INSERT, on the real server.
+
+use std::collections::BTreeMap;
+
+use clickhouse::Client;
+use hourglass_aggregator::sink::{RollupSink, Settled};
+use hourglass_aggregator::window::{Checkpoint, ClosedWindows, KeyAggregate, RollupRow, user_hash};
+use hourglass_core::config::ClickHouseConfig;
+use hourglass_core::kafka::assign::StartPositions;
+use rand::Rng;
+
+/// 2026-01-31 22:00 UTC: windows of a flush reach into February, so a flush
+/// lands in two monthly parts per table.
+const T0_MS: i64 = 1_769_896_800_000;
+const WINDOW_MS: i64 = 300_000;
+
+/// A flush of windows `first..first + n` (five minutes each), every window
+/// one key with `users` events of distinct users; `salt` keeps users apart.
+fn flush(first: i64, n: i64, users: u32, salt: u32, resume_offset: i64) -> ClosedWindows {
+    let rows: Vec<RollupRow> = (first..first + n)
+        .map(|w| {
+            let mut agg = KeyAggregate::default();
+            for u in 0..users {
+                agg.add(
+                    user_hash(&format!("u{salt}-{w}-{u}")),
+                    Some(f64::from(u % 7)),
+                    3,
+                    3_600_000.0,
+                );
+            }
+            RollupRow::new(T0_MS + w * WINDOW_MS, "p\u{1f}page\u{1f}{}", agg)
+        })
+        .collect();
+    let last = rows.last().map_or(0, |r| r.window_start_ms);
+    ClosedWindows {
+        windows: rows.len(),
+        last_window_start_ms: last,
+        rows,
+        late: Vec::new(),
+        checkpoint: Checkpoint {
+            resume_offset,
+            watermark_ms: last + WINDOW_MS + 60_000,
+        },
+    }
+}
+
+fn events(c: &ClosedWindows) -> u64 {
+    c.rows.iter().map(|r| r.events).sum()
+}
+
+async fn exec(client: &Client, sql: &str) {
+    client
+        .query(sql)
+        .execute()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Per bucket of a level: (events, distinct users) as the level holds
+/// them, and as `rollup_5m` implies them.
+async fn level_against_rollup_5m(
+    client: &Client,
+    table: &str,
+    bucket: &str,
+) -> (BTreeMap<u32, (u64, u64)>, BTreeMap<u32, (u64, u64)>) {
+    let held: Vec<(u32, u64, u64)> = client
+        .query(&format!(
+            "SELECT toUInt32(bucket_start) AS b, sumMerge(events_state), uniqExactArrayMerge(users_state) \
+             FROM {table} GROUP BY b ORDER BY b"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    let implied: Vec<(u32, u64, u64)> = client
+        .query(&format!(
+            "SELECT b, sum(e), uniqExactArray(h) FROM \
+             (SELECT toUInt32({bucket}(window_start)) AS b, events AS e, user_hashes AS h FROM rollup_5m) \
+             GROUP BY b ORDER BY b"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    let map = |v: Vec<(u32, u64, u64)>| v.into_iter().map(|(b, e, u)| (b, (e, u))).collect();
+    (map(held), map(implied))
+}
+
+#[tokio::test]
+async fn a_flush_that_landed_in_part_is_completed_exactly_once() {
+    let cfg = ClickHouseConfig {
+        database: format!("hgt_partial_{:08x}", rand::rng().random::<u32>()),
+        ..ClickHouseConfig::default()
+    };
+    hourglass_sql::migrate(&cfg).await.expect("migrate");
+    let client = hourglass_core::clickhouse::client(&cfg);
+    let sink = RollupSink::new(client.clone(), "events");
+    let db = format!("`{}`", cfg.database);
+    let mut sent = 0;
+
+    // Partition 0: a flush that landed whole, then one whose INSERT wrote
+    // rollup_5m, the checkpoint and rollup_1d but not rollup_1h (the view
+    // fires last). The two share the hour 23:00.
+    let earlier = flush(12, 8, 5, 0, 100);
+    sink.write(0, &earlier).await.expect("earlier flush");
+    let failed = flush(20, 10, 7, 0, 200);
+    exec(&client, &format!("DETACH TABLE {db}.rollup_1h_mv")).await;
+    sink.write(0, &failed)
+        .await
+        .expect("write without the hourly view");
+    exec(&client, &format!("ATTACH TABLE {db}.rollup_1h_mv")).await;
+    sent += events(&earlier) + events(&failed);
+    match sink.settle(0, &failed).await.expect("settle") {
+        // 23:40–00:25 in UTC: two hours, whatever the server's time zone.
+        Settled::Repaired(r) => assert_eq!(
+            (
+                r.rows,
+                r.hourly_buckets,
+                r.daily_buckets,
+                r.progress,
+                r.unverified_buckets
+            ),
+            (0, 2, 0, false, 0),
+            "{r:?}"
+        ),
+        other => panic!("partition 0: {other:?}"),
+    }
+
+    // Partition 1: the checkpoint's view missed the flush.
+    let progress_missed = flush(0, 6, 3, 1, 50);
+    exec(
+        &client,
+        &format!("DETACH TABLE {db}.aggregator_progress_mv"),
+    )
+    .await;
+    sink.write(1, &progress_missed)
+        .await
+        .expect("write without progress");
+    exec(
+        &client,
+        &format!("ATTACH TABLE {db}.aggregator_progress_mv"),
+    )
+    .await;
+    sent += events(&progress_missed);
+    match sink.settle(1, &progress_missed).await.expect("settle") {
+        Settled::Repaired(r) => assert!(
+            r.progress && r.rows == 0 && r.hourly_buckets == 0 && r.daily_buckets == 0,
+            "{r:?}"
+        ),
+        other => panic!("partition 1: {other:?}"),
+    }
+
+    // Partition 2: only January's part of the flush landed (its February
+    // rows, and everything their views would hold, did not).
+    let months = flush(18, 12, 4, 2, 70);
+    let january = ClosedWindows {
+        rows: months.rows[..6].to_vec(),
+        ..flush(0, 0, 0, 2, 70)
+    };
+    assert!(
+        months.rows[6].window_start_ms >= 1_769_904_000_000,
+        "the seventh window is February's"
+    );
+    sink.write(
+        2,
+        &ClosedWindows {
+            checkpoint: months.checkpoint,
+            ..january
+        },
+    )
+    .await
+    .expect("january only");
+    sent += events(&months);
+    match sink.settle(2, &months).await.expect("settle") {
+        Settled::Repaired(r) => assert_eq!((r.rows, r.unverified_buckets), (6, 0), "{r:?}"),
+        other => panic!("partition 2: {other:?}"),
+    }
+
+    // Partition 3: nothing landed.
+    let lost = flush(0, 3, 2, 3, 10);
+    assert_eq!(sink.settle(3, &lost).await.unwrap(), Settled::NotLanded);
+
+    // Partition 4: as partition 0, but the consumer that wrote it is gone
+    // (revoked during its retries); the next one to be assigned the
+    // partition completes the hourly rollup before it reads on.
+    let orphaned = flush(20, 10, 6, 4, 300);
+    exec(&client, &format!("DETACH TABLE {db}.rollup_1h_mv")).await;
+    sink.write(4, &orphaned)
+        .await
+        .expect("write without the hourly view");
+    exec(&client, &format!("ATTACH TABLE {db}.rollup_1h_mv")).await;
+    sent += events(&orphaned);
+    let positions = StartPositions::read(&sink, &[4])
+        .await
+        .expect("start positions");
+    assert!(
+        positions
+            .iter()
+            .any(|(p, c)| *p == 4 && *c == orphaned.checkpoint),
+        "{positions:?}"
+    );
+
+    // Settling again finds every flush whole and writes nothing.
+    assert_eq!(sink.settle(0, &failed).await.unwrap(), Settled::Landed);
+    assert_eq!(
+        sink.settle(1, &progress_missed).await.unwrap(),
+        Settled::Landed
+    );
+    assert_eq!(sink.settle(2, &months).await.unwrap(), Settled::Landed);
+
+    // rollup_5m holds every event once; each level agrees with it bucket by
+    // bucket, in events and distinct users.
+    let in_5m: u64 = client
+        .query("SELECT sum(events) FROM rollup_5m")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(in_5m, sent, "rollup_5m");
+    for (table, bucket) in [
+        ("rollup_1h", "toStartOfHour"),
+        ("rollup_1d", "toStartOfDay"),
+    ] {
+        let (held, implied) = level_against_rollup_5m(&client, table, bucket).await;
+        assert_eq!(held, implied, "{table} against rollup_5m");
+        assert_eq!(
+            held.values().map(|(e, _)| e).sum::<u64>(),
+            sent,
+            "{table} total"
+        );
+    }
+    let mut checkpoints = sink.checkpoints().await.unwrap();
+    checkpoints.sort_by_key(|(p, _)| *p);
+    let got: Vec<(i32, i64, i64)> = checkpoints
+        .iter()
+        .map(|(p, c)| (*p, c.resume_offset, c.watermark_ms))
+        .collect();
+    let want: Vec<(i32, i64, i64)> = [
+        (0, &failed),
+        (1, &progress_missed),
+        (2, &months),
+        (4, &orphaned),
+    ]
+    .iter()
+    .map(|(p, c)| (*p, c.checkpoint.resume_offset, c.checkpoint.watermark_ms))
+    .collect();
+    assert_eq!(got, want, "checkpoints");
+
+    exec(&client, &format!("DROP DATABASE {db}")).await;
+}
