@@ -69,7 +69,7 @@ pub enum SinkError {
         topic: String,
         source: ConsistentReadError,
     },
-    #[error("settling a failed flush of partition {partition}: {what}: {source}")]
+    #[error("settling the last flush of partition {partition}: {what}: {source}")]
     Settle {
         partition: i32,
         what: &'static str,
@@ -95,18 +95,6 @@ impl SinkError {
             SinkError::ResetCheckpoint { .. } => Failure::Transient,
         }
     }
-}
-
-/// An `aggregator_progress` row written by an operator's reset.
-#[derive(Row, Serialize)]
-struct ProgressRecord<'a> {
-    topic: &'a str,
-    partition_id: u16,
-    last_window_start: u32,
-    checkpoint_offset: i64,
-    checkpoint_watermark_ms: i64,
-    flushed_rows: u64,
-    flushed_at: u32,
 }
 
 /// Writes rollups of one source topic.
@@ -308,25 +296,13 @@ impl RollupSink {
         if !done {
             return Err(fail("the deletion has not finished after 120 s".into()));
         }
-        let now = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(u32::MAX);
-        let mut insert = self
-            .client
-            .insert::<ProgressRecord>("aggregator_progress")
+        // A second ahead of the server's clock: rows written before the
+        // reset, even in its own second, are then older than it, which is
+        // how the next assignment tells the rows it disowns from a flush
+        // whose checkpoint was lost ([`RollupSink::settle_last_flushes`]).
+        self.record_progress(partition, to, 0, 0, 1)
             .await
-            .map_err(|e| fail(e.to_string()))?;
-        insert
-            .write(&ProgressRecord {
-                topic: &self.topic,
-                partition_id,
-                last_window_start: 0,
-                checkpoint_offset: to.resume_offset,
-                checkpoint_watermark_ms: to.watermark_ms,
-                flushed_rows: 0,
-                flushed_at: now,
-            })
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        insert.end().await.map_err(|e| fail(e.to_string()))
+            .map_err(|e| fail(e.to_string()))
     }
 }
 
@@ -336,8 +312,8 @@ impl hourglass_core::kafka::assign::StartPositions for RollupSink {
     /// The checkpoints, once each assigned partition's last flush is known
     /// to be in every table ([`RollupSink::settle_last_flushes`]).
     async fn read(&self, assigned: &[i32]) -> Result<Vec<(i32, Checkpoint)>, String> {
-        let checkpoints = self.checkpoints().await.map_err(|e| e.to_string())?;
-        self.settle_last_flushes(assigned, &checkpoints)
+        let mut checkpoints = self.checkpoints().await.map_err(|e| e.to_string())?;
+        self.settle_last_flushes(assigned, &mut checkpoints)
             .await
             .map_err(|e| e.to_string())?;
         Ok(checkpoints)

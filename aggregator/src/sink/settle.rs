@@ -28,7 +28,7 @@ use clickhouse::Row;
 use hourglass_core::clickhouse::levels::{self, Level};
 use serde::Deserialize;
 
-use super::{ProgressRecord, RollupSink, SinkError};
+use super::{RollupSink, SinkError};
 use crate::window::{Checkpoint, ClosedWindows, RollupRow};
 
 /// What [`RollupSink::settle`] found.
@@ -100,6 +100,15 @@ struct LandedRow {
     dimensions: String,
 }
 
+/// A flush in `rollup_5m` that its checkpoint never recorded.
+#[derive(Row, Deserialize)]
+struct UnrecordedFlush {
+    watermark_ms: i64,
+    resume_offset: i64,
+    last_window_start: u32,
+    rows: u64,
+}
+
 /// One bucket of a level, as `rollup_5m` and the level see this source.
 struct BucketEvents {
     bucket: u32,
@@ -165,9 +174,21 @@ impl RollupSink {
                 .map_err(failed("writing the flush's missing rollup_5m rows"))?;
         } else if !self.progress_landed(partition, watermark).await? {
             repairs.progress = true;
-            self.write_progress(partition, closed)
-                .await
-                .map_err(failed("writing the flush's checkpoint"))?;
+            let last_window_start = closed
+                .rows
+                .iter()
+                .map(|r| r.window_start_ms / 1000)
+                .max()
+                .unwrap_or(0);
+            self.record_progress(
+                partition,
+                closed.checkpoint,
+                u32::try_from(last_window_start).unwrap_or(0),
+                closed.rows.len() as u64,
+                0,
+            )
+            .await
+            .map_err(failed("writing the flush's checkpoint"))?;
         }
         if repairs.is_empty() {
             return Ok(Settled::Landed);
@@ -179,34 +200,125 @@ impl RollupSink {
         Ok(Settled::Repaired(repairs))
     }
 
-    /// At assignment: the partition's last flush is in both levels. Its
-    /// INSERT may have died after `rollup_5m` and the checkpoint and before
-    /// a level, with the consumer that wrote it gone before it could settle
-    /// it (revoked or stopped during the retries). Buckets are looked for
-    /// from [`LOOKBACK_SECS`] before the flush's watermark.
+    /// At assignment, before the partition is read: its last flush is in
+    /// every table. The consumer that wrote it may be gone before it could
+    /// settle it (revoked or stopped during its retries, or killed with
+    /// ClickHouse): its INSERT may have died after `rollup_5m` and before the
+    /// checkpoint or a level. `rollup_5m` rows of the partition newer than
+    /// its checkpoint (and written after it: an operator's reset to an older
+    /// watermark is newer than the rows it disowns) are such a flush: its
+    /// levels are completed and its checkpoint written, and the partition
+    /// resumes after it instead of counting it again. Otherwise the
+    /// checkpoint's own flush has its levels completed. Rows are looked for
+    /// from [`LOOKBACK_SECS`] before the checkpoint's watermark.
     pub async fn settle_last_flushes(
         &self,
         assigned: &[i32],
-        checkpoints: &[(i32, Checkpoint)],
+        checkpoints: &mut Vec<(i32, Checkpoint)>,
     ) -> Result<(), SinkError> {
-        for (partition, cp) in checkpoints.iter().filter(|(p, _)| assigned.contains(p)) {
-            let mut repairs = Repairs::default();
-            let since = cp.watermark_ms / 1000 - LOOKBACK_SECS;
-            self.complete_levels(*partition, cp.watermark_ms, since, &mut repairs)
-                .await
-                .map_err(|source| SinkError::Settle {
-                    partition: *partition,
-                    what: "completing the last flush's rollup levels at assignment",
+        if assigned.is_empty() {
+            return Ok(());
+        }
+        let recorded_at = self.progress_times().await?;
+        for &partition in assigned {
+            let failed = |what: &'static str| {
+                move |source: clickhouse::error::Error| SinkError::Settle {
+                    partition,
+                    what,
                     source: source.into(),
-                })?;
+                }
+            };
+            let checkpoint = checkpoints
+                .iter()
+                .find(|(p, _)| *p == partition)
+                .map(|(_, c)| *c);
+            let since = checkpoint.map_or(0, |c| c.watermark_ms / 1000 - LOOKBACK_SECS);
+            let unrecorded = self
+                .unrecorded_flushes(
+                    partition,
+                    checkpoint.map_or(i64::MIN, |c| c.watermark_ms),
+                    since,
+                    recorded_at.get(&partition).copied().unwrap_or(0),
+                )
+                .await
+                .map_err(failed("looking for a flush newer than the checkpoint"))?;
+            let mut repairs = Repairs::default();
+            if unrecorded.is_empty()
+                && let Some(c) = checkpoint
+            {
+                self.complete_levels(partition, c.watermark_ms, since, &mut repairs)
+                    .await
+                    .map_err(failed("completing the last flush's rollup levels"))?;
+            }
+            for flush in &unrecorded {
+                // Levels first: if this stops half-way, the flush is still
+                // unrecorded and the next assignment completes it.
+                self.complete_levels(partition, flush.watermark_ms, since, &mut repairs)
+                    .await
+                    .map_err(failed("completing an unrecorded flush's rollup levels"))?;
+                let cp = Checkpoint {
+                    resume_offset: flush.resume_offset,
+                    watermark_ms: flush.watermark_ms,
+                };
+                self.record_progress(partition, cp, flush.last_window_start, flush.rows, 0)
+                    .await
+                    .map_err(failed("writing an unrecorded flush's checkpoint"))?;
+                repairs.progress = true;
+                checkpoints.retain(|(p, _)| *p != partition);
+                checkpoints.push((partition, cp));
+            }
             if !repairs.is_empty() {
                 repairs.record(
-                    *partition,
-                    "the partition's last flush had missed a rollup level; filled at assignment",
+                    partition,
+                    "the partition's last flush had not reached every table; completed at assignment",
                 );
             }
         }
         Ok(())
+    }
+
+    /// When each partition's checkpoint was last written (server time).
+    async fn progress_times(&self) -> Result<HashMap<i32, u32>, SinkError> {
+        let rows: Vec<(u16, u32)> = self
+            .client
+            .query(
+                "SELECT partition_id, toUInt32(max(flushed_at)) FROM aggregator_progress \
+                 WHERE topic = ? GROUP BY partition_id",
+            )
+            .bind(&self.topic)
+            .fetch_all()
+            .await
+            .map_err(|e| SinkError::ReadCheckpoints {
+                topic: self.topic.clone(),
+                source: e.into(),
+            })?;
+        Ok(rows.into_iter().map(|(p, t)| (i32::from(p), t)).collect())
+    }
+
+    /// Flushes in `rollup_5m` newer than the checkpoint `after` and written
+    /// no earlier than it, oldest first.
+    async fn unrecorded_flushes(
+        &self,
+        partition: i32,
+        after: i64,
+        since: i64,
+        recorded_at: u32,
+    ) -> Result<Vec<UnrecordedFlush>, clickhouse::error::Error> {
+        self.client
+            .query(
+                "SELECT watermark_ms, max(resume_offset), max(toUInt32(window_start)), count() \
+                 FROM rollup_5m WHERE source_topic = ? AND source_partition = ? \
+                   AND watermark_ms > ? AND window_start >= toDateTime(?) \
+                 GROUP BY watermark_ms HAVING max(flushed_at) >= toDateTime(?) \
+                 ORDER BY watermark_ms",
+            )
+            .bind(&self.topic)
+            .bind(partition as u16)
+            .bind(after)
+            .bind(since.clamp(0, i64::from(u32::MAX)) as u32)
+            .bind(recorded_at)
+            .fetch_all()
+            .await
     }
 
     /// Each level's buckets that lack the flush, filled from its `rollup_5m`
@@ -307,7 +419,7 @@ impl RollupSink {
                         sumIf(events, watermark_ms = ?) \
                  FROM rollup_5m WHERE source_topic = ? AND source_partition = ? \
                    AND window_start >= toDateTime({since}) \
-                   AND {bucket}(window_start) IN ({flush_buckets}) GROUP BY bucket"
+                   AND {bucket}(window_start) GLOBAL IN ({flush_buckets}) GROUP BY bucket"
             ))
             .bind(watermark_ms)
             .bind(&self.topic)
@@ -326,7 +438,7 @@ impl RollupSink {
                         tupleElement(sumMapMerge(source_events_state) AS held, 2)\
                             [indexOf(tupleElement(held, 1), cityHash64(?, toUInt16(?)))] \
                  FROM {table} WHERE bucket_start >= toDateTime({since}) \
-                   AND bucket_start IN ({flush_buckets}) GROUP BY bucket",
+                   AND bucket_start GLOBAL IN ({flush_buckets}) GROUP BY bucket",
                 table = level.table
             ))
             .bind(&self.topic)
@@ -380,34 +492,32 @@ impl RollupSink {
             .any(|(p, stored)| p == partition && stored.watermark_ms >= watermark_ms))
     }
 
-    /// The checkpoint row the progress view would have written.
-    async fn write_progress(
+    /// The checkpoint row the progress view would have written, stamped
+    /// with the server's clock as the view's is, `ahead_secs` on.
+    pub(super) async fn record_progress(
         &self,
         partition: i32,
-        closed: &ClosedWindows,
+        cp: Checkpoint,
+        last_window_start: u32,
+        rows: u64,
+        ahead_secs: u32,
     ) -> Result<(), clickhouse::error::Error> {
-        let last_window_start = closed
-            .rows
-            .iter()
-            .map(|r| r.window_start_ms / 1000)
-            .max()
-            .unwrap_or(0);
-        let mut insert = self
-            .client
-            .insert::<ProgressRecord>("aggregator_progress")
-            .await?;
-        insert
-            .write(&ProgressRecord {
-                topic: &self.topic,
-                partition_id: partition as u16,
-                last_window_start: u32::try_from(last_window_start).unwrap_or(0),
-                checkpoint_offset: closed.checkpoint.resume_offset,
-                checkpoint_watermark_ms: closed.checkpoint.watermark_ms,
-                flushed_rows: closed.rows.len() as u64,
-                flushed_at: u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(u32::MAX),
-            })
-            .await?;
-        insert.end().await
+        self.client
+            .query(
+                "INSERT INTO aggregator_progress (topic, partition_id, last_window_start, \
+                 checkpoint_offset, checkpoint_watermark_ms, flushed_rows, flushed_at) \
+                 SELECT ?, toUInt16(?), toDateTime(?), toInt64(?), toInt64(?), toUInt64(?), \
+                        now() + toUInt32(?)",
+            )
+            .bind(&self.topic)
+            .bind(partition as u16)
+            .bind(last_window_start)
+            .bind(cp.resume_offset)
+            .bind(cp.watermark_ms)
+            .bind(rows)
+            .bind(ahead_secs)
+            .execute()
+            .await
     }
 }
 
