@@ -434,11 +434,14 @@ impl RollupSink {
         let in_level: HashMap<u32, u64> = self
             .client
             .query(&format!(
-                "SELECT toUInt32(bucket_start) AS bucket, \
-                        tupleElement(sumMapMerge(source_events_state) AS held, 2)\
-                            [indexOf(tupleElement(held, 1), cityHash64(?, toUInt16(?)))] \
-                 FROM {table} WHERE bucket_start >= toDateTime({since}) \
-                   AND bucket_start GLOBAL IN ({flush_buckets}) GROUP BY bucket",
+                // The map is read in an outer query on this server: 18.16
+                // sends `tupleElement(…)` to the shards as `held.1`, which
+                // it cannot parse back.
+                "SELECT bucket, tupleElement(held, 2)[indexOf(tupleElement(held, 1), \
+                        cityHash64(?, toUInt16(?)))] FROM \
+                 (SELECT toUInt32(bucket_start) AS bucket, sumMapMerge(source_events_state) AS held \
+                  FROM {table} WHERE bucket_start >= toDateTime({since}) \
+                    AND bucket_start GLOBAL IN ({flush_buckets}) GROUP BY bucket)",
                 table = level.table
             ))
             .bind(&self.topic)
