@@ -19,7 +19,9 @@ use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::metrics::*;
 use crate::record::RecordView;
-use crate::window::{ClosedWindows, EventRef, Ingested, PartitionWindows, WindowConfig};
+use crate::window::{
+    Checkpoint, ClosedWindows, EventRef, Ingested, PartitionWindows, WindowConfig,
+};
 use hourglass_core::config::ConsumersConfig;
 use hourglass_core::consumer::{AssignmentWatchdog, ConsumerError, PausedRetry};
 use hourglass_core::kafka::assign::{AssignAtPositions, Change, commit_hint};
@@ -72,6 +74,11 @@ pub struct Loop {
     pub in_flight: Option<InFlight>,
     /// A write ClickHouse refuses for good: the loop stops with it.
     pub refused: Option<ConsumerError>,
+    /// Assigned partitions whose last flush (at this checkpoint) is not yet
+    /// known to be in both rollup levels ([`RollupSink::complete_last_levels`]).
+    pub unsettled: BTreeMap<i32, Checkpoint>,
+    /// When to try `unsettled` again after ClickHouse failed the check.
+    pub next_settle: Instant,
 }
 
 /// One flush's INSERTs, running in the background.
@@ -146,6 +153,7 @@ impl Loop {
             records_since_clock = 0;
             now_ms = wall_ms();
             self.apply_rebalances();
+            self.settle_assigned();
             self.watchdog.check(&self.consumer);
             let write_due = self.write_due(last_write.elapsed());
             if write_due || last_tick.elapsed() >= self.flush_interval {
@@ -236,6 +244,9 @@ impl Loop {
             match change {
                 Change::Assigned(parts) => {
                     for (p, checkpoint) in parts {
+                        if let Some(c) = checkpoint {
+                            self.unsettled.insert(p, c);
+                        }
                         let start = checkpoint.map_or(0, |c| c.resume_offset);
                         let windows = PartitionWindows::new(
                             self.windows.clone(),
@@ -249,6 +260,7 @@ impl Loop {
                 Change::Revoked(parts) => {
                     for p in parts {
                         self.partitions.remove(&p);
+                        self.unsettled.remove(&p);
                         metrics::gauge!(WATERMARK_LAG, "partition" => p.to_string()).set(0.0);
                         revoked.push(p);
                     }
@@ -256,6 +268,37 @@ impl Loop {
             }
         }
         revoked
+    }
+
+    /// Complete the rollup levels of newly assigned partitions' last
+    /// flushes, here rather than in the rebalance callback (which holds the
+    /// group's rebalance while it runs), and only while no flush is in
+    /// flight (a half-landed flush of ours would skew the comparison).
+    /// Revocation happens on this thread, so no one else owns the
+    /// partitions meanwhile.
+    fn settle_assigned(&mut self) {
+        if self.unsettled.is_empty()
+            || self.in_flight.is_some()
+            || Instant::now() < self.next_settle
+        {
+            return;
+        }
+        let sink = self.consumer.context().source.clone();
+        let runtime = self.consumer.context().runtime.clone();
+        let pending: Vec<(i32, Checkpoint)> =
+            self.unsettled.iter().map(|(p, c)| (*p, *c)).collect();
+        for (p, checkpoint) in pending {
+            match runtime.block_on(sink.complete_last_levels(p, checkpoint)) {
+                Ok(()) => {
+                    self.unsettled.remove(&p);
+                }
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "cannot check the last flush's rollup levels yet; retrying in 5 s");
+                    self.next_settle = Instant::now() + Duration::from_secs(5);
+                    return;
+                }
+            }
+        }
     }
 
     /// Whether closed windows should be written now (see `run`).

@@ -26,7 +26,7 @@ pub mod window;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hourglass_core::Config;
 use hourglass_core::clickhouse::cluster::QuorumGuard;
@@ -79,6 +79,8 @@ async fn build(
         counters: consumer::EventCounters::register(),
         in_flight: None,
         refused: None,
+        unsettled: BTreeMap::new(),
+        next_settle: Instant::now(),
     };
     Ok(move || main.run())
 }

@@ -208,8 +208,9 @@ impl RollupSink {
     /// its checkpoint (and written after it: an operator's reset to an older
     /// watermark is newer than the rows it disowns) are such a flush: its
     /// levels are completed and its checkpoint written, and the partition
-    /// resumes after it instead of counting it again. Otherwise the
-    /// checkpoint's own flush has its levels completed. Rows are looked for
+    /// resumes after it instead of counting it again. (The levels of a
+    /// recorded last flush are completed by the new owner outside the
+    /// rebalance, [`RollupSink::complete_last_levels`].) Rows are looked for
     /// from [`LOOKBACK_SECS`] before the checkpoint's watermark.
     pub async fn settle_last_flushes(
         &self,
@@ -243,13 +244,6 @@ impl RollupSink {
                 .await
                 .map_err(failed("looking for a flush newer than the checkpoint"))?;
             let mut repairs = Repairs::default();
-            if unrecorded.is_empty()
-                && let Some(c) = checkpoint
-            {
-                self.complete_levels(partition, c.watermark_ms, since, &mut repairs)
-                    .await
-                    .map_err(failed("completing the last flush's rollup levels"))?;
-            }
             for flush in &unrecorded {
                 // Levels first: if this stops half-way, the flush is still
                 // unrecorded and the next assignment completes it.
@@ -319,6 +313,33 @@ impl RollupSink {
             .bind(recorded_at)
             .fetch_all()
             .await
+    }
+
+    /// The levels of the partition's last flush (at `checkpoint`) made
+    /// whole: its writer may have been revoked or stopped during its
+    /// retries, after `rollup_5m` and the checkpoint landed and before a
+    /// level did. Run by the partition's owner before it flushes again.
+    pub async fn complete_last_levels(
+        &self,
+        partition: i32,
+        checkpoint: Checkpoint,
+    ) -> Result<(), SinkError> {
+        let mut repairs = Repairs::default();
+        let since = checkpoint.watermark_ms / 1000 - LOOKBACK_SECS;
+        self.complete_levels(partition, checkpoint.watermark_ms, since, &mut repairs)
+            .await
+            .map_err(|source| SinkError::Settle {
+                partition,
+                what: "completing the last flush's rollup levels",
+                source: source.into(),
+            })?;
+        if !repairs.is_empty() {
+            repairs.record(
+                partition,
+                "the partition's last flush had missed a rollup level; filled after assignment",
+            );
+        }
+        Ok(())
     }
 
     /// Each level's buckets that lack the flush, filled from its `rollup_5m`
