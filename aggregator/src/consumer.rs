@@ -75,21 +75,29 @@ pub struct Loop {
     /// A write ClickHouse refuses for good: the loop stops with it.
     pub refused: Option<ConsumerError>,
     /// Assigned partitions whose last flush (at this checkpoint) is not yet
-    /// known to be in both rollup levels ([`RollupSink::complete_last_levels`]).
+    /// known to be in both rollup levels: the next background flush
+    /// completes them first ([`RollupSink::complete_last_levels`]).
     pub unsettled: BTreeMap<i32, Checkpoint>,
-    /// When to try `unsettled` again after ClickHouse failed the check.
-    pub next_settle: Instant,
 }
 
 /// One flush's INSERTs, running in the background.
 pub struct InFlight {
     batches: Arc<Vec<(i32, ClosedWindows)>>,
-    results: tokio::task::JoinHandle<Vec<Result<(), SinkError>>>,
+    results: tokio::task::JoinHandle<FlushOutcome>,
     started: Instant,
     /// Partitions revoked since the flush began: their failed writes are
     /// abandoned (redone from the checkpoint by their new owner), and no
     /// commit hint is sent for them.
     revoked: Vec<i32>,
+}
+
+/// What a background flush did.
+pub struct FlushOutcome {
+    /// Each batch's write, in order.
+    writes: Vec<Result<(), SinkError>>,
+    /// Last flushes whose levels could not be checked (tried again with the
+    /// next flush).
+    unchecked: Vec<(i32, Checkpoint)>,
 }
 
 const RECORDS_PER_CLOCK: u32 = 256;
@@ -153,7 +161,6 @@ impl Loop {
             records_since_clock = 0;
             now_ms = wall_ms();
             self.apply_rebalances();
-            self.settle_assigned();
             self.watchdog.check(&self.consumer);
             let write_due = self.write_due(last_write.elapsed());
             if write_due || last_tick.elapsed() >= self.flush_interval {
@@ -270,37 +277,6 @@ impl Loop {
         revoked
     }
 
-    /// Complete the rollup levels of newly assigned partitions' last
-    /// flushes, here rather than in the rebalance callback (which holds the
-    /// group's rebalance while it runs), and only while no flush is in
-    /// flight (a half-landed flush of ours would skew the comparison).
-    /// Revocation happens on this thread, so no one else owns the
-    /// partitions meanwhile.
-    fn settle_assigned(&mut self) {
-        if self.unsettled.is_empty()
-            || self.in_flight.is_some()
-            || Instant::now() < self.next_settle
-        {
-            return;
-        }
-        let sink = self.consumer.context().source.clone();
-        let runtime = self.consumer.context().runtime.clone();
-        let pending: Vec<(i32, Checkpoint)> =
-            self.unsettled.iter().map(|(p, c)| (*p, *c)).collect();
-        for (p, checkpoint) in pending {
-            match runtime.block_on(sink.complete_last_levels(p, checkpoint)) {
-                Ok(()) => {
-                    self.unsettled.remove(&p);
-                }
-                Err(e) => {
-                    tracing::warn!(partition = p, error = %e, "cannot check the last flush's rollup levels yet; retrying in 5 s");
-                    self.next_settle = Instant::now() + Duration::from_secs(5);
-                    return;
-                }
-            }
-        }
-    }
-
     /// Whether closed windows should be written now (see `run`).
     fn write_due(&self, since_last_write: Duration) -> bool {
         let mut closed = self
@@ -361,7 +337,7 @@ impl Loop {
         }
         metrics::gauge!(OPEN_WINDOWS).set(open_windows as f64);
         metrics::gauge!(OPEN_KEYS).set(open_keys as f64);
-        if batches.is_empty() {
+        if batches.is_empty() && self.unsettled.is_empty() {
             return false;
         }
 
@@ -371,12 +347,23 @@ impl Loop {
             .expect("the previous flush is finished before the next starts");
         let batches = Arc::new(batches);
         let (sink, written) = (context.source.clone(), batches.clone());
+        // Newly assigned partitions' last flushes first, under the same gate
+        // (a revocation waits for them too) and before any write of ours
+        // that could skew the comparison.
+        let unsettled = std::mem::take(&mut self.unsettled);
         let results = context.runtime.spawn(async move {
-            let results =
+            let mut unchecked = Vec::new();
+            for (p, checkpoint) in unsettled {
+                if let Err(e) = sink.complete_last_levels(p, checkpoint).await {
+                    tracing::warn!(partition = p, error = %e, "cannot check the last flush's rollup levels yet; trying again with the next flush");
+                    unchecked.push((p, checkpoint));
+                }
+            }
+            let writes =
                 futures::future::join_all(written.iter().map(|(p, closed)| sink.write(*p, closed)))
                     .await;
             drop(gate);
-            results
+            FlushOutcome { writes, unchecked }
         });
         self.in_flight = Some(InFlight {
             batches,
@@ -394,7 +381,14 @@ impl Loop {
         };
         let runtime = self.consumer.context().runtime.clone();
         let results = match runtime.block_on(in_flight.results) {
-            Ok(results) => results,
+            Ok(FlushOutcome { writes, unchecked }) => {
+                for (p, checkpoint) in unchecked {
+                    if self.partitions.contains_key(&p) && !in_flight.revoked.contains(&p) {
+                        self.unsettled.entry(p).or_insert(checkpoint);
+                    }
+                }
+                writes
+            }
             // Its windows are neither written nor held any more, and later
             // writes would move the checkpoints past them: stop, and let the
             // next start redo them from the checkpoints.

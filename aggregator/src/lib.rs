@@ -26,7 +26,7 @@ pub mod window;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hourglass_core::Config;
 use hourglass_core::clickhouse::cluster::QuorumGuard;
@@ -80,7 +80,6 @@ async fn build(
         in_flight: None,
         refused: None,
         unsettled: BTreeMap::new(),
-        next_settle: Instant::now(),
     };
     Ok(move || main.run())
 }

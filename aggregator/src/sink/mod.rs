@@ -296,11 +296,7 @@ impl RollupSink {
         if !done {
             return Err(fail("the deletion has not finished after 120 s".into()));
         }
-        // A second ahead of the server's clock: rows written before the
-        // reset, even in its own second, are then older than it, which is
-        // how the next assignment tells the rows it disowns from a flush
-        // whose checkpoint was lost ([`RollupSink::settle_last_flushes`]).
-        self.record_progress(partition, to, 0, 0, 1)
+        self.record_progress(partition, to, 0, 0)
             .await
             .map_err(|e| fail(e.to_string()))
     }
@@ -309,14 +305,8 @@ impl RollupSink {
 impl hourglass_core::kafka::assign::StartPositions for RollupSink {
     type Position = Checkpoint;
 
-    /// The checkpoints, once each assigned partition's last flush is known
-    /// to be in every table ([`RollupSink::settle_last_flushes`]).
-    async fn read(&self, assigned: &[i32]) -> Result<Vec<(i32, Checkpoint)>, String> {
-        let mut checkpoints = self.checkpoints().await.map_err(|e| e.to_string())?;
-        self.settle_last_flushes(assigned, &mut checkpoints)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(checkpoints)
+    async fn read(&self) -> Result<Vec<(i32, Checkpoint)>, String> {
+        self.checkpoints().await.map_err(|e| e.to_string())
     }
 
     fn next_offset(position: &Checkpoint) -> i64 {

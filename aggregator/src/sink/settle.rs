@@ -84,8 +84,8 @@ impl Repairs {
     }
 }
 
-/// How far before a checkpoint's watermark the assignment-time check looks
-/// for the last flush's rows: a flush holds the windows closed since the
+/// How far before a checkpoint's watermark the check of a newly assigned
+/// partition's last flush looks for its rows: a flush holds the windows closed since the
 /// one before, which an event-time jump longer than this could leave older.
 pub const LOOKBACK_SECS: i64 = 7 * 86_400;
 
@@ -98,15 +98,6 @@ struct LandedRow {
     project_id: String,
     event: String,
     dimensions: String,
-}
-
-/// A flush in `rollup_5m` that its checkpoint never recorded.
-#[derive(Row, Deserialize)]
-struct UnrecordedFlush {
-    watermark_ms: i64,
-    resume_offset: i64,
-    last_window_start: u32,
-    rows: u64,
 }
 
 /// One bucket of a level, as `rollup_5m` and the level see this source.
@@ -185,7 +176,6 @@ impl RollupSink {
                 closed.checkpoint,
                 u32::try_from(last_window_start).unwrap_or(0),
                 closed.rows.len() as u64,
-                0,
             )
             .await
             .map_err(failed("writing the flush's checkpoint"))?;
@@ -198,121 +188,6 @@ impl RollupSink {
             "a failed flush had landed in part; wrote the rest",
         );
         Ok(Settled::Repaired(repairs))
-    }
-
-    /// At assignment, before the partition is read: its last flush is in
-    /// every table. The consumer that wrote it may be gone before it could
-    /// settle it (revoked or stopped during its retries, or killed with
-    /// ClickHouse): its INSERT may have died after `rollup_5m` and before the
-    /// checkpoint or a level. `rollup_5m` rows of the partition newer than
-    /// its checkpoint (and written after it: an operator's reset to an older
-    /// watermark is newer than the rows it disowns) are such a flush: its
-    /// levels are completed and its checkpoint written, and the partition
-    /// resumes after it instead of counting it again. (The levels of a
-    /// recorded last flush are completed by the new owner outside the
-    /// rebalance, [`RollupSink::complete_last_levels`].) Rows are looked for
-    /// from [`LOOKBACK_SECS`] before the checkpoint's watermark.
-    pub async fn settle_last_flushes(
-        &self,
-        assigned: &[i32],
-        checkpoints: &mut Vec<(i32, Checkpoint)>,
-    ) -> Result<(), SinkError> {
-        if assigned.is_empty() {
-            return Ok(());
-        }
-        let recorded_at = self.progress_times().await?;
-        for &partition in assigned {
-            let failed = |what: &'static str| {
-                move |source: clickhouse::error::Error| SinkError::Settle {
-                    partition,
-                    what,
-                    source: source.into(),
-                }
-            };
-            let checkpoint = checkpoints
-                .iter()
-                .find(|(p, _)| *p == partition)
-                .map(|(_, c)| *c);
-            let since = checkpoint.map_or(0, |c| c.watermark_ms / 1000 - LOOKBACK_SECS);
-            let unrecorded = self
-                .unrecorded_flushes(
-                    partition,
-                    checkpoint.map_or(i64::MIN, |c| c.watermark_ms),
-                    since,
-                    recorded_at.get(&partition).copied().unwrap_or(0),
-                )
-                .await
-                .map_err(failed("looking for a flush newer than the checkpoint"))?;
-            let mut repairs = Repairs::default();
-            for flush in &unrecorded {
-                // Levels first: if this stops half-way, the flush is still
-                // unrecorded and the next assignment completes it.
-                self.complete_levels(partition, flush.watermark_ms, since, &mut repairs)
-                    .await
-                    .map_err(failed("completing an unrecorded flush's rollup levels"))?;
-                let cp = Checkpoint {
-                    resume_offset: flush.resume_offset,
-                    watermark_ms: flush.watermark_ms,
-                };
-                self.record_progress(partition, cp, flush.last_window_start, flush.rows, 0)
-                    .await
-                    .map_err(failed("writing an unrecorded flush's checkpoint"))?;
-                repairs.progress = true;
-                checkpoints.retain(|(p, _)| *p != partition);
-                checkpoints.push((partition, cp));
-            }
-            if !repairs.is_empty() {
-                repairs.record(
-                    partition,
-                    "the partition's last flush had not reached every table; completed at assignment",
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// When each partition's checkpoint was last written (server time).
-    async fn progress_times(&self) -> Result<HashMap<i32, u32>, SinkError> {
-        let rows: Vec<(u16, u32)> = self
-            .client
-            .query(
-                "SELECT partition_id, toUInt32(max(flushed_at)) FROM aggregator_progress \
-                 WHERE topic = ? GROUP BY partition_id",
-            )
-            .bind(&self.topic)
-            .fetch_all()
-            .await
-            .map_err(|e| SinkError::ReadCheckpoints {
-                topic: self.topic.clone(),
-                source: e.into(),
-            })?;
-        Ok(rows.into_iter().map(|(p, t)| (i32::from(p), t)).collect())
-    }
-
-    /// Flushes in `rollup_5m` newer than the checkpoint `after` and written
-    /// no earlier than it, oldest first.
-    async fn unrecorded_flushes(
-        &self,
-        partition: i32,
-        after: i64,
-        since: i64,
-        recorded_at: u32,
-    ) -> Result<Vec<UnrecordedFlush>, clickhouse::error::Error> {
-        self.client
-            .query(
-                "SELECT watermark_ms, max(resume_offset), max(toUInt32(window_start)), count() \
-                 FROM rollup_5m WHERE source_topic = ? AND source_partition = ? \
-                   AND watermark_ms > ? AND window_start >= toDateTime(?) \
-                 GROUP BY watermark_ms HAVING max(flushed_at) >= toDateTime(?) \
-                 ORDER BY watermark_ms",
-            )
-            .bind(&self.topic)
-            .bind(partition as u16)
-            .bind(after)
-            .bind(since.clamp(0, i64::from(u32::MAX)) as u32)
-            .bind(recorded_at)
-            .fetch_all()
-            .await
     }
 
     /// The levels of the partition's last flush (at `checkpoint`) made
@@ -517,21 +392,19 @@ impl RollupSink {
     }
 
     /// The checkpoint row the progress view would have written, stamped
-    /// with the server's clock as the view's is, `ahead_secs` on.
+    /// with the server's clock as the view's is.
     pub(super) async fn record_progress(
         &self,
         partition: i32,
         cp: Checkpoint,
         last_window_start: u32,
         rows: u64,
-        ahead_secs: u32,
     ) -> Result<(), clickhouse::error::Error> {
         self.client
             .query(
                 "INSERT INTO aggregator_progress (topic, partition_id, last_window_start, \
                  checkpoint_offset, checkpoint_watermark_ms, flushed_rows, flushed_at) \
-                 SELECT ?, toUInt16(?), toDateTime(?), toInt64(?), toInt64(?), toUInt64(?), \
-                        now() + toUInt32(?)",
+                 SELECT ?, toUInt16(?), toDateTime(?), toInt64(?), toInt64(?), toUInt64(?), now()",
             )
             .bind(&self.topic)
             .bind(partition as u16)
@@ -539,7 +412,6 @@ impl RollupSink {
             .bind(cp.resume_offset)
             .bind(cp.watermark_ms)
             .bind(rows)
-            .bind(ahead_secs)
             .execute()
             .await
     }
