@@ -19,9 +19,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::metrics::*;
 use crate::record::RecordView;
-use crate::window::{
-    Checkpoint, ClosedWindows, EventRef, Ingested, PartitionWindows, WindowConfig,
-};
+use crate::window::{ClosedWindows, EventRef, Ingested, PartitionWindows, WindowConfig};
 use hourglass_core::config::ConsumersConfig;
 use hourglass_core::consumer::{AssignmentWatchdog, ConsumerError, PausedRetry};
 use hourglass_core::kafka::assign::{AssignAtPositions, Change, commit_hint};
@@ -74,30 +72,17 @@ pub struct Loop {
     pub in_flight: Option<InFlight>,
     /// A write ClickHouse refuses for good: the loop stops with it.
     pub refused: Option<ConsumerError>,
-    /// Assigned partitions whose last flush (at this checkpoint) is not yet
-    /// known to be in both rollup levels: the next background flush
-    /// completes them first ([`RollupSink::complete_last_levels`]).
-    pub unsettled: BTreeMap<i32, Checkpoint>,
 }
 
 /// One flush's INSERTs, running in the background.
 pub struct InFlight {
     batches: Arc<Vec<(i32, ClosedWindows)>>,
-    results: tokio::task::JoinHandle<FlushOutcome>,
+    results: tokio::task::JoinHandle<Vec<Result<(), SinkError>>>,
     started: Instant,
     /// Partitions revoked since the flush began: their failed writes are
     /// abandoned (redone from the checkpoint by their new owner), and no
     /// commit hint is sent for them.
     revoked: Vec<i32>,
-}
-
-/// What a background flush did.
-pub struct FlushOutcome {
-    /// Each batch's write, in order.
-    writes: Vec<Result<(), SinkError>>,
-    /// Last flushes whose levels could not be checked (tried again with the
-    /// next flush).
-    unchecked: Vec<(i32, Checkpoint)>,
 }
 
 const RECORDS_PER_CLOCK: u32 = 256;
@@ -251,9 +236,6 @@ impl Loop {
             match change {
                 Change::Assigned(parts) => {
                     for (p, checkpoint) in parts {
-                        if let Some(c) = checkpoint {
-                            self.unsettled.insert(p, c);
-                        }
                         let start = checkpoint.map_or(0, |c| c.resume_offset);
                         let windows = PartitionWindows::new(
                             self.windows.clone(),
@@ -267,7 +249,6 @@ impl Loop {
                 Change::Revoked(parts) => {
                     for p in parts {
                         self.partitions.remove(&p);
-                        self.unsettled.remove(&p);
                         metrics::gauge!(WATERMARK_LAG, "partition" => p.to_string()).set(0.0);
                         revoked.push(p);
                     }
@@ -337,7 +318,7 @@ impl Loop {
         }
         metrics::gauge!(OPEN_WINDOWS).set(open_windows as f64);
         metrics::gauge!(OPEN_KEYS).set(open_keys as f64);
-        if batches.is_empty() && self.unsettled.is_empty() {
+        if batches.is_empty() {
             return false;
         }
 
@@ -347,23 +328,12 @@ impl Loop {
             .expect("the previous flush is finished before the next starts");
         let batches = Arc::new(batches);
         let (sink, written) = (context.source.clone(), batches.clone());
-        // Newly assigned partitions' last flushes first, under the same gate
-        // (a revocation waits for them too) and before any write of ours
-        // that could skew the comparison.
-        let unsettled = std::mem::take(&mut self.unsettled);
         let results = context.runtime.spawn(async move {
-            let mut unchecked = Vec::new();
-            for (p, checkpoint) in unsettled {
-                if let Err(e) = sink.complete_last_levels(p, checkpoint).await {
-                    tracing::warn!(partition = p, error = %e, "cannot check the last flush's rollup levels yet; trying again with the next flush");
-                    unchecked.push((p, checkpoint));
-                }
-            }
-            let writes =
+            let results =
                 futures::future::join_all(written.iter().map(|(p, closed)| sink.write(*p, closed)))
                     .await;
             drop(gate);
-            FlushOutcome { writes, unchecked }
+            results
         });
         self.in_flight = Some(InFlight {
             batches,
@@ -381,14 +351,7 @@ impl Loop {
         };
         let runtime = self.consumer.context().runtime.clone();
         let results = match runtime.block_on(in_flight.results) {
-            Ok(FlushOutcome { writes, unchecked }) => {
-                for (p, checkpoint) in unchecked {
-                    if self.partitions.contains_key(&p) && !in_flight.revoked.contains(&p) {
-                        self.unsettled.entry(p).or_insert(checkpoint);
-                    }
-                }
-                writes
-            }
+            Ok(results) => results,
             // Its windows are neither written nor held any more, and later
             // writes would move the checkpoints past them: stop, and let the
             // next start redo them from the checkpoints.

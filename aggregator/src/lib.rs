@@ -79,7 +79,6 @@ async fn build(
         counters: consumer::EventCounters::register(),
         in_flight: None,
         refused: None,
-        unsettled: BTreeMap::new(),
     };
     Ok(move || main.run())
 }
