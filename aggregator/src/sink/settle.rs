@@ -64,7 +64,7 @@ impl Repairs {
         *self == Repairs::default()
     }
 
-    fn record(&self, partition: i32, message: &'static str) {
+    fn record(&self, partition: i32) {
         for (table, n) in [
             ("rollup_5m", self.rows),
             ("rollup_1h", self.hourly_buckets),
@@ -80,14 +80,13 @@ impl Repairs {
             metrics::counter!(crate::metrics::FLUSH_UNVERIFIED)
                 .increment(self.unverified_buckets as u64);
         }
-        tracing::warn!(partition, repairs = ?self, "{message}");
+        tracing::warn!(
+            partition,
+            repairs = ?self,
+            "a failed flush had landed in part; wrote the rest"
+        );
     }
 }
-
-/// How far before a checkpoint's watermark the check of a newly assigned
-/// partition's last flush looks for its rows: a flush holds the windows closed since the
-/// one before, which an event-time jump longer than this could leave older.
-pub const LOOKBACK_SECS: i64 = 7 * 86_400;
 
 /// A `rollup_5m` row's identity within one flush.
 type RowKey = (u32, String, String, String);
@@ -165,16 +164,10 @@ impl RollupSink {
                 .map_err(failed("writing the flush's missing rollup_5m rows"))?;
         } else if !self.progress_landed(partition, watermark).await? {
             repairs.progress = true;
-            let last_window_start = closed
-                .rows
-                .iter()
-                .map(|r| r.window_start_ms / 1000)
-                .max()
-                .unwrap_or(0);
             self.record_progress(
                 partition,
                 closed.checkpoint,
-                u32::try_from(last_window_start).unwrap_or(0),
+                u32::try_from(closed.last_window_start_ms / 1000).unwrap_or(0),
                 closed.rows.len() as u64,
             )
             .await
@@ -183,38 +176,8 @@ impl RollupSink {
         if repairs.is_empty() {
             return Ok(Settled::Landed);
         }
-        repairs.record(
-            partition,
-            "a failed flush had landed in part; wrote the rest",
-        );
+        repairs.record(partition);
         Ok(Settled::Repaired(repairs))
-    }
-
-    /// The levels of the partition's last flush (at `checkpoint`) made
-    /// whole: its writer may have been revoked or stopped during its
-    /// retries, after `rollup_5m` and the checkpoint landed and before a
-    /// level did. Run by the partition's owner before it flushes again.
-    pub async fn complete_last_levels(
-        &self,
-        partition: i32,
-        checkpoint: Checkpoint,
-    ) -> Result<(), SinkError> {
-        let mut repairs = Repairs::default();
-        let since = checkpoint.watermark_ms / 1000 - LOOKBACK_SECS;
-        self.complete_levels(partition, checkpoint.watermark_ms, since, &mut repairs)
-            .await
-            .map_err(|source| SinkError::Settle {
-                partition,
-                what: "completing the last flush's rollup levels",
-                source: source.into(),
-            })?;
-        if !repairs.is_empty() {
-            repairs.record(
-                partition,
-                "the partition's last flush had missed a rollup level; filled after assignment",
-            );
-        }
-        Ok(())
     }
 
     /// Each level's buckets that lack the flush, filled from its `rollup_5m`
