@@ -69,7 +69,7 @@ async fn build(
     let main = consumer::Loop {
         consumer,
         topic: cfg.kafka.topic.clone(),
-        windows: Arc::new(WindowConfig::from(&cfg.aggregator)),
+        windows: Arc::new(WindowConfig::from(cfg)),
         flush_interval: Duration::from_millis(cfg.aggregator.flush_interval_ms.max(10)),
         retry: cfg.consumers.clone(),
         watchdog: started.watchdog,

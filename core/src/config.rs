@@ -36,6 +36,9 @@ pub struct Config {
     pub lake: LakeConfig,
     pub query: QueryConfig,
     pub batch: BatchConfig,
+    /// Projects with limits of their own, `[projects.<project_id>]` (the id
+    /// the write keys name). A project not listed has only the global limits.
+    pub projects: BTreeMap<String, ProjectConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -322,6 +325,37 @@ pub struct WriteKey {
     pub sha256: String,
 }
 
+/// One project's own limits (`[projects.<project_id>]`); 0 leaves a limit off.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectConfig {
+    /// Events per second the project may send, summed over every ingest
+    /// replica (a token bucket; each replica holds `ingest.replicas`' share).
+    /// Past it ingest answers 429 `quota_exceeded` naming `events_per_sec`,
+    /// with Retry-After.
+    pub events_per_sec: u32,
+    /// Events the project may send at once after a quiet spell (the bucket's
+    /// size, over every replica); 0: one second's worth. Each replica's share
+    /// is at least one full batch (`contract.max_batch_events`).
+    pub events_burst: u32,
+    /// Events the project may send per UTC day, summed over every ingest
+    /// replica; past it ingest answers 429 naming `events_per_day` with
+    /// Retry-After until midnight UTC. Counted from a replica's start: a
+    /// restarted replica starts its share of the day afresh.
+    pub events_per_day: u64,
+    /// Keys the aggregator holds for this project in one window of one
+    /// partition (`aggregator.max_keys_per_window` when 0); the rest fold
+    /// into the project's own `__other__`.
+    pub max_keys_per_window: usize,
+}
+
+impl Config {
+    /// The limits of `project` (all off for a project not listed).
+    pub fn project(&self, project: &str) -> ProjectConfig {
+        self.projects.get(project).cloned().unwrap_or_default()
+    }
+}
+
 /// The HTTP ingest service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -378,6 +412,11 @@ pub struct IngestConfig {
     /// metadata is treated as slow (ingest stays ready and keeps publishing)
     /// before it counts as unreachable (not ready, 503 at once).
     pub broker_patience_secs: u64,
+    /// Ingest replicas that share the projects' quotas: each enforces its
+    /// share, the quota divided by this. The chart sets it to the replica
+    /// count (`maxReplicas` under autoscaling: fewer pods then admit less
+    /// than the quota, never more).
+    pub replicas: u32,
 }
 
 impl Default for IngestConfig {
@@ -401,6 +440,7 @@ impl Default for IngestConfig {
             linger_ms: 5,
             retry_after_secs: 5,
             broker_patience_secs: 30,
+            replicas: 1,
         }
     }
 }
@@ -429,7 +469,11 @@ pub struct AggregatorConfig {
     pub max_ahead_secs: u32,
     /// Property names whose values become key dimensions (e.g. `path`, `country`).
     pub dimensions: Vec<String>,
-    /// Most keys one window of one partition may hold; the rest fold into `__other__`.
+    /// Most keys one project may hold in one window of one partition; the
+    /// rest of that project's keys fold into its own `__other__`, so a
+    /// project whose keys explode never pushes a neighbour's keys there.
+    /// `projects.<id>.max_keys_per_window` sets it per project. Memory is
+    /// bounded by projects × this.
     pub max_keys_per_window: usize,
     /// Longest dimension value kept, in bytes; longer ones are cut.
     pub max_dimension_len: usize,

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::body::BodyError;
+use crate::quota::QuotaExceeded;
 
 /// One event the batch could not take, by its index in the batch.
 #[derive(Debug, Serialize)]
@@ -57,6 +58,8 @@ pub enum ApiError {
     Malformed(String),
     #[error("rate limit of this write key exceeded; retry in {} s", ceil_secs(*.0))]
     RateLimited(Duration),
+    #[error(transparent)]
+    QuotaExceeded(#[from] QuotaExceeded),
     #[error("{reason}; retry later")]
     Unavailable { reason: String, retry_after: u32 },
 }
@@ -75,7 +78,7 @@ impl ApiError {
             ApiError::Body(BodyError::OverBudget(_) | BodyError::Busy(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(_) | ApiError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -94,16 +97,20 @@ impl ApiError {
             ApiError::Body(BodyError::Busy(_)) => "busy_with_large_bodies",
             ApiError::Malformed(_) => "malformed",
             ApiError::RateLimited(_) => "rate_limited",
+            ApiError::QuotaExceeded(_) => "quota_exceeded",
             ApiError::Unavailable { .. } => "unavailable",
         }
     }
 }
 
-/// Segment's error shape (`code`, `message`), so Segment SDKs log our reason.
+/// Segment's error shape (`code`, `message`), so Segment SDKs log our
+/// reason; a refused quota also names its config key in `quota`.
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     code: &'a str,
     message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota: Option<&'static str>,
 }
 
 impl IntoResponse for ApiError {
@@ -111,6 +118,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let retry_after = match &self {
             ApiError::RateLimited(wait) => Some(ceil_secs(*wait)),
+            ApiError::QuotaExceeded(q) => Some(ceil_secs(q.wait)),
             ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
             // Memory frees as soon as the requests in flight are answered.
             ApiError::Body(BodyError::OverBudget(_) | BodyError::Busy(_)) => Some(1),
@@ -119,6 +127,10 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             code: self.code(),
             message: self.to_string(),
+            quota: match &self {
+                ApiError::QuotaExceeded(q) => Some(q.quota.key()),
+                _ => None,
+            },
         };
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();

@@ -31,6 +31,7 @@ use crate::keys::{Project, WriteKeys};
 use crate::lane::{LARGE_BODY_BYTES, LargeBodyLane};
 use crate::metrics;
 use crate::publish::{PublishError, Publisher};
+use crate::quota::ProjectQuotas;
 
 pub struct AppState {
     pub keys: WriteKeys,
@@ -40,6 +41,7 @@ pub struct AppState {
     import_limits: ContractLimits,
     pub cfg: IngestConfig,
     limiter: Option<DefaultKeyedRateLimiter<usize>>,
+    quotas: ProjectQuotas,
     in_flight: Semaphore,
     budget: Arc<MemoryBudget>,
     lane: LargeBodyLane,
@@ -51,6 +53,7 @@ impl AppState {
         publisher: Publisher,
         limits: ContractLimits,
         cfg: IngestConfig,
+        quotas: ProjectQuotas,
     ) -> Self {
         let limiter = NonZeroU32::new(cfg.rate_limit_events_per_sec).map(|rate| {
             let burst = NonZeroU32::new(cfg.rate_limit_burst).unwrap_or(rate);
@@ -67,6 +70,7 @@ impl AppState {
             limits,
             cfg,
             limiter,
+            quotas,
             in_flight,
         }
     }
@@ -227,6 +231,10 @@ async fn accept(
     if batch.events.len() > 1 {
         rate_limit(state, &project, batch.events.len() - 1)?;
     }
+    let mut day = state
+        .quotas
+        .reserve_day(&project.id, batch.events.len(), Utc::now())
+        .inspect_err(|q| metrics::over_quota(q, batch.events.len()))?;
     let (valid, rejected) = validate(&batch, &project, limits);
     drop(batch);
     if !valid.is_empty() {
@@ -235,6 +243,7 @@ async fn accept(
             .publish(&valid)
             .await
             .map_err(|e| unavailable(e, state.cfg.retry_after_secs))?;
+        day.keep(valid.len());
         metrics::accepted(&project.id, valid.len());
     }
     Ok(BatchReport {
@@ -427,9 +436,19 @@ fn single_event(body: &[u8], kind: &'static str) -> Result<ParsedBatch, ApiError
     })
 }
 
+/// The write key's rate limit, then the project's per-second quota.
 fn rate_limit(state: &AppState, project: &Project, events: usize) -> Result<(), ApiError> {
     // Taken in parts (one event before the body is read, the rest once it
     // is parsed), so `events` may be 1 less than the batch.
+    key_rate_limit(state, project, events)?;
+    state
+        .quotas
+        .take_rate(&project.id, events)
+        .inspect_err(|q| metrics::over_quota(q, events))?;
+    Ok(())
+}
+
+fn key_rate_limit(state: &AppState, project: &Project, events: usize) -> Result<(), ApiError> {
     let Some(limiter) = &state.limiter else {
         return Ok(());
     };

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod lane;
 pub mod metrics;
 pub mod publish;
+pub mod quota;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 pub use api::AppState;
 use keys::WriteKeys;
 use publish::Publisher;
+use quota::ProjectQuotas;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -80,6 +82,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), IngestE
         publisher.clone(),
         cfg.contract.clone(),
         cfg.ingest.clone(),
+        ProjectQuotas::from_config(&cfg),
     ));
     let app = app(state, &cfg.ingest, readiness.clone());
 

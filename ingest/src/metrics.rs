@@ -12,6 +12,7 @@ pub const DELIVERY_SECONDS: &str = "hourglass_ingest_delivery_seconds";
 pub const REQUEST_SECONDS: &str = "hourglass_ingest_request_seconds";
 pub const BROKER_STATE: &str = "hourglass_ingest_broker_state";
 pub const IN_FLIGHT_BYTES: &str = "hourglass_ingest_in_flight_bytes";
+pub const OVER_QUOTA: &str = "hourglass_ingest_over_quota_events_total";
 
 pub fn describe() {
     describe_counter!(REQUESTS, "HTTP requests answered, by route and status");
@@ -20,6 +21,10 @@ pub fn describe() {
         "events acknowledged by the broker, by project"
     );
     describe_counter!(EVENTS_REJECTED, "events refused by validation, by reason");
+    describe_counter!(
+        OVER_QUOTA,
+        "events refused with 429 because their project was over a quota, by project and quota (events_per_sec counts a request's events as they are charged: one before its body is read, the rest after)"
+    );
     describe_gauge!(
         QUEUE_DEPTH,
         "events in the producer waiting for the broker's acknowledgement"
@@ -56,6 +61,11 @@ pub fn request(route: &'static str, status: u16, took: Duration) {
 
 pub fn accepted(project: &str, n: usize) {
     counter!(EVENTS_ACCEPTED, "project" => project.to_owned()).increment(n as u64);
+}
+
+pub fn over_quota(q: &crate::quota::QuotaExceeded, events: usize) {
+    counter!(OVER_QUOTA, "project" => q.project.clone(), "quota" => q.quota.key())
+        .increment(events as u64);
 }
 
 pub fn rejected(reason: &'static str) {

@@ -16,6 +16,7 @@ use hourglass_core::config::WriteKey;
 use hourglass_core::telemetry::Readiness;
 use hourglass_ingest::keys::{WriteKeys, hash_key};
 use hourglass_ingest::publish::Publisher;
+use hourglass_ingest::quota::ProjectQuotas;
 use hourglass_ingest::{AppState, app};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -45,6 +46,7 @@ fn app_for(cfg: &Config) -> Router {
         publisher,
         cfg.contract.clone(),
         cfg.ingest.clone(),
+        ProjectQuotas::from_config(cfg),
     );
     app(Arc::new(state), &cfg.ingest, readiness)
 }
@@ -251,6 +253,74 @@ async fn a_key_over_its_rate_waits_what_retry_after_says() {
         StatusCode::BAD_REQUEST,
         "past the limiter: {}",
         a.body
+    );
+}
+
+#[tokio::test]
+async fn a_project_over_its_quotas_gets_429_naming_the_quota() {
+    let mut cfg = config();
+    cfg.contract.max_batch_events = 2;
+    cfg.ingest.rate_limit_events_per_sec = 0;
+    cfg.projects.insert(
+        "web".into(),
+        hourglass_core::config::ProjectConfig {
+            events_per_sec: 1,
+            events_per_day: 3,
+            ..Default::default()
+        },
+    );
+    let app = app_for(&cfg);
+    let two = json!({"batch": [{"event": ""}, {"event": ""}]}).to_string();
+    // Two invalid events pass the bucket (one batch) and the day; none is
+    // kept, so the day gets them back.
+    let a = send(&app, keyed(two.clone())).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    let a = send(&app, keyed(two.clone())).await;
+    assert_answer(
+        &a,
+        StatusCode::TOO_MANY_REQUESTS,
+        "quota_exceeded",
+        Some("1"),
+    );
+    assert_eq!(a.body["quota"], "events_per_sec", "{}", a.body);
+    assert!(
+        a.body["message"].as_str().unwrap().contains("\"web\""),
+        "{}",
+        a.body
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Three events a day: a batch of 2 fits (they were given back), then
+    // 2 + 2 would not: 429 until midnight UTC.
+    cfg.projects.get_mut("web").unwrap().events_per_sec = 0;
+    let app = app_for(&cfg);
+    let a = send(&app, keyed(two.clone())).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    let a = send(&app, keyed(two.clone())).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    let four = json!({"batch": [{"event": ""}, {"event": ""}, {"event": ""}, {"event": ""}]});
+    let a = send(&app, keyed(four.to_string())).await;
+    assert_eq!(
+        a.status,
+        StatusCode::BAD_REQUEST,
+        "too large for one batch: {}",
+        a.body
+    );
+    cfg.contract.max_batch_events = 4;
+    let app = app_for(&cfg);
+    let a = send(&app, keyed(four.to_string())).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.body);
+    assert_eq!(
+        (a.code.as_str(), a.body["quota"].as_str()),
+        ("quota_exceeded", Some("events_per_day")),
+        "{}",
+        a.body
+    );
+    let now = chrono::Utc::now().timestamp();
+    let to_midnight = (now.div_euclid(86_400) + 1) * 86_400 - now;
+    let said: i64 = a.retry_after.unwrap().parse().unwrap();
+    assert!(
+        (to_midnight - said).abs() <= 2,
+        "{said} s, midnight in {to_midnight} s"
     );
 }
 

@@ -283,7 +283,7 @@ impl Sink {
                 client,
                 clickhouse: cfg.clickhouse.clone(),
                 topic: cfg.kafka.topic.clone(),
-                window: Arc::new(WindowConfig::from(&cfg.aggregator)),
+                window: Arc::new(WindowConfig::from(cfg)),
                 partitions: BTreeMap::new(),
             },
             Target::Kafka => Sink::Kafka {

@@ -26,7 +26,9 @@ pub use partition::{
     PartitionWindows,
 };
 
-use hourglass_core::config::AggregatorConfig;
+use std::collections::HashMap;
+
+use hourglass_core::Config;
 
 pub use hourglass_core::dimensions::{dimension_text, dimension_values};
 
@@ -41,14 +43,18 @@ pub struct WindowConfig {
     pub idle_timeout_ms: i64,
     pub max_ahead_ms: i64,
     pub dimensions: Vec<String>,
+    /// Keys one project may hold in one window (its own `__other__` aside).
     pub max_keys_per_window: usize,
+    /// Projects whose cap differs from `max_keys_per_window`.
+    pub project_max_keys: HashMap<Box<str>, usize>,
     pub max_dimension_len: usize,
     pub histogram_sigfig: u8,
     pub histogram_max_value: f64,
 }
 
-impl From<&AggregatorConfig> for WindowConfig {
-    fn from(c: &AggregatorConfig) -> Self {
+impl From<&Config> for WindowConfig {
+    fn from(cfg: &Config) -> Self {
+        let c = &cfg.aggregator;
         Self {
             window_ms: i64::from(c.window_secs) * 1000,
             grace_ms: i64::from(c.grace_secs) * 1000,
@@ -56,6 +62,12 @@ impl From<&AggregatorConfig> for WindowConfig {
             max_ahead_ms: i64::from(c.max_ahead_secs) * 1000,
             dimensions: c.dimensions.clone(),
             max_keys_per_window: c.max_keys_per_window,
+            project_max_keys: cfg
+                .projects
+                .iter()
+                .filter(|(_, p)| p.max_keys_per_window > 0)
+                .map(|(id, p)| (id.as_str().into(), p.max_keys_per_window))
+                .collect(),
             max_dimension_len: c.max_dimension_len,
             histogram_sigfig: c.histogram_sigfig,
             histogram_max_value: c.histogram_max_value,
@@ -65,11 +77,19 @@ impl From<&AggregatorConfig> for WindowConfig {
 
 impl Default for WindowConfig {
     fn default() -> Self {
-        Self::from(&AggregatorConfig::default())
+        Self::from(&Config::default())
     }
 }
 
 impl WindowConfig {
+    /// Keys `project` may hold in one window of one partition.
+    pub fn max_keys_for(&self, project: &str) -> usize {
+        self.project_max_keys
+            .get(project)
+            .copied()
+            .unwrap_or(self.max_keys_per_window)
+    }
+
     /// Start of the UTC-aligned window holding `ts_ms`.
     pub fn window_start(&self, ts_ms: i64) -> i64 {
         ts_ms.div_euclid(self.window_ms) * self.window_ms

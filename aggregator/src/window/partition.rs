@@ -87,6 +87,9 @@ pub struct ClosedWindows {
 #[derive(Debug, Default)]
 struct Window {
     keys: HashMap<Box<str>, KeyAggregate>,
+    /// Keys each project holds here, its `__other__` aside: one project's
+    /// cap is its own.
+    project_keys: HashMap<Box<str>, usize>,
     min_offset: i64,
 }
 
@@ -217,13 +220,22 @@ impl PartitionWindows {
         let cfg = Arc::clone(&self.cfg);
         let window = self.windows.entry(start).or_insert_with(|| Window {
             keys: HashMap::new(),
+            project_keys: HashMap::new(),
             min_offset: offset,
         });
         let mut outcome = Ingested::Added;
         let aggregate = match window.keys.get_mut(self.key_buf.as_str()) {
             Some(a) => a,
             None => {
-                if window.keys.len() >= cfg.max_keys_per_window {
+                let held = window.project_keys.get(event.project_id).copied();
+                if held.unwrap_or(0) < cfg.max_keys_for(event.project_id) {
+                    match window.project_keys.get_mut(event.project_id) {
+                        Some(n) => *n += 1,
+                        None => {
+                            window.project_keys.insert(event.project_id.into(), 1);
+                        }
+                    }
+                } else {
                     outcome = Ingested::Overflow;
                     self.overflow_events += 1;
                     self.key_buf.clear();
@@ -392,6 +404,7 @@ mod tests {
             max_ahead_ms: 10 * MIN,
             dimensions: dimensions.iter().map(|s| s.to_string()).collect(),
             max_keys_per_window: max_keys,
+            project_max_keys: HashMap::new(),
             max_dimension_len: 16,
             histogram_sigfig: 3,
             histogram_max_value: 1000.0,
@@ -724,6 +737,61 @@ mod tests {
         let names: Vec<(&str, u64)> = r.iter().map(|r| (r.event.as_str(), r.events)).collect();
         assert_eq!(names, vec![(OVERFLOW_KEY, 2), ("a", 2), ("b", 1)]);
         assert_eq!(p.overflow_events, 2);
+    }
+
+    #[test]
+    fn each_project_overflows_into_its_own_other_key_at_its_own_cap() {
+        let mut cfg = (*cfg(&[], 2)).clone();
+        cfg.project_max_keys.insert("big".into(), 3);
+        let mut p = PartitionWindows::new(Arc::new(cfg), 0, None);
+        let at = |project: &'static str, name: &str| EventRef {
+            project_id: project,
+            ..ev(name, "u", T0, None)
+        };
+        // "flood" fills its cap of 2 and overflows; "calm" keeps all of its
+        // keys, and "big" its 3, whatever "flood" sent before them.
+        let mut overflowed = Vec::new();
+        for (offset, (project, name)) in [
+            ("flood", "a"),
+            ("flood", "b"),
+            ("flood", "c"),
+            ("flood", "d"),
+            ("calm", "a"),
+            ("calm", "b"),
+            ("big", "a"),
+            ("big", "b"),
+            ("big", "c"),
+            ("big", "d"),
+            ("flood", "a"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if p.ingest(&at(project, name), offset as i64, NOW) == Ingested::Overflow {
+                overflowed.push(format!("{project}/{name}"));
+            }
+        }
+        assert_eq!(overflowed, ["flood/c", "flood/d", "big/d"]);
+        p.ingest(&ev("z", "u", T0 + 10 * MIN, None), 11, NOW);
+        let r = rows(&mut p);
+        let got: Vec<(&str, &str, u64)> = r
+            .iter()
+            .map(|r| (r.project_id.as_str(), r.event.as_str(), r.events))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("big", OVERFLOW_KEY, 1),
+                ("big", "a", 1),
+                ("big", "b", 1),
+                ("big", "c", 1),
+                ("calm", "a", 1),
+                ("calm", "b", 1),
+                ("flood", OVERFLOW_KEY, 2),
+                ("flood", "a", 2),
+                ("flood", "b", 1),
+            ]
+        );
     }
 
     #[test]

@@ -78,7 +78,7 @@ async fn load(cfg: &Config, args: &Args) -> Result<()> {
         .await?;
     hourglass_sql::migrate(&cfg.clickhouse).await?;
     let ch = hourglass_core::clickhouse::client(&cfg.clickhouse);
-    let window = Arc::new(WindowConfig::from(&cfg.aggregator));
+    let window = Arc::new(WindowConfig::from(cfg));
     let sink = RollupSink::new(ch.clone(), "events");
     let mut cores: Vec<PartitionWindows> = (0..PARTITIONS)
         .map(|_| PartitionWindows::new(window.clone(), 0, None))

@@ -28,8 +28,18 @@ pub fn reference_markdown() -> Result<String, String> {
     let mut out = String::new();
     let mut undocumented = Vec::new();
     for (section, section_schema) in sections {
-        let def = resolve(defs, section_schema);
-        out.push_str(&format!("### `[{section}]`\n\n"));
+        let mut def = resolve(defs, section_schema);
+        // A map of tables (`[projects.<id>]`): its entries' keys are listed.
+        let mut section = section.clone();
+        if def["properties"].is_null() && def["additionalProperties"].is_object() {
+            if let Some(d) = description(def) {
+                out.push_str(&format!("### `[{section}.<id>]`\n\n{d}\n\n"));
+            }
+            section.push_str(".<id>");
+            def = resolve(defs, &def["additionalProperties"]);
+        } else {
+            out.push_str(&format!("### `[{section}]`\n\n"));
+        }
         if let Some(d) = description(def) {
             out.push_str(&format!("{d}\n\n"));
         }

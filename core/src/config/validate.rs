@@ -95,6 +95,20 @@ impl Config {
                 i.max_in_flight_bytes
             ),
         );
+        check(i.replicas >= 1, "ingest.replicas must be at least 1".into());
+        for (id, p) in &self.projects {
+            check(
+                !id.is_empty() && !id.contains('\u{1f}'),
+                format!("projects.{id:?}: a project id must be non-empty text"),
+            );
+            check(
+                p.events_burst == 0 || p.events_burst >= p.events_per_sec,
+                format!(
+                    "projects.{id}.events_burst ({}) must be 0 or at least its events_per_sec ({})",
+                    p.events_burst, p.events_per_sec
+                ),
+            );
+        }
         check(
             i.header_read_timeout_secs > 0 && i.body_read_timeout_secs > 0,
             "ingest.header_read_timeout_secs and ingest.body_read_timeout_secs must be at least 1"

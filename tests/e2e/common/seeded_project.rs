@@ -115,7 +115,7 @@ pub async fn seed(env: &TestEnv, events: &[EventEnvelope], lake: &LocalStore) {
     for e in events {
         by_partition.entry(partition_of(e)).or_default().push(e);
     }
-    let window = Arc::new(WindowConfig::from(&env.cfg.aggregator));
+    let window = Arc::new(WindowConfig::from(&env.cfg));
     let shape = hourglass_loader::rows::RowShape::from(&env.cfg);
     let sink = hourglass_aggregator::sink::RollupSink::new(ch.clone(), &env.cfg.kafka.topic);
     for (partition, mut list) in by_partition {
