@@ -203,6 +203,12 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
                 );
                 assert!(manifests.contains("consumerGroup: \"hourglass-aggregator\""));
                 assert!(effective.contains("partitions = 12"));
+                // Three ingest pods split the projects' quotas.
+                assert!(effective.contains("replicas = 3"), "{effective}");
+                assert!(
+                    effective.contains("[projects.free-tier-app]\nevents_per_sec = 100\n"),
+                    "{effective}"
+                );
                 assert!(with_query, "the query API is on");
                 assert!(manifests.contains("name: HOURGLASS_QUERY__JWT_SECRET"));
             }
@@ -264,6 +270,8 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
                 assert!(manifests.contains("grafana_dashboard: \"1\""));
                 assert!(manifests.contains("helm.sh/hook: pre-install,pre-upgrade"));
                 assert!(manifests.contains("- --create-topics"));
+                // Autoscaled ingest: quotas split by the most pods that may run.
+                assert!(effective.contains("replicas = 10"), "{effective}");
             }
             _ => {}
         }

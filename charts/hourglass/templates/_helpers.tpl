@@ -57,6 +57,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
+Every whole number in a dict (and the dicts in it) made an integer, in
+place: Helm reads YAML numbers as floats, and toToml writes a large one as
+1e+08, which no integer setting accepts.
+*/}}
+{{- define "hourglass.wholeNumbers" -}}
+{{- range $k, $v := . }}
+{{- if kindIs "map" $v }}
+{{- include "hourglass.wholeNumbers" $v }}
+{{- else if and (kindIs "float64" $v) (eq $v (floor $v)) }}
+{{- $_ := set $ (toString $k) (int64 $v) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 hourglass.toml: the user's config with the listen addresses (and the write
 keys file) the chart owns. Helm holds every number as a float, and toToml
 writes 8 as 8.0, which an integer setting refuses; bare whole numbers are
@@ -64,8 +79,13 @@ written back as integers (quoted strings are left alone).
 */}}
 {{- define "hourglass.configToml" -}}
 {{- $cfg := deepCopy (default dict .Values.config) }}
+{{- include "hourglass.wholeNumbers" $cfg }}
 {{- $metrics := printf "0.0.0.0:%d" (int .Values.metricsPort) }}
 {{- $ingest := dict "listen" (printf "0.0.0.0:%d" (int .Values.ingest.port)) }}
+{{- /* The replicas that split each project's quotas: under autoscaling the
+       most that may run, so the pods together never admit more than a quota. */}}
+{{- $replicas := ternary .Values.ingest.autoscaling.maxReplicas .Values.ingest.replicas .Values.ingest.autoscaling.enabled }}
+{{- $_ := set $ingest "replicas" (int $replicas) }}
 {{- if .Values.secrets.writeKeys.name }}
 {{- $_ := set $ingest "keys_file" (include "hourglass.writeKeysPath" .) }}
 {{- end }}
