@@ -21,5 +21,6 @@ mod loader_deletions;
 mod loader_exactly_once;
 mod loader_refused;
 mod modern_clickhouse;
+mod project_quotas;
 mod query_api;
 mod up_demo;

@@ -402,15 +402,29 @@ pub struct Ingest {
 impl Ingest {
     /// Start ingest for `env`'s topic and wait until it is ready.
     pub async fn start(env: &TestEnv, project: &str, extra_env: &[(&str, String)]) -> Self {
+        Self::start_projects(env, &[project], extra_env).await
+    }
+
+    /// Ingest with a write key for each of `projects` ([`Self::key_of`]);
+    /// `key` and `project` are the first's.
+    pub async fn start_projects(
+        env: &TestEnv,
+        projects: &[&str],
+        extra_env: &[(&str, String)],
+    ) -> Self {
         let port = free_port();
-        let key = format!("hgk_test_{}", env.name);
-        let hash = hourglass_ingest::keys::hash_key(&key);
+        let keys: Vec<String> = projects
+            .iter()
+            .map(|p| {
+                let hash = hourglass_ingest::keys::hash_key(&Self::key_of(env, p));
+                format!(r#"{{project_id="{p}",sha256="{hash}"}}"#)
+            })
+            .collect();
+        let project = projects[0];
+        let key = Self::key_of(env, project);
         let mut vars = vec![
             ("HOURGLASS_INGEST__LISTEN", format!("127.0.0.1:{port}")),
-            (
-                "HOURGLASS_INGEST__KEYS",
-                format!(r#"[{{project_id="{project}",sha256="{hash}"}}]"#),
-            ),
+            ("HOURGLASS_INGEST__KEYS", format!("[{}]", keys.join(","))),
         ];
         vars.extend(extra_env.iter().cloned());
         let child = env.spawn(&["ingest"], &vars);
@@ -433,11 +447,26 @@ impl Ingest {
         }
     }
 
+    /// The write key of `project` in [`Self::start_projects`].
+    pub fn key_of(env: &TestEnv, project: &str) -> String {
+        format!("hgk_test_{}_{project}", env.name)
+    }
+
     /// POST `body` to `path` with this write key (Basic auth, as Segment SDKs do).
     pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.post_as(&self.key, path, body).await
+    }
+
+    /// POST `body` to `path` with the write key `key`.
+    pub async fn post_as(
+        &self,
+        key: &str,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
         reqwest::Client::new()
             .post(format!("{}{path}", self.url))
-            .basic_auth(&self.key, Some(""))
+            .basic_auth(key, Some(""))
             .header("content-type", "application/json")
             .body(body)
             .send()
