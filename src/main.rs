@@ -109,6 +109,14 @@ enum Command {
     /// Run the batch layer: settled hours recomputed from the raw record,
     /// replacing the speed layer's numbers (`--once` for one pass).
     Batch(BatchArgs),
+    /// Delete what each project's retention has expired (raw events, each
+    /// rollup level) and lake folders past retention.lake_days; `hourglass
+    /// batch` runs the same pass every retention.interval_secs.
+    Retention {
+        /// Show what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Speed against batch per hour and event: duplicates, late events and
     /// deletions that explain the difference, and any that they do not.
     Reconcile {
@@ -337,6 +345,12 @@ async fn main() -> Result<()> {
         Command::Load => hourglass_loader::run(cfg, on_signal()).await?,
         Command::Query => hourglass_query::run(cfg, on_signal()).await?,
         Command::Batch(args) => batch(&cfg, args).await?,
+        Command::Retention { dry_run } => {
+            let report = hourglass_batch::retention::pass(&cfg, chrono::Utc::now(), dry_run)
+                .await
+                .context("hourglass retention")?;
+            print!("{}", hourglass_batch::retention::table(&report, dry_run));
+        }
         Command::Reconcile { from, to } => {
             let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
             let rows = hourglass_batch::reconcile::range(&client, from.timestamp(), to.timestamp())

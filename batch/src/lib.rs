@@ -19,6 +19,7 @@ pub mod lease;
 pub mod metrics;
 pub mod plan;
 pub mod reconcile;
+pub mod retention;
 pub mod sql;
 
 use std::time::{Duration, Instant};
@@ -321,7 +322,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), BatchEr
     };
     service.readiness.set(true);
     let interval = Duration::from_secs(u64::from(cfg.batch.interval_secs.max(1)));
+    let retention_every = Duration::from_secs(cfg.retention.interval_secs);
+    let mut retention_due = Instant::now();
     while !stop.is_cancelled() {
+        if !retention_every.is_zero() && Instant::now() >= retention_due {
+            match retention::pass(&cfg, chrono::Utc::now(), false).await {
+                Ok(_) => retention_due = Instant::now() + retention_every,
+                Err(e) => {
+                    ::metrics::counter!(metrics::FAILURES).increment(1);
+                    tracing::warn!(error = %e, "retention pass failed; retrying next interval");
+                }
+            }
+        }
         match batch.pass(Range::default(), &lease).await {
             Ok(r) if !r.hours.is_empty() || !r.days.is_empty() => tracing::info!(
                 hours = r.hours.len(),

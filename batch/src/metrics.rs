@@ -33,7 +33,15 @@ pub fn describe() {
     );
     describe_gauge!(LEASE_HELD, "1 while this process holds the batch lease");
     describe_counter!(
+        crate::retention::DELETED_ROWS,
+        "Rows deleted by retention passes, by table"
+    );
+    describe_counter!(
+        crate::retention::DELETED_OBJECTS,
+        "Lake objects deleted by retention passes"
+    );
+    describe_counter!(
         FAILURES,
-        "Passes that failed (retried on the next interval)"
+        "Batch and retention passes that failed (retried on the next interval)"
     );
 }

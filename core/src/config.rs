@@ -36,6 +36,7 @@ pub struct Config {
     pub lake: LakeConfig,
     pub query: QueryConfig,
     pub batch: BatchConfig,
+    pub retention: RetentionConfig,
     /// Projects with limits of their own, `[projects.<project_id>]` (the id
     /// the write keys name). A project not listed has only the global limits.
     pub projects: BTreeMap<String, ProjectConfig>,
@@ -347,12 +348,112 @@ pub struct ProjectConfig {
     /// partition (`aggregator.max_keys_per_window` when 0); the rest fold
     /// into the project's own `__other__`.
     pub max_keys_per_window: usize,
+    /// Retention tier (`[retention.tiers.<name>]`) whose days this project
+    /// keeps; empty: the `[retention]` defaults.
+    pub tier: String,
+    /// Days of raw events kept, over the tier's (0 keeps forever).
+    pub raw_days: Option<u32>,
+    /// Days of 5-minute rollups kept, over the tier's (0 keeps forever).
+    pub rollup_5m_days: Option<u32>,
+    /// Days of hourly rollups kept, over the tier's (0 keeps forever).
+    pub rollup_1h_days: Option<u32>,
+    /// Days of daily rollups kept, over the tier's (0 keeps forever).
+    pub rollup_1d_days: Option<u32>,
 }
 
-impl Config {
-    /// The limits of `project` (all off for a project not listed).
-    pub fn project(&self, project: &str) -> ProjectConfig {
-        self.projects.get(project).cloned().unwrap_or_default()
+/// Days of each store a retention tier keeps; a day not given is the
+/// `[retention]` default's, 0 keeps forever.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionTier {
+    pub raw_days: Option<u32>,
+    pub rollup_5m_days: Option<u32>,
+    pub rollup_1h_days: Option<u32>,
+    pub rollup_1d_days: Option<u32>,
+}
+
+/// The days each store keeps, for projects without a tier or days of their
+/// own, the named tiers, and the retention pass that enforces them (run by
+/// `hourglass batch` and `hourglass retention`). A day counts from midnight
+/// UTC: keeping 2 days keeps today and the two days before it. 0 keeps
+/// forever.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days of raw events (`events`) kept.
+    pub raw_days: u32,
+    /// Days of 5-minute rollups kept (speed and batch layer).
+    pub rollup_5m_days: u32,
+    /// Days of hourly rollups kept (speed and batch layer).
+    pub rollup_1h_days: u32,
+    /// Days of daily rollups kept (speed and batch layer).
+    pub rollup_1d_days: u32,
+    /// Days of lake objects kept (by the `dt=` folder of their arrival), for
+    /// every project: the lake's files hold many projects' events.
+    pub lake_days: u32,
+    /// Named tiers projects refer to (`[retention.tiers.<name>]`, keys
+    /// `raw_days`, `rollup_5m_days`, `rollup_1h_days`, `rollup_1d_days`),
+    /// e.g. `free = {raw_days = 1, rollup_5m_days = 7}`.
+    pub tiers: BTreeMap<String, RetentionTier>,
+    /// Seconds between two retention passes of `hourglass batch`; 0: only
+    /// `hourglass retention` removes data.
+    pub interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            raw_days: 0,
+            rollup_5m_days: 0,
+            rollup_1h_days: 0,
+            rollup_1d_days: 0,
+            lake_days: 0,
+            tiers: BTreeMap::new(),
+            interval_secs: 3_600,
+        }
+    }
+}
+
+/// Days one project keeps of each ClickHouse store (0: forever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionDays {
+    pub raw: u32,
+    pub rollup_5m: u32,
+    pub rollup_1h: u32,
+    pub rollup_1d: u32,
+}
+
+impl RetentionConfig {
+    /// What a project not listed under `[projects]` keeps.
+    pub fn defaults(&self) -> RetentionDays {
+        RetentionDays {
+            raw: self.raw_days,
+            rollup_5m: self.rollup_5m_days,
+            rollup_1h: self.rollup_1h_days,
+            rollup_1d: self.rollup_1d_days,
+        }
+    }
+
+    /// What `project` keeps: its own days, else its tier's, else the
+    /// defaults. An unknown tier is refused by validation.
+    pub fn of(&self, project: &ProjectConfig) -> RetentionDays {
+        let d = self.defaults();
+        let tier = self.tiers.get(&project.tier).cloned().unwrap_or_default();
+        RetentionDays {
+            raw: project.raw_days.or(tier.raw_days).unwrap_or(d.raw),
+            rollup_5m: project
+                .rollup_5m_days
+                .or(tier.rollup_5m_days)
+                .unwrap_or(d.rollup_5m),
+            rollup_1h: project
+                .rollup_1h_days
+                .or(tier.rollup_1h_days)
+                .unwrap_or(d.rollup_1h),
+            rollup_1d: project
+                .rollup_1d_days
+                .or(tier.rollup_1d_days)
+                .unwrap_or(d.rollup_1d),
+        }
     }
 }
 

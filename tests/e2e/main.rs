@@ -23,4 +23,5 @@ mod loader_refused;
 mod modern_clickhouse;
 mod project_quotas;
 mod query_api;
+mod retention;
 mod up_demo;

@@ -102,6 +102,13 @@ impl Config {
                 format!("projects.{id:?}: a project id must be non-empty text"),
             );
             check(
+                p.tier.is_empty() || self.retention.tiers.contains_key(&p.tier),
+                format!(
+                    "projects.{id}.tier ({:?}) names no [retention.tiers.{}]",
+                    p.tier, p.tier
+                ),
+            );
+            check(
                 p.events_burst == 0 || p.events_burst >= p.events_per_sec,
                 format!(
                     "projects.{id}.events_burst ({}) must be 0 or at least its events_per_sec ({})",

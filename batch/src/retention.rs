@@ -1,0 +1,344 @@
+//! Retention: each project's raw events and rollups older than its days
+//! (`[retention]`, its tier, its own `[projects.<id>]` days) are deleted,
+//! and lake folders older than `retention.lake_days`.
+//!
+//! A pass works on every server: it counts what has expired, table by table,
+//! and deletes it with `ALTER TABLE … DELETE` (on a cluster, on every shard's
+//! local table). It reads the configuration each time, so a changed
+//! retention applies on the next pass, with no migration. The speed and the
+//! batch layer's rows of a level go together, so the serving views never
+//! show one without the other.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use clickhouse::Client;
+use hourglass_core::Config;
+use hourglass_core::clickhouse::cluster::{mutated_table, mutation_target};
+use hourglass_core::config::RetentionDays;
+
+use crate::BatchError;
+
+pub const DELETED_ROWS: &str = "hourglass_retention_deleted_rows_total";
+pub const DELETED_OBJECTS: &str = "hourglass_retention_deleted_objects_total";
+
+/// How long a pass waits for its deletions to be applied before it moves
+/// on (they go on in the background and the next pass counts what is left).
+const MUTATION_WAIT_SECS: u64 = 600;
+
+/// A store whose days a project sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Raw,
+    Rollup5m,
+    Rollup1h,
+    Rollup1d,
+}
+
+impl Store {
+    pub const ALL: [Store; 4] = [
+        Store::Raw,
+        Store::Rollup5m,
+        Store::Rollup1h,
+        Store::Rollup1d,
+    ];
+
+    pub fn days(self, d: &RetentionDays) -> u32 {
+        match self {
+            Store::Raw => d.raw,
+            Store::Rollup5m => d.rollup_5m,
+            Store::Rollup1h => d.rollup_1h,
+            Store::Rollup1d => d.rollup_1d,
+        }
+    }
+
+    /// (table, time column, extra condition) of every table holding it.
+    fn tables(self) -> &'static [(&'static str, &'static str, &'static str)] {
+        match self {
+            Store::Raw => &[("events", "timestamp", "")],
+            Store::Rollup5m => &[
+                ("rollup_5m", "window_start", ""),
+                ("batch_rollups", "bucket_start", "period_secs = 300 AND "),
+                ("batch_states", "window_start", ""),
+            ],
+            Store::Rollup1h => &[
+                ("rollup_1h", "bucket_start", ""),
+                ("batch_rollups", "bucket_start", "period_secs = 3600 AND "),
+            ],
+            Store::Rollup1d => &[
+                ("rollup_1d", "bucket_start", ""),
+                ("batch_rollups", "bucket_start", "period_secs = 86400 AND "),
+            ],
+        }
+    }
+}
+
+/// Which projects a rule covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Projects {
+    One(String),
+    /// Every project but those listed under `[projects]` (the defaults).
+    Unlisted(Vec<String>),
+}
+
+impl std::fmt::Display for Projects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Projects::One(p) => write!(f, "{p}"),
+            Projects::Unlisted(_) => write!(f, "(projects not listed)"),
+        }
+    }
+}
+
+/// Rows of one table of some projects older than `before` (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub table: &'static str,
+    pub projects: Projects,
+    pub before: i64,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub clickhouse: Vec<Expired>,
+    /// Lake folders before this day, when `lake_days` is set.
+    pub lake_before: Option<NaiveDate>,
+    pub lake_objects: u64,
+    pub lake_bytes: u64,
+}
+
+/// Midnight UTC `days` days before the day of `now`: keeping 1 day keeps
+/// today and yesterday.
+pub fn cutoff(now: DateTime<Utc>, days: u32) -> i64 {
+    (now.timestamp().div_euclid(86_400) - i64::from(days)) * 86_400
+}
+
+/// (store, projects, cutoff) of every rule the configuration makes at `now`.
+pub fn rules(cfg: &Config, now: DateTime<Utc>) -> Vec<(Store, Projects, i64)> {
+    let listed: Vec<String> = cfg.projects.keys().cloned().collect();
+    let defaults = cfg.retention.defaults();
+    let mut rules = Vec::new();
+    for store in Store::ALL {
+        for (id, p) in &cfg.projects {
+            let days = store.days(&cfg.retention.of(p));
+            if days > 0 {
+                rules.push((store, Projects::One(id.clone()), cutoff(now, days)));
+            }
+        }
+        let days = store.days(&defaults);
+        if days > 0 {
+            rules.push((store, Projects::Unlisted(listed.clone()), cutoff(now, days)));
+        }
+    }
+    rules
+}
+
+/// One pass at `now`: what has expired, deleted unless `dry_run`.
+pub async fn pass(cfg: &Config, now: DateTime<Utc>, dry_run: bool) -> Result<Report, BatchError> {
+    let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
+    let mut report = Report::default();
+    for (store, projects, before) in rules(cfg, now) {
+        for &(table, column, extra) in store.tables() {
+            let rows = expire(
+                cfg, &client, table, column, extra, &projects, before, dry_run,
+            )
+            .await?;
+            if rows > 0 {
+                report.clickhouse.push(Expired {
+                    table,
+                    projects: projects.clone(),
+                    before,
+                    rows,
+                });
+            }
+        }
+    }
+    if cfg.retention.lake_days > 0 {
+        lake(cfg, now, dry_run, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// Count the expired rows of one table; delete them unless `dry_run`.
+#[allow(clippy::too_many_arguments)]
+async fn expire(
+    cfg: &Config,
+    client: &Client,
+    table: &'static str,
+    column: &str,
+    extra: &str,
+    projects: &Projects,
+    before: i64,
+    dry_run: bool,
+) -> Result<u64, BatchError> {
+    let (project_condition, ids) = match projects {
+        Projects::One(id) => ("project_id = ?".to_owned(), vec![id.clone()]),
+        Projects::Unlisted(ids) if ids.is_empty() => ("1".to_owned(), Vec::new()),
+        Projects::Unlisted(ids) => (
+            format!("project_id NOT IN ({})", vec!["?"; ids.len()].join(", ")),
+            ids.clone(),
+        ),
+    };
+    let condition = format!("{extra}{column} < toDateTime(?) AND {project_condition}");
+    let bind = |mut q: clickhouse::query::Query| {
+        q = q.bind(u32::try_from(before.max(0)).unwrap_or(u32::MAX));
+        for id in &ids {
+            q = q.bind(id.as_str());
+        }
+        q
+    };
+    let rows: u64 = bind(client.query(&format!("SELECT count() FROM {table} WHERE {condition}")))
+        .fetch_one()
+        .await?;
+    if rows == 0 || dry_run {
+        return Ok(rows);
+    }
+    bind(client.query(&format!(
+        "ALTER TABLE {} DELETE WHERE {condition}",
+        mutation_target(&cfg.clickhouse, table)
+    )))
+    .execute()
+    .await?;
+    let applied = hourglass_core::clickhouse::mutations_done(
+        client,
+        &mutated_table(&cfg.clickhouse, table),
+        std::time::Duration::from_secs(MUTATION_WAIT_SECS),
+    )
+    .await?;
+    if !applied {
+        tracing::warn!(
+            table,
+            "retention: the deletion is still being applied; it goes on in the background"
+        );
+    }
+    metrics::counter!(DELETED_ROWS, "table" => table).increment(rows);
+    tracing::info!(table, projects = %projects, before, rows, "retention: expired rows deleted");
+    Ok(rows)
+}
+
+/// Lake folders (`dt=YYYY-MM-DD/`) of days before the cutoff.
+async fn lake(
+    cfg: &Config,
+    now: DateTime<Utc>,
+    dry_run: bool,
+    report: &mut Report,
+) -> Result<(), BatchError> {
+    let before = DateTime::<Utc>::from_timestamp(cutoff(now, cfg.retention.lake_days), 0)
+        .expect("a cutoff is a valid time")
+        .date_naive();
+    report.lake_before = Some(before);
+    let store = hourglass_lake::store::open(cfg)
+        .await
+        .map_err(|e| BatchError::Lake(e.to_string()))?;
+    let objects = store
+        .list("dt=")
+        .await
+        .map_err(|e| BatchError::Lake(e.to_string()))?;
+    for object in objects {
+        let day = object
+            .key
+            .strip_prefix("dt=")
+            .and_then(|k| k.get(..10))
+            .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+        if day.is_none_or(|d| d >= before) {
+            continue;
+        }
+        if !dry_run {
+            store
+                .delete(&object.key)
+                .await
+                .map_err(|e| BatchError::Lake(e.to_string()))?;
+            metrics::counter!(DELETED_OBJECTS).increment(1);
+        }
+        report.lake_objects += 1;
+        report.lake_bytes += object.size;
+    }
+    if report.lake_objects > 0 && !dry_run {
+        tracing::info!(
+            objects = report.lake_objects,
+            bytes = report.lake_bytes,
+            %before,
+            "retention: expired lake objects deleted"
+        );
+    }
+    Ok(())
+}
+
+/// The report as text, one line per table and projects.
+pub fn table(report: &Report, dry_run: bool) -> String {
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    let mut out = String::new();
+    for e in &report.clickhouse {
+        let before = DateTime::<Utc>::from_timestamp(e.before, 0)
+            .map(|t| t.date_naive().to_string())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{verb} {:>10} rows of {:<14} {} before {before}\n",
+            e.rows, e.table, e.projects
+        ));
+    }
+    if let Some(before) = report.lake_before {
+        out.push_str(&format!(
+            "{verb} {:>10} lake objects ({} bytes) before {before}\n",
+            report.lake_objects, report.lake_bytes
+        ));
+    }
+    if out.is_empty() {
+        out.push_str("nothing has expired\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use hourglass_core::config::{ProjectConfig, RetentionTier};
+
+    use super::*;
+
+    #[test]
+    fn each_project_gets_its_own_days_else_its_tier_else_the_defaults() {
+        let mut cfg = Config::default();
+        cfg.retention.raw_days = 30;
+        cfg.retention.tiers.insert(
+            "free".into(),
+            RetentionTier {
+                raw_days: Some(1),
+                rollup_5m_days: Some(7),
+                ..Default::default()
+            },
+        );
+        cfg.projects.insert(
+            "a".into(),
+            ProjectConfig {
+                tier: "free".into(),
+                rollup_5m_days: Some(3),
+                ..Default::default()
+            },
+        );
+        cfg.projects.insert(
+            "b".into(),
+            ProjectConfig {
+                raw_days: Some(0),
+                ..Default::default()
+            },
+        );
+        let now = Utc.with_ymd_and_hms(2026, 12, 6, 17, 0, 0).unwrap();
+        let day = |d: u32| {
+            Utc.with_ymd_and_hms(2026, 12, d, 0, 0, 0)
+                .unwrap()
+                .timestamp()
+        };
+        let unlisted = Projects::Unlisted(vec!["a".into(), "b".into()]);
+        assert_eq!(
+            rules(&cfg, now),
+            vec![
+                // a: the tier's day; b keeps raw events forever; the rest 30.
+                (Store::Raw, Projects::One("a".into()), day(5)),
+                (Store::Raw, unlisted, day(6) - 30 * 86_400),
+                // a's own 3 days over the tier's 7.
+                (Store::Rollup5m, Projects::One("a".into()), day(3)),
+            ]
+        );
+        assert_eq!(cutoff(now, 0), day(6));
+    }
+}
