@@ -185,7 +185,11 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// Password of `user` (`HOURGLASS_CLICKHOUSE__PASSWORD`, a Secret in the chart).
     pub password: String,
-    /// Days of raw events kept (TTL), on servers that support TTL. 0 keeps forever.
+    /// Days of raw events kept by a table TTL fixed when migration 1 runs,
+    /// on servers that support TTL, for every project; 0 keeps forever.
+    /// `[retention]` is the way to keep each project's own days (and
+    /// changes apply without a migration); with this set, no project may
+    /// keep raw events longer.
     pub events_retention_days: u32,
     /// Name of the ClickHouse cluster (its `remote_servers` entry) the
     /// tables live on; empty: one server. When set, migrations create

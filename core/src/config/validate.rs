@@ -96,6 +96,31 @@ impl Config {
             ),
         );
         check(i.replicas >= 1, "ingest.replicas must be at least 1".into());
+        let ttl = self.clickhouse.events_retention_days;
+        if ttl > 0 {
+            // Only days set on purpose: the defaults' 0 ("forever") is what
+            // the TTL was always for.
+            let longer = |raw: Option<u32>| raw.is_some_and(|d| d == 0 || d > ttl);
+            let mut keeping: Vec<&str> = self
+                .projects
+                .iter()
+                .filter(|(_, p)| {
+                    let tier = self.retention.tiers.get(&p.tier);
+                    longer(p.raw_days.or(tier.and_then(|t| t.raw_days)))
+                })
+                .map(|(id, _)| id.as_str())
+                .collect();
+            if self.retention.raw_days > ttl {
+                keeping.push("(projects not listed: retention.raw_days)");
+            }
+            check(
+                keeping.is_empty(),
+                format!(
+                    "clickhouse.events_retention_days ({ttl}) deletes raw events of every project after {ttl} days, but these keep them longer: {}; set their days at most {ttl}, or leave the TTL at 0 and use [retention]",
+                    keeping.join(", ")
+                ),
+            );
+        }
         for (id, p) in &self.projects {
             check(
                 !id.is_empty() && !id.contains('\u{1f}'),
@@ -209,9 +234,18 @@ mod tests {
         c.aggregator.max_ahead_secs = 100_000;
         c.loader.batch_rows = 0;
         c.query.max_result_rows = 10;
+        c.clickhouse.events_retention_days = 30;
+        c.projects.insert(
+            "p".into(),
+            crate::config::ProjectConfig {
+                raw_days: Some(60),
+                ..Default::default()
+            },
+        );
         let err = c.validate().unwrap_err();
         let keys = [
             "contract.import_max_past_days",
+            "clickhouse.events_retention_days",
             "aggregator.window_secs",
             "aggregator.max_ahead_secs",
             "loader.batch_rows",
