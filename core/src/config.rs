@@ -91,6 +91,7 @@ impl Config {
         redact(&mut c.s3.secret_access_key);
         redact(&mut c.query.jwt_secret);
         redact(&mut c.query.read_password);
+        redact(&mut c.ingest.ip_hash_key);
         c.to_toml()
     }
 }
@@ -352,6 +353,12 @@ pub struct ProjectConfig {
     /// partition (`aggregator.max_keys_per_window` when 0); the rest fold
     /// into the project's own `__other__`.
     pub max_keys_per_window: usize,
+    /// Parse the user agent into `$browser`, `$os`, `$device_class`
+    /// properties, over `ingest.user_agent`.
+    pub user_agent: Option<bool>,
+    /// What the project's events keep of the client's IP address, over
+    /// `ingest.ip_policy`.
+    pub ip_policy: Option<IpPolicy>,
     /// Retention tier (`[retention.tiers.<name>]`) whose days this project
     /// keeps; empty: the `[retention]` defaults.
     pub tier: String,
@@ -461,6 +468,21 @@ impl RetentionConfig {
     }
 }
 
+/// What events keep of the client's IP address.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum IpPolicy {
+    /// Nothing (and `context.ip` is removed).
+    #[default]
+    Drop,
+    /// `$ip` with the host part zeroed (IPv4 /24, IPv6 /48).
+    Truncate,
+    /// `$ip` as HMAC-SHA-256 with `ingest.ip_hash_key`, 16 bytes in hex.
+    Hash,
+}
+
 /// The HTTP ingest service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -517,6 +539,27 @@ pub struct IngestConfig {
     /// metadata is treated as slow (ingest stays ready and keeps publishing)
     /// before it counts as unreachable (not ready, 503 at once).
     pub broker_patience_secs: u64,
+    /// Parse each event's user agent (`context.userAgent` of a Segment
+    /// event, else the request's `User-Agent`) into the properties
+    /// `$browser`, `$browser_version`, `$os`, `$os_version` and
+    /// `$device_class` (`desktop`, `mobile`, `tablet`, `bot`, `appliance`),
+    /// which `aggregator.dimensions` can name. `projects.<id>.user_agent`
+    /// overrides it.
+    pub user_agent: bool,
+    /// What events keep of the client's IP address (`context.ip` of a
+    /// Segment event, else the request's): `drop` keeps nothing (and removes
+    /// `context.ip`), `truncate` keeps `$ip` with the last IPv4 octet or the
+    /// last 80 bits of IPv6 zeroed, `hash` keeps `$ip` as a keyed hash
+    /// (`ip_hash_key`). `projects.<id>.ip_policy` overrides it.
+    pub ip_policy: IpPolicy,
+    /// Secret key of the `hash` IP policy (HMAC-SHA-256; without a key an
+    /// IPv4 hash is reversed by trying all 2^32 addresses).
+    pub ip_hash_key: String,
+    /// Header your load balancer sets to the client's address (e.g.
+    /// `X-Forwarded-For`, whose first address is used, or `X-Real-IP`);
+    /// empty: the connection's peer. Only set it behind a proxy that
+    /// overwrites it: clients can send any value.
+    pub client_ip_header: String,
     /// Ingest replicas that share the projects' quotas: each enforces its
     /// share, the quota divided by this. The chart sets it to the replica
     /// count (`maxReplicas` under autoscaling: fewer pods then admit less
@@ -545,6 +588,10 @@ impl Default for IngestConfig {
             linger_ms: 5,
             retry_after_secs: 5,
             broker_patience_secs: 30,
+            user_agent: true,
+            ip_policy: IpPolicy::Drop,
+            ip_hash_key: String::new(),
+            client_ip_header: String::new(),
             replicas: 1,
         }
     }

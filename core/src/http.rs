@@ -20,6 +20,10 @@ use tower_service::Service;
 /// kept-alive connection, to start the next request).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The address a request's connection came from, in its extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// Serve `router` on `listener` until `shutdown` resolves, then wait for the
 /// requests in flight.
 pub async fn serve(
@@ -37,9 +41,9 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => (stream, PeerAddr(peer)),
                 Err(e) => {
                     // Out of file descriptors and the like: wait rather than spin.
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -53,7 +57,9 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             // The router is always ready: no `poll_ready` needed.
             let mut app = app.clone();
-            async move { app.call(req.map(Body::new)).await }
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(peer);
+            async move { app.call(req).await }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -17,8 +17,9 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use hourglass_core::config::IngestConfig;
 use hourglass_core::contract::{
-    ContractLimits, EncodedEvent, Normalizer, ParsedBatch, parse_batch, read_batch,
+    ContractLimits, EncodedEvent, Enrichment, Normalizer, ParsedBatch, parse_batch, read_batch,
 };
+use hourglass_core::http::PeerAddr;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -27,6 +28,7 @@ use tokio::sync::Semaphore;
 use crate::answer::{ApiError, BatchReport, Rejected};
 use crate::body::{self, BodyError, Decoder, Encoding};
 use crate::budget::{Charge, EVENT_COPIES, MemoryBudget};
+use crate::enrich::EnrichPolicies;
 use crate::keys::{Project, WriteKeys};
 use crate::lane::{LARGE_BODY_BYTES, LargeBodyLane};
 use crate::metrics;
@@ -42,6 +44,7 @@ pub struct AppState {
     pub cfg: IngestConfig,
     limiter: Option<DefaultKeyedRateLimiter<usize>>,
     quotas: ProjectQuotas,
+    enrich: EnrichPolicies,
     in_flight: Semaphore,
     budget: Arc<MemoryBudget>,
     lane: LargeBodyLane,
@@ -54,6 +57,7 @@ impl AppState {
         limits: ContractLimits,
         cfg: IngestConfig,
         quotas: ProjectQuotas,
+        enrich: EnrichPolicies,
     ) -> Self {
         let limiter = NonZeroU32::new(cfg.rate_limit_events_per_sec).map(|rate| {
             let burst = NonZeroU32::new(cfg.rate_limit_burst).unwrap_or(rate);
@@ -71,6 +75,7 @@ impl AppState {
             cfg,
             limiter,
             quotas,
+            enrich,
             in_flight,
         }
     }
@@ -107,8 +112,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         r = r.route(
             &format!("/v1/{kind}"),
             post(
-                move |state: State<Arc<AppState>>, headers: HeaderMap, body: Body| {
-                    handle(state, Route::Single(kind), headers, None, body)
+                move |state: State<Arc<AppState>>,
+                      peer: Option<Extension<PeerAddr>>,
+                      headers: HeaderMap,
+                      body: Body| {
+                    handle(state, Route::Single(kind), peer, headers, None, body)
                 },
             ),
         );
@@ -116,12 +124,22 @@ pub fn router(state: Arc<AppState>) -> Router {
     r.with_state(state)
 }
 
-async fn batch(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    handle(state, Route::Batch, headers, None, body).await
+async fn batch(
+    state: State<Arc<AppState>>,
+    peer: Option<Extension<PeerAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(state, Route::Batch, peer, headers, None, body).await
 }
 
-async fn import(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    handle(state, Route::Import, headers, None, body).await
+async fn import(
+    state: State<Arc<AppState>>,
+    peer: Option<Extension<PeerAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(state, Route::Import, peer, headers, None, body).await
 }
 
 #[derive(Deserialize)]
@@ -131,22 +149,25 @@ struct BeaconQuery {
 
 async fn beacon(
     state: State<Arc<AppState>>,
+    peer: Option<Extension<PeerAddr>>,
     Query(q): Query<BeaconQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle(state, Route::Beacon, headers, q.key, body).await
+    handle(state, Route::Beacon, peer, headers, q.key, body).await
 }
 
 async fn handle(
     State(state): State<Arc<AppState>>,
     route: Route,
+    peer: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
     query_key: Option<String>,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let response = match accept(&state, route, &headers, query_key, body).await {
+    let peer = peer.map(|Extension(PeerAddr(addr))| addr.ip());
+    let response = match accept(&state, route, peer, &headers, query_key, body).await {
         Ok(report) => report.into_response(),
         Err(e) => {
             if e.status().is_server_error() {
@@ -166,6 +187,7 @@ async fn handle(
 async fn accept(
     state: &AppState,
     route: Route,
+    peer: Option<std::net::IpAddr>,
     headers: &HeaderMap,
     query_key: Option<String>,
     body: Body,
@@ -235,7 +257,8 @@ async fn accept(
         .quotas
         .reserve_day(&project.id, batch.events.len(), Utc::now())
         .inspect_err(|q| metrics::over_quota(q, batch.events.len()))?;
-    let (valid, rejected) = validate(&batch, &project, limits);
+    let enrichment = state.enrich.for_request(&project.id, headers, peer);
+    let (valid, rejected) = validate(&batch, &project, limits, &enrichment);
     drop(batch);
     if !valid.is_empty() {
         state
@@ -472,8 +495,10 @@ fn validate(
     batch: &ParsedBatch,
     project: &Project,
     limits: &ContractLimits,
+    enrichment: &Enrichment,
 ) -> (Vec<EncodedEvent>, Vec<Rejected>) {
-    let normalizer = Normalizer::new(&project.id, Utc::now(), batch.sent_at, limits);
+    let normalizer =
+        Normalizer::new(&project.id, Utc::now(), batch.sent_at, limits).enriching(enrichment);
     let mut valid = Vec::with_capacity(batch.events.len());
     let mut rejected = Vec::new();
     for (index, raw) in batch.events.iter().enumerate() {

@@ -14,6 +14,7 @@ mod api;
 pub mod body;
 pub mod broker_health;
 pub mod budget;
+pub mod enrich;
 pub mod keys;
 pub mod lane;
 pub mod metrics;
@@ -83,6 +84,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), IngestE
         cfg.contract.clone(),
         cfg.ingest.clone(),
         ProjectQuotas::from_config(&cfg),
+        enrich::EnrichPolicies::from_config(&cfg),
     ));
     let app = app(state, &cfg.ingest, readiness.clone());
 

@@ -47,6 +47,7 @@ fn app_for(cfg: &Config) -> Router {
         cfg.contract.clone(),
         cfg.ingest.clone(),
         ProjectQuotas::from_config(cfg),
+        hourglass_ingest::enrich::EnrichPolicies::from_config(cfg),
     );
     app(Arc::new(state), &cfg.ingest, readiness)
 }

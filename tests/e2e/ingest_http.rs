@@ -808,3 +808,125 @@ async fn slow_and_oversized_clients_get_answers_and_hold_nothing() {
     drop(ingest);
     env.teardown().await;
 }
+
+/// Enrichment on the wire: the request's user agent and (truncated, by the
+/// project's policy) address on native events, a Segment event's own
+/// `context.userAgent` and `context.ip` winning over the request's, a
+/// client's forged `$browser` replaced, and the device class usable as a
+/// rollup dimension.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_carry_their_parsed_user_agent_and_the_projects_ip_policy() {
+    const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1";
+    const GOOGLEBOT: &str = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; Googlebot/2.1; +http://www.google.com/bot.html) Chrome/131.0.6778.69 Safari/537.36";
+    let env = TestEnv::new("ingest_enrich").await;
+    env.migrate().await;
+    env.create_topic(1).await;
+    let ingest = Ingest::start_projects(
+        &env,
+        &["web", "app"],
+        &[
+            (
+                "HOURGLASS_INGEST__CLIENT_IP_HEADER",
+                "X-Forwarded-For".into(),
+            ),
+            ("HOURGLASS_PROJECTS__WEB", "{ip_policy=\"truncate\"}".into()),
+        ],
+    )
+    .await;
+    let t = (Utc::now() - chrono::Duration::hours(2)).to_rfc3339();
+    let send = |project: &'static str, batch: Value| {
+        let url = format!("{}/v1/batch", ingest.url);
+        let key = Ingest::key_of(&env, project);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .basic_auth(key, Some(""))
+                .header("user-agent", IPHONE)
+                .header("x-forwarded-for", "198.51.100.23, 10.0.0.1")
+                .json(&json!({ "batch": batch }))
+                .send()
+                .await
+                .unwrap();
+            let answer: Value = r.json().await.unwrap();
+            assert_eq!(answer["rejected"], json!([]), "{answer}");
+        }
+    };
+    send(
+        "web",
+        json!([
+            {"event": "plain", "user_id": "u1", "timestamp": t},
+            {"event": "forged", "user_id": "u2", "timestamp": t, "properties": {"$browser": "Netscape", "$ip": "1.2.3.4", "k": 1}},
+            {"type": "track", "event": "server", "userId": "u3", "timestamp": t,
+             "context": {"userAgent": GOOGLEBOT, "ip": "2001:db8:85a3:1234::99", "library": {"name": "analytics-python"}}}
+        ]),
+    )
+    .await;
+    // Another project, the default policy: no address kept at all.
+    send(
+        "app",
+        json!([{"type": "track", "event": "server", "userId": "u4", "timestamp": t, "context": {"ip": "203.0.113.5"}}]),
+    )
+    .await;
+
+    let records = read_topic(
+        &env.cfg.kafka,
+        4,
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    );
+    let by_event: BTreeMap<(String, String), Value> = records
+        .iter()
+        .map(|r| {
+            let e = EventEnvelope::decode(r.payload().unwrap()).unwrap();
+            (
+                (e.project_id.clone(), e.event.clone()),
+                Value::Object(e.properties),
+            )
+        })
+        .collect();
+    let iphone = json!({"$browser": "Safari", "$browser_version": "18.1", "$os": "iPhone",
+                        "$os_version": "18.1", "$device_class": "mobile", "$ip": "198.51.100.0"});
+    assert_eq!(by_event[&("web".into(), "plain".into())], iphone);
+    let mut forged = iphone.clone();
+    forged["k"] = json!(1);
+    assert_eq!(by_event[&("web".into(), "forged".into())], forged);
+    assert_eq!(
+        by_event[&("web".into(), "server".into())],
+        json!({"$browser": "Googlebot", "$device_class": "bot", "$ip": "2001:db8:85a3::",
+               "context": {"userAgent": GOOGLEBOT, "library": {"name": "analytics-python"}}})
+    );
+    let app = &by_event[&("app".into(), "server".into())];
+    assert_eq!(app["context"], json!({}), "context.ip removed: {app}");
+    assert!(app.get("$ip").is_none(), "{app}");
+    assert_eq!(app["$device_class"], "mobile", "the request's agent: {app}");
+
+    // The device class as a rollup dimension.
+    let mut aggregator = env.spawn(
+        &["aggregate"],
+        &[
+            (
+                "HOURGLASS_AGGREGATOR__DIMENSIONS",
+                "[\"$device_class\"]".into(),
+            ),
+            ("HOURGLASS_AGGREGATOR__IDLE_TIMEOUT_SECS", "3".into()),
+            ("HOURGLASS_AGGREGATOR__FLUSH_INTERVAL_MS", "300".into()),
+        ],
+    );
+    crate::common::rollup_truth::wait_all_flushed(&env, 4).await;
+    let rows: Vec<(String, String, u64)> = env
+        .clickhouse()
+        .query("SELECT project_id, dimensions, sum(events) FROM rollup_5m GROUP BY project_id, dimensions ORDER BY project_id, dimensions")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("app".into(), r#"{"$device_class":"mobile"}"#.into(), 1),
+            ("web".into(), r#"{"$device_class":"bot"}"#.into(), 1),
+            ("web".into(), r#"{"$device_class":"mobile"}"#.into(), 2),
+        ]
+    );
+    crate::common::sigterm(&mut aggregator);
+    env.teardown().await;
+}

@@ -96,6 +96,15 @@ impl Config {
             ),
         );
         check(i.replicas >= 1, "ingest.replicas must be at least 1".into());
+        let hashing = i.ip_policy == crate::config::IpPolicy::Hash
+            || self
+                .projects
+                .values()
+                .any(|p| p.ip_policy == Some(crate::config::IpPolicy::Hash));
+        check(
+            !hashing || !i.ip_hash_key.is_empty(),
+            "ingest.ip_hash_key must be set where an ip_policy is `hash`".into(),
+        );
         let ttl = self.clickhouse.events_retention_days;
         if ttl > 0 {
             // Only days set on purpose: the defaults' 0 ("forever") is what

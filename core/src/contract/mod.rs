@@ -8,6 +8,7 @@
 //! events straight into their record.
 
 mod batch;
+pub mod enrich;
 mod envelope;
 mod limits;
 mod native;
@@ -15,6 +16,7 @@ mod segment;
 mod validate;
 
 pub use batch::{BatchError, ParsedBatch, parse_batch, read_batch};
+pub use enrich::{EnrichPolicy, Enrichment};
 pub use envelope::{DecodeError, EventEnvelope, SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
 pub use limits::ContractLimits;
 pub use native::{EncodedEvent, Normalizer};

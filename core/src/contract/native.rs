@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::envelope::{kafka_key, rfc3339_millis};
 use super::validate::{check_len, event_time, finite_value, normalize, valid_tenant};
-use super::{ContractLimits, Rejection, SCHEMA_VERSION};
+use super::{ContractLimits, Enrichment, Rejection, SCHEMA_VERSION};
 
 /// One validated event ready for Kafka: its record key (`project_id:user`)
 /// and its JSON value, an [`super::EventEnvelope`] once decoded.
@@ -41,9 +41,16 @@ pub struct Normalizer<'l> {
     received_at_text: String,
     sent_at: Option<DateTime<Utc>>,
     limits: &'l ContractLimits,
+    enrichment: Option<&'l Enrichment>,
 }
 
 impl<'l> Normalizer<'l> {
+    /// Enrich every event with `enrichment` ([`super::enrich`]).
+    pub fn enriching(mut self, enrichment: &'l Enrichment) -> Self {
+        self.enrichment = Some(enrichment);
+        self
+    }
+
     pub fn new(
         project_id: &'l str,
         received_at: DateTime<Utc>,
@@ -56,6 +63,7 @@ impl<'l> Normalizer<'l> {
             received_at_text: rfc3339_millis(received_at),
             sent_at,
             limits,
+            enrichment: None,
         }
     }
 
@@ -65,13 +73,16 @@ impl<'l> Normalizer<'l> {
         if let Some(encoded) = self.encode_native(raw) {
             return Ok(encoded);
         }
-        let envelope = normalize(
+        let mut envelope = normalize(
             raw,
             self.project_id,
             self.received_at,
             self.sent_at,
             self.limits,
         )?;
+        if let Some(enrichment) = self.enrichment {
+            enrichment.apply(&mut envelope.properties);
+        }
         Ok(EncodedEvent {
             key: envelope.kafka_key(),
             payload: envelope.encode(),
@@ -137,6 +148,12 @@ impl<'l> Normalizer<'l> {
             }
             Some(_) => return None,
         };
+        let enriched = self.enrichment.map_or("", Enrichment::request_fragment);
+        // A `$` name the client sent may be one enrichment replaces: the
+        // general path rewrites the object (rare, and only when enriching).
+        if !enriched.is_empty() && properties.is_some_and(|p| p.get().contains("\"$")) {
+            return None;
+        }
 
         let mut out = Vec::with_capacity(size + 160);
         out.extend_from_slice(b"{\"schema_version\":");
@@ -174,9 +191,26 @@ impl<'l> Normalizer<'l> {
             out.extend_from_slice(b",\"value\":");
             serde_json::to_writer(&mut out, &v).expect("a finite f64 serializes");
         }
-        if let Some(raw) = properties {
-            out.extend_from_slice(b",\"properties\":");
-            out.extend_from_slice(raw.get().as_bytes());
+        match (properties, enriched.is_empty()) {
+            (Some(raw), true) => {
+                out.extend_from_slice(b",\"properties\":");
+                out.extend_from_slice(raw.get().as_bytes());
+            }
+            (Some(raw), false) => {
+                // The object without its closing brace, then ours.
+                let object = raw.get().trim_end();
+                out.extend_from_slice(b",\"properties\":");
+                out.extend_from_slice(&object.as_bytes()[..object.len() - 1]);
+                out.push(b',');
+                out.extend_from_slice(enriched.as_bytes());
+                out.push(b'}');
+            }
+            (None, false) => {
+                out.extend_from_slice(b",\"properties\":{");
+                out.extend_from_slice(enriched.as_bytes());
+                out.push(b'}');
+            }
+            (None, true) => {}
         }
         out.push(b'}');
 
@@ -407,20 +441,71 @@ mod tests {
     }
 
     fn slow(json: &str, sent_at: Option<DateTime<Utc>>) -> Result<EventEnvelope, Rejection> {
+        slow_enriched(json, sent_at, None)
+    }
+
+    fn slow_enriched(
+        json: &str,
+        sent_at: Option<DateTime<Utc>>,
+        enrichment: Option<&Enrichment>,
+    ) -> Result<EventEnvelope, Rejection> {
         let raw = RawValue::from_string(json.to_owned()).unwrap();
-        normalize(&raw, "p1", now(), sent_at, &ContractLimits::default())
+        let mut envelope = normalize(&raw, "p1", now(), sent_at, &ContractLimits::default())?;
+        if let Some(e) = enrichment {
+            e.apply(&mut envelope.properties);
+        }
+        Ok(envelope)
     }
 
     fn fast(json: &str, sent_at: Option<DateTime<Utc>>) -> Result<EncodedEvent, Rejection> {
-        let raw = RawValue::from_string(json.to_owned()).unwrap();
-        let limits = ContractLimits::default();
-        Normalizer::new("p1", now(), sent_at, &limits).encode(&raw)
+        fast_enriched(json, sent_at, None)
     }
 
-    /// Both paths agree: same rejection code, or records that decode to the
-    /// same envelope under the same key (ids compared only when sent).
+    fn fast_enriched(
+        json: &str,
+        sent_at: Option<DateTime<Utc>>,
+        enrichment: Option<&Enrichment>,
+    ) -> Result<EncodedEvent, Rejection> {
+        let raw = RawValue::from_string(json.to_owned()).unwrap();
+        let limits = ContractLimits::default();
+        let n = Normalizer::new("p1", now(), sent_at, &limits);
+        match enrichment {
+            Some(e) => n.enriching(e).encode(&raw),
+            None => n.encode(&raw),
+        }
+    }
+
+    /// A request from Chrome on Windows whose address is kept truncated.
+    fn chrome_request() -> Enrichment {
+        Enrichment::new(
+            crate::contract::EnrichPolicy {
+                ip: crate::config::IpPolicy::Truncate,
+                ..Default::default()
+            },
+            Some(
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+            ),
+            Some("203.0.113.77".parse().unwrap()),
+        )
+    }
+
+    /// Both paths agree, plain and enriched: same rejection code, or
+    /// records that decode to the same envelope under the same key (ids
+    /// compared only when sent).
     fn agree(json: &str, sent_at: Option<DateTime<Utc>>) -> Result<(), TestCaseError> {
-        match (slow(json, sent_at), fast(json, sent_at)) {
+        agree_with(json, sent_at, None)?;
+        agree_with(json, sent_at, Some(&chrome_request()))
+    }
+
+    fn agree_with(
+        json: &str,
+        sent_at: Option<DateTime<Utc>>,
+        enrichment: Option<&Enrichment>,
+    ) -> Result<(), TestCaseError> {
+        match (
+            slow_enriched(json, sent_at, enrichment),
+            fast_enriched(json, sent_at, enrichment),
+        ) {
             (Ok(want), Ok(got)) => {
                 let mut back = EventEnvelope::decode(&got.payload)
                     .map_err(|e| TestCaseError::fail(format!("{e}: {json}")))?;
@@ -480,6 +565,9 @@ mod tests {
                 "{\"esc\":\"tab\\there\",\"u\":\"\\ud83d\\ude00\",\"nested\":{\"x\":[true,null]}}"
                     .to_owned()
             ),
+            // Names enrichment writes, sent by the client.
+            Just("{\"$browser\":\"forged\",\"$ip\":\"1.2.3.4\",\"x\":1}".to_owned()),
+            Just("{\"price\":\"$5\"}".to_owned()),
         ]
     }
 
