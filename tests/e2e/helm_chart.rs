@@ -184,6 +184,20 @@ fn chart_lints_renders_and_validates_with_every_values_file() {
         );
 
         match name.as_str() {
+            "static-secrets-values" => {
+                // The IP hash key reaches ingest only, from its Secret.
+                assert_eq!(
+                    count(&manifests, "name: HOURGLASS_INGEST__IP_HASH_KEY"),
+                    1,
+                    "{name}"
+                );
+                assert!(manifests.contains("name: hourglass-ip-hash"));
+                assert!(
+                    effective.contains("[projects.web]")
+                        && effective.contains("ip_policy = \"truncate\""),
+                    "{effective}"
+                );
+            }
             "cluster-values" => {
                 assert!(effective.contains("cluster = \"prod\""), "{effective}");
                 assert!(effective.contains("insert_quorum = 2"), "{effective}");

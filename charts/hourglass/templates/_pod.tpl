@@ -44,6 +44,13 @@ spec:
         {{- if eq .component "query" }}
         {{- include "hourglass.queryEnv" $root | nindent 8 }}
         {{- end }}
+        {{- if and (eq .component "ingest") $root.Values.secrets.ipHashKey.name }}
+        - name: HOURGLASS_INGEST__IP_HASH_KEY
+          valueFrom:
+            secretKeyRef:
+              name: {{ $root.Values.secrets.ipHashKey.name }}
+              key: {{ $root.Values.secrets.ipHashKey.key }}
+        {{- end }}
       ports:
         - name: http
           containerPort: {{ .port }}
