@@ -6,6 +6,7 @@ pub mod auth;
 pub mod deletion;
 pub mod error;
 pub mod event_names;
+pub mod export;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
@@ -59,6 +60,7 @@ pub fn router(state: Arc<AppState>, readiness: Readiness) -> Router {
         .route("/v1/events/{event_id}", get(raw::one))
         .route("/v1/users/{user}/events", get(raw::user_timeline))
         .route("/v1/users/{user}", delete(deletion::delete_user))
+        .route("/v1/users/{user}/export", get(export::export_user))
         .route("/v1/sessions", get(sessions::sessions))
         .route(
             "/openapi.json",

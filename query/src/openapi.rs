@@ -17,6 +17,7 @@ use utoipa::{Modify, OpenApi};
         crate::raw::user_timeline,
         crate::sessions::sessions,
         crate::deletion::delete_user,
+        crate::export::export_user,
     ),
     modifiers(&BearerAuth),
     tags(

@@ -19,7 +19,7 @@ use crate::sql::{Sql, events_scope, user_filter};
 use crate::state::AppState;
 
 #[derive(Debug, Row, Deserialize)]
-struct EventRow {
+pub(crate) struct EventRow {
     project_id: String,
     event_id: String,
     event: String,
@@ -75,10 +75,10 @@ pub struct EventsParams {
     cursor: Option<String>,
 }
 
-const COLUMNS: &str = "SELECT project_id, event_id, event, user_id, anonymous_id, session_id, timestamp_ms, \
+pub(crate) const COLUMNS: &str = "SELECT project_id, event_id, event, user_id, anonymous_id, session_id, timestamp_ms, \
                        toUInt32(received_at) AS received_at, value, properties FROM events WHERE";
 
-fn to_event(r: EventRow) -> Event {
+pub(crate) fn to_event(r: EventRow) -> Event {
     let at = |ms: i64| Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
     Event {
         properties: serde_json::from_str(&r.properties).unwrap_or(serde_json::Value::Null),

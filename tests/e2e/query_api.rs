@@ -450,6 +450,46 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
     let admin = token(
         json!({"project_id": "acme", "sub": "ops@acme", "hourglass_admin": true, "exp": Utc::now().timestamp() + 600}),
     );
+    // The export first: everything held of the user, as NDJSON, oldest
+    // first, admin only; its events exactly the seeded ones.
+    let export = |token: String, user: String| {
+        let url = format!("{}/v1/users/{user}/export", api.base);
+        let http = api.http.clone();
+        async move {
+            let r = http.get(url).bearer_auth(token).send().await.unwrap();
+            let status = r.status().as_u16();
+            let kind = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (status, kind, r.text().await.unwrap())
+        }
+    };
+    let (status, _, _) = export(acme_token.clone(), victim.clone()).await;
+    assert_eq!(status, 403, "export needs the admin claim");
+    let (status, kind, text) = export(admin.clone(), victim.clone()).await;
+    assert_eq!(
+        (status, kind.as_deref()),
+        (200, Some("application/x-ndjson"))
+    );
+    let exported: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut want: Vec<(String, String)> = victim_events
+        .iter()
+        .map(|e| (e.timestamp.to_rfc3339(), e.event_id.to_string()))
+        .collect();
+    want.sort();
+    let got: Vec<(String, String)> = exported
+        .iter()
+        .map(|e| {
+            let t: chrono::DateTime<Utc> = e["timestamp"].as_str().unwrap().parse().unwrap();
+            (t.to_rfc3339(), e["event_id"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(got, want, "the user's events, oldest first");
+    assert!(exported.iter().all(|e| e["project_id"] == "acme"));
     let (status, body) = api.delete_user(&admin, &victim).await;
     assert_eq!(status, 200);
     assert_eq!(body["events_removed"], victim_events.len() as u64);
@@ -528,6 +568,8 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
         )
         .await;
     assert!(after_replay.is_empty(), "the replay brought the user back");
+    let (status, _, text) = export(admin.clone(), victim.clone()).await;
+    assert_eq!((status, text.as_str()), (200, ""), "nothing left to export");
     shared_left(
         api.all_pages(
             &acme_token,
@@ -707,6 +749,7 @@ async fn tenant_scoped_reads_match_the_seeded_truth() {
         "/v1/events/{event_id}",
         "/v1/users/{user}/events",
         "/v1/users/{user}",
+        "/v1/users/{user}/export",
         "/v1/sessions",
     ] {
         assert!(
