@@ -80,6 +80,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rollup_source_events",
         sql: include_str!("../migrations/0011_rollup_source_events.sql"),
     },
+    Migration {
+        version: 12,
+        name: "serving_views_one_switch",
+        sql: include_str!("../migrations/0012_serving_views_one_switch.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]
