@@ -9,6 +9,8 @@ pub const MAX_DRIFT: &str = "hourglass_batch_max_drift_ratio";
 pub const UNEXPLAINED_HOURS: &str = "hourglass_batch_unexplained_hours";
 pub const LEASE_HELD: &str = "hourglass_batch_lease_held";
 pub const FAILURES: &str = "hourglass_batch_failures_total";
+pub const DELETED_ROWS: &str = "hourglass_retention_deleted_rows_total";
+pub const DELETED_OBJECTS: &str = "hourglass_retention_deleted_objects_total";
 
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
@@ -32,14 +34,8 @@ pub fn describe() {
         "Hours and events of the last day whose drift late events, duplicates and deletions do not explain"
     );
     describe_gauge!(LEASE_HELD, "1 while this process holds the batch lease");
-    describe_counter!(
-        crate::retention::DELETED_ROWS,
-        "Rows deleted by retention passes, by table"
-    );
-    describe_counter!(
-        crate::retention::DELETED_OBJECTS,
-        "Lake objects deleted by retention passes"
-    );
+    describe_counter!(DELETED_ROWS, "Rows deleted by retention passes, by table");
+    describe_counter!(DELETED_OBJECTS, "Lake objects deleted by retention passes");
     describe_counter!(
         FAILURES,
         "Batch and retention passes that failed (retried on the next interval)"

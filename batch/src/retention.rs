@@ -17,8 +17,7 @@ use hourglass_core::config::RetentionDays;
 
 use crate::BatchError;
 
-pub const DELETED_ROWS: &str = "hourglass_retention_deleted_rows_total";
-pub const DELETED_OBJECTS: &str = "hourglass_retention_deleted_objects_total";
+use crate::metrics::{DELETED_OBJECTS, DELETED_ROWS};
 
 /// How long a pass waits for its deletions to be applied before it moves
 /// on (they go on in the background and the next pass counts what is left).
