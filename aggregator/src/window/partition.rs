@@ -227,15 +227,20 @@ impl PartitionWindows {
         let aggregate = match window.keys.get_mut(self.key_buf.as_str()) {
             Some(a) => a,
             None => {
-                let held = window.project_keys.get(event.project_id).copied();
-                if held.unwrap_or(0) < cfg.max_keys_for(event.project_id) {
-                    match window.project_keys.get_mut(event.project_id) {
-                        Some(n) => *n += 1,
-                        None => {
-                            window.project_keys.insert(event.project_id.into(), 1);
-                        }
+                // One lookup; the id is copied only for a project's first key.
+                let cap = cfg.max_keys_for(event.project_id);
+                let admitted = match window.project_keys.get_mut(event.project_id) {
+                    Some(held) if *held < cap => {
+                        *held += 1;
+                        true
                     }
-                } else {
+                    Some(_) => false,
+                    None => {
+                        window.project_keys.insert(event.project_id.into(), 1);
+                        true
+                    }
+                };
+                if !admitted {
                     outcome = Ingested::Overflow;
                     self.overflow_events += 1;
                     self.key_buf.clear();
