@@ -80,8 +80,9 @@ pub struct InFlight {
     results: tokio::task::JoinHandle<Vec<Result<(), SinkError>>>,
     started: Instant,
     /// Partitions revoked since the flush began: their failed writes are
-    /// abandoned (redone from the checkpoint by their new owner), and no
-    /// commit hint is sent for them.
+    /// abandoned (their new owner settles what landed and resumes from
+    /// there: `RollupSink::start_positions`), and no commit hint is sent
+    /// for them.
     revoked: Vec<i32>,
 }
 
@@ -158,8 +159,8 @@ impl Loop {
         }
         // Complete windows only: open ones are rebuilt from the checkpoint on the next start.
         self.finish_flush();
-        if self.refused.is_none() {
-            self.start_flush();
+        // A history import's windows go out one month per flush.
+        while self.refused.is_none() && self.start_flush() {
             self.finish_flush();
         }
         if let Some(refused) = self.refused.take() {
@@ -408,7 +409,7 @@ impl Loop {
             tracing::warn!(
                 partition = p,
                 error = %first,
-                "flush failed after the partition was revoked; it is redone from its checkpoint"
+                "flush failed after the partition was revoked; its new owner settles what landed"
             );
             return false;
         }
@@ -464,18 +465,21 @@ impl Loop {
                     partition = p,
                     "giving up a flush at shutdown; it is redone from the checkpoint on the next start"
                 );
+                // Nothing later of this partition may be written now: its
+                // checkpoint would pass these windows.
+                self.partitions.remove(&p);
                 abandoned = true;
                 break;
             }
             // Revoked, even if assigned straight back (an eager rebalance does
-            // both): the partition now restarts from the checkpoint read at
-            // assignment, which these windows are not in, so writing them
-            // later would count them twice.
+            // both): the partition now restarts from where its assignment
+            // settled it (this flush's checkpoint if its rows had landed),
+            // so writing these windows later could count them twice.
             revoked.extend(self.apply_rebalances());
             if revoked.contains(&p) {
                 tracing::warn!(
                     partition = p,
-                    "partition revoked during a failed flush; it is redone from its checkpoint"
+                    "partition revoked during a failed flush; its new owner settles what landed"
                 );
                 abandoned = true;
                 break;

@@ -57,7 +57,9 @@ async fn build(
     let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
     let quorum = QuorumGuard::new(&cfg.clickhouse, client.clone(), sink::CHECKPOINT_TABLES);
     let context = consumer::AggregatorContext::new(
-        RollupSink::new(client, &cfg.kafka.topic).with_quorum_guard(quorum),
+        RollupSink::new(client, &cfg.kafka.topic)
+            .with_quorum_guard(quorum)
+            .with_window(cfg.aggregator.window_secs, cfg.aggregator.grace_secs),
         started.runtime.clone(),
         metrics::CONSUMER_LAG,
         &cfg.consumers,

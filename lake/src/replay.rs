@@ -419,7 +419,7 @@ impl Sink {
             // The lake ends here: close every window, as an idle partition would.
             core.mark_caught_up(0);
             core.tick(i64::MAX);
-            if let Some(mut c) = core.take_closed() {
+            if let Some(mut c) = core.take_all_closed() {
                 c.rows.retain(|r| {
                     r.window_start_ms >= from_ms
                         && r.window_start_ms < to_ms

@@ -275,7 +275,7 @@ impl StartPositions for EventSink {
     /// The last offset loaded.
     type Position = i64;
 
-    async fn read(&self) -> Result<Vec<(i32, i64)>, String> {
+    async fn read(&self, _assigned: &[i32]) -> Result<Vec<(i32, i64)>, String> {
         Ok(self
             .progress()
             .await

@@ -3,6 +3,7 @@
 //! is unknown ([`settle`]).
 
 mod settle;
+mod takeover;
 
 pub use settle::Settled;
 
@@ -103,6 +104,13 @@ pub struct RollupSink {
     client: Client,
     topic: String,
     quorum: Option<QuorumGuard>,
+    /// How far before a checkpoint's watermark the next flush's windows may
+    /// start: a window, the grace and a day of margin.
+    lookback_secs: i64,
+}
+
+fn lookback_secs(window_secs: u32, grace_secs: u32) -> i64 {
+    i64::from(window_secs) + i64::from(grace_secs) + 86_400
 }
 
 /// Rows up to which the server reads a flush's INSERT as one block.
@@ -117,7 +125,15 @@ impl RollupSink {
             client,
             topic: topic.into(),
             quorum: None,
+            lookback_secs: lookback_secs(300, 60),
         }
+    }
+
+    /// The window and grace the flushes are closed with (for
+    /// [`RollupSink::start_positions`]; defaults: 300 s and 60 s).
+    pub fn with_window(mut self, window_secs: u32, grace_secs: u32) -> Self {
+        self.lookback_secs = lookback_secs(window_secs, grace_secs);
+        self
     }
 
     /// On a cluster: read checkpoints only while no quorum INSERT is
@@ -305,8 +321,10 @@ impl RollupSink {
 impl hourglass_core::kafka::assign::StartPositions for RollupSink {
     type Position = Checkpoint;
 
-    async fn read(&self) -> Result<Vec<(i32, Checkpoint)>, String> {
-        self.checkpoints().await.map_err(|e| e.to_string())
+    async fn read(&self, assigned: &[i32]) -> Result<Vec<(i32, Checkpoint)>, String> {
+        self.start_positions(assigned)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     fn next_offset(position: &Checkpoint) -> i64 {

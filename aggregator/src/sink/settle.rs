@@ -64,7 +64,7 @@ impl Repairs {
         *self == Repairs::default()
     }
 
-    fn record(&self, partition: i32) {
+    pub(super) fn record(&self, partition: i32) {
         for (table, n) in [
             ("rollup_5m", self.rows),
             ("rollup_1h", self.hourly_buckets),
@@ -182,7 +182,7 @@ impl RollupSink {
 
     /// Each level's buckets that lack the flush, filled from its `rollup_5m`
     /// rows (those with window starts from `since`, in seconds, on).
-    async fn complete_levels(
+    pub(super) async fn complete_levels(
         &self,
         partition: i32,
         watermark_ms: i64,

@@ -2,6 +2,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use chrono::Datelike;
+
 use super::aggregate::{KeyAggregate, RollupRow};
 use super::{OVERFLOW_KEY, WindowConfig, user_hash};
 
@@ -36,10 +38,8 @@ pub enum Ingested {
 
 /// How far before the wall clock an event may be dated and still be
 /// windowed: the most `contract.import_max_past_days` may be (2,900 days)
-/// plus a day. With `max_ahead` (at most a day), every window one flush
-/// closes, and every late record it writes, lies within 97 months, so no
-/// INSERT spans more than the 100 monthly partitions a server accepts,
-/// whatever was produced to the topic.
+/// plus a day. A history import closes windows of many months at once; they
+/// are written one month per flush ([`PartitionWindows::take_closed`]).
 pub const MAX_BEHIND_MS: i64 = 2_901 * 86_400_000;
 
 /// What a flush must write with its rows so a restart resumes exactly.
@@ -109,6 +109,10 @@ pub struct PartitionWindows {
     /// Resume offset of the last checkpoint known written (the start
     /// offset until a flush lands): where a restart would read from.
     written_resume_offset: i64,
+    /// Watermark of the last checkpoint taken with rows (the restored one
+    /// at first): each flush's is strictly larger, which is how a flush's
+    /// rows are told apart in `rollup_5m`.
+    last_checkpoint_watermark: i64,
     idle_since_ms: i64,
     caught_up: bool,
     idle_confirmed: bool,
@@ -136,6 +140,7 @@ impl PartitionWindows {
             late_due: false,
             next_offset: start_offset,
             written_resume_offset: start_offset,
+            last_checkpoint_watermark: watermark_ms.unwrap_or(i64::MIN),
             idle_since_ms: i64::MIN,
             caught_up: false,
             idle_confirmed: false,
@@ -333,24 +338,51 @@ impl PartitionWindows {
         !self.closed.is_empty() || self.late.len() >= LATE_FLUSH_AT || self.late_due
     }
 
-    /// Take every closed window and late record with the checkpoint to write
-    /// alongside them.
+    /// Take the closed windows of the oldest month among them, every late
+    /// record, and the checkpoint to write alongside them.
+    ///
+    /// One month, because ClickHouse writes one part per monthly partition
+    /// and can die between two of them: a flush of one month lands in
+    /// `rollup_5m` whole or not at all, so whoever settles it later (the
+    /// partition's next owner, from the rows alone) knows it is complete.
+    /// The windows of later months stay closed here for the next flush, and
+    /// this flush's checkpoint is the one a partition would have had with
+    /// only this month closed: its watermark stops just short of closing
+    /// the first window left, and its resume offset is at or before that
+    /// window's first event, so a restart from it rebuilds what is left.
     pub fn take_closed(&mut self) -> Option<ClosedWindows> {
+        self.take(true)
+    }
+
+    /// Every closed window at once, whatever the months (lake replay and
+    /// benchmarks: nothing resumes from their checkpoints).
+    pub fn take_all_closed(&mut self) -> Option<ClosedWindows> {
+        self.take(false)
+    }
+
+    fn take(&mut self, one_month: bool) -> Option<ClosedWindows> {
         if !self.has_closed() {
             return None;
         }
+        let (taken, watermark_ms): (Vec<_>, _) = match self.month_split().filter(|_| one_month) {
+            Some((at, watermark)) => (self.closed.drain(..at).collect(), watermark),
+            None => (std::mem::take(&mut self.closed), self.watermark),
+        };
         let resume_offset = self
             .windows
             .values()
+            .chain(self.closed.iter().map(|(_, w)| w))
             .map(|w| w.min_offset)
             .min()
             .unwrap_or(self.next_offset);
         self.late_due = false;
-        let closed = std::mem::take(&mut self.closed);
-        let windows = closed.len();
-        let last_window_start_ms = closed.last().map(|(s, _)| *s).unwrap_or_default();
+        let windows = taken.len();
+        if windows > 0 {
+            self.last_checkpoint_watermark = watermark_ms;
+        }
+        let last_window_start_ms = taken.last().map(|(s, _)| *s).unwrap_or_default();
         let mut rows = Vec::new();
-        for (start, window) in closed {
+        for (start, window) in taken {
             let mut keys: Vec<_> = window.keys.into_iter().collect();
             keys.sort_by(|a, b| a.0.cmp(&b.0));
             rows.extend(
@@ -365,9 +397,29 @@ impl PartitionWindows {
             last_window_start_ms,
             checkpoint: Checkpoint {
                 resume_offset,
-                watermark_ms: self.watermark,
+                watermark_ms,
             },
         })
+    }
+
+    /// Where the closed windows pass from their oldest month to the next,
+    /// and the watermark that closes the first part and not the second
+    /// (None: one month, or no watermark fits between the last
+    /// checkpoint's and the next month's first window).
+    fn month_split(&self) -> Option<(usize, i64)> {
+        let month = |start_ms: i64| {
+            chrono::DateTime::from_timestamp_millis(start_ms)
+                .map(|d| (d.year(), d.month()))
+                .unwrap_or_default()
+        };
+        let first = month(self.closed.first()?.0);
+        let at = self.closed.iter().position(|(s, _)| month(*s) != first)?;
+        let next_start = self.closed[at].0;
+        let watermark = next_start
+            .saturating_add(self.cfg.window_ms)
+            .saturating_add(self.cfg.grace_ms)
+            - 1;
+        (watermark > self.last_checkpoint_watermark).then_some((at, watermark))
     }
 
     /// `project \x1f event \x1f {"dim":"value",...}` into `key_buf`, without
@@ -552,42 +604,79 @@ mod tests {
         assert_eq!(closed.checkpoint.watermark_ms, T0 + 6 * MIN);
     }
 
-    /// The sparsest history an import may bring, one event a month back to
-    /// its limit, read in order and closed in one flush: the flush spans at
-    /// most 97 months, under the 100 monthly partitions of one INSERT.
+    /// A history import back to the oldest date an import may bring, two
+    /// events a month, read in order: its windows all close at once and go
+    /// out one month per flush, each checkpoint's watermark above the last;
+    /// a restart from any of those checkpoints writes exactly the rest.
     #[test]
-    fn one_flush_never_spans_100_months() {
+    fn a_history_import_is_written_one_month_per_flush() {
         let wall = 1_796_428_800_000; // 2026-12-05
-        let mut p = PartitionWindows::new(cfg(&[], 100), 0, None);
         let day = 86_400_000;
         let oldest = wall - 2_900 * day;
-        assert_eq!(
-            p.ingest(&ev("a", "u1", oldest - 2 * day, None), 0, wall),
-            Ingested::TooOld,
-            "older than any import"
-        );
-        let mut offset = 1;
-        let mut t = oldest;
-        while t < wall {
-            assert_eq!(
-                p.ingest(&ev("a", "u1", t, None), offset, wall),
-                Ingested::Added
-            );
-            offset += 1;
-            t += 30 * day;
-        }
-        p.ingest(&ev("a", "u1", wall + 5 * MIN, None), offset, wall);
-        let closed = p.take_closed().expect("the history closes at once");
-        let months: std::collections::BTreeSet<i64> = closed
-            .rows
-            .iter()
-            .map(|r| {
-                let d = chrono::DateTime::from_timestamp_millis(r.window_start_ms).unwrap();
-                i64::from(d.year()) * 12 + i64::from(d.month())
-            })
+        let stream: Vec<i64> = (0..)
+            .map(|i| oldest + i * 15 * day)
+            .take_while(|t| *t < wall)
+            .chain([wall + 5 * MIN])
             .collect();
-        assert_eq!(closed.rows.len(), offset as usize - 1);
-        assert!((95..=97).contains(&months.len()), "{} months", months.len());
+        let month = |ms: i64| {
+            let d = chrono::DateTime::from_timestamp_millis(ms).unwrap();
+            (d.year(), d.month())
+        };
+        let run = |from: Option<Checkpoint>, all_at_once: bool| {
+            let mut p = PartitionWindows::new(
+                cfg(&[], 100),
+                from.map_or(0, |c| c.resume_offset),
+                from.map(|c| c.watermark_ms),
+            );
+            let skip = from.map_or(0, |c| c.resume_offset as usize);
+            for (off, ts) in stream.iter().enumerate().skip(skip) {
+                assert_eq!(
+                    p.ingest(&ev("a", "u1", *ts, None), off as i64, wall),
+                    Ingested::Added
+                );
+            }
+            let mut flushes = Vec::new();
+            loop {
+                let taken = if all_at_once {
+                    p.take_all_closed()
+                } else {
+                    p.take_closed()
+                };
+                let Some(c) = taken else { break };
+                flushes.push((c.rows, c.checkpoint));
+            }
+            flushes
+        };
+        let straight = run(None, false);
+        let months: std::collections::BTreeSet<_> = stream[..stream.len() - 1]
+            .iter()
+            .map(|t| month(*t))
+            .collect();
+        assert!(months.len() >= 95, "{} months", months.len());
+        assert_eq!(straight.len(), months.len(), "one flush per month");
+        for (rows, _) in &straight {
+            let first = month(rows[0].window_start_ms);
+            assert!(rows.iter().all(|r| month(r.window_start_ms) == first));
+        }
+        assert!(
+            straight
+                .windows(2)
+                .all(|w| w[0].1.watermark_ms < w[1].1.watermark_ms)
+        );
+        let all_rows: Vec<RollupRow> = straight.iter().flat_map(|f| f.0.clone()).collect();
+        assert_eq!(all_rows.len(), stream.len() - 1);
+        let at_once = run(None, true);
+        assert_eq!(at_once.len(), 1);
+        assert_eq!(at_once[0].0, all_rows);
+        for k in [0, 1, straight.len() / 2, straight.len() - 2] {
+            let rest: Vec<RollupRow> = run(Some(straight[k].1), false)
+                .into_iter()
+                .flat_map(|f| f.0)
+                .collect();
+            let expected: Vec<RollupRow> =
+                straight[k + 1..].iter().flat_map(|f| f.0.clone()).collect();
+            assert_eq!(rest, expected, "restart from flush {k}");
+        }
     }
 
     /// A client clock a few minutes fast (inside `max_ahead`): its events

@@ -85,14 +85,14 @@ fn run(events: &[Decoded], dims: bool) -> (f64, usize) {
     for (i, e) in events.iter().enumerate() {
         p.ingest(&e.as_event(), i as i64, now);
         if i % 100_000 == 0
-            && let Some(c) = p.take_closed()
+            && let Some(c) = p.take_all_closed()
         {
             rows += c.rows.len();
         }
     }
     p.mark_caught_up(i64::MAX / 4);
     p.tick(i64::MAX / 2);
-    rows += p.take_closed().map_or(0, |c| c.rows.len());
+    rows += p.take_all_closed().map_or(0, |c| c.rows.len());
     let secs = started.elapsed().as_secs_f64();
     (events.len() as f64 / secs, rows)
 }
@@ -123,7 +123,7 @@ fn main() {
             for (i, e) in events.iter().enumerate() {
                 p.ingest(&e.as_event(), (c * chunk + i) as i64, now);
             }
-            rows += p.take_closed().map_or(0, |c| c.rows.len());
+            rows += p.take_all_closed().map_or(0, |c| c.rows.len());
         }
         println!(
             "memory: {} events, {} users, {} rows flushed so far, {} open windows, {} open keys, peak RSS {} MiB",

@@ -151,7 +151,7 @@ async fn load(cfg: &Config, args: &Args) -> Result<()> {
                     core.mark_caught_up(0);
                     core.tick(i64::MAX);
                 }
-                if let Some(closed) = core.take_closed() {
+                if let Some(closed) = core.take_all_closed() {
                     rollup_rows += closed.rows.len();
                     sink.write(p as i32, &closed).await?;
                 }

@@ -27,8 +27,14 @@ use crate::consumer::{Backoff, GroupHealth, WatchedContext};
 pub trait StartPositions: Send + Sync + 'static {
     type Position: Copy + Debug + Send;
 
-    /// Every partition that has a position; the others start at the beginning.
-    fn read(&self) -> impl Future<Output = Result<Vec<(i32, Self::Position)>, String>> + Send;
+    /// Every partition that has a position; the others start at the
+    /// beginning. `assigned` are the partitions this member takes now: a
+    /// sink settles what their previous owner may have left half written
+    /// before it tells where they resume.
+    fn read(
+        &self,
+        assigned: &[i32],
+    ) -> impl Future<Output = Result<Vec<(i32, Self::Position)>, String>> + Send;
 
     /// The next offset to read for a position.
     fn next_offset(position: &Self::Position) -> i64;
@@ -87,10 +93,10 @@ impl<S: StartPositions> AssignAtPositions<S> {
 
     /// Retried until the sink answers: starting anywhere else could count
     /// records twice or skip them.
-    fn positions(&self) -> Vec<(i32, S::Position)> {
+    fn positions(&self, assigned: &[i32]) -> Vec<(i32, S::Position)> {
         let mut backoff = Backoff::new(&self.retry);
         loop {
-            match self.runtime.block_on(self.source.read()) {
+            match self.runtime.block_on(self.source.read(assigned)) {
                 Ok(p) => return p,
                 Err(e) => {
                     let wait = backoff.next_wait();
@@ -130,7 +136,8 @@ impl<S: StartPositions> ConsumerContext for AssignAtPositions<S> {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let positions = self.positions();
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let positions = self.positions(&partitions);
                 let mut assigned = Vec::new();
                 for element in tpl.elements() {
                     let p = element.partition();
