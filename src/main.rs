@@ -117,6 +117,14 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Apply the deletion requests the lake has not applied yet: rewrite
+    /// every lake file holding a deleted user's events without them;
+    /// `hourglass batch` runs the same pass with its retention passes.
+    Erase {
+        /// Show what would be removed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Speed against batch per hour and event: duplicates, late events and
     /// deletions that explain the difference, and any that they do not.
     Reconcile {
@@ -350,6 +358,12 @@ async fn main() -> Result<()> {
                 .await
                 .context("hourglass retention")?;
             print!("{}", hourglass_batch::retention::table(&report, dry_run));
+        }
+        Command::Erase { dry_run } => {
+            let report = hourglass_batch::erasure::pass(&cfg, chrono::Utc::now(), dry_run)
+                .await
+                .context("hourglass erase")?;
+            print!("{}", hourglass_batch::erasure::table(&report, dry_run));
         }
         Command::Reconcile { from, to } => {
             let client = hourglass_core::clickhouse::client(&cfg.clickhouse);

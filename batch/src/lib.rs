@@ -14,6 +14,7 @@
 //! data: a pass sends a few statements, and a ClickHouse cluster runs the
 //! scan on its shards in parallel.
 
+pub mod erasure;
 pub mod lake_source;
 pub mod lease;
 pub mod metrics;
@@ -303,6 +304,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), BatchEr
     let service = telemetry::Service::start_with(&cfg.batch.http_listen, shutdown)
         .map_err(|e| BatchError::Config(format!("batch.http_listen: {e}")))?;
     metrics::describe();
+    hourglass_lake::metrics::describe_erasure();
     let mut batch = Batch::new(&cfg);
     let stop = service.shutdown.clone();
     let lease = loop {
@@ -326,11 +328,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), BatchEr
     let mut retention_due = Instant::now();
     while !stop.is_cancelled() {
         if !retention_every.is_zero() && Instant::now() >= retention_due {
-            match retention::pass(&cfg, chrono::Utc::now(), false).await {
+            let now = chrono::Utc::now();
+            let passes = async {
+                retention::pass(&cfg, now, false).await?;
+                erasure::pass(&cfg, now, false).await
+            };
+            match passes.await {
                 Ok(_) => retention_due = Instant::now() + retention_every,
                 Err(e) => {
                     ::metrics::counter!(metrics::FAILURES).increment(1);
-                    tracing::warn!(error = %e, "retention pass failed; retrying next interval");
+                    tracing::warn!(error = %e, "retention or erasure pass failed; retrying next interval");
                 }
             }
         }

@@ -11,6 +11,7 @@ pub const LEASE_HELD: &str = "hourglass_batch_lease_held";
 pub const FAILURES: &str = "hourglass_batch_failures_total";
 pub const DELETED_ROWS: &str = "hourglass_retention_deleted_rows_total";
 pub const DELETED_OBJECTS: &str = "hourglass_retention_deleted_objects_total";
+pub const DELETED_LAKE_EVENTS: &str = "hourglass_retention_deleted_lake_events_total";
 
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
@@ -36,6 +37,10 @@ pub fn describe() {
     describe_gauge!(LEASE_HELD, "1 while this process holds the batch lease");
     describe_counter!(DELETED_ROWS, "Rows deleted by retention passes, by table");
     describe_counter!(DELETED_OBJECTS, "Lake objects deleted by retention passes");
+    describe_counter!(
+        DELETED_LAKE_EVENTS,
+        "Events of expired projects taken out of lake folders other projects keep"
+    );
     describe_counter!(
         FAILURES,
         "Batch and retention passes that failed (retried on the next interval)"

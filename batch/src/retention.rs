@@ -1,6 +1,10 @@
-//! Retention: each project's raw events and rollups older than its days
-//! (`[retention]`, its tier, its own `[projects.<id>]` days) are deleted,
-//! and lake folders older than `retention.lake_days`.
+//! Retention: each project's raw events, rollups and lake events older than
+//! its days (`[retention]`, its tier, its own `[projects.<id>]` days) are
+//! deleted. In the lake, a `dt=` folder every project has expired is
+//! deleted; from a folder only some projects have expired, their events are
+//! removed by rewriting its files (`hourglass_lake::erase::remove_events`),
+//! and the folder's `_retention.json` names the projects taken out, so
+//! later passes do not read it again for them.
 //!
 //! A pass works on every server: it counts what has expired, table by table,
 //! and deletes it with `ALTER TABLE … DELETE` (on a cluster, on every shard's
@@ -8,6 +12,9 @@
 //! retention applies on the next pass, with no migration. The speed and the
 //! batch layer's rows of a level go together, so the serving views never
 //! show one without the other.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use clickhouse::Client;
@@ -17,7 +24,9 @@ use hourglass_core::config::RetentionDays;
 
 use crate::BatchError;
 
-use crate::metrics::{DELETED_OBJECTS, DELETED_ROWS};
+use hourglass_lake::store::ObjectInfo;
+
+use crate::metrics::{DELETED_LAKE_EVENTS, DELETED_OBJECTS, DELETED_ROWS};
 
 /// How long a pass waits for its deletions to be applied before it moves
 /// on (they go on in the background and the next pass counts what is left).
@@ -99,11 +108,30 @@ pub struct Expired {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub clickhouse: Vec<Expired>,
-    /// Lake folders before this day, when `lake_days` is set.
+    /// Lake folders before this day are deleted whole (every project has
+    /// expired them).
     pub lake_before: Option<NaiveDate>,
     pub lake_objects: u64,
     pub lake_bytes: u64,
+    /// Events of some projects removed from folders others still keep.
+    pub lake_rewrites: Vec<LakeRewrite>,
 }
+
+/// One folder's rewrite for the projects that expired it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakeRewrite {
+    pub day: NaiveDate,
+    /// The projects taken out (`*`: those not listed under `[projects]`).
+    pub projects: Vec<String>,
+    pub files: hourglass_lake::erase::EraseSummary,
+}
+
+/// Name of a folder's record of the projects retention took out of it.
+pub const LAKE_MARKER: &str = "_retention.json";
+
+/// Stands for every project not listed under `[projects]` in a folder's
+/// record and in reports.
+const OTHERS: &str = "*";
 
 /// Midnight UTC `days` days before the day of `now`: keeping 1 day keeps
 /// today and yesterday.
@@ -151,8 +179,9 @@ pub async fn pass(cfg: &Config, now: DateTime<Utc>, dry_run: bool) -> Result<Rep
             }
         }
     }
-    if cfg.retention.lake_days > 0 {
-        lake(cfg, now, dry_run, &mut report).await?;
+    let lake_days = LakeDays::of(cfg);
+    if lake_days.any() {
+        lake(cfg, &lake_days, now, dry_run, &mut report).await?;
     }
     Ok(report)
 }
@@ -214,52 +243,179 @@ async fn expire(
     Ok(rows)
 }
 
-/// Lake folders (`dt=YYYY-MM-DD/`) of days before the cutoff.
+/// Lake days of each project listed under `[projects]` and of the rest
+/// (0: forever).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakeDays {
+    pub listed: BTreeMap<String, u32>,
+    pub others: u32,
+}
+
+impl LakeDays {
+    pub fn of(cfg: &Config) -> Self {
+        Self {
+            listed: cfg
+                .projects
+                .iter()
+                .map(|(id, p)| (id.clone(), cfg.retention.of(p).lake))
+                .collect(),
+            others: cfg.retention.defaults().lake,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.others > 0 || self.listed.values().any(|d| *d > 0)
+    }
+
+    /// The first day a rule of `days` keeps at `now` (None: forever).
+    fn kept_from(now: DateTime<Utc>, days: u32) -> Option<NaiveDate> {
+        (days > 0).then(|| {
+            DateTime::<Utc>::from_timestamp(cutoff(now, days), 0)
+                .expect("a cutoff is a valid time")
+                .date_naive()
+        })
+    }
+
+    /// Folders before this day are expired for every project.
+    pub fn whole_before(&self, now: DateTime<Utc>) -> Option<NaiveDate> {
+        std::iter::once(self.others)
+            .chain(self.listed.values().copied())
+            .map(|d| Self::kept_from(now, d))
+            .collect::<Option<Vec<NaiveDate>>>()?
+            .into_iter()
+            .min()
+    }
+
+    /// The projects (`*` for the unlisted ones) that have expired `day`.
+    pub fn expired_on(&self, now: DateTime<Utc>, day: NaiveDate) -> Vec<String> {
+        let expired = |d: u32| Self::kept_from(now, d).is_some_and(|from| day < from);
+        let mut out: Vec<String> = self
+            .listed
+            .iter()
+            .filter(|(_, d)| expired(**d))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if expired(self.others) {
+            out.push(OTHERS.into());
+        }
+        out
+    }
+}
+
+/// What a folder's `_retention.json` records.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct FolderRecord {
+    /// Projects whose events retention took out (`*`: the unlisted ones).
+    removed: Vec<String>,
+}
+
+/// Lake folders (`dt=YYYY-MM-DD/`): deleted whole before every project's
+/// cutoff, else rewritten without the events of the projects that expired
+/// them.
 async fn lake(
     cfg: &Config,
+    days: &LakeDays,
     now: DateTime<Utc>,
     dry_run: bool,
     report: &mut Report,
 ) -> Result<(), BatchError> {
-    let before = DateTime::<Utc>::from_timestamp(cutoff(now, cfg.retention.lake_days), 0)
-        .expect("a cutoff is a valid time")
-        .date_naive();
-    report.lake_before = Some(before);
+    let lake_err = |e: &dyn std::fmt::Display| BatchError::Lake(e.to_string());
+    let whole_before = days.whole_before(now);
+    report.lake_before = whole_before;
     let store = hourglass_lake::store::open(cfg)
         .await
-        .map_err(|e| BatchError::Lake(e.to_string()))?;
-    let objects = store
-        .list("dt=")
-        .await
-        .map_err(|e| BatchError::Lake(e.to_string()))?;
+        .map_err(|e| lake_err(&e))?;
+    let objects = store.list("dt=").await.map_err(|e| lake_err(&e))?;
+    let mut by_day: BTreeMap<NaiveDate, Vec<ObjectInfo>> = BTreeMap::new();
     for object in objects {
         let day = object
             .key
             .strip_prefix("dt=")
             .and_then(|k| k.get(..10))
             .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
-        if day.is_none_or(|d| d >= before) {
+        if let Some(day) = day {
+            by_day.entry(day).or_default().push(object);
+        }
+    }
+    for (day, objects) in by_day {
+        if whole_before.is_some_and(|before| day < before) {
+            for object in objects {
+                if !dry_run {
+                    store.delete(&object.key).await.map_err(|e| lake_err(&e))?;
+                    metrics::counter!(DELETED_OBJECTS).increment(1);
+                }
+                report.lake_objects += 1;
+                report.lake_bytes += object.size;
+            }
             continue;
         }
-        if !dry_run {
-            store
-                .delete(&object.key)
-                .await
-                .map_err(|e| BatchError::Lake(e.to_string()))?;
-            metrics::counter!(DELETED_OBJECTS).increment(1);
+        let expired = days.expired_on(now, day);
+        if expired.is_empty() {
+            continue;
         }
-        report.lake_objects += 1;
-        report.lake_bytes += object.size;
+        let marker = format!("dt={day}/{LAKE_MARKER}");
+        let mut record = FolderRecord::default();
+        if objects.iter().any(|o| o.key == marker) {
+            let body = store.get(&marker).await.map_err(|e| lake_err(&e))?;
+            record = serde_json::from_slice(&body).unwrap_or_default();
+        }
+        let to_remove: Vec<String> = expired
+            .into_iter()
+            .filter(|p| !record.removed.contains(p))
+            .collect();
+        if to_remove.is_empty() {
+            continue;
+        }
+        let removal = Arc::new(projects_removal(&to_remove, days));
+        let files = hourglass_lake::erase::remove_events(
+            store.as_ref(),
+            &objects,
+            removal,
+            cfg.lake.row_group_rows,
+            dry_run,
+        )
+        .await
+        .map_err(|e| lake_err(&e))?;
+        if !dry_run {
+            record.removed.extend(to_remove.iter().cloned());
+            let body = serde_json::to_vec(&record).expect("a record serializes");
+            store
+                .put(&marker, body.into())
+                .await
+                .map_err(|e| lake_err(&e))?;
+            metrics::counter!(DELETED_LAKE_EVENTS).increment(files.events_removed);
+            tracing::info!(%day, projects = ?to_remove, events = files.events_removed, rewritten = files.files_rewritten, removed = files.files_removed, "retention: expired projects' events taken out of a lake folder");
+        }
+        report.lake_rewrites.push(LakeRewrite {
+            day,
+            projects: to_remove,
+            files,
+        });
     }
     if report.lake_objects > 0 && !dry_run {
         tracing::info!(
             objects = report.lake_objects,
             bytes = report.lake_bytes,
-            %before,
+            before = ?whole_before,
             "retention: expired lake objects deleted"
         );
     }
     Ok(())
+}
+
+/// The events of `projects` (`*`: every project not listed).
+fn projects_removal(projects: &[String], days: &LakeDays) -> hourglass_lake::erase::Removal {
+    let named: HashSet<String> = projects.iter().filter(|p| *p != OTHERS).cloned().collect();
+    let others = projects.iter().any(|p| p == OTHERS);
+    let listed: HashSet<String> = days.listed.keys().cloned().collect();
+    let goes = Arc::new(move |project: &str| {
+        named.contains(project) || (others && !listed.contains(project))
+    });
+    let first_look = goes.clone();
+    hourglass_lake::erase::Removal {
+        may_cover: Box::new(move |project, _, _| first_look(project)),
+        covers: Box::new(move |ev| goes(&ev.project_id)),
+    }
 }
 
 /// The report as text, one line per table and projects.
@@ -279,6 +435,17 @@ pub fn table(report: &Report, dry_run: bool) -> String {
         out.push_str(&format!(
             "{verb} {:>10} lake objects ({} bytes) before {before}\n",
             report.lake_objects, report.lake_bytes
+        ));
+    }
+    for r in &report.lake_rewrites {
+        out.push_str(&format!(
+            "{verb} {:>10} lake events of {} in dt={} ({} of {} files rewritten, {} removed)\n",
+            r.files.events_removed,
+            r.projects.join(", "),
+            r.day,
+            r.files.files_rewritten,
+            r.files.files_read,
+            r.files.files_removed
         ));
     }
     if out.is_empty() {
@@ -339,5 +506,49 @@ mod tests {
             ]
         );
         assert_eq!(cutoff(now, 0), day(6));
+    }
+
+    #[test]
+    fn lake_folders_go_whole_once_every_project_expired_them() {
+        let mut cfg = Config::default();
+        cfg.retention.lake_days = 30;
+        cfg.retention.tiers.insert(
+            "free".into(),
+            RetentionTier {
+                lake_days: Some(2),
+                ..Default::default()
+            },
+        );
+        for (id, tier, own) in [
+            ("f", "free", None),
+            ("g", "", Some(60)),
+            ("h", "free", Some(0)),
+        ] {
+            cfg.projects.insert(
+                id.into(),
+                ProjectConfig {
+                    tier: tier.into(),
+                    lake_days: own,
+                    ..Default::default()
+                },
+            );
+        }
+        let now = Utc.with_ymd_and_hms(2026, 12, 6, 17, 0, 0).unwrap();
+        let days = LakeDays::of(&cfg);
+        let date = |m: u32, d: u32| NaiveDate::from_ymd_opt(2026, m, d).unwrap();
+        // h keeps its events forever: no folder goes whole.
+        assert_eq!(days.whole_before(now), None);
+        assert_eq!(days.expired_on(now, date(12, 4)), Vec::<String>::new());
+        assert_eq!(days.expired_on(now, date(12, 3)), vec!["f".to_owned()]);
+        assert_eq!(
+            days.expired_on(now, date(11, 5)),
+            vec!["f".to_owned(), "*".to_owned()]
+        );
+        assert_eq!(
+            days.expired_on(now, date(10, 6)),
+            vec!["f".to_owned(), "g".to_owned(), "*".to_owned()]
+        );
+        cfg.projects.remove("h");
+        assert_eq!(LakeDays::of(&cfg).whole_before(now), Some(date(10, 7)));
     }
 }

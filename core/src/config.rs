@@ -370,6 +370,9 @@ pub struct ProjectConfig {
     pub rollup_1h_days: Option<u32>,
     /// Days of daily rollups kept, over the tier's (0 keeps forever).
     pub rollup_1d_days: Option<u32>,
+    /// Days of the project's events kept in the lake (by the `dt=` folder
+    /// of their arrival), over the tier's (0 keeps forever).
+    pub lake_days: Option<u32>,
 }
 
 /// Days of each store a retention tier keeps; a day not given is the
@@ -381,6 +384,7 @@ pub struct RetentionTier {
     pub rollup_5m_days: Option<u32>,
     pub rollup_1h_days: Option<u32>,
     pub rollup_1d_days: Option<u32>,
+    pub lake_days: Option<u32>,
 }
 
 /// The days each store keeps, for projects without a tier or days of their
@@ -399,12 +403,14 @@ pub struct RetentionConfig {
     pub rollup_1h_days: u32,
     /// Days of daily rollups kept (speed and batch layer).
     pub rollup_1d_days: u32,
-    /// Days of lake objects kept (by the `dt=` folder of their arrival), for
-    /// every project: the lake's files hold many projects' events.
+    /// Days of events kept in the lake (by the `dt=` folder of their
+    /// arrival). A folder every project has expired is deleted; in one
+    /// that only some projects have, their events are removed by rewriting
+    /// its files.
     pub lake_days: u32,
     /// Named tiers projects refer to (`[retention.tiers.<name>]`, keys
-    /// `raw_days`, `rollup_5m_days`, `rollup_1h_days`, `rollup_1d_days`),
-    /// e.g. `free = {raw_days = 1, rollup_5m_days = 7}`.
+    /// `raw_days`, `rollup_5m_days`, `rollup_1h_days`, `rollup_1d_days`,
+    /// `lake_days`), e.g. `free = {raw_days = 1, rollup_5m_days = 7}`.
     pub tiers: BTreeMap<String, RetentionTier>,
     /// Seconds between two retention passes of `hourglass batch`; 0: only
     /// `hourglass retention` removes data.
@@ -425,13 +431,14 @@ impl Default for RetentionConfig {
     }
 }
 
-/// Days one project keeps of each ClickHouse store (0: forever).
+/// Days one project keeps of each store (0: forever).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionDays {
     pub raw: u32,
     pub rollup_5m: u32,
     pub rollup_1h: u32,
     pub rollup_1d: u32,
+    pub lake: u32,
 }
 
 impl RetentionConfig {
@@ -442,6 +449,7 @@ impl RetentionConfig {
             rollup_5m: self.rollup_5m_days,
             rollup_1h: self.rollup_1h_days,
             rollup_1d: self.rollup_1d_days,
+            lake: self.lake_days,
         }
     }
 
@@ -464,6 +472,7 @@ impl RetentionConfig {
                 .rollup_1d_days
                 .or(tier.rollup_1d_days)
                 .unwrap_or(d.rollup_1d),
+            lake: project.lake_days.or(tier.lake_days).unwrap_or(d.lake),
         }
     }
 }

@@ -7,6 +7,13 @@
 //! before a crash, whose commit was lost). If so its records are skipped
 //! through its last offset. Kafka commits (made only after an object is
 //! complete) say where to start reading; the lake says what is already there.
+//!
+//! Events of users deleted before they were archived (`deletions`, read
+//! again every few seconds when it changed) are left out, as the loader
+//! leaves them out of `events`; a file that left any out is named with its
+//! row count (`layout::compacted_key`), since its offsets have gaps. What
+//! was archived before a request is rewritten by the erasure pass
+//! (`crate::erase`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use hourglass_core::Config;
+use hourglass_core::clickhouse::deletions::DeletionsWatch;
 use hourglass_core::config::{ConsumersConfig, LakeConfig};
 use hourglass_core::consumer::{AssignmentWatchdog, ConsumerError, PausedRetry};
 use hourglass_core::contract::EventEnvelope;
@@ -47,6 +55,9 @@ fn parquet_failed(e: crate::schema::SchemaError) -> ConsumerError {
 /// skips.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
+/// How often `deletions` is asked whether it changed.
+const DELETIONS_EVERY: Duration = Duration::from_secs(5);
+
 /// The partitions a member holds, shared with its compaction passes.
 pub type OwnedPartitions = Arc<std::sync::RwLock<std::collections::HashSet<i32>>>;
 
@@ -56,6 +67,8 @@ struct OpenFile {
     first: i64,
     last: i64,
     builder: BatchBuilder,
+    /// Events of deleted users read into this file's offsets, left out.
+    left_out: usize,
     bytes: usize,
     opened: Instant,
 }
@@ -84,6 +97,9 @@ pub struct Archiver {
     /// is no longer ours, so the archiver stops (a restart resumes from the
     /// last commit).
     position_lost: Option<ConsumerError>,
+    deletions: DeletionsWatch,
+    tenant_property: String,
+    deletions_checked: Option<Instant>,
 }
 
 impl Archiver {
@@ -113,6 +129,9 @@ impl Archiver {
             readiness,
             owned: OwnedPartitions::default(),
             position_lost: None,
+            deletions: DeletionsWatch::new(hourglass_core::clickhouse::client(&cfg.clickhouse)),
+            tenant_property: cfg.contract.tenant_property.clone(),
+            deletions_checked: None,
         }
     }
 
@@ -125,6 +144,7 @@ impl Archiver {
     pub fn run(mut self) -> Result<(), ConsumerError> {
         self.consumer.subscribe(&[&self.topic])?;
         let mut housekeeping = Instant::now();
+        self.refresh_deletions();
         while !self.shutdown.is_cancelled() {
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
@@ -142,6 +162,7 @@ impl Archiver {
                 housekeeping = Instant::now();
                 self.forget_revoked();
                 self.close_aged()?;
+                self.refresh_deletions();
                 if self.last_commit.elapsed() >= COMMIT_EVERY {
                     self.commit();
                 }
@@ -161,6 +182,22 @@ impl Archiver {
         }
         self.commit();
         Ok(())
+    }
+
+    /// Read `deletions` again if it changed (at most every few seconds).
+    /// ClickHouse being down does not stop archiving: the requests as last
+    /// read apply, and the erasure pass removes what slips through.
+    fn refresh_deletions(&mut self) {
+        if self
+            .deletions_checked
+            .is_some_and(|t| t.elapsed() < DELETIONS_EVERY)
+        {
+            return;
+        }
+        self.deletions_checked = Some(Instant::now());
+        if let Err(e) = self.runtime.block_on(self.deletions.refresh()) {
+            tracing::warn!(error = %e, "cannot read deletion requests; the last ones read apply");
+        }
     }
 
     /// Commit past every file written since the last commit.
@@ -218,13 +255,24 @@ impl Archiver {
                     first: offset,
                     last: offset,
                     builder: BatchBuilder::default(),
+                    left_out: 0,
                     bytes: 0,
                     opened: Instant::now(),
                 },
             );
         }
         let open = self.files.get_mut(&partition).expect("just opened");
-        open.builder.append(&event, partition, offset);
+        if self.deletions.users().covers(
+            &event.project_id,
+            event.tenant(&self.tenant_property),
+            event.user_id.as_deref().unwrap_or_default(),
+            event.anonymous_id.as_deref().unwrap_or_default(),
+            event.received_at.timestamp(),
+        ) {
+            open.left_out += 1;
+        } else {
+            open.builder.append(&event, partition, offset);
+        }
         open.last = offset;
         open.bytes += payload.map_or(0, <[u8]>::len);
         if open.builder.rows() >= self.cfg.file_max_rows || open.bytes >= self.cfg.file_max_bytes {
@@ -293,9 +341,26 @@ impl Archiver {
             return Ok(());
         };
         let rows = open.builder.rows();
+        if rows == 0 {
+            // Every event was a deleted user's: nothing to write.
+            self.to_commit.insert(partition, open.last + 1);
+            metrics::open_files(self.files.len());
+            return Ok(());
+        }
         let batch = open.builder.finish();
         let body = to_parquet(&batch, self.cfg.row_group_rows).map_err(parquet_failed)?;
-        let key = layout::file_key(open.hour, &self.topic, partition, open.first, open.last);
+        let key = if open.left_out > 0 {
+            layout::compacted_key(
+                &layout::hour_folder(open.hour),
+                &self.topic,
+                partition,
+                open.first,
+                open.last,
+                rows as i64,
+            )
+        } else {
+            layout::file_key(open.hour, &self.topic, partition, open.first, open.last)
+        };
         let started = Instant::now();
         let store = self.store.clone();
         let size = body.len();

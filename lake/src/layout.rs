@@ -9,6 +9,10 @@
 //! hours interleave, so its offsets need not be contiguous. A file whose
 //! offsets lie within a compacted file's of the same folder and partition
 //! is one of its sources (or a copy of one) and is [`superseded`].
+//!
+//! A file rewritten without a deleted user's events ([`crate::erase`]) keeps
+//! its offsets, states its rows and counts its rewrites (`-c{rows}-e{n}`,
+//! [`erased_key`]): over the same offsets, the later rewrite supersedes.
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 
@@ -53,6 +57,17 @@ pub fn compacted_key(
     )
 }
 
+/// `{folder}{topic}-{partition}-{first}-{last}-c{rows}-e{generation}`: a
+/// file's rewrite without erased events, over the same offsets.
+pub fn erased_key(folder: &str, of: &FileName, rows: i64) -> String {
+    format!(
+        "{folder}{}{:020}-c{rows}-e{}.parquet",
+        file_prefix(&of.topic, of.partition, of.first),
+        of.last,
+        of.erased + 1
+    )
+}
+
 /// What a file's key says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileName {
@@ -63,6 +78,8 @@ pub struct FileName {
     /// Rows of a compacted file (whose offsets may have gaps); None for a
     /// file as the archiver wrote it (every offset from first to last).
     pub compacted_rows: Option<i64>,
+    /// How many times erasure rewrote the file (0: never).
+    pub erased: u32,
 }
 
 impl FileName {
@@ -76,6 +93,12 @@ impl FileName {
 /// hold `-`).
 pub fn parse_key(key: &str) -> Option<FileName> {
     let name = key.rsplit('/').next()?.strip_suffix(".parquet")?;
+    let (name, erased) = match name.rsplit_once('-') {
+        Some((rest, generation)) if generation.starts_with('e') => {
+            (rest, generation[1..].parse().ok()?)
+        }
+        _ => (name, 0),
+    };
     let (name, compacted_rows) = match name.rsplit_once('-') {
         Some((rest, rows)) if rows.starts_with('c') => (rest, Some(rows[1..].parse().ok()?)),
         _ => (name, None),
@@ -85,12 +108,16 @@ pub fn parse_key(key: &str) -> Option<FileName> {
     let first = parts.next()?.parse().ok()?;
     let partition = parts.next()?.parse().ok()?;
     let topic = parts.next()?.to_owned();
+    if erased > 0 && compacted_rows.is_none() {
+        return None;
+    }
     Some(FileName {
         topic,
         partition,
         first,
         last,
         compacted_rows,
+        erased,
     })
 }
 
@@ -129,12 +156,16 @@ pub fn superseded<'a>(
     for (key, f) in files.iter().filter(|(_, f)| f.compacted_rows.is_some()) {
         compacted.entry(group(key, f)).or_default().push(f);
     }
-    // Its range holds theirs and is wider, or (two compactions of one
-    // range) it has more rows.
+    // Its range holds theirs and is wider, or over the same range it is a
+    // later erasure's rewrite, or (two compactions of one range, no
+    // erasure between) it has more rows.
     let covers = |c: &FileName, f: &FileName| {
         c.first <= f.first
             && f.last <= c.last
-            && (c.first < f.first || f.last < c.last || c.records() > f.records())
+            && (c.first < f.first
+                || f.last < c.last
+                || c.erased > f.erased
+                || (c.erased == f.erased && c.records() > f.records()))
     };
     files
         .iter()
@@ -189,6 +220,7 @@ mod tests {
                 first: 42,
                 last: 1_041,
                 compacted_rows: None,
+                erased: 0,
             })
         );
         assert!(
@@ -242,6 +274,45 @@ mod tests {
         assert_eq!(gone, want);
         assert_eq!(records_named([c.as_str(), later.as_str()]), 900 + 59);
         assert_eq!(folder_of(&c), folder);
+    }
+
+    #[test]
+    fn an_erased_rewrite_supersedes_the_file_it_rewrote() {
+        let folder = "dt=2026-01-01/hour=13/";
+        let hour = hour_of(t("2026-01-01T13:00:00Z"));
+        let original = file_key(hour, "events", 3, 42, 500);
+        let first = erased_key(folder, &parse_key(&original).unwrap(), 400);
+        assert_eq!(
+            first,
+            "dt=2026-01-01/hour=13/events-0003-00000000000000000042-00000000000000000500-c400-e1.parquet"
+        );
+        let name = parse_key(&first).unwrap();
+        assert_eq!(
+            (name.first, name.last, name.records(), name.erased),
+            (42, 500, 400, 1)
+        );
+        let second = erased_key(folder, &name, 399);
+        assert!(second.ends_with("-c399-e2.parquet"), "{second}");
+        let compacted = compacted_key(folder, "events", 3, 42, 900, 800);
+        let compacted_erased = erased_key(folder, &parse_key(&compacted).unwrap(), 700);
+        let later = file_key(hour, "events", 3, 901, 950);
+        let mut gone: Vec<&str> = superseded([
+            original.as_str(),
+            &first,
+            &second,
+            &compacted,
+            &compacted_erased,
+            &later,
+        ])
+        .into_iter()
+        .collect();
+        gone.sort();
+        // The compacted file's rewrite covers the rest: a wider range, or the
+        // same one erased later.
+        let mut want = vec![original.as_str(), &first, &second, &compacted];
+        want.sort();
+        assert_eq!(gone, want);
+        assert_eq!(parse_key("dt=x/hour=y/e-0001-0005-0009-e1.parquet"), None);
     }
 
     #[test]

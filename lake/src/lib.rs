@@ -5,12 +5,14 @@
 //! - [`archive`]: the archiver consumer group (exactly once through
 //!   deterministic object names and an existence check, see its docs).
 //! - [`compact`]: a settled hour's small files of a partition made one.
+//! - [`erase`]: files rewritten without deleted users' events.
 //! - [`replay`]: lake → ClickHouse `events`, the rollups, or Kafka.
 //! - [`store`]: the one small trait over S3 and a local folder.
 //! - [`schema`], [`layout`]: the Parquet columns and the object names.
 
 pub mod archive;
 pub mod compact;
+pub mod erase;
 pub mod layout;
 pub mod metrics;
 pub mod replay;

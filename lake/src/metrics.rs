@@ -18,6 +18,9 @@ pub const COMPACTION_OUTPUT_BYTES: &str = "hourglass_lake_compaction_output_byte
 pub const COMPACTION_SUPERSEDED: &str = "hourglass_lake_compaction_superseded_removed_total";
 pub const COMPACTION_ERRORS: &str = "hourglass_lake_compaction_errors_total";
 pub const CONSUMER_LAG: &str = "hourglass_archiver_consumer_lag_messages";
+/// Erasure passes run in `hourglass batch` / `hourglass erase`.
+pub const ERASED_EVENTS: &str = "hourglass_lake_erased_events_total";
+pub const ERASED_FILES: &str = "hourglass_lake_erased_files_total";
 
 pub fn describe() {
     describe_counter!(EVENTS, "events written to the lake");
@@ -51,10 +54,28 @@ pub fn describe() {
         COMPACTION_ERRORS,
         "compaction passes that failed (retried next interval)"
     );
+    describe_erasure();
     describe_counter!(
         STORE_ERRORS,
         "failed store operations (retried), by operation"
     );
+}
+
+/// Help texts of the erasure metrics (the batch layer runs erasure).
+pub fn describe_erasure() {
+    describe_counter!(
+        ERASED_EVENTS,
+        "events of deleted users removed from lake files"
+    );
+    describe_counter!(
+        ERASED_FILES,
+        "lake files rewritten or removed because they held deleted users' events"
+    );
+}
+
+pub fn erased(pass: &crate::erase::EraseSummary) {
+    counter!(ERASED_EVENTS).increment(pass.events_removed);
+    counter!(ERASED_FILES).increment(pass.files_rewritten + pass.files_removed);
 }
 
 pub fn file_written(rows: usize, bytes: usize, took: Duration) {

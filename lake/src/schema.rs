@@ -185,7 +185,7 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, Schem
         .ok_or_else(|| SchemaError::Shape(format!("no column {name}")))
 }
 
-fn strings<'a>(
+pub(crate) fn strings<'a>(
     batch: &'a RecordBatch,
     name: &str,
 ) -> Result<&'a arrow_array::StringArray, SchemaError> {
@@ -198,7 +198,10 @@ fn millis(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-fn decode_batch(batch: &RecordBatch, out: &mut Vec<LakeEvent>) -> Result<(), SchemaError> {
+pub(crate) fn decode_batch(
+    batch: &RecordBatch,
+    out: &mut Vec<LakeEvent>,
+) -> Result<(), SchemaError> {
     let project = strings(batch, "project_id")?;
     let event = strings(batch, "event")?;
     let event_id = strings(batch, "event_id")?;

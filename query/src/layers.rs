@@ -2,9 +2,12 @@
 //! batch rows for the hours (days, for `1d`) a visible batch commit covers,
 //! speed rows for the rest, each bucket saying which layer answered.
 //!
-//! Both halves compare `batch_commits.visible_from` with `now()`, which
-//! ClickHouse fixes once per query, so one answer never holds an hour from
-//! both layers or from neither, even while a batch pass is writing.
+//! Both halves compare `batch_commits.visible_from` with one instant the
+//! request fixes (`as_of`), so one answer never holds an hour from both
+//! layers or from neither, even while a batch pass is writing: `now()` would
+//! not do, since ClickHouse 18.16 evaluates it apart in each subquery, and a
+//! reading straddling the second a commit became visible counted the hour
+//! in both (the serving views had the same fault; migration 12).
 //!
 //! The batch half reads the finalized all-dimensions total rows when the
 //! request neither groups nor filters by a dimension (a 30-day range at
@@ -23,20 +26,23 @@ pub struct Request<'a> {
     pub to: i64,
     pub group_by: &'a [&'a str],
     pub filters: &'a [(&'a str, String)],
+    /// The instant (Unix seconds) at which commits count as visible.
+    pub as_of: i64,
 }
 
 /// Visible commits of one period, as a subquery of (bucket, version).
-fn current(period_secs: i64) -> String {
+fn current(period_secs: i64, as_of: i64) -> String {
     format!(
         "(SELECT bucket_start, max(version) FROM batch_commits \
-         WHERE period_secs = {period_secs} AND visible_from <= now() GROUP BY bucket_start)"
+         WHERE period_secs = {period_secs} AND visible_from <= toDateTime({as_of}) GROUP BY bucket_start)"
     )
 }
 
 /// Buckets of one period a visible commit covers.
-fn committed(period_secs: i64) -> String {
+fn committed(period_secs: i64, as_of: i64) -> String {
     format!(
-        "(SELECT bucket_start FROM batch_commits WHERE period_secs = {period_secs} AND visible_from <= now())"
+        "(SELECT bucket_start FROM batch_commits \
+         WHERE period_secs = {period_secs} AND visible_from <= toDateTime({as_of}))"
     )
 }
 
@@ -108,10 +114,16 @@ fn speed(r: &Request<'_>) -> Sql {
     let not_batched = match r.step {
         Step::FiveMinutes => format!(
             " AND toStartOfHour(window_start) GLOBAL NOT IN {}",
-            committed(3600)
+            committed(3600, r.as_of)
         ),
-        Step::Hour => format!(" AND bucket_start GLOBAL NOT IN {}", committed(3600)),
-        Step::Day => format!(" AND bucket_start GLOBAL NOT IN {}", committed(86_400)),
+        Step::Hour => format!(
+            " AND bucket_start GLOBAL NOT IN {}",
+            committed(3600, r.as_of)
+        ),
+        Step::Day => format!(
+            " AND bucket_start GLOBAL NOT IN {}",
+            committed(86_400, r.as_of)
+        ),
     };
     sql.push(&not_batched);
     sql.push(" GROUP BY t, g");
@@ -134,10 +146,13 @@ fn batch(r: &Request<'_>) -> Sql {
         let commit = match r.step {
             Step::FiveMinutes => format!(
                 " AND (toStartOfHour(bucket_start), version) IN {}",
-                current(3600)
+                current(3600, r.as_of)
             ),
-            Step::Hour => format!(" AND (bucket_start, version) IN {}", current(3600)),
-            Step::Day => format!(" AND (bucket_start, version) IN {}", current(86_400)),
+            Step::Hour => format!(" AND (bucket_start, version) IN {}", current(3600, r.as_of)),
+            Step::Day => format!(
+                " AND (bucket_start, version) IN {}",
+                current(86_400, r.as_of)
+            ),
         };
         sql.push_bound(
             " AND period_secs = ? AND dimensions = '*'",
@@ -162,11 +177,14 @@ fn batch(r: &Request<'_>) -> Sql {
          emptyArrayFloat64() AS q, 'batch' AS layer FROM batch_states PREWHERE",
     );
     scope(&mut sql, r, time);
-    sql.push(&format!(" AND (hour, version) IN {}", current(3600)));
+    sql.push(&format!(
+        " AND (hour, version) IN {}",
+        current(3600, r.as_of)
+    ));
     if r.step == Step::Day {
         sql.push(&format!(
             " AND toDateTime(toStartOfDay(hour)) IN {}",
-            committed(86_400)
+            committed(86_400, r.as_of)
         ));
     }
     sql.push(" GROUP BY t, g");
@@ -183,7 +201,10 @@ pub fn metrics_sql(r: &Request<'_>) -> Sql {
     sql
 }
 
-/// A fingerprint of the visible commits: part of the cache key of closed
-/// answers, which a batch commit changes.
-pub const COMMITS_FINGERPRINT: &str =
-    "SELECT toUInt64(count()), max(version) FROM batch_commits WHERE visible_from <= now()";
+/// A fingerprint of the commits visible at `as_of`: part of the cache key
+/// of closed answers, which a batch commit changes.
+pub fn commits_fingerprint(as_of: i64) -> Sql {
+    let mut sql = Sql::new("SELECT toUInt64(count()), max(version) FROM batch_commits");
+    sql.push_bound(" WHERE visible_from <= toDateTime(?)", [as_of.into()]);
+    sql
+}

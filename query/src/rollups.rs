@@ -275,10 +275,12 @@ pub async fn metrics(
     let closed = to_s <= closed_before(cfg);
     let cache = closed && cfg.query.cache_closed_answers;
     // A batch commit changes closed buckets: the visible commits are part of the key.
+    // One instant for the fingerprint and both layers of the answer.
+    let as_of = chrono::Utc::now().timestamp();
     let commits: (u64, u64) = if cache {
         state
             .bounded(
-                crate::sql::Sql::new(crate::layers::COMMITS_FINGERPRINT)
+                crate::layers::commits_fingerprint(as_of)
                     .query(&state.reader)
                     .fetch_one(),
             )
@@ -305,6 +307,7 @@ pub async fn metrics(
         to: to_s,
         group_by: &group_by,
         filters: &filters,
+        as_of,
     });
     let rows: Vec<BucketRow> = state.bounded(sql.query(&state.reader).fetch_all()).await?;
 

@@ -85,6 +85,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "serving_views_one_switch",
         sql: include_str!("../migrations/0012_serving_views_one_switch.sql"),
     },
+    Migration {
+        version: 13,
+        name: "lake_erasures",
+        sql: include_str!("../migrations/0013_lake_erasures.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

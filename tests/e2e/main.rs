@@ -16,6 +16,7 @@ mod ingest_broker_outage;
 mod ingest_http;
 mod kafka_topics;
 mod lake_archive;
+mod lake_erasure;
 mod lake_replay;
 mod loader_deletions;
 mod loader_exactly_once;

@@ -70,6 +70,16 @@ impl DeletedUsers {
         self.by_project.is_empty()
     }
 
+    /// Whether any request names this user in `project`, whatever its
+    /// tenant and time: a cheap first look before [`DeletedUsers::covers`].
+    pub fn names(&self, project: &str, user_id: &str, anonymous_id: &str) -> bool {
+        self.by_project.get(project).is_some_and(|users| {
+            [user_id, anonymous_id]
+                .into_iter()
+                .any(|u| !u.is_empty() && users.contains_key(u))
+        })
+    }
+
     /// Whether a request covers an event of `project` and `tenant`, sent by
     /// `user_id` / `anonymous_id` (empty for none), received at
     /// `received_at` (Unix seconds). Looks up by reference: no allocation.
@@ -90,6 +100,39 @@ impl DeletedUsers {
             .filter_map(|u| users.get(u))
             .flatten()
             .any(|(t, until)| (t.is_empty() || t == tenant) && received_at <= i64::from(*until))
+    }
+}
+
+/// `deletions` as a long-running writer follows it: read again whenever
+/// its version moved.
+pub struct DeletionsWatch {
+    client: Client,
+    users: DeletedUsers,
+    seen: Option<DeletionsVersion>,
+}
+
+impl DeletionsWatch {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            users: DeletedUsers::default(),
+            seen: None,
+        }
+    }
+
+    /// The requests as last read.
+    pub fn users(&self) -> &DeletedUsers {
+        &self.users
+    }
+
+    /// Read the requests again if they changed since the last refresh.
+    pub async fn refresh(&mut self) -> Result<(), clickhouse::error::Error> {
+        let seen = DeletedUsers::version(&self.client).await?;
+        if self.seen != Some(seen) {
+            self.users = DeletedUsers::read(&self.client).await?;
+            self.seen = Some(seen);
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,326 @@
+//! End to end: deleted users erased from the lake. Events archived by the
+//! real archiver into the S3 server; then two deletion requests (one
+//! project-wide, by `user_id` or `anonymous_id`; one for a tenant only):
+//! `hourglass erase --dry-run` names exactly the events that would go and
+//! changes nothing; `hourglass erase` leaves no file holding a covered
+//! event, every other event intact (compared by id with the originals),
+//! names that still account for every kept event once, and no request
+//! pending. Records of a deleted user still on the topic when the archiver
+//! comes back are left out of its new files. Then one project's lake
+//! retention takes its events out of folders the other projects keep.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hourglass_core::config::LakeStorage;
+use hourglass_core::contract::EventEnvelope;
+use hourglass_lake::layout;
+use hourglass_lake::schema::{LakeEvent, read_parquet};
+use hourglass_lake::store::ObjectStore;
+use uuid::Uuid;
+
+use crate::common::generator;
+use crate::common::{TestEnv, hourglass_bin, sigterm, wait_until};
+
+const VICTIM: &str = "user-7";
+/// Deleted by the admin of tenant `acme` only; also has events in `globex`.
+const TENANT_VICTIM: &str = "user-in-two-tenants";
+
+/// The lake in the S3 server, under the test's own prefix.
+fn lake_vars(env: &TestEnv) -> Vec<(&'static str, String)> {
+    vec![
+        ("HOURGLASS_LAKE__STORAGE", "s3".to_owned()),
+        ("HOURGLASS_S3__PREFIX", env.name.clone()),
+        ("HOURGLASS_LAKE__FILE_MAX_AGE_SECS", "2".to_owned()),
+        ("HOURGLASS_LAKE__HTTP_LISTEN", "127.0.0.1:0".to_owned()),
+        ("HOURGLASS_LAKE__COMPACT_INTERVAL_SECS", "0".to_owned()),
+    ]
+}
+
+fn erase(env: &TestEnv, dry_run: bool) -> String {
+    let mut cmd = Command::new(hourglass_bin());
+    cmd.arg("erase").env_remove("HOURGLASS_CONFIG");
+    if dry_run {
+        cmd.arg("--dry-run");
+    }
+    let out = cmd
+        .envs(env.child_env())
+        .envs(lake_vars(env))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Every file of the lake: key → its events.
+async fn lake_files(store: &dyn ObjectStore) -> BTreeMap<String, Vec<LakeEvent>> {
+    let mut files = BTreeMap::new();
+    for o in store.list("dt=").await.unwrap() {
+        if layout::parse_key(&o.key).is_none() {
+            // A folder's retention record.
+            assert!(o.key.ends_with("/_retention.json"), "{}", o.key);
+            continue;
+        }
+        let events = read_parquet(store.get(&o.key).await.unwrap()).unwrap();
+        files.insert(o.key, events);
+    }
+    files
+}
+
+/// The requests' rule, written out: the project-wide victim by either id,
+/// received up to the request; the tenant victim in `acme` only.
+fn covered(e: &EventEnvelope, requested_at: DateTime<Utc>) -> bool {
+    let tenant = e.properties.get("tenant_id").and_then(|v| v.as_str());
+    e.project_id == "proj"
+        && e.received_at <= requested_at
+        && (e.user_id.as_deref() == Some(VICTIM)
+            || e.anonymous_id.as_deref() == Some(VICTIM)
+            || (e.user_id.as_deref() == Some(TENANT_VICTIM) && tenant == Some("acme")))
+}
+
+async fn archive_until(env: &TestEnv, store: &dyn ObjectStore, rows: i64) {
+    let mut archiver = env.spawn(&["archive"], &lake_vars(env));
+    wait_until(Duration::from_secs(120), "events archived", || async {
+        let keys: Vec<String> = store
+            .list("dt=")
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        layout::records_named(keys.iter().map(String::as_str)) >= rows
+    })
+    .await;
+    sigterm(&mut archiver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erased_users_leave_no_event_in_the_lake_and_others_stay_intact() {
+    let mut env = TestEnv::new("erase").await;
+    env.create_topic(4).await;
+    env.migrate().await;
+    env.cfg.lake.storage = LakeStorage::S3;
+    env.cfg.s3.prefix = env.name.clone();
+    let store = hourglass_lake::store::open(&env.cfg).await.unwrap();
+    let generated = generator::generate(31, 6_000, 13, 60);
+    let base = generator::base_time();
+    let requested_at = base + chrono::Duration::hours(2);
+    let copy = |e: &EventEnvelope, i: u128| {
+        let mut e = e.clone();
+        e.event_id = Uuid::from_u128(0xE2A5_0000 + i);
+        e
+    };
+    let mut extra = Vec::new();
+    for i in 0..12u128 {
+        // The tenant victim, half in each tenant.
+        let mut e = copy(&generated.events[i as usize], i);
+        e.user_id = Some(TENANT_VICTIM.into());
+        let tenant = if i % 2 == 0 { "acme" } else { "globex" };
+        e.properties
+            .insert("tenant_id".into(), serde_json::json!(tenant));
+        extra.push(e);
+        // The victim as someone else's anonymous id.
+        let mut e = copy(&generated.events[100 + i as usize], 100 + i);
+        e.user_id = Some("someone-else".into());
+        e.anonymous_id = Some(VICTIM.into());
+        extra.push(e);
+        // The victim in another project: not covered.
+        let mut e = copy(&generated.events[200 + i as usize], 200 + i);
+        e.project_id = "other".into();
+        e.user_id = Some(VICTIM.into());
+        extra.push(e);
+        // The victim back after the request: kept.
+        let mut e = copy(&generated.events[300 + i as usize], 300 + i);
+        e.user_id = Some(VICTIM.into());
+        e.received_at = requested_at + chrono::Duration::minutes(1);
+        extra.push(e);
+    }
+    let mut sent: Vec<EventEnvelope> = generated.events.clone();
+    sent.extend(extra);
+    generator::produce(&env.cfg.kafka, &sent).await;
+    archive_until(&env, store.as_ref(), sent.len() as i64).await;
+
+    let before = lake_files(store.as_ref()).await;
+    let originals: BTreeMap<Uuid, LakeEvent> = before
+        .values()
+        .flatten()
+        .map(|e| (e.event.event_id, e.clone()))
+        .collect();
+    assert_eq!(originals.len(), sent.len(), "archived once each");
+    let to_go: Vec<Uuid> = sent
+        .iter()
+        .filter(|e| covered(e, requested_at))
+        .map(|e| e.event_id)
+        .collect();
+    assert!(to_go.len() > 50, "{} covered events", to_go.len());
+    let holding = before
+        .values()
+        .filter(|events| events.iter().any(|e| covered(&e.event, requested_at)))
+        .count();
+
+    let ch = env.clickhouse();
+    for (tenant, user) in [("", VICTIM), ("acme", TENANT_VICTIM)] {
+        ch.query(
+            "INSERT INTO deletions (project_id, tenant_id, user, requested_at, requested_by, events_removed) \
+             VALUES ('proj', ?, ?, toDateTime(?), 'test', 0)",
+        )
+        .bind(tenant)
+        .bind(user)
+        .bind(requested_at.timestamp())
+        .execute()
+        .await
+        .unwrap();
+    }
+
+    let dry = erase(&env, true);
+    assert!(dry.contains("2 deletion requests pending"), "{dry}");
+    assert!(
+        dry.contains(&format!("would remove {} events", to_go.len())),
+        "{dry}"
+    );
+    assert_eq!(
+        lake_files(store.as_ref()).await.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "a dry run changes nothing"
+    );
+
+    let done = erase(&env, false);
+    assert!(
+        done.contains(&format!("removed {} events", to_go.len())),
+        "{done}"
+    );
+    let after = lake_files(store.as_ref()).await;
+    let mut kept: BTreeMap<Uuid, LakeEvent> = BTreeMap::new();
+    for (key, events) in &after {
+        for e in events {
+            assert!(
+                !covered(&e.event, requested_at),
+                "{key} still holds {}",
+                e.event.event_id
+            );
+            assert!(kept.insert(e.event.event_id, e.clone()).is_none(), "twice");
+        }
+    }
+    let mut want = originals.clone();
+    for id in &to_go {
+        want.remove(id);
+    }
+    assert_eq!(kept, want, "every other event intact, compared by id");
+    let keys: Vec<&str> = after.keys().map(String::as_str).collect();
+    assert!(layout::superseded(keys.iter().copied()).is_empty());
+    assert_eq!(
+        layout::records_named(keys.iter().copied()),
+        want.len() as i64
+    );
+    let rewritten = keys.iter().filter(|k| k.ends_with("-e1.parquet")).count();
+    assert!(
+        rewritten > 0 && rewritten <= holding,
+        "{rewritten} rewritten of {holding}"
+    );
+    let (requests, removed): (u64, u64) = ch
+        .query("SELECT count(), max(events_removed) FROM lake_erasures")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!((requests, removed), (2, to_go.len() as u64));
+    let again = erase(&env, false);
+    assert!(again.contains("0 deletion requests pending"), "{again}");
+
+    // The victim's records still on the topic, received before the
+    // request, read by the archiver after it: left out of its files.
+    let tail: Vec<EventEnvelope> = (0..40u128)
+        .map(|i| {
+            let mut e = copy(&generated.events[400 + i as usize], 400 + i);
+            e.user_id = Some(if i % 2 == 0 { VICTIM } else { "keeper" }.into());
+            e.anonymous_id = None;
+            e
+        })
+        .collect();
+    generator::produce(&env.cfg.kafka, &tail).await;
+    let tail_kept: Vec<&EventEnvelope> =
+        tail.iter().filter(|e| !covered(e, requested_at)).collect();
+    assert_eq!(tail_kept.len(), 20);
+    archive_until(&env, store.as_ref(), (want.len() + tail_kept.len()) as i64).await;
+    let last = lake_files(store.as_ref()).await;
+    let ids: Vec<Uuid> = last.values().flatten().map(|e| e.event.event_id).collect();
+    assert_eq!(ids.len(), want.len() + tail_kept.len(), "each once");
+    assert!(
+        last.values()
+            .flatten()
+            .all(|e| !covered(&e.event, requested_at))
+    );
+    for e in tail_kept {
+        assert!(ids.contains(&e.event_id), "{} archived", e.event_id);
+    }
+
+    // Per-project lake retention: `other` keeps 30 days of the lake, every
+    // other project forever. Its events leave folders the rest still keep.
+    let retention = |dry_run: bool| {
+        let mut cmd = Command::new(hourglass_bin());
+        cmd.arg("retention").env_remove("HOURGLASS_CONFIG");
+        if dry_run {
+            cmd.arg("--dry-run");
+        }
+        let out = cmd
+            .envs(env.child_env())
+            .envs(lake_vars(&env))
+            .env("HOURGLASS_PROJECTS__OTHER", "{lake_days=30}")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let of_other = |files: &BTreeMap<String, Vec<LakeEvent>>| {
+        files
+            .values()
+            .flatten()
+            .filter(|e| e.event.project_id == "other")
+            .count()
+    };
+    assert_eq!(of_other(&last), 12);
+    let dry = retention(true);
+    let said: usize = dry
+        .lines()
+        .filter(|l| l.contains("lake events of other"))
+        .map(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(said, 12, "{dry}");
+    assert_eq!(of_other(&lake_files(store.as_ref()).await), 12, "dry");
+    let done = retention(false);
+    let kept = lake_files(store.as_ref()).await;
+    assert_eq!(of_other(&kept), 0, "{done}");
+    let mut rest: Vec<Uuid> = kept.values().flatten().map(|e| e.event.event_id).collect();
+    let mut want_rest: Vec<Uuid> = last
+        .values()
+        .flatten()
+        .filter(|e| e.event.project_id != "other")
+        .map(|e| e.event.event_id)
+        .collect();
+    rest.sort();
+    want_rest.sort();
+    assert_eq!(rest, want_rest, "the other projects' events stay");
+    assert_eq!(
+        retention(false),
+        "nothing has expired\n",
+        "recorded per folder"
+    );
+    env.teardown().await;
+}
