@@ -87,6 +87,29 @@ async fn level_against_rollup_5m(
     (map(held), map(implied))
 }
 
+/// `rollup_5m` holds the `sent` events once; each level agrees with it
+/// bucket by bucket, in events and distinct users.
+async fn assert_every_event_once(client: &Client, sent: u64) {
+    let in_5m: u64 = client
+        .query("SELECT sum(events) FROM rollup_5m")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(in_5m, sent, "rollup_5m");
+    for (table, bucket) in [
+        ("rollup_1h", "toStartOfHour"),
+        ("rollup_1d", "toStartOfDay"),
+    ] {
+        let (held, implied) = level_against_rollup_5m(client, table, bucket).await;
+        assert_eq!(held, implied, "{table} against rollup_5m");
+        assert_eq!(
+            held.values().map(|(e, _)| e).sum::<u64>(),
+            sent,
+            "{table} total"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_flush_that_landed_in_part_is_completed_exactly_once() {
     let cfg = ClickHouseConfig {
@@ -189,26 +212,7 @@ async fn a_flush_that_landed_in_part_is_completed_exactly_once() {
     );
     assert_eq!(sink.settle(2, &months).await.unwrap(), Settled::Landed);
 
-    // rollup_5m holds every event once; each level agrees with it bucket by
-    // bucket, in events and distinct users.
-    let in_5m: u64 = client
-        .query("SELECT sum(events) FROM rollup_5m")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(in_5m, sent, "rollup_5m");
-    for (table, bucket) in [
-        ("rollup_1h", "toStartOfHour"),
-        ("rollup_1d", "toStartOfDay"),
-    ] {
-        let (held, implied) = level_against_rollup_5m(&client, table, bucket).await;
-        assert_eq!(held, implied, "{table} against rollup_5m");
-        assert_eq!(
-            held.values().map(|(e, _)| e).sum::<u64>(),
-            sent,
-            "{table} total"
-        );
-    }
+    assert_every_event_once(&client, sent).await;
     let mut checkpoints = sink.checkpoints().await.unwrap();
     checkpoints.sort_by_key(|(p, _)| *p);
     let got: Vec<(i32, i64, i64)> = checkpoints
@@ -305,25 +309,6 @@ async fn a_new_owner_settles_what_the_last_flush_left() {
     // no level filled twice (the totals below would show it).
     assert_eq!(positions(sink.clone()).await, want, "second takeover");
 
-    // rollup_5m holds every event once; each level agrees with it bucket
-    // by bucket, in events and distinct users.
-    let in_5m: u64 = client
-        .query("SELECT sum(events) FROM rollup_5m")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(in_5m, sent, "rollup_5m");
-    for (table, bucket) in [
-        ("rollup_1h", "toStartOfHour"),
-        ("rollup_1d", "toStartOfDay"),
-    ] {
-        let (held, implied) = level_against_rollup_5m(&client, table, bucket).await;
-        assert_eq!(held, implied, "{table} against rollup_5m");
-        assert_eq!(
-            held.values().map(|(e, _)| e).sum::<u64>(),
-            sent,
-            "{table} total"
-        );
-    }
+    assert_every_event_once(&client, sent).await;
     exec(&client, &format!("DROP DATABASE {db}")).await;
 }

@@ -10,7 +10,6 @@
 //! retention takes its events out of folders the other projects keep.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,7 +21,7 @@ use hourglass_lake::store::ObjectStore;
 use uuid::Uuid;
 
 use crate::common::generator;
-use crate::common::{TestEnv, hourglass_bin, sigterm, wait_until};
+use crate::common::{TestEnv, run_hourglass, sigterm, wait_until};
 
 const VICTIM: &str = "user-7";
 /// Deleted by the admin of tenant `acme` only; also has events in `globex`.
@@ -39,24 +38,25 @@ fn lake_vars(env: &TestEnv) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn erase(env: &TestEnv, dry_run: bool) -> String {
-    let mut cmd = Command::new(hourglass_bin());
-    cmd.arg("erase").env_remove("HOURGLASS_CONFIG");
-    if dry_run {
-        cmd.arg("--dry-run");
-    }
-    let out = cmd
-        .envs(env.child_env())
-        .envs(lake_vars(env))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+/// `hourglass args…` against the test's database and lake, with `extra`.
+fn run(env: &TestEnv, args: &[&str], extra: &[(&str, &str)]) -> String {
+    let mut vars = env.child_env();
+    vars.extend(lake_vars(env).into_iter().map(|(k, v)| (k.to_owned(), v)));
+    vars.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
-    text
+    run_hourglass(args, &vars)
+}
+
+fn erase(env: &TestEnv, dry_run: bool) -> String {
+    let args: &[&str] = if dry_run {
+        &["erase", "--dry-run"]
+    } else {
+        &["erase"]
+    };
+    run(env, args, &[])
 }
 
 /// Every file of the lake: key → its events.
@@ -263,24 +263,16 @@ async fn erased_users_leave_no_event_in_the_lake_and_others_stay_intact() {
     // Per-project lake retention: `other` keeps 30 days of the lake, every
     // other project forever. Its events leave folders the rest still keep.
     let retention = |dry_run: bool| {
-        let mut cmd = Command::new(hourglass_bin());
-        cmd.arg("retention").env_remove("HOURGLASS_CONFIG");
-        if dry_run {
-            cmd.arg("--dry-run");
-        }
-        let out = cmd
-            .envs(env.child_env())
-            .envs(lake_vars(&env))
-            .env("HOURGLASS_PROJECTS__OTHER", "{lake_days=30}")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
+        let args: &[&str] = if dry_run {
+            &["retention", "--dry-run"]
+        } else {
+            &["retention"]
+        };
+        run(
+            &env,
+            args,
+            &[("HOURGLASS_PROJECTS__OTHER", "{lake_days=30}")],
+        )
     };
     let of_other = |files: &BTreeMap<String, Vec<LakeEvent>>| {
         files

@@ -5,13 +5,12 @@
 //! retention applies on the next pass.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use hourglass_core::config::LakeStorage;
 
-use crate::common::{TestEnv, hourglass_bin};
+use crate::common::{TestEnv, run_hourglass};
 
 /// Days back each project has data at (00:30 UTC of that day).
 const AGES: [i64; 9] = [0, 1, 2, 3, 5, 6, 10, 40, 100];
@@ -58,19 +57,12 @@ fn retention_env(env: &TestEnv, paid_raw: u32) -> Vec<(String, String)> {
 }
 
 fn retention(env: &TestEnv, paid_raw: u32, dry_run: bool) -> String {
-    let mut cmd = Command::new(hourglass_bin());
-    cmd.arg("retention").env_remove("HOURGLASS_CONFIG");
-    if dry_run {
-        cmd.arg("--dry-run");
-    }
-    let out = cmd.envs(retention_env(env, paid_raw)).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
+    let args: &[&str] = if dry_run {
+        &["retention", "--dry-run"]
+    } else {
+        &["retention"]
+    };
+    run_hourglass(args, &retention_env(env, paid_raw))
 }
 
 /// (table, extra condition, time column) of every table a level lives in.

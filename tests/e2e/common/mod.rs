@@ -303,6 +303,24 @@ where
     }
 }
 
+/// Run `hourglass args…` to its end with `vars` (no config file) and
+/// return what it printed; fails the test if it failed.
+pub fn run_hourglass(args: &[&str], vars: &[(String, String)]) -> String {
+    let out = Command::new(hourglass_bin())
+        .args(args)
+        .env_remove("HOURGLASS_CONFIG")
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "hourglass {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 pub fn sigterm(child: &mut Child) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
