@@ -278,6 +278,11 @@ impl Loop {
     /// partitions' INSERTs held it for most of a second). Returns whether any
     /// writes started.
     fn start_flush(&mut self) -> bool {
+        // After a refusal nothing more is written: a later flush's
+        // checkpoint would pass the refused windows.
+        if self.refused.is_some() {
+            return false;
+        }
         let now = wall_ms();
         let (mut open_windows, mut open_keys) = (0, 0);
         let mut batches = Vec::new();

@@ -625,8 +625,9 @@ pub struct AggregatorConfig {
     /// the current window early for everyone on its partition (metric
     /// outcome `ahead`). At most 86400. Events dated more than 2,901 days
     /// before the clock are set aside the same way (outcome `too_old`):
-    /// together they bound one flush to 97 months, under the 100 monthly
-    /// partitions one ClickHouse INSERT may touch.
+    /// together they keep the late records one flush writes within 97
+    /// months, under the 100 monthly partitions one ClickHouse INSERT may
+    /// touch (its windows go out one month per flush).
     pub max_ahead_secs: u32,
     /// Property names whose values become key dimensions (e.g. `path`, `country`).
     pub dimensions: Vec<String>,

@@ -14,7 +14,8 @@
 //! or after the stored checkpoint's watermark is settled from its rows:
 //! levels short by exactly the flush are filled from it, and a flush past
 //! the stored checkpoint becomes the checkpoint (its row is written). Only
-//! then does the partition resume, from there.
+//! then does the partition resume, from there. On one server; not yet on a
+//! ClickHouse cluster (see [`RollupSink::start_positions`]).
 
 use std::collections::HashMap;
 
@@ -45,7 +46,14 @@ impl RollupSink {
     ) -> Result<Vec<(i32, Checkpoint)>, SinkError> {
         let mut positions: HashMap<i32, Checkpoint> =
             self.checkpoints().await?.into_iter().collect();
-        if assigned.is_empty() {
+        // Not on a cluster: there a level's fill is an INSERT through a
+        // Distributed table that can land on one shard and fail on another
+        // (a replica down, a quorum not reached), and its parts stay
+        // invisible to the next check until their quorum is reached, so a
+        // retried takeover filled a bucket twice (CI trial of 51fef84:
+        // metrics_1h 1,452 events for 1,396). Fencing the fill per shard
+        // is left to do; a cluster resumes from the stored checkpoints.
+        if assigned.is_empty() || self.quorum.is_some() {
             return Ok(positions.into_iter().collect());
         }
         let found = self
