@@ -1,6 +1,8 @@
-//! Deleted users erased from the lake: the deletion requests the lake has
+//! Deleted users erased beyond `events`: the deletion requests the lake has
 //! not applied yet, applied by one pass over its files
-//! ([`hourglass_lake::erase`]) and then recorded in `lake_erasures`.
+//! ([`hourglass_lake::erase`]) and then recorded in `lake_erasures`; and
+//! the user's hash taken out of the rollups' user sets
+//! ([`crate::rollup_erasure`], recorded in `rollup_erasures`).
 //!
 //! Run by `hourglass batch` with its retention passes (every
 //! `retention.interval_secs`) and by `hourglass erase [--dry-run]`. A
@@ -20,12 +22,32 @@ use crate::BatchError;
 /// Margin past `lake.file_max_age_secs` before a request is applied.
 const ERASE_AFTER_MARGIN_SECS: u64 = 60;
 
+/// One request of `deletions`.
 #[derive(Debug, Clone, Row, Deserialize, Serialize)]
-struct Request {
-    project_id: String,
-    tenant_id: String,
-    user: String,
-    requested_at: u32,
+pub(crate) struct Request {
+    pub project_id: String,
+    pub tenant_id: String,
+    pub user: String,
+    pub requested_at: u32,
+}
+
+/// The requests made up to `until` (Unix seconds) that `applied` (a table
+/// with their columns) does not hold yet.
+pub(crate) async fn pending(
+    client: &clickhouse::Client,
+    applied: &str,
+    until: i64,
+) -> Result<Vec<Request>, BatchError> {
+    // GLOBAL: on a cluster both tables are Distributed (the same on one server).
+    Ok(client
+        .query(&format!(
+            "SELECT project_id, tenant_id, user, toUInt32(requested_at) FROM deletions \
+             WHERE requested_at <= toDateTime(?) AND (project_id, tenant_id, user, requested_at) \
+               GLOBAL NOT IN (SELECT project_id, tenant_id, user, requested_at FROM {applied})"
+        ))
+        .bind(until.max(0))
+        .fetch_all()
+        .await?)
 }
 
 #[derive(Row, Serialize)]
@@ -43,9 +65,10 @@ struct Erased<'a> {
 /// What a pass did (or, dry, would do).
 #[derive(Debug, Clone, Default)]
 pub struct ErasureReport {
-    /// Requests applied (pending ones, dry).
+    /// Requests applied to the lake (pending ones, dry).
     pub requests: usize,
     pub lake: EraseSummary,
+    pub rollups: crate::rollup_erasure::RollupErasure,
 }
 
 /// One erasure pass at `now`.
@@ -57,18 +80,10 @@ pub async fn pass(
     let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
     let until = now.timestamp()
         - i64::try_from(cfg.lake.file_max_age_secs + ERASE_AFTER_MARGIN_SECS).unwrap_or(i64::MAX);
-    // GLOBAL: on a cluster both tables are Distributed (the same on one server).
-    let pending: Vec<Request> = client
-        .query(
-            "SELECT project_id, tenant_id, user, toUInt32(requested_at) FROM deletions \
-             WHERE requested_at <= toDateTime(?) AND (project_id, tenant_id, user, requested_at) \
-               GLOBAL NOT IN (SELECT project_id, tenant_id, user, requested_at FROM lake_erasures)",
-        )
-        .bind(until.max(0))
-        .fetch_all()
-        .await?;
+    let pending = pending(&client, "lake_erasures", until).await?;
     let mut report = ErasureReport {
         requests: pending.len(),
+        rollups: crate::rollup_erasure::pass(cfg, &client, now, dry_run).await?,
         ..ErasureReport::default()
     };
     if pending.is_empty() {
@@ -132,12 +147,25 @@ pub fn table(report: &ErasureReport, dry_run: bool) -> String {
     } else {
         ("removed", "rewritten")
     };
+    let r = &report.rollups;
     format!(
-        "{} deletion requests pending for the lake\n{verb} {} events; of {} files read, {} {files} and {} removed\n",
+        "{} deletion requests pending for the lake\n{verb} {} events; of {} files read, {} {files} and {} removed\n\
+         rollups: {} requests {}: {} rows of rollup_5m, {} hourly and {} daily buckets rebuilt; {} waiting for their buckets to close, {} tenant requests not applicable\n",
         report.requests,
         report.lake.events_removed,
         report.lake.files_read,
         report.lake.files_rewritten,
         report.lake.files_removed,
+        r.requests,
+        if dry_run {
+            "would be applied"
+        } else {
+            "applied"
+        },
+        r.rows,
+        r.hourly_buckets,
+        r.daily_buckets,
+        r.waiting,
+        r.not_applicable,
     )
 }

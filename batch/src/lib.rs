@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod retention;
+pub mod rollup_erasure;
 pub mod sql;
 
 use std::time::{Duration, Instant};
@@ -52,6 +53,8 @@ pub enum BatchError {
     Config(String),
     #[error("reading the lake: {0}")]
     Lake(String),
+    #[error("erasure: {0}")]
+    Erasure(String),
     #[error("health endpoint: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -137,7 +137,7 @@ pub async fn delete_user(
         events_removed: removed,
         completed,
         still_held: vec![
-            "rollup_5m, rollup_1h and rollup_1d (the speed layer): aggregates (counts, hashed user ids in distinct-user sets, value histograms) that include the user's past events; they hold no per-user rows and are not rewritten, but the batch layer recomputes every hour the user had events in without them (`deleted_events`), and its rows replace the speed rows in the serving views and the query API once the hour settles".into(),
+            "rollup_5m, rollup_1h and rollup_1d (the speed layer): aggregates (counts, value histograms, hashed user ids in distinct-user sets) that include the user's past events; the next erasure pass once those buckets are closed takes the user's hash out of the sets (counts and values stay: they name no one), and the batch layer recomputes every hour the user had events in without them (`deleted_events`), its rows replacing the speed rows once the hour settles".into(),
             "the Parquet lake: until the next erasure pass (`hourglass batch` runs one every `retention.interval_secs`, `hourglass erase` by hand) rewrites every file holding the user's events without them; replay skips them meanwhile (the request is in `deletions`), and the archiver leaves out those it has not archived yet".into(),
             "Kafka: the raw events stay on the topic until its retention removes them".into(),
         ],

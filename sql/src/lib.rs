@@ -90,6 +90,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "lake_erasures",
         sql: include_str!("../migrations/0013_lake_erasures.sql"),
     },
+    Migration {
+        version: 14,
+        name: "rollup_erasures",
+        sql: include_str!("../migrations/0014_rollup_erasures.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

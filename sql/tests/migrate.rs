@@ -44,13 +44,13 @@ async fn migrate_twice_in_a_row_then_concurrently_leaves_one_schema() {
     let first = hourglass_sql::migrate(&seq).await.expect("first migrate");
     assert_eq!(
         first.applied,
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
     );
     let second = hourglass_sql::migrate(&seq).await.expect("second migrate");
     assert!(second.applied.is_empty());
     assert_eq!(
         second.already_applied,
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
     );
     let sequential = schema(&seq).await;
     let names: Vec<&str> = sequential.iter().map(|(n, _)| n.as_str()).collect();
@@ -91,7 +91,7 @@ async fn migrate_twice_in_a_row_then_concurrently_leaves_one_schema() {
     );
     assert_eq!(
         applied(&conc).await,
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
     );
 
     drop(&seq).await;
@@ -144,7 +144,7 @@ async fn source_events_are_filled_for_rollups_written_before_migration_11() {
     ];
     client.query(&insert(before)).execute().await.unwrap();
     let upgrade = hourglass_sql::migrate(&cfg).await.expect("migrate to 11");
-    assert_eq!(upgrade.applied, vec![11, 12, 13]);
+    assert_eq!(upgrade.applied, vec![11, 12, 13, 14]);
     let after = vec![row("2026-01-01 10:15:00", "events", 0, 13)];
     client.query(&insert(after)).execute().await.unwrap();
 

@@ -5,7 +5,8 @@
 //! changes nothing; `hourglass erase` leaves no file holding a covered
 //! event, every other event intact (compared by id with the originals),
 //! names that still account for every kept event once, and no request
-//! pending. Records of a deleted user still on the topic when the archiver
+//! pending; the rollups hold the project-wide victim in no user set. Records
+//! of a deleted user still on the topic when the archiver
 //! comes back are left out of its new files. Then one project's lake
 //! retention takes its events out of folders the other projects keep.
 
@@ -145,7 +146,39 @@ async fn erased_users_leave_no_event_in_the_lake_and_others_stay_intact() {
     let mut sent: Vec<EventEnvelope> = generated.events.clone();
     sent.extend(extra);
     generator::produce(&env.cfg.kafka, &sent).await;
+    // The speed layer too: every event in a window or recorded late.
+    let mut aggregator = env.spawn(
+        &["aggregate"],
+        &[("HOURGLASS_AGGREGATOR__IDLE_TIMEOUT_SECS", "2".to_owned())],
+    );
     archive_until(&env, store.as_ref(), sent.len() as i64).await;
+    let ch = env.clickhouse();
+    wait_until(Duration::from_secs(120), "events aggregated", || async {
+        let (windowed, late): (u64, u64) = ch
+            .query(
+                "SELECT (SELECT sum(events) FROM rollup_5m), \
+                        (SELECT uniqExact(source_partition, source_offset) FROM late_events)",
+            )
+            .fetch_one()
+            .await
+            .unwrap_or((0, 0));
+        windowed + late >= sent.len() as u64
+    })
+    .await;
+    sigterm(&mut aggregator);
+    let victim_hash = hourglass_aggregator::window::user_hash(VICTIM);
+    let sets_with_victim = |ch: clickhouse::Client| async move {
+        ch.query("SELECT count() FROM rollup_5m WHERE project_id = 'proj' AND has(user_hashes, ?)")
+            .bind(victim_hash)
+            .fetch_one::<u64>()
+            .await
+            .unwrap()
+    };
+    let rows_with_victim = sets_with_victim(ch.clone()).await;
+    assert!(
+        rows_with_victim > 10,
+        "{rows_with_victim} rows hold the victim"
+    );
 
     let before = lake_files(store.as_ref()).await;
     let originals: BTreeMap<Uuid, LakeEvent> = before
@@ -165,7 +198,6 @@ async fn erased_users_leave_no_event_in_the_lake_and_others_stay_intact() {
         .filter(|events| events.iter().any(|e| covered(&e.event, requested_at)))
         .count();
 
-    let ch = env.clickhouse();
     for (tenant, user) in [("", VICTIM), ("acme", TENANT_VICTIM)] {
         ch.query(
             "INSERT INTO deletions (project_id, tenant_id, user, requested_at, requested_by, events_removed) \
@@ -232,6 +264,50 @@ async fn erased_users_leave_no_event_in_the_lake_and_others_stay_intact() {
     assert_eq!((requests, removed), (2, to_go.len() as u64));
     let again = erase(&env, false);
     assert!(again.contains("0 deletion requests pending"), "{again}");
+
+    // The rollups: the victim's hash in no user set (every window is before
+    // the request), each row's users its set's size, each hourly and daily
+    // bucket equal to what rollup_5m implies; the tenant request is recorded
+    // as one the rollups cannot tell apart (the tenant is no dimension).
+    assert!(
+        done.contains(&format!(
+            "rollups: 1 requests applied: {rows_with_victim} rows of rollup_5m"
+        )),
+        "{done}"
+    );
+    assert!(done.contains("1 tenant requests not applicable"), "{done}");
+    assert_eq!(sets_with_victim(ch.clone()).await, 0);
+    let (rows, wrong): (u64, u64) = ch
+        .query("SELECT count(), countIf(users != length(user_hashes)) FROM rollup_5m")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(rows > 0 && wrong == 0, "{wrong} of {rows}");
+    for (table, bucket) in [
+        ("rollup_1h", "toStartOfHour"),
+        ("rollup_1d", "toStartOfDay"),
+    ] {
+        let sql = format!(
+            "SELECT toUInt32(bucket_start) AS b, sumMerge(events_state), uniqExactArrayMerge(users_state) \
+             FROM {table} GROUP BY b ORDER BY b"
+        );
+        let held: Vec<(u32, u64, u64)> = ch.query(&sql).fetch_all().await.unwrap();
+        let sql = format!(
+            "SELECT b, sum(e), uniqExactArray(h) FROM (SELECT toUInt32({bucket}(window_start)) AS b, \
+             events AS e, user_hashes AS h FROM rollup_5m) GROUP BY b ORDER BY b"
+        );
+        let implied: Vec<(u32, u64, u64)> = ch.query(&sql).fetch_all().await.unwrap();
+        assert_eq!(held, implied, "{table} against rollup_5m");
+    }
+    let applied: Vec<(String, u8)> = ch
+        .query("SELECT user, applicable FROM rollup_erasures ORDER BY user")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        applied,
+        vec![(VICTIM.to_owned(), 1), (TENANT_VICTIM.to_owned(), 0)]
+    );
 
     // The victim's records still on the topic, received before the
     // request, read by the archiver after it: left out of its files.
