@@ -5,10 +5,10 @@
 //! ([`crate::rollup_erasure`], recorded in `rollup_erasures`).
 //!
 //! Run by `hourglass batch` with its retention passes (every
-//! `retention.interval_secs`) and by `hourglass erase [--dry-run]`. A
-//! request is taken once it is `ERASE_AFTER` old: a file the archiver was
-//! filling when the request was made (it closes files every
-//! `lake.file_max_age_secs`) is in the lake by then.
+//! `retention.interval_secs`) and by `hourglass erase [--dry-run]`. The
+//! lake takes a request once it is `lake.file_max_age_secs` plus
+//! [`ERASE_AFTER_MARGIN_SECS`] old: a file the archiver was filling when the
+//! request was made is in the lake by then.
 
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
@@ -23,7 +23,7 @@ use crate::BatchError;
 const ERASE_AFTER_MARGIN_SECS: u64 = 60;
 
 /// One request of `deletions`.
-#[derive(Debug, Clone, Row, Deserialize, Serialize)]
+#[derive(Debug, Clone, Row, Deserialize)]
 pub(crate) struct Request {
     pub project_id: String,
     pub tenant_id: String,

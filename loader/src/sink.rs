@@ -7,12 +7,12 @@
 //! so the progress still reaches the batch's end.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::Datelike;
 use clickhouse::{Client, Row};
 use hourglass_core::clickhouse::cluster::{ConsistentReadError, QuorumGuard};
-use hourglass_core::clickhouse::deletions::{DeletedUsers, DeletionsVersion};
+use hourglass_core::clickhouse::deletions::{DeletedUsers, DeletionsWatch};
 use hourglass_core::kafka::assign::StartPositions;
 use serde::Deserialize;
 
@@ -30,30 +30,23 @@ pub struct EventSink {
     /// Set when the server supports `insert_deduplication_token` (22.2+):
     /// the source topic, named in every token.
     dedup_topic: Option<String>,
-    deletions: Arc<Mutex<Deletions>>,
+    /// `deletions`, read again before a batch when it changed.
+    deletions: Arc<tokio::sync::Mutex<DeletionsWatch>>,
     quorum: Option<QuorumGuard>,
 }
 
 /// The tables whose pending quorum INSERTs a progress read waits for.
 pub const PROGRESS_TABLES: &[&str] = &["events", "loader_progress"];
 
-/// The `deletions` table as last read, and what it looked like then.
-#[derive(Default)]
-struct Deletions {
-    seen: Option<DeletionsVersion>,
-    users: DeletedUsers,
-}
-
-impl Deletions {
-    fn covers(&self, row: &EventRow) -> bool {
-        self.users.covers(
-            &row.project_id,
-            &row.tenant_id,
-            &row.user_id,
-            &row.anonymous_id,
-            i64::from(row.received_at),
-        )
-    }
+/// Whether a request covers the row's event.
+fn covered(users: &DeletedUsers, row: &EventRow) -> bool {
+    users.covers(
+        &row.project_id,
+        &row.tenant_id,
+        &row.user_id,
+        &row.anonymous_id,
+        i64::from(row.received_at),
+    )
 }
 
 #[derive(Row, serde::Serialize)]
@@ -148,9 +141,9 @@ pub fn dedup_token<'a>(topic: &str, rows: impl IntoIterator<Item = &'a EventRow>
 impl EventSink {
     pub fn new(client: Client) -> Self {
         Self {
+            deletions: Arc::new(tokio::sync::Mutex::new(DeletionsWatch::new(client.clone()))),
             client,
             dedup_topic: None,
-            deletions: Arc::default(),
             quorum: None,
         }
     }
@@ -168,19 +161,6 @@ impl EventSink {
         self
     }
 
-    /// Read `deletions` again if it changed since the last batch.
-    async fn refresh_deletions(&self) -> Result<(), clickhouse::error::Error> {
-        let seen = DeletedUsers::version(&self.client).await?;
-        if self.deletions.lock().expect("deletions lock").seen == Some(seen) {
-            return Ok(());
-        }
-        let users = DeletedUsers::read(&self.client).await?;
-        let mut d = self.deletions.lock().expect("deletions lock");
-        d.users = users;
-        d.seen = Some(seen);
-        Ok(())
-    }
-
     /// The batch without the events of deleted users, in one INSERT per run
     /// of at most [`MAX_MONTHS_PER_INSERT`] months (the progress rows come
     /// from the same INSERTs); returns how many were left out. When those
@@ -188,13 +168,14 @@ impl EventSink {
     /// after the INSERTs (a crash in between only makes the next run read
     /// them again and leave them out again).
     pub async fn insert(&self, rows: &[EventRow]) -> Result<u64, clickhouse::error::Error> {
-        self.refresh_deletions().await?;
         let kept: Vec<&EventRow> = {
-            let d = self.deletions.lock().expect("deletions lock");
-            if d.users.is_empty() {
+            let mut deletions = self.deletions.lock().await;
+            deletions.refresh().await?;
+            let users = deletions.users();
+            if users.is_empty() {
                 rows.iter().collect()
             } else {
-                rows.iter().filter(|r| !d.covers(r)).collect()
+                rows.iter().filter(|r| !covered(users, r)).collect()
             }
         };
         let skipped = (rows.len() - kept.len()) as u64;

@@ -60,7 +60,7 @@ pub struct Repairs {
 }
 
 impl Repairs {
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         *self == Repairs::default()
     }
 

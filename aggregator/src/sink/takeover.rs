@@ -94,7 +94,7 @@ impl RollupSink {
                 repairs.progress = true;
                 positions.insert(p, checkpoint);
             }
-            if repairs != Repairs::default() {
+            if !repairs.is_empty() {
                 tracing::warn!(
                     partition = p,
                     watermark_ms = flush.watermark_ms,
