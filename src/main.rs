@@ -110,8 +110,9 @@ enum Command {
     /// replacing the speed layer's numbers (`--once` for one pass).
     Batch(BatchArgs),
     /// Delete what each project's retention has expired (raw events, each
-    /// rollup level) and lake folders past retention.lake_days; `hourglass
-    /// batch` runs the same pass every retention.interval_secs.
+    /// rollup level) and lake folders past retention.lake_days, and the batch
+    /// layer's superseded versions; `hourglass batch` runs the same pass
+    /// every retention.interval_secs.
     Retention {
         /// Show what would be deleted, delete nothing.
         #[arg(long)]
@@ -358,6 +359,10 @@ async fn main() -> Result<()> {
                 .await
                 .context("hourglass retention")?;
             print!("{}", hourglass_batch::retention::table(&report, dry_run));
+            let pruned = hourglass_batch::prune::pass(&cfg, dry_run)
+                .await
+                .context("hourglass retention: pruning superseded batch versions")?;
+            print!("{}", hourglass_batch::prune::table(&pruned, dry_run));
         }
         Command::Erase { dry_run } => {
             let report = hourglass_batch::erasure::pass(&cfg, chrono::Utc::now(), dry_run)
@@ -454,11 +459,14 @@ async fn compact(
         .await
         .context("opening the lake")?;
     let started = std::time::Instant::now();
-    let s = hourglass_lake::compact::compact(store.as_ref(), &opts, &|_| true)
+    let mut deletions = hourglass_core::clickhouse::deletions::DeletionsWatch::new(
+        hourglass_core::clickhouse::client(&cfg.clickhouse),
+    );
+    let s = hourglass_lake::compact::compact(store.as_ref(), &opts, &|_| true, &mut deletions)
         .await
         .with_context(|| format!("compacting {}", store.describe()))?;
     println!(
-        "compact {} .. {} in {}{}: {} hour folders; {} files ({:.1} MB) {} into {} ({:.1} MB, {} rows); {} left by a stopped pass removed; {:.1} s",
+        "compact {} .. {} in {}{}: {} hour folders; {} files ({:.1} MB) {} into {} ({:.1} MB, {} rows, {} events of deleted users left out); {} left by a stopped pass removed; {:.1} s",
         opts.from,
         opts.to,
         store.describe(),
@@ -474,6 +482,7 @@ async fn compact(
         s.files_out,
         s.bytes_out as f64 / 1e6,
         s.rows,
+        s.events_removed,
         s.superseded_removed,
         started.elapsed().as_secs_f64()
     );

@@ -19,10 +19,12 @@ pub mod lake_source;
 pub mod lease;
 pub mod metrics;
 pub mod plan;
+pub mod prune;
 pub mod reconcile;
 pub mod retention;
 pub mod rollup_erasure;
 pub mod sql;
+pub mod ttl;
 
 use std::time::{Duration, Instant};
 
@@ -334,13 +336,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), BatchEr
             let now = chrono::Utc::now();
             let passes = async {
                 retention::pass(&cfg, now, false).await?;
-                erasure::pass(&cfg, now, false).await
+                erasure::pass(&cfg, now, false).await?;
+                prune::pass(&cfg, false).await
             };
             match passes.await {
                 Ok(_) => retention_due = Instant::now() + retention_every,
                 Err(e) => {
                     ::metrics::counter!(metrics::FAILURES).increment(1);
-                    tracing::warn!(error = %e, "retention or erasure pass failed; retrying next interval");
+                    tracing::warn!(error = %e, "retention, erasure or pruning pass failed; retrying next interval");
                 }
             }
         }

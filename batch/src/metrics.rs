@@ -11,6 +11,7 @@ pub const LEASE_HELD: &str = "hourglass_batch_lease_held";
 pub const FAILURES: &str = "hourglass_batch_failures_total";
 pub const DELETED_ROWS: &str = "hourglass_retention_deleted_rows_total";
 pub const DELETED_OBJECTS: &str = "hourglass_retention_deleted_objects_total";
+pub const PRUNED_ROWS: &str = "hourglass_batch_pruned_rows_total";
 pub const DELETED_LAKE_EVENTS: &str = "hourglass_retention_deleted_lake_events_total";
 
 pub fn describe() {
@@ -40,6 +41,10 @@ pub fn describe() {
     describe_counter!(
         DELETED_LAKE_EVENTS,
         "Events of expired projects taken out of lake folders other projects keep"
+    );
+    describe_counter!(
+        PRUNED_ROWS,
+        "Rows of superseded batch versions deleted, by table"
     );
     describe_counter!(
         FAILURES,

@@ -115,6 +115,8 @@ pub struct Report {
     pub lake_bytes: u64,
     /// Events of some projects removed from folders others still keep.
     pub lake_rewrites: Vec<LakeRewrite>,
+    /// Table TTLs brought in line with the configuration (servers ≥ 21.8).
+    pub ttl: Vec<crate::ttl::TtlChange>,
 }
 
 /// One folder's rewrite for the projects that expired it.
@@ -162,7 +164,10 @@ pub fn rules(cfg: &Config, now: DateTime<Utc>) -> Vec<(Store, Projects, i64)> {
 /// One pass at `now`: what has expired, deleted unless `dry_run`.
 pub async fn pass(cfg: &Config, now: DateTime<Utc>, dry_run: bool) -> Result<Report, BatchError> {
     let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
-    let mut report = Report::default();
+    let mut report = Report {
+        ttl: crate::ttl::sync(cfg, &client, dry_run).await?,
+        ..Report::default()
+    };
     for (store, projects, before) in rules(cfg, now) {
         for &(table, column, extra) in store.tables() {
             let rows = expire(
@@ -226,6 +231,20 @@ async fn expire(
     )))
     .execute()
     .await?;
+    await_deletion(cfg, client, table).await?;
+    metrics::counter!(DELETED_ROWS, "table" => table).increment(rows);
+    tracing::info!(table, projects = %projects, before, rows, "retention: expired rows deleted");
+    Ok(rows)
+}
+
+/// Wait (up to [`MUTATION_WAIT_SECS`]) for a deletion from `table` to be
+/// applied; one still running after that goes on in the background (the
+/// next pass counts what is left), with a warning.
+pub(crate) async fn await_deletion(
+    cfg: &Config,
+    client: &Client,
+    table: &str,
+) -> Result<(), BatchError> {
     let applied = hourglass_core::clickhouse::mutations_done(
         client,
         &mutated_table(&cfg.clickhouse, table),
@@ -235,12 +254,10 @@ async fn expire(
     if !applied {
         tracing::warn!(
             table,
-            "retention: the deletion is still being applied; it goes on in the background"
+            "a deletion is still being applied; it goes on in the background"
         );
     }
-    metrics::counter!(DELETED_ROWS, "table" => table).increment(rows);
-    tracing::info!(table, projects = %projects, before, rows, "retention: expired rows deleted");
-    Ok(rows)
+    Ok(())
 }
 
 /// Lake days of each project listed under `[projects]` and of the rest
@@ -450,6 +467,15 @@ pub fn table(report: &Report, dry_run: bool) -> String {
     }
     if out.is_empty() {
         out.push_str("nothing has expired\n");
+    }
+    let changed = if dry_run { "would change" } else { "changed" };
+    for c in &report.ttl {
+        out.push_str(&format!(
+            "{changed} the TTL of {}: {} -> {}\n",
+            c.table,
+            c.from.as_deref().unwrap_or("none"),
+            c.to.as_deref().unwrap_or("none")
+        ));
     }
     out
 }

@@ -847,6 +847,10 @@ pub struct BatchConfig {
     pub max_hours_per_pass: u32,
     /// A holder that has not renewed its lease for this long is gone.
     pub lease_secs: u32,
+    /// An hour's or day's earlier versions are deleted once a newer one has
+    /// served readers this long (by the retention passes): queries that read
+    /// the earlier one have finished.
+    pub prune_after_secs: u32,
     /// Address of the health and metrics endpoint.
     pub http_listen: String,
 }
@@ -860,6 +864,7 @@ impl Default for BatchConfig {
             switch_delay_secs: 3,
             max_hours_per_pass: 48,
             lease_secs: 60,
+            prune_after_secs: 600,
             http_listen: "127.0.0.1:19106".into(),
         }
     }
@@ -937,6 +942,10 @@ pub struct QueryConfig {
     pub rate_limit_burst: u32,
     /// Keep `/v1/metrics` answers over closed windows in memory (5 minutes).
     pub cache_closed_answers: bool,
+    /// `GET /v1/users/{user}/export` also reads the lake (`[lake]`, `[s3]`):
+    /// events raw retention dropped from ClickHouse are there. Each such
+    /// export reads every lake file, one export at a time.
+    pub export_from_lake: bool,
 }
 
 impl Default for QueryConfig {
@@ -968,6 +977,7 @@ impl Default for QueryConfig {
             rate_limit_per_sec: 50,
             rate_limit_burst: 100,
             cache_closed_answers: true,
+            export_from_lake: true,
         }
     }
 }

@@ -13,16 +13,25 @@
 //! are [`layout::superseded`] (readers skip them, the next pass removes
 //! them). Two passes on one partition (a rebalance mid-pass) write the same
 //! object for the same sources.
+//!
+//! A merge leaves out the events of deleted users (`deletions`, read before
+//! each merge), and reads the requests again once its file is written: a
+//! request made while it ran is applied to that file before the sources go
+//! (the file is rewritten as the erasure pass would). So a file compaction
+//! writes after a request never holds what the request covers, and the
+//! erasure pass, which starts well after the request, sees every file
+//! written before it.
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
+use hourglass_core::clickhouse::deletions::DeletionsWatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use crate::erase::{FilteringWriter, Removal, without_covered};
 use crate::layout::{self, FileName};
 use crate::metrics;
-use crate::schema::{SchemaError, parquet_writer};
+use crate::schema::SchemaError;
 use crate::store::{ObjectInfo, ObjectStore, StoreError};
 
 /// What one pass looks at and how large its files may grow.
@@ -35,6 +44,9 @@ pub struct CompactOptions {
     /// A merged file holds sources of at most this many bytes in all.
     pub max_bytes: u64,
     pub row_group_rows: usize,
+    /// `contract.tenant_property`: a tenant's deletion request covers its
+    /// tenant's events only.
+    pub tenant_property: String,
     /// Report what would be merged and removed, change nothing.
     pub dry_run: bool,
 }
@@ -52,6 +64,7 @@ impl CompactOptions {
             to,
             max_bytes: lake.compact_max_bytes,
             row_group_rows: lake.row_group_rows,
+            tenant_property: cfg.contract.tenant_property.clone(),
             dry_run: false,
         }
     }
@@ -68,6 +81,8 @@ pub struct CompactSummary {
     pub files_out: usize,
     pub bytes_out: u64,
     pub rows: u64,
+    /// Events of deleted users left out of the files written.
+    pub events_removed: u64,
     /// Sources a stopped pass left behind, removed.
     pub superseded_removed: usize,
 }
@@ -80,6 +95,8 @@ pub enum CompactError {
     Read { key: String, source: SchemaError },
     #[error("writing Parquet: {0}")]
     Write(#[from] SchemaError),
+    #[error("reading deletion requests: {0}")]
+    Deletions(#[from] clickhouse::error::Error),
     #[error("{folder}: partition {partition}'s files hold {found} rows, their names say {named}")]
     Rows {
         folder: String,
@@ -120,11 +137,12 @@ fn plan(sizes: &[u64], max_bytes: u64) -> Vec<std::ops::Range<usize>> {
 }
 
 /// One pass over the hour folders of `opts`, for the partitions `owns`
-/// accepts.
+/// accepts, leaving out the events `deletions` covers.
 pub async fn compact(
     store: &dyn ObjectStore,
     opts: &CompactOptions,
     owns: &(dyn Fn(i32) -> bool + Sync),
+    deletions: &mut DeletionsWatch,
 ) -> Result<CompactSummary, CompactError> {
     let mut summary = CompactSummary::default();
     let mut hour = layout::hour_of(opts.from);
@@ -170,29 +188,42 @@ pub async fn compact(
                     summary.rows += run.iter().map(|f| f.name.records() as u64).sum::<u64>();
                     continue;
                 }
-                let (key, bytes, rows) = merge(store, &folder, opts, partition, run).await?;
-                tracing::info!(%key, sources = run.len(), rows, bytes, "files compacted");
-                metrics::compacted(run.len(), bytes);
-                summary.files_out += 1;
-                summary.bytes_out += bytes;
-                summary.rows += rows;
+                let merged = merge(store, &folder, opts, partition, run, deletions).await?;
+                tracing::info!(key = ?merged.key, sources = run.len(), rows = merged.rows, bytes = merged.bytes, removed = merged.removed, "files compacted");
+                metrics::compacted(run.len(), merged.bytes);
+                summary.files_out += usize::from(merged.key.is_some());
+                summary.bytes_out += merged.bytes;
+                summary.rows += merged.rows;
+                summary.events_removed += merged.removed;
             }
         }
     }
     Ok(summary)
 }
 
-/// Write the run's rows, in offset order, as one file; then remove the
-/// run's files. Returns the new key, its bytes and rows.
+/// What a merge wrote: its key (None: every event was a deleted user's),
+/// bytes, rows and the events it left out.
+struct Merged {
+    key: Option<String>,
+    bytes: u64,
+    rows: u64,
+    removed: u64,
+}
+
+/// Write the run's rows, in offset order, as one file without the events
+/// of deleted users; then remove the run's files.
 async fn merge(
     store: &dyn ObjectStore,
     folder: &str,
     opts: &CompactOptions,
     partition: i32,
     run: &[Source],
-) -> Result<(String, u64, u64), CompactError> {
+    deletions: &mut DeletionsWatch,
+) -> Result<Merged, CompactError> {
+    deletions.refresh().await?;
+    let removal = Removal::deleted_users(deletions.users().clone(), &opts.tenant_property);
     let named: i64 = run.iter().map(|f| f.name.records()).sum();
-    let mut writer = parquet_writer(opts.row_group_rows)?;
+    let mut writer = FilteringWriter::new(&removal, opts.row_group_rows)?;
     let mut found = 0i64;
     for f in run {
         let body = store.get(&f.info.key).await?;
@@ -219,18 +250,53 @@ async fn merge(
             found,
         });
     }
-    let body = Bytes::from(writer.into_inner()?);
-    let size = body.len() as u64;
+    let (mut rows, mut removed) = (writer.kept, writer.removed);
+    let body = writer.finish()?;
+    let mut bytes = body.len() as u64;
     let first = run.iter().map(|f| f.name.first).min().unwrap_or_default();
     let last = run.iter().map(|f| f.name.last).max().unwrap_or_default();
-    let key = layout::compacted_key(folder, &opts.topic, partition, first, last, found);
-    store.put(&key, body).await?;
+    let mut key = None;
+    if rows > 0 {
+        let mut written =
+            layout::compacted_key(folder, &opts.topic, partition, first, last, rows as i64);
+        store.put(&written, body.clone()).await?;
+        if deletions.refresh().await? {
+            // A request made during the merge: applied to the new file now,
+            // since the erasure pass may have listed the lake before it.
+            let removal = Removal::deleted_users(deletions.users().clone(), &opts.tenant_property);
+            let rewrite = without_covered(body, &removal, opts.row_group_rows)
+                .map_err(CompactError::Write)?;
+            if let Some(rewrite) = rewrite {
+                rows = rewrite.kept;
+                removed += rewrite.removed;
+                let name = layout::parse_key(&written).expect("a key compaction made");
+                if rewrite.kept > 0 {
+                    let again = layout::erased_key(folder, &name, rows as i64);
+                    bytes = rewrite.body.len() as u64;
+                    store.put(&again, rewrite.body).await?;
+                    store.delete(&written).await?;
+                    written = again;
+                } else {
+                    store.delete(&written).await?;
+                    bytes = 0;
+                }
+            }
+        }
+        if rows > 0 {
+            key = Some(written);
+        }
+    }
     for f in run {
-        if f.info.key != key {
+        if key.as_deref() != Some(f.info.key.as_str()) {
             store.delete(&f.info.key).await?;
         }
     }
-    Ok((key, size, found as u64))
+    Ok(Merged {
+        key,
+        bytes,
+        rows,
+        removed,
+    })
 }
 
 #[cfg(test)]
@@ -239,6 +305,10 @@ mod tests {
     use crate::schema::{BatchBuilder, read_parquet, to_parquet};
     use crate::store::LocalStore;
     use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION};
+
+    fn no_deletions() -> DeletionsWatch {
+        DeletionsWatch::fixed(Default::default())
+    }
 
     #[test]
     fn runs_stay_under_the_size_and_single_files_are_left() {
@@ -319,9 +389,12 @@ mod tests {
             to: "2026-01-02T00:00:00Z".parse().unwrap(),
             max_bytes: 1 << 30,
             row_group_rows: 1024,
+            tenant_property: "tenant".into(),
             dry_run: true,
         };
-        let dry = compact(&store, &opts, &|_| true).await.unwrap();
+        let dry = compact(&store, &opts, &|_| true, &mut no_deletions())
+            .await
+            .unwrap();
         assert_eq!((dry.files_in, dry.files_out, dry.rows), (6, 2, 96));
         assert_eq!(
             store.list("").await.unwrap().len(),
@@ -333,7 +406,9 @@ mod tests {
             dry_run: false,
             ..opts
         };
-        let done = compact(&store, &opts, &|_| true).await.unwrap();
+        let done = compact(&store, &opts, &|_| true, &mut no_deletions())
+            .await
+            .unwrap();
         assert_eq!(
             (done.folders, done.files_in, done.files_out, done.rows),
             (2, 6, 2, 96)
@@ -376,12 +451,16 @@ mod tests {
             )
             .await
             .unwrap();
-        let again = compact(&store, &opts, &|_| true).await.unwrap();
+        let again = compact(&store, &opts, &|_| true, &mut no_deletions())
+            .await
+            .unwrap();
         assert_eq!((again.files_in, again.files_out, again.rows), (2, 1, 93));
         assert_eq!(store.list("dt=2026-01-01/hour=13/").await.unwrap().len(), 1);
 
         // Nothing to do is nothing done; other partitions are left alone.
-        let idle = compact(&store, &opts, &|p| p != 0).await.unwrap();
+        let idle = compact(&store, &opts, &|p| p != 0, &mut no_deletions())
+            .await
+            .unwrap();
         assert_eq!((idle.files_in, idle.files_out), (0, 0));
     }
 
@@ -416,11 +495,95 @@ mod tests {
             to: "2026-01-01T14:00:00Z".parse().unwrap(),
             max_bytes: 1 << 30,
             row_group_rows: 1024,
+            tenant_property: "tenant".into(),
             dry_run: false,
         };
-        let done = compact(&store, &opts, &|_| true).await.unwrap();
+        let done = compact(&store, &opts, &|_| true, &mut no_deletions())
+            .await
+            .unwrap();
         assert_eq!((done.superseded_removed, done.files_in), (4, 0));
         assert_eq!(store.list(folder).await.unwrap().len(), 1);
         assert_eq!(offsets_in(&store, folder).await, everything);
+    }
+
+    fn deleted(users: &[&str]) -> hourglass_core::clickhouse::deletions::DeletedUsers {
+        let mut d = hourglass_core::clickhouse::deletions::DeletedUsers::default();
+        for u in users {
+            d.add("p".into(), String::new(), (*u).into(), u32::MAX);
+        }
+        d
+    }
+
+    fn day(dry_run: bool) -> CompactOptions {
+        CompactOptions {
+            topic: "events".into(),
+            from: "2026-01-01T00:00:00Z".parse().unwrap(),
+            to: "2026-01-02T00:00:00Z".parse().unwrap(),
+            max_bytes: 1 << 30,
+            row_group_rows: 1024,
+            tenant_property: "tenant".into(),
+            dry_run,
+        }
+    }
+
+    /// A day's compaction of [`archive_like`]'s files with `deletions`:
+    /// the pass's summary, the keys left, and the offsets each hour holds.
+    async fn compact_day(
+        mut deletions: DeletionsWatch,
+    ) -> (CompactSummary, Vec<String>, [Vec<i64>; 2]) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        archive_like(&store).await;
+        let done = compact(&store, &day(false), &|_| true, &mut deletions)
+            .await
+            .unwrap();
+        let keys = store.list("").await.unwrap().into_iter().map(|o| o.key);
+        let hours = [
+            offsets_in(&store, "dt=2026-01-01/hour=13/").await,
+            offsets_in(&store, "dt=2026-01-01/hour=14/").await,
+        ];
+        (done, keys.collect(), hours)
+    }
+
+    /// Offsets [`archive_like`] writes for hour 13, but `gone`.
+    fn hour_13_but(gone: &[i64]) -> Vec<i64> {
+        (0..90)
+            .chain([91, 95])
+            .filter(|o| !gone.contains(o))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_merge_leaves_out_deleted_users_events() {
+        let deletions = DeletionsWatch::fixed(deleted(&["u3", "u50", "u93"]));
+        let (done, keys, [h13, h14]) = compact_day(deletions).await;
+        assert_eq!((done.files_out, done.rows, done.events_removed), (2, 93, 3));
+        assert_eq!(
+            keys,
+            vec![
+                "dt=2026-01-01/hour=13/events-0000-00000000000000000000-00000000000000000095-c90.parquet",
+                "dt=2026-01-01/hour=14/events-0000-00000000000000000090-00000000000000000094-c3.parquet",
+            ]
+        );
+        assert_eq!(h13, hour_13_but(&[3, 50]));
+        assert_eq!(h14, vec![90, 92, 94]);
+    }
+
+    #[tokio::test]
+    async fn a_request_made_during_a_merge_is_applied_to_its_file() {
+        // The hour-13 merge reads no request before it writes; the request
+        // for u60 is there when it looks again.
+        let deletions = DeletionsWatch::given([deleted(&[]), deleted(&["u60"])]);
+        let (done, keys, [h13, h14]) = compact_day(deletions).await;
+        assert_eq!((done.files_out, done.rows, done.events_removed), (2, 95, 1));
+        assert_eq!(
+            keys,
+            vec![
+                "dt=2026-01-01/hour=13/events-0000-00000000000000000000-00000000000000000095-c91-e1.parquet",
+                "dt=2026-01-01/hour=14/events-0000-00000000000000000090-00000000000000000094-c4.parquet",
+            ]
+        );
+        assert_eq!(h13, hour_13_but(&[60]));
+        assert_eq!(h14, vec![90, 92, 93, 94]);
     }
 }

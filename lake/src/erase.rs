@@ -19,9 +19,11 @@
 
 use std::sync::Arc;
 
+use arrow_array::RecordBatch;
 use bytes::Bytes;
 use hourglass_core::clickhouse::deletions::DeletedUsers;
 use hourglass_core::contract::EventEnvelope;
+use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::layout;
@@ -162,14 +164,14 @@ pub async fn remove_events(
 }
 
 /// A file's rewrite: its events but the covered ones.
-struct Rewrite {
-    body: Bytes,
-    kept: u64,
-    removed: u64,
+pub(crate) struct Rewrite {
+    pub body: Bytes,
+    pub kept: u64,
+    pub removed: u64,
 }
 
 /// The file without the covered events (None: it holds none).
-fn without_covered(
+pub(crate) fn without_covered(
     body: Bytes,
     removal: &Removal,
     row_group_rows: usize,
@@ -177,45 +179,73 @@ fn without_covered(
     let reader = ParquetRecordBatchReaderBuilder::try_new(body)?
         .with_batch_size(CHUNK_ROWS)
         .build()?;
-    let mut writer = parquet_writer(row_group_rows)?;
-    let mut builder = BatchBuilder::default();
-    let (mut kept, mut removed) = (0u64, 0u64);
-    let mut events: Vec<LakeEvent> = Vec::new();
+    let mut writer = FilteringWriter::new(removal, row_group_rows)?;
     for batch in reader {
-        let batch = batch?;
-        if !may_cover_a_row(&batch, removal)? {
-            kept += batch.num_rows() as u64;
-            writer.write(&batch)?;
-            continue;
-        }
-        events.clear();
-        decode_batch(&batch, &mut events)?;
-        for e in &events {
-            if (removal.covers)(&e.event) {
-                removed += 1;
-            } else {
-                builder.append(&e.event, e.partition, e.offset);
-                kept += 1;
-            }
-        }
-        if builder.rows() > 0 {
-            writer.write(&builder.finish())?;
-        }
+        writer.write(&batch?)?;
     }
-    if removed == 0 {
+    if writer.removed == 0 {
         return Ok(None);
     }
+    let (kept, removed) = (writer.kept, writer.removed);
     Ok(Some(Rewrite {
-        body: Bytes::from(writer.into_inner()?),
+        body: writer.finish()?,
         kept,
         removed,
     }))
 }
 
-fn may_cover_a_row(
-    batch: &arrow_array::RecordBatch,
-    removal: &Removal,
-) -> Result<bool, SchemaError> {
+/// A Parquet file written from lake batches, less the events a
+/// [`Removal`] covers: batches without a candidate row are copied as read,
+/// the others decoded and written again without the covered events.
+pub(crate) struct FilteringWriter<'a> {
+    removal: &'a Removal,
+    writer: ArrowWriter<Vec<u8>>,
+    builder: BatchBuilder,
+    events: Vec<LakeEvent>,
+    pub kept: u64,
+    pub removed: u64,
+}
+
+impl<'a> FilteringWriter<'a> {
+    pub fn new(removal: &'a Removal, row_group_rows: usize) -> Result<Self, SchemaError> {
+        Ok(Self {
+            removal,
+            writer: parquet_writer(row_group_rows)?,
+            builder: BatchBuilder::default(),
+            events: Vec::new(),
+            kept: 0,
+            removed: 0,
+        })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SchemaError> {
+        if !may_cover_a_row(batch, self.removal)? {
+            self.kept += batch.num_rows() as u64;
+            self.writer.write(batch)?;
+            return Ok(());
+        }
+        self.events.clear();
+        decode_batch(batch, &mut self.events)?;
+        for e in &self.events {
+            if (self.removal.covers)(&e.event) {
+                self.removed += 1;
+            } else {
+                self.builder.append(&e.event, e.partition, e.offset);
+                self.kept += 1;
+            }
+        }
+        if self.builder.rows() > 0 {
+            self.writer.write(&self.builder.finish())?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<Bytes, SchemaError> {
+        Ok(Bytes::from(self.writer.into_inner()?))
+    }
+}
+
+fn may_cover_a_row(batch: &RecordBatch, removal: &Removal) -> Result<bool, SchemaError> {
     let project = strings(batch, "project_id")?;
     let user = strings(batch, "user_id")?;
     let anon = strings(batch, "anonymous_id")?;
@@ -224,7 +254,7 @@ fn may_cover_a_row(
 }
 
 /// A nullable string column's value, empty for null.
-fn text_at(column: &arrow_array::StringArray, i: usize) -> &str {
+pub(crate) fn text_at(column: &arrow_array::StringArray, i: usize) -> &str {
     if arrow_array::Array::is_null(column, i) {
         ""
     } else {

@@ -13,6 +13,7 @@
 pub mod archive;
 pub mod compact;
 pub mod erase;
+pub mod export;
 pub mod layout;
 pub mod metrics;
 pub mod replay;
@@ -22,6 +23,7 @@ pub mod store;
 use std::sync::Arc;
 
 use hourglass_core::Config;
+use hourglass_core::clickhouse::deletions::DeletionsWatch;
 use hourglass_core::consumer::{Component, ConsumerError, Started, run_consumer};
 use tokio_util::sync::CancellationToken;
 
@@ -88,6 +90,7 @@ async fn compaction_loop(
     shutdown: CancellationToken,
 ) {
     let every = std::time::Duration::from_secs(cfg.lake.compact_interval_secs);
+    let mut deletions = DeletionsWatch::new(hourglass_core::clickhouse::client(&cfg.clickhouse));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -99,7 +102,7 @@ async fn compaction_loop(
         }
         let opts = compact::CompactOptions::settled(&cfg, chrono::Utc::now());
         let owns = |p: i32| mine.contains(&p);
-        let pass = compact::compact(store.as_ref(), &opts, &owns);
+        let pass = compact::compact(store.as_ref(), &opts, &owns, &mut deletions);
         tokio::select! {
             () = shutdown.cancelled() => return,
             result = pass => match result {
@@ -108,6 +111,7 @@ async fn compaction_loop(
                     files_out = s.files_out,
                     bytes_out = s.bytes_out,
                     superseded_removed = s.superseded_removed,
+                    deleted_users_events_removed = s.events_removed,
                     "compaction pass"
                 ),
                 Ok(_) => {}

@@ -34,6 +34,8 @@ pub enum ApiError {
     TooLarge(&'static str),
     #[error("ClickHouse is unavailable: {0}")]
     Unavailable(String),
+    #[error("the lake is unavailable: {0}")]
+    LakeUnavailable(String),
 }
 
 impl ApiError {
@@ -50,7 +52,7 @@ impl ApiError {
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::TooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::LakeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -63,7 +65,7 @@ impl ApiError {
             Self::RateLimited(_) => "rate_limited",
             Self::Timeout => "timeout",
             Self::TooLarge(_) => "query_too_large",
-            Self::Unavailable(_) => "unavailable",
+            Self::Unavailable(_) | Self::LakeUnavailable(_) => "unavailable",
         }
     }
 }
@@ -112,7 +114,7 @@ impl IntoResponse for ApiError {
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             }
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::LakeUnavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(5));
             }
             Self::Unauthorized(_) => {

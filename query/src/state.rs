@@ -1,6 +1,7 @@
 //! What every handler shares.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clickhouse::Client;
@@ -24,6 +25,10 @@ pub struct AppState {
     /// scope and parameters. Closed windows change only by a replay, so an
     /// answer is kept for `CLOSED_ANSWER_TTL`.
     pub closed_answers: moka::future::Cache<String, bytes::Bytes>,
+    /// The lake, opened on the first export that reads it.
+    pub lake: tokio::sync::OnceCell<Arc<dyn hourglass_lake::store::ObjectStore>>,
+    /// One export reads the lake at a time: each reads every file.
+    pub lake_scans: tokio::sync::Semaphore,
 }
 
 /// How long an answer over closed windows is served from memory (a replay
@@ -70,6 +75,8 @@ impl AppState {
             reader,
             writer,
             verifier,
+            lake: tokio::sync::OnceCell::new(),
+            lake_scans: tokio::sync::Semaphore::new(1),
             cfg,
         }
     }

@@ -231,6 +231,27 @@ fn assert_served(
     }
 }
 
+/// Each serving view gives the batch layer's truth.
+async fn every_level_serves_the_truth(
+    ch: &clickhouse::Client,
+    truth: &[&Event],
+    cfg: &hourglass_core::Config,
+) {
+    for (view, period) in [
+        ("metrics_5m", 300),
+        ("metrics_1h", 3600),
+        ("metrics_1d", DAY),
+    ] {
+        assert_served(
+            &served(ch, view).await,
+            &tally(truth.iter().copied(), period),
+            "batch",
+            cfg,
+            view,
+        );
+    }
+}
+
 /// Run the `hourglass` binary to completion.
 fn hourglass(env: &TestEnv, args: &[&str]) -> (bool, String) {
     let out = Command::new(hourglass_bin())
@@ -597,19 +618,7 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
     assert!(wrong.is_empty(), "a reader saw:\n{}", wrong.join("\n"));
     assert!(reads > 50, "{reads} readings");
     eprintln!("{reads} readings of the hourly and daily views, all speed or truth");
-    for (view, period) in [
-        ("metrics_5m", 300),
-        ("metrics_1h", 3600),
-        ("metrics_1d", DAY),
-    ] {
-        assert_served(
-            &served(&ch, view).await,
-            &tally(truth_events.iter().copied(), period),
-            "batch",
-            cfg,
-            view,
-        );
-    }
+    every_level_serves_the_truth(&ch, &truth_events, cfg).await;
 
     // 6. The query API, uncached: 30 days at 1d and the stream's day at 5m.
     let reader = token(false);
@@ -742,6 +751,117 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
         })
         .collect();
     assert_eq!(got, want, "reconciliation\n{table}");
+
+    // 8. Every hour and day of the range recomputed once more, then a retention
+    // pass: each bucket keeps only the version readers are served; the
+    // earlier ones (the killed passes' and the first complete pass's) go,
+    // and the views still give the truth.
+    let (ok, out) = hourglass(
+        &env,
+        &[
+            "batch",
+            "--once",
+            "--from",
+            &rfc3339(today - 25 * DAY),
+            "--to",
+            &rfc3339(today),
+        ],
+    );
+    assert!(ok, "hourglass batch --once, again:\n{out}");
+    tokio::time::sleep(Duration::from_secs(
+        u64::from(cfg.batch.switch_delay_secs) + 1,
+    ))
+    .await;
+    let serving: BTreeMap<(u32, u32), u64> = ch
+        .query(
+            "SELECT period_secs, toUInt32(bucket_start), max(version) FROM batch_commits \
+             GROUP BY period_secs, bucket_start",
+        )
+        .fetch_all::<(u32, u32, u64)>()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(p, b, v)| ((p, b), v))
+        .collect();
+    let versions = || async {
+        let mut out: BTreeMap<&str, Vec<(u32, u32, u64, u64)>> = BTreeMap::new();
+        for (table, period, bucket) in [
+            (
+                "batch_rollups",
+                "if(period_secs = 86400, 86400, 3600)",
+                "if(period_secs = 86400, bucket_start, toStartOfHour(bucket_start))",
+            ),
+            ("batch_states", "3600", "hour"),
+        ] {
+            let rows = ch
+                .query(&format!(
+                    "SELECT toUInt32({period}) AS p, toUInt32({bucket}) AS b, version, count() \
+                     FROM {table} GROUP BY p, b, version ORDER BY p, b, version"
+                ))
+                .fetch_all::<(u32, u32, u64, u64)>()
+                .await
+                .unwrap();
+            out.insert(table, rows);
+        }
+        out
+    };
+    let before = versions().await;
+    let mut stale: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
+    for (table, rows) in &before {
+        for (p, b, v, n) in rows {
+            let current = serving
+                .get(&(*p, *b))
+                .unwrap_or_else(|| panic!("{table}: rows of bucket {p}/{b} that no commit serves"));
+            if v < current {
+                let s = stale.entry(table).or_default();
+                s.0 += 1;
+                s.1 += n;
+            }
+        }
+    }
+    assert!(
+        stale.get("batch_states").is_some_and(|s| s.0 > 24),
+        "the forced pass left earlier versions: {stale:?}"
+    );
+    let prune_env = [("HOURGLASS_BATCH__PRUNE_AFTER_SECS", "0")];
+    let run = |args: &[&str]| {
+        let out = Command::new(hourglass_bin())
+            .args(args)
+            .envs(env.child_env())
+            .envs(prune_env)
+            .output()
+            .expect("run hourglass");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dry = run(&["retention", "--dry-run"]);
+    for (table, (n, rows)) in &stale {
+        let line = format!("would delete {rows} rows of {n} superseded versions from {table}");
+        assert!(dry.contains(&line), "{line}\n{dry}");
+    }
+    assert_eq!(versions().await, before, "a dry run deletes nothing");
+    let done = run(&["retention"]);
+    for (table, (n, rows)) in &stale {
+        let line = format!("deleted {rows} rows of {n} superseded versions from {table}");
+        assert!(done.contains(&line), "{line}\n{done}");
+    }
+    for (table, rows) in versions().await {
+        let want: Vec<_> = before[table]
+            .iter()
+            .filter(|(p, b, v, _)| serving[&(*p, *b)] == *v)
+            .copied()
+            .collect();
+        assert_eq!(rows, want, "{table}: only the served versions are left");
+    }
+    assert!(
+        run(&["retention"]).contains("batch layer: no superseded versions"),
+        "a second pass finds nothing"
+    );
+    every_level_serves_the_truth(&ch, &truth_events, cfg).await;
 
     crate::common::sigterm(&mut aggregator);
     crate::common::sigterm(&mut loader);

@@ -73,6 +73,8 @@ async fn every_event_is_archived_exactly_once_through_kills() {
     let n = scenario::env_count("HG_LAKE_EVENTS", 400_000);
     let mut plan = KillPlan::new("lake_archive");
     let mut env = TestEnv::new("lake_archive").await;
+    // The archiver and compaction read `deletions`.
+    env.migrate().await;
     env.cfg.lake.storage = LakeStorage::S3;
     env.cfg.s3.prefix = env.name.clone();
     env.create_topic(8).await;
@@ -166,9 +168,13 @@ async fn every_event_is_archived_exactly_once_through_kills() {
         to: arrivals().max().unwrap() + chrono::Duration::hours(1),
         max_bytes: env.cfg.lake.compact_max_bytes,
         row_group_rows: env.cfg.lake.row_group_rows,
+        tenant_property: env.cfg.contract.tenant_property.clone(),
         dry_run: false,
     };
-    let pass = hourglass_lake::compact::compact(store.as_ref(), &opts, &|_| true)
+    let mut deletions = hourglass_core::clickhouse::deletions::DeletionsWatch::new(
+        hourglass_core::clickhouse::client(&env.cfg.clickhouse),
+    );
+    let pass = hourglass_lake::compact::compact(store.as_ref(), &opts, &|_| true, &mut deletions)
         .await
         .unwrap();
     let compacted = store.list("").await.unwrap();

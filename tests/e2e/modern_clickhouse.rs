@@ -612,3 +612,164 @@ async fn a_current_clickhouse_answers_every_statement_as_18_16_does() {
     let _ = std::fs::remove_dir_all(&work);
     env.drop_database().await;
 }
+
+/// Retention as table TTLs on a current ClickHouse (chdb): the statements a
+/// retention pass sends to a server with TTLs, applied to the schema such a
+/// server gets; rows of known ages per project, merged with `OPTIMIZE …
+/// FINAL`: exactly the expired ones are gone. Read back, the TTLs are in
+/// sync (a second pass changes nothing); a project's changed days change
+/// the tables that hold that store, and only those.
+#[test]
+fn table_ttls_drop_exactly_each_projects_expired_rows_on_a_current_clickhouse() {
+    use hourglass_batch::ttl;
+    use hourglass_core::config::ProjectConfig;
+
+    let version = chdb(&["--version"]);
+    let modern =
+        Features::from(hourglass_core::clickhouse::ServerVersion::parse(version.trim()).unwrap());
+    let mut cfg = hourglass_core::Config::default();
+    cfg.clickhouse.database = "hourglass_ttl".into();
+    cfg.retention.raw_days = 30;
+    cfg.retention.rollup_5m_days = 10;
+    cfg.projects.insert(
+        "acme".into(),
+        ProjectConfig {
+            raw_days: Some(3),
+            ..ProjectConfig::default()
+        },
+    );
+    cfg.projects.insert(
+        "globex".into(),
+        ProjectConfig {
+            rollup_5m_days: Some(0),
+            ..ProjectConfig::default()
+        },
+    );
+    let schema: Vec<String> = std::iter::once("CREATE DATABASE IF NOT EXISTS hourglass_ttl".into())
+        .chain(
+            MIGRATIONS
+                .iter()
+                .flat_map(|m| render(m.sql, "hourglass_ttl", modern, 0)),
+        )
+        .collect();
+    let untouched: Vec<(&'static str, String)> = ttl::TABLES
+        .iter()
+        .map(|(t, _)| (*t, "MergeTree ORDER BY tuple()".to_owned()))
+        .collect();
+    let changes = ttl::changes(&cfg, &untouched);
+    let tables: Vec<&str> = changes.iter().map(|c| c.table).collect();
+    assert_eq!(
+        tables,
+        vec!["events", "rollup_5m", "batch_states", "batch_rollups"],
+        "forever for every project: no TTL (rollup_1h, rollup_1d)"
+    );
+    // (table, id column, project, days old, kept?): a row 30 days old is on
+    // the last day 30 days keep (the retention pass's cutoff is that
+    // day's midnight), one 31 days old is not.
+    let rows: [(&str, &str, &str, i64, bool); 12] = [
+        ("events", "event_id", "acme", 2, true),
+        ("events", "event_id", "acme", 5, false),
+        ("events", "event_id", "globex", 10, true),
+        ("events", "event_id", "globex", 40, false),
+        ("events", "event_id", "other", 30, true),
+        ("events", "event_id", "other", 31, false),
+        ("rollup_5m", "event", "acme", 5, true),
+        ("rollup_5m", "event", "acme", 20, false),
+        ("rollup_5m", "event", "globex", 400, true),
+        ("rollup_5m", "event", "other", 12, false),
+        ("batch_rollups", "event", "acme", 20, false),
+        ("batch_rollups", "event", "globex", 400, true),
+    ];
+    let mut statements: Vec<Value> = changes
+        .iter()
+        .map(|c| json!({"sql": ttl::statement(&cfg, c), "read": false}))
+        .collect();
+    for (i, (table, id, project, days, _)) in rows.iter().enumerate() {
+        let (time, extra_col, extra_val) = match *table {
+            "events" => ("timestamp", "", ""),
+            "rollup_5m" => ("window_start", "", ""),
+            _ => ("bucket_start", ", period_secs", ", 300"),
+        };
+        statements.push(json!({
+            "sql": format!(
+                "INSERT INTO {table} (project_id, {id}, {time}{extra_col}) \
+                 VALUES ('{project}', 'row-{i}', now() - INTERVAL {days} DAY{extra_val})"
+            ),
+            "read": false,
+        }));
+    }
+    for table in ["events", "rollup_5m", "batch_rollups"] {
+        statements.push(json!({"sql": format!("OPTIMIZE TABLE {table} FINAL"), "read": false}));
+    }
+    let kept_query = "SELECT arrayJoin(['events', 'rollup_5m', 'batch_rollups']) AS t, \
+        arraySort(multiIf(t = 'events', (SELECT groupArray(event_id) FROM events), \
+                          t = 'rollup_5m', (SELECT groupArray(event) FROM rollup_5m), \
+                          (SELECT groupArray(event) FROM batch_rollups))) ORDER BY t";
+    statements.push(json!({"sql": kept_query, "read": true}));
+    statements.push(json!({
+        "sql": "SELECT name, engine_full FROM system.tables WHERE database = currentDatabase() ORDER BY name",
+        "read": true,
+    }));
+    let work = std::env::temp_dir().join(format!("hourglass-ttl-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let request_path = work.join("request.json");
+    let request = json!({
+        "database": "hourglass_ttl",
+        "schema": schema,
+        "tables": [],
+        "statements": statements,
+    });
+    std::fs::write(&request_path, request.to_string()).unwrap();
+    let answer: Value = serde_json::from_str(&chdb(&[request_path.to_str().unwrap()])).unwrap();
+    let results = answer["results"].as_array().unwrap();
+    for (st, r) in statements.iter().zip(results) {
+        assert!(r.get("error").is_none(), "{}: {}", st["sql"], r["error"]);
+    }
+    let n = results.len();
+    let mut want: Vec<String> = Vec::new();
+    for table in ["batch_rollups", "events", "rollup_5m"] {
+        let mut kept: Vec<String> = rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.0 == table && r.4)
+            .map(|(i, _)| format!("'row-{i}'"))
+            .collect();
+        kept.sort();
+        want.push(format!("{table}\t[{}]", kept.join(",")));
+    }
+    assert_eq!(
+        results[n - 2]["tsv"].as_str().unwrap().trim_end(),
+        want.join("\n"),
+        "exactly the expired rows dropped"
+    );
+    let engines: Vec<(&'static str, String)> = results[n - 1]["tsv"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (name, engine) = l.split_once('\t')?;
+            let table = ttl::TABLES.iter().find(|(t, _)| *t == name)?.0;
+            Some((table, engine.replace("\\'", "'")))
+        })
+        .collect();
+    assert_eq!(engines.len(), ttl::TABLES.len());
+    assert_eq!(
+        ttl::changes(&cfg, &engines),
+        Vec::new(),
+        "read back, every TTL is in sync"
+    );
+    let mut later = cfg.clone();
+    later.projects.get_mut("acme").unwrap().raw_days = Some(7);
+    let changed: Vec<&str> = ttl::changes(&later, &engines)
+        .iter()
+        .map(|c| c.table)
+        .collect();
+    assert_eq!(changed, vec!["events"]);
+    let _ = std::fs::remove_dir_all(&work);
+    eprintln!(
+        "ClickHouse {}: {} TTL statements, {} rows, the TTLs read back in sync",
+        answer["version"],
+        changes.len(),
+        rows.len()
+    );
+}

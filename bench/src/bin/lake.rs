@@ -189,7 +189,13 @@ async fn main() -> Result<()> {
         ..hourglass_lake::compact::CompactOptions::settled(&lake_cfg, chrono::Utc::now())
     };
     let started = Instant::now();
-    let pass = hourglass_lake::compact::compact(&e2e_store, &opts, &|_| true).await?;
+    let pass = hourglass_lake::compact::compact(
+        &e2e_store,
+        &opts,
+        &|_| true,
+        &mut hourglass_core::clickhouse::deletions::DeletionsWatch::fixed(Default::default()),
+    )
+    .await?;
     let took = started.elapsed().as_secs_f64();
     let compacted = e2e_store.list("").await?;
     let named = hourglass_lake::layout::records_named(compacted.iter().map(|o| o.key.as_str()));

@@ -106,7 +106,10 @@ impl DeletedUsers {
 /// `deletions` as a long-running writer follows it: read again whenever
 /// its version moved.
 pub struct DeletionsWatch {
-    client: Client,
+    /// None: requests given, not read (tools and tests without ClickHouse).
+    client: Option<Client>,
+    /// Without a client: the sets the next refreshes take, in turn.
+    given: std::collections::VecDeque<DeletedUsers>,
     users: DeletedUsers,
     seen: Option<DeletionsVersion>,
 }
@@ -114,7 +117,24 @@ pub struct DeletionsWatch {
 impl DeletionsWatch {
     pub fn new(client: Client) -> Self {
         Self {
-            client,
+            client: Some(client),
+            given: Default::default(),
+            users: DeletedUsers::default(),
+            seen: None,
+        }
+    }
+
+    /// These requests, never read again.
+    pub fn fixed(users: DeletedUsers) -> Self {
+        Self::given([users])
+    }
+
+    /// Requests that change: each refresh takes the next set (and says it
+    /// changed) until the last, which then stays.
+    pub fn given(sets: impl IntoIterator<Item = DeletedUsers>) -> Self {
+        Self {
+            client: None,
+            given: sets.into_iter().collect(),
             users: DeletedUsers::default(),
             seen: None,
         }
@@ -125,14 +145,24 @@ impl DeletionsWatch {
         &self.users
     }
 
-    /// Read the requests again if they changed since the last refresh.
-    pub async fn refresh(&mut self) -> Result<(), clickhouse::error::Error> {
-        let seen = DeletedUsers::version(&self.client).await?;
-        if self.seen != Some(seen) {
-            self.users = DeletedUsers::read(&self.client).await?;
-            self.seen = Some(seen);
+    /// Read the requests again if they changed since the last refresh;
+    /// true when they did (the first refresh always reads).
+    pub async fn refresh(&mut self) -> Result<bool, clickhouse::error::Error> {
+        let Some(client) = &self.client else {
+            let next = self.given.pop_front();
+            let changed = next.is_some();
+            if let Some(users) = next {
+                self.users = users;
+            }
+            return Ok(changed);
+        };
+        let seen = DeletedUsers::version(client).await?;
+        if self.seen == Some(seen) {
+            return Ok(false);
         }
-        Ok(())
+        self.users = DeletedUsers::read(client).await?;
+        self.seen = Some(seen);
+        Ok(true)
     }
 }
 
