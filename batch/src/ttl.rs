@@ -139,7 +139,7 @@ pub fn changes(cfg: &Config, engines: &[(&'static str, String)]) -> Vec<TtlChang
                 (None, None) => true,
                 _ => false,
             };
-            (!in_sync).then(|| TtlChange { table, from, to })
+            (!in_sync).then_some(TtlChange { table, from, to })
         })
         .collect()
 }
@@ -197,9 +197,11 @@ mod tests {
         let mut cfg = Config::default();
         cfg.retention.raw_days = 30;
         cfg.retention.rollup_1h_days = 400;
-        let mut acme = ProjectConfig::default();
-        acme.raw_days = Some(3);
-        acme.rollup_5m_days = Some(7);
+        let acme = ProjectConfig {
+            raw_days: Some(3),
+            rollup_5m_days: Some(7),
+            ..ProjectConfig::default()
+        };
         cfg.projects.insert("acme".into(), acme);
         cfg.projects
             .insert("globex".into(), ProjectConfig::default());

@@ -383,16 +383,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path());
         let written = archive_like(&store).await;
-        let opts = CompactOptions {
-            topic: "events".into(),
-            from: "2026-01-01T00:00:00Z".parse().unwrap(),
-            to: "2026-01-02T00:00:00Z".parse().unwrap(),
-            max_bytes: 1 << 30,
-            row_group_rows: 1024,
-            tenant_property: "tenant".into(),
-            dry_run: true,
-        };
-        let dry = compact(&store, &opts, &|_| true, &mut no_deletions())
+        let dry = compact(&store, &day(true), &|_| true, &mut no_deletions())
             .await
             .unwrap();
         assert_eq!((dry.files_in, dry.files_out, dry.rows), (6, 2, 96));
@@ -402,10 +393,7 @@ mod tests {
             "a dry run changes nothing"
         );
 
-        let opts = CompactOptions {
-            dry_run: false,
-            ..opts
-        };
+        let opts = day(false);
         let done = compact(&store, &opts, &|_| true, &mut no_deletions())
             .await
             .unwrap();
@@ -490,13 +478,9 @@ mod tests {
         let everything = offsets_in(&store, folder).await;
         assert_eq!(everything.len(), 92, "readers see each record once");
         let opts = CompactOptions {
-            topic: "events".into(),
             from: "2026-01-01T13:00:00Z".parse().unwrap(),
             to: "2026-01-01T14:00:00Z".parse().unwrap(),
-            max_bytes: 1 << 30,
-            row_group_rows: 1024,
-            tenant_property: "tenant".into(),
-            dry_run: false,
+            ..day(false)
         };
         let done = compact(&store, &opts, &|_| true, &mut no_deletions())
             .await

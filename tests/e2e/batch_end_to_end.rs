@@ -564,6 +564,8 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
         "--to".into(),
         rfc3339(today),
     ];
+    let range_args: Vec<&str> = range.iter().map(String::as_str).collect();
+    let batch_whole_range = || hourglass(&env, &range_args);
     let commits = || async {
         ch.query("SELECT count() FROM batch_commits")
             .fetch_one::<u64>()
@@ -573,10 +575,7 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
     let mut kill_rng = rand::rng();
     for kill in 1..=5 {
         let before = commits().await;
-        let mut child = env.spawn(
-            &range.iter().map(String::as_str).collect::<Vec<_>>(),
-            &batch_env(),
-        );
+        let mut child = env.spawn(&range_args, &batch_env());
         wait_until(
             Duration::from_secs(60),
             "the pass's first commit",
@@ -591,17 +590,7 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
             commits().await - before
         );
     }
-    let (ok, out) = hourglass(
-        &env,
-        &[
-            "batch",
-            "--once",
-            "--from",
-            &rfc3339(today - 25 * DAY),
-            "--to",
-            &rfc3339(today),
-        ],
-    );
+    let (ok, out) = batch_whole_range();
     assert!(ok, "hourglass batch --once:\n{out}");
     let days: BTreeSet<i64> = distinct
         .values()
@@ -756,17 +745,7 @@ async fn the_batch_layer_replaces_speed_numbers_with_the_truth() {
     // pass: each bucket keeps only the version readers are served; the
     // earlier ones (the killed passes' and the first complete pass's) go,
     // and the views still give the truth.
-    let (ok, out) = hourglass(
-        &env,
-        &[
-            "batch",
-            "--once",
-            "--from",
-            &rfc3339(today - 25 * DAY),
-            "--to",
-            &rfc3339(today),
-        ],
-    );
+    let (ok, out) = batch_whole_range();
     assert!(ok, "hourglass batch --once, again:\n{out}");
     tokio::time::sleep(Duration::from_secs(
         u64::from(cfg.batch.switch_delay_secs) + 1,

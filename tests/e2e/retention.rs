@@ -186,6 +186,19 @@ async fn seed(env: &TestEnv) {
             .execute()
             .await
             .unwrap();
+            // Served by a commit, as a pass leaves them (rows no commit
+            // names are a killed pass's, which the pruning deletes).
+            for period in [3600, 86_400] {
+                ch.query(
+                    "INSERT INTO batch_commits (period_secs, bucket_start, version, source, raw_as_of, visible_from, events) \
+                     VALUES (?, toDateTime(?), 1, 'test', now(), now(), 7)",
+                )
+                .bind(period)
+                .bind(t - t.rem_euclid(period))
+                .execute()
+                .await
+                .unwrap();
+            }
         }
     }
 }
@@ -249,7 +262,10 @@ async fn each_tier_removes_exactly_what_it_should_and_a_change_applies_next_pass
         }
     }
     let mut said: BTreeMap<String, u64> = BTreeMap::new();
-    for line in dry.lines().filter(|l| l.contains(" rows of ")) {
+    for line in dry
+        .lines()
+        .filter(|l| l.contains(" rows of ") && !l.starts_with("batch layer:"))
+    {
         let words: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(words[..2], ["would", "delete"], "{line}");
         *said.entry(words[5].to_owned()).or_default() += words[2].parse::<u64>().unwrap();
@@ -278,7 +294,7 @@ async fn each_tier_removes_exactly_what_it_should_and_a_change_applies_next_pass
     assert_eq!(
         retention(&env, 90, false),
         format!(
-            "deleted {:>10} lake objects (0 bytes) before {}\n",
+            "deleted {:>10} lake objects (0 bytes) before {}\nbatch layer: no superseded versions\n",
             0,
             lake_cutoff()
         )
