@@ -49,12 +49,6 @@ pub struct PruneReport {
     pub left_over: usize,
 }
 
-impl PruneReport {
-    pub fn rows(&self) -> u64 {
-        self.tables.values().map(|(_, rows)| rows).sum()
-    }
-}
-
 /// The tables a pass prunes, with the commit a row belongs to: its period
 /// and bucket, as expressions over the table's columns.
 const TABLES: [(&str, &str, &str); 2] = [

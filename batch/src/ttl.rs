@@ -93,19 +93,13 @@ pub fn wanted(cfg: &Config, table: &str) -> Option<String> {
         "rollup_1h" => days_by_project(cfg, Store::Rollup1h)?,
         "rollup_1d" => days_by_project(cfg, Store::Rollup1d)?,
         _ => {
-            let of = |s: Store| days_by_project(cfg, s).unwrap_or(FOREVER_DAYS.to_string());
-            if [Store::Rollup5m, Store::Rollup1h, Store::Rollup1d]
-                .iter()
-                .all(|s| days_by_project(cfg, *s).is_none())
-            {
+            let levels = [Store::Rollup5m, Store::Rollup1h, Store::Rollup1d]
+                .map(|s| days_by_project(cfg, s));
+            if levels.iter().all(Option::is_none) {
                 return None;
             }
-            format!(
-                "multiIf(period_secs = 300, {}, period_secs = 3600, {}, {})",
-                of(Store::Rollup5m),
-                of(Store::Rollup1h),
-                of(Store::Rollup1d)
-            )
+            let [m5, h1, d1] = levels.map(|d| d.unwrap_or_else(|| FOREVER_DAYS.to_string()));
+            format!("multiIf(period_secs = 300, {m5}, period_secs = 3600, {h1}, {d1})")
         }
     };
     // Kept through the day `days` after the row's: expired from the

@@ -262,21 +262,10 @@ impl Archiver {
             );
         }
         let open = self.files.get_mut(&partition).expect("just opened");
-        let deleted = self.deletions.users();
-        let (user_id, anonymous_id) = (
-            event.user_id.as_deref().unwrap_or_default(),
-            event.anonymous_id.as_deref().unwrap_or_default(),
-        );
-        // The cheap look first: the tenant is read from the properties only
-        // for a user some request names.
-        if deleted.names(&event.project_id, user_id, anonymous_id)
-            && deleted.covers(
-                &event.project_id,
-                event.tenant(&self.tenant_property),
-                user_id,
-                anonymous_id,
-                event.received_at.timestamp(),
-            )
+        if self
+            .deletions
+            .users()
+            .covers_event(&event, &self.tenant_property)
         {
             open.left_out += 1;
         } else {

@@ -75,15 +75,7 @@ impl Removal {
         let first_look = deleted.clone();
         Self {
             may_cover: Box::new(move |project, user, anon| first_look.names(project, user, anon)),
-            covers: Box::new(move |ev| {
-                deleted.covers(
-                    &ev.project_id,
-                    ev.tenant(&tenant),
-                    ev.user_id.as_deref().unwrap_or_default(),
-                    ev.anonymous_id.as_deref().unwrap_or_default(),
-                    ev.received_at.timestamp(),
-                )
-            }),
+            covers: Box::new(move |ev| deleted.covers_event(ev, &tenant)),
         }
     }
 }
@@ -219,7 +211,7 @@ impl<'a> FilteringWriter<'a> {
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SchemaError> {
-        if !may_cover_a_row(batch, self.removal)? {
+        if !any_row(batch, &*self.removal.may_cover)? {
             self.kept += batch.num_rows() as u64;
             self.writer.write(batch)?;
             return Ok(());
@@ -245,16 +237,20 @@ impl<'a> FilteringWriter<'a> {
     }
 }
 
-fn may_cover_a_row(batch: &RecordBatch, removal: &Removal) -> Result<bool, SchemaError> {
+/// Whether `look` accepts a row of the batch by its project, `user_id` and
+/// `anonymous_id` (empty for null), read without decoding the events.
+pub(crate) fn any_row(
+    batch: &RecordBatch,
+    look: &dyn Fn(&str, &str, &str) -> bool,
+) -> Result<bool, SchemaError> {
     let project = strings(batch, "project_id")?;
     let user = strings(batch, "user_id")?;
     let anon = strings(batch, "anonymous_id")?;
-    Ok((0..batch.num_rows())
-        .any(|i| (removal.may_cover)(project.value(i), text_at(user, i), text_at(anon, i))))
+    Ok((0..batch.num_rows()).any(|i| look(project.value(i), text_at(user, i), text_at(anon, i))))
 }
 
 /// A nullable string column's value, empty for null.
-pub(crate) fn text_at(column: &arrow_array::StringArray, i: usize) -> &str {
+fn text_at(column: &arrow_array::StringArray, i: usize) -> &str {
     if arrow_array::Array::is_null(column, i) {
         ""
     } else {

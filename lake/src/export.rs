@@ -17,9 +17,9 @@ use hourglass_core::clickhouse::deletions::DeletedUsers;
 use hourglass_core::contract::EventEnvelope;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::erase::{EraseError, text_at};
+use crate::erase::{EraseError, any_row};
 use crate::layout;
-use crate::schema::{LakeEvent, SchemaError, decode_batch, strings};
+use crate::schema::{LakeEvent, SchemaError, decode_batch};
 use crate::store::ObjectStore;
 
 /// Whose events a scan looks for.
@@ -39,21 +39,13 @@ impl UserScope {
         project == self.project_id && (user_id == self.user || anonymous_id == self.user)
     }
 
+    /// Whether an event the scan found ([`of_user`]: it names the user) is
+    /// in the scope's tenant and no request covers it.
     fn holds(&self, e: &EventEnvelope, deleted: &DeletedUsers) -> bool {
-        let (user_id, anonymous_id) = (
-            e.user_id.as_deref().unwrap_or_default(),
-            e.anonymous_id.as_deref().unwrap_or_default(),
-        );
-        let tenant = e.tenant(&self.tenant_property);
-        self.names(&e.project_id, user_id, anonymous_id)
-            && self.tenant_id.as_deref().is_none_or(|t| t == tenant)
-            && !deleted.covers(
-                &e.project_id,
-                tenant,
-                user_id,
-                anonymous_id,
-                e.received_at.timestamp(),
-            )
+        self.tenant_id
+            .as_deref()
+            .is_none_or(|t| t == e.tenant(&self.tenant_property))
+            && !deleted.covers_event(e, &self.tenant_property)
     }
 }
 
@@ -114,12 +106,9 @@ fn of_user(body: Bytes, scope: &UserScope) -> Result<Vec<LakeEvent>, SchemaError
     let mut decoded = Vec::new();
     for batch in reader {
         let batch = batch?;
-        let project = strings(&batch, "project_id")?;
-        let user = strings(&batch, "user_id")?;
-        let anon = strings(&batch, "anonymous_id")?;
-        if !(0..batch.num_rows())
-            .any(|i| scope.names(project.value(i), text_at(user, i), text_at(anon, i)))
-        {
+        if !any_row(&batch, &|project, user, anon| {
+            scope.names(project, user, anon)
+        })? {
             continue;
         }
         decoded.clear();

@@ -201,16 +201,7 @@ async fn replay_into(
         if !deleted.is_empty() {
             let before = events.len();
             let tenant = &cfg.contract.tenant_property;
-            events.retain(|e| {
-                let ev = &e.event;
-                !deleted.covers(
-                    &ev.project_id,
-                    ev.tenant(tenant),
-                    ev.user_id.as_deref().unwrap_or_default(),
-                    ev.anonymous_id.as_deref().unwrap_or_default(),
-                    ev.received_at.timestamp(),
-                )
-            });
+            events.retain(|e| !deleted.covers_event(&e.event, tenant));
             summary.deleted_skipped += (before - events.len()) as u64;
         }
         sink.take(events, opts, &mut summary).await?;

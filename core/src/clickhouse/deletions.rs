@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use clickhouse::{Client, Row};
 use serde::Deserialize;
 
+use crate::contract::EventEnvelope;
+
 #[derive(Row, Deserialize)]
 struct DeletionRecord {
     project_id: String,
@@ -100,6 +102,26 @@ impl DeletedUsers {
             .filter_map(|u| users.get(u))
             .flatten()
             .any(|(t, until)| (t.is_empty() || t == tenant) && received_at <= i64::from(*until))
+    }
+}
+
+impl DeletedUsers {
+    /// Whether a request covers `e` (`tenant_property`: the contract's
+    /// `tenant_property`). The cheap look first: the tenant is read from
+    /// the properties only for a user some request names.
+    pub fn covers_event(&self, e: &EventEnvelope, tenant_property: &str) -> bool {
+        let (user_id, anonymous_id) = (
+            e.user_id.as_deref().unwrap_or_default(),
+            e.anonymous_id.as_deref().unwrap_or_default(),
+        );
+        self.names(&e.project_id, user_id, anonymous_id)
+            && self.covers(
+                &e.project_id,
+                e.tenant(tenant_property),
+                user_id,
+                anonymous_id,
+                e.received_at.timestamp(),
+            )
     }
 }
 
