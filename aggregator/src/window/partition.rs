@@ -1,5 +1,7 @@
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use ahash::AHashMap;
 use std::sync::Arc;
 
 use chrono::Datelike;
@@ -84,12 +86,15 @@ pub struct ClosedWindows {
     pub checkpoint: Checkpoint,
 }
 
+/// Keyed with aHash: a key is looked up per record, and std's SipHash was
+/// a visible share of the loop; aHash is seeded per process, so hostile
+/// dimension values cannot aim at collisions either.
 #[derive(Debug, Default)]
 struct Window {
-    keys: HashMap<Box<str>, KeyAggregate>,
+    keys: AHashMap<Box<str>, KeyAggregate>,
     /// Keys each project holds here, its `__other__` aside: one project's
     /// cap is its own.
-    project_keys: HashMap<Box<str>, usize>,
+    project_keys: AHashMap<Box<str>, usize>,
     min_offset: i64,
 }
 
@@ -224,8 +229,8 @@ impl PartitionWindows {
         self.build_key(event);
         let cfg = Arc::clone(&self.cfg);
         let window = self.windows.entry(start).or_insert_with(|| Window {
-            keys: HashMap::new(),
-            project_keys: HashMap::new(),
+            keys: AHashMap::new(),
+            project_keys: AHashMap::new(),
             min_offset: offset,
         });
         let mut outcome = Ingested::Added;
@@ -447,6 +452,7 @@ mod tests {
     use super::*;
     use chrono::Datelike;
     use serde_json::{Map, Value};
+    use std::collections::HashMap;
 
     const MIN: i64 = 60_000;
     const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z

@@ -3,15 +3,17 @@
 //! consumer (same settings) reading the same records from the same topic.
 //! Both are timed twice: from their start (process or consumer creation,
 //! group join included) and from their first record, so neither pays a
-//! start-up the other does not. Also the aggregator's CPU time and peak
-//! RSS.
+//! start-up the other does not; both ends are polled every 20 ms. Also
+//! the CPU time of the consumer, of the aggregator and of ClickHouse
+//! meanwhile, and the aggregator's peak RSS. `--repeat N` runs N rounds of
+//! both over the same records and prints the medians.
 //!
 //! By default it starts its own tansu broker with `memory://` storage on
 //! 127.0.0.1:19192 (the local stack's sqlite broker reads about 20k msg/s,
 //! which would measure the broker, not the aggregator); `--brokers` uses an
 //! existing one instead. ClickHouse is the local stack's.
 //!
-//! `cargo run --release -p hourglass-bench --bin aggregator_e2e -- --events 1000000`
+//! `cargo run --release -p hourglass-bench --bin aggregator_e2e -- --events 1000000 --repeat 5`
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -34,6 +36,10 @@ struct Args {
     /// The aggregator's flush interval.
     #[arg(long, default_value_t = 1000)]
     flush_interval_ms: u64,
+    /// Rounds of ceiling and aggregator, one after the other over the same
+    /// records (single runs on a shared 2-core VM swing by 15 points).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// The hourglass binary.
     #[arg(long, default_value = "target/release/hourglass")]
     hourglass: String,
@@ -91,9 +97,7 @@ async fn main() -> Result<()> {
     };
     let name = format!("bench_agg_{}", std::process::id());
     cfg.kafka.topic = name.clone();
-    cfg.clickhouse.database = name.clone();
     hourglass_core::kafka::ensure_topics(&cfg.kafka, &[(name.as_str(), 8)]).await?;
-    hourglass_sql::migrate(&cfg.clickhouse).await?;
 
     let first = events(1).next().expect("one event");
     let producer = hourglass_core::kafka::producer(&cfg.kafka)?;
@@ -133,35 +137,119 @@ async fn main() -> Result<()> {
         args.events as f64 / started.elapsed().as_secs_f64()
     );
 
-    // The ceiling: a bare consumer with the same settings reading everything.
-    let ceiling = {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let started = Instant::now();
-        let consumer: BaseConsumer =
-            hourglass_core::kafka::consumer_config(&cfg.kafka, &format!("{name}-ceiling"))
-                .create()?;
-        consumer.subscribe(&[&name])?;
-        let mut first = None;
-        let mut read = 0usize;
-        while read < args.events && started.elapsed() < Duration::from_secs(900) {
-            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-                first.get_or_insert_with(Instant::now);
-                read += 1;
-            }
+    let ch = hourglass_core::clickhouse::client(&cfg.clickhouse);
+    let mut rounds = Vec::new();
+    for round in 0..args.repeat {
+        let ceiling = ceiling(&cfg, &format!("{name}-ceiling-{round}"), args.events)?;
+        let ours = aggregate(&cfg, &args, &ch, &format!("{name}_{round}")).await?;
+        println!(
+            "round {}: ceiling {} from its creation (group join included), {} from its first record; {:.2} µs of consumer CPU per event",
+            round + 1,
+            rate(args.events, ceiling.timing.from_start),
+            rate(args.events, ceiling.timing.from_first),
+            ceiling.cpu_seconds * 1e6 / args.events as f64
+        );
+        println!(
+            "  aggregator, broker to flushed rollup_5m rows (every event counted once): {} from its process start (group join included), {} from its first record",
+            rate(args.events, ours.timing.from_start),
+            rate(args.events, ours.timing.from_first)
+        );
+        println!(
+            "  aggregator / ceiling: {:.0} % from the start, {:.0} % from the first record",
+            100.0 * ours.ratio_from_start(&ceiling),
+            100.0 * ours.ratio_from_first(&ceiling)
+        );
+        println!(
+            "  aggregator CPU {:.2} s ({:.2} µs per event), ClickHouse CPU meanwhile {:.2} s (user + system, its INSERTs, views and merges); peak RSS {:.0} MiB",
+            ours.cpu_seconds,
+            ours.cpu_seconds * 1e6 / args.events as f64,
+            ours.clickhouse_cpu_seconds,
+            ours.peak_rss_kib as f64 / 1024.0
+        );
+        rounds.push((ceiling, ours));
+    }
+    let _ = hourglass_core::kafka::delete_topics(&cfg.kafka, &[&name]).await;
+    if rounds.len() > 1 {
+        let from_start = median(rounds.iter().map(|(c, o)| o.ratio_from_start(c)));
+        let from_first = median(rounds.iter().map(|(c, o)| o.ratio_from_first(c)));
+        let rss = rounds
+            .iter()
+            .map(|(_, o)| o.peak_rss_kib)
+            .max()
+            .unwrap_or(0);
+        println!(
+            "median of {} rounds: aggregator / ceiling {:.0} % from the start, {:.0} % from the first record; highest peak RSS {:.0} MiB",
+            rounds.len(),
+            100.0 * from_start,
+            100.0 * from_first,
+            rss as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+/// A bare consumer with the same settings reading every record of the topic
+/// in a group of its own.
+struct Ceiling {
+    timing: Timing,
+    cpu_seconds: f64,
+}
+
+fn ceiling(cfg: &Config, group: &str, events: usize) -> Result<Ceiling> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let started = Instant::now();
+    let cpu = hourglass_bench::cpu_seconds(std::process::id());
+    let consumer: BaseConsumer =
+        hourglass_core::kafka::consumer_config(&cfg.kafka, group).create()?;
+    consumer.subscribe(&[&cfg.kafka.topic])?;
+    let mut first = None;
+    let mut read = 0usize;
+    while read < events && started.elapsed() < Duration::from_secs(900) {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            read += 1;
         }
-        anyhow::ensure!(read == args.events, "the bare consumer read {read} records");
-        Timing {
+    }
+    anyhow::ensure!(read == events, "the bare consumer read {read} records");
+    Ok(Ceiling {
+        timing: Timing {
             from_start: started.elapsed().as_secs_f64(),
             from_first: first.map_or(0.0, |f| f.elapsed().as_secs_f64()),
-        }
-    };
-    println!(
-        "ceiling, a bare consumer reading the same records: {} from its creation (group join included), {} from its first record",
-        rate(args.events, ceiling.from_start),
-        rate(args.events, ceiling.from_first)
-    );
+        },
+        cpu_seconds: hourglass_bench::cpu_seconds(std::process::id()) - cpu,
+    })
+}
 
-    let ch = hourglass_core::clickhouse::client(&cfg.clickhouse);
+/// One run of `hourglass aggregate` over the topic, in a group and a
+/// database of its own.
+struct Aggregated {
+    timing: Timing,
+    cpu_seconds: f64,
+    clickhouse_cpu_seconds: f64,
+    peak_rss_kib: u64,
+}
+
+impl Aggregated {
+    fn ratio_from_start(&self, ceiling: &Ceiling) -> f64 {
+        ceiling.timing.from_start / self.timing.from_start
+    }
+
+    fn ratio_from_first(&self, ceiling: &Ceiling) -> f64 {
+        ceiling.timing.from_first / self.timing.from_first
+    }
+}
+
+async fn aggregate(
+    cfg: &Config,
+    args: &Args,
+    ch: &clickhouse::Client,
+    database: &str,
+) -> Result<Aggregated> {
+    let mut ch_cfg = cfg.clickhouse.clone();
+    ch_cfg.database = database.to_owned();
+    hourglass_sql::migrate(&ch_cfg).await?;
+    let ch = ch.clone().with_database(database);
+    let clickhouse_cpu = clickhouse_cpu_seconds(&ch).await?;
     let started = Instant::now();
     let child = Command::new(&args.hourglass)
         .arg("aggregate")
@@ -170,9 +258,9 @@ async fn main() -> Result<()> {
             "HOURGLASS_KAFKA__FETCH_WAIT_MAX_MS",
             cfg.kafka.fetch_wait_max_ms.to_string(),
         )
-        .env("HOURGLASS_KAFKA__TOPIC", &name)
-        .env("HOURGLASS_CLICKHOUSE__DATABASE", &name)
-        .env("HOURGLASS_AGGREGATOR__GROUP_ID", &name)
+        .env("HOURGLASS_KAFKA__TOPIC", &cfg.kafka.topic)
+        .env("HOURGLASS_CLICKHOUSE__DATABASE", database)
+        .env("HOURGLASS_AGGREGATOR__GROUP_ID", database)
         .env(
             "HOURGLASS_AGGREGATOR__HTTP_LISTEN",
             format!("127.0.0.1:{METRICS_PORT}"),
@@ -215,55 +303,61 @@ async fn main() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
+    // Polled as often as the first record is, so neither end of the timing
+    // is coarser than the other.
+    let counted = "SELECT sum(events) FROM rollup_5m WHERE event != 'closing'";
     let mut done_at = None;
     while started.elapsed() < Duration::from_secs(1800) {
-        let flushed: u64 = ch
-            .query("SELECT sum(events) FROM rollup_5m WHERE event != 'closing'")
-            .fetch_one()
-            .await
-            .unwrap_or(0);
+        let flushed: u64 = ch.query(counted).fetch_one().await.unwrap_or(0);
         if flushed >= args.events as u64 {
             done_at = Some(Instant::now());
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu = hourglass_bench::cpu_seconds(pid);
+    let cpu_seconds = hourglass_bench::cpu_seconds(pid);
     let peak_rss_kib = hourglass_bench::proc_status_kib(pid, "VmHWM:");
     drop(aggregator);
-    let exact: u64 = ch
-        .query("SELECT sum(events) FROM rollup_5m WHERE event != 'closing'")
-        .fetch_one()
-        .await
-        .unwrap_or(0);
-    let _ = ch.query(&format!("DROP DATABASE `{name}`")).execute().await;
-    let _ = hourglass_core::kafka::delete_topics(&cfg.kafka, &[&name]).await;
+    let clickhouse_cpu_seconds = clickhouse_cpu_seconds(&ch).await? - clickhouse_cpu;
+    let exact: u64 = ch.query(counted).fetch_one().await.unwrap_or(0);
+    let _ = ch
+        .query(&format!("DROP DATABASE `{database}`"))
+        .execute()
+        .await;
     let done_at = done_at.context("not every event was flushed within 30 minutes")?;
     anyhow::ensure!(
         exact == args.events as u64,
         "rollup_5m counts {exact} events for {}",
         args.events
     );
-    let ours = Timing {
-        from_start: (done_at - started).as_secs_f64(),
-        from_first: (done_at - first_record).as_secs_f64(),
-    };
-    println!(
-        "aggregator, broker to flushed rollup_5m rows (every event counted once): {} from its process start (group join included), {} from its first record",
-        rate(args.events, ours.from_start),
-        rate(args.events, ours.from_first)
-    );
-    println!(
-        "aggregator / ceiling: {:.0} % from the start, {:.0} % from the first record",
-        100.0 * ceiling.from_start / ours.from_start,
-        100.0 * ceiling.from_first / ours.from_first
-    );
-    println!(
-        "aggregator CPU time: {cpu:.2} s ({:.0} events per CPU-second); peak RSS {:.0} MiB",
-        args.events as f64 / cpu,
-        peak_rss_kib as f64 / 1024.0
-    );
-    Ok(())
+    Ok(Aggregated {
+        timing: Timing {
+            from_start: (done_at - started).as_secs_f64(),
+            from_first: (done_at - first_record).as_secs_f64(),
+        },
+        cpu_seconds,
+        clickhouse_cpu_seconds,
+        peak_rss_kib,
+    })
+}
+
+/// The server's CPU time so far (its own count, so it works wherever it
+/// runs): every query's and merge's user and system time.
+async fn clickhouse_cpu_seconds(ch: &clickhouse::Client) -> Result<f64> {
+    let micros: u64 = ch
+        .query(
+            "SELECT toUInt64(sum(value)) FROM system.events \
+             WHERE event IN ('UserTimeMicroseconds', 'SystemTimeMicroseconds')",
+        )
+        .fetch_one()
+        .await?;
+    Ok(micros as f64 / 1e6)
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Where the aggregator's metrics are scraped.
