@@ -357,7 +357,12 @@ async fn clickhouse_cpu_seconds(ch: &clickhouse::Client) -> Result<f64> {
 fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.collect();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let mid = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
 }
 
 /// Where the aggregator's metrics are scraped.
