@@ -188,7 +188,9 @@ fn handle_record(
     if offset < windows.next_offset() {
         return;
     }
-    let view = message.payload().and_then(RecordView::decode);
+    let view = message
+        .payload()
+        .and_then(|bytes| RecordView::decode(bytes, &cfg.dimensions));
     let Some(view) = view else {
         counters.undecodable.increment(1);
         return;
@@ -197,14 +199,13 @@ fn handle_record(
         counters.undecodable.increment(1);
         return;
     };
-    let dimensions = view.dimension_values(&cfg.dimensions);
     let event = EventRef {
         project_id: &view.project_id,
         event: &view.event,
         user: view.user(),
         timestamp_ms: ts.timestamp_millis(),
         value: view.value,
-        dimensions: &dimensions,
+        dimensions: &view.dimensions,
     };
     let clamped_before = windows.clamped_values;
     match windows.ingest(&event, offset, now_ms) {

@@ -4,36 +4,40 @@
 //! property was the largest cost per record).
 
 use std::borrow::Cow;
+use std::fmt;
 
-use serde::Deserialize;
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-/// The fields of a record the aggregator reads, borrowed from its bytes.
-#[derive(Deserialize)]
+/// The fields of a record the aggregator reads, borrowed from its bytes,
+/// with the configured dimensions picked out of `properties` in the same
+/// pass (reading `properties` raw and then again for the dimensions walked
+/// every property twice).
 pub struct RecordView<'a> {
-    #[serde(borrow)]
     pub project_id: Cow<'a, str>,
-    #[serde(borrow)]
     pub event: Cow<'a, str>,
-    #[serde(borrow, default)]
     pub user_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     pub anonymous_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
     pub timestamp: Cow<'a, str>,
-    #[serde(default)]
     pub value: Option<f64>,
-    #[serde(borrow, default)]
-    pub properties: Option<&'a RawValue>,
+    /// The values of the dimension names given to [`RecordView::decode`],
+    /// with the meaning of [`crate::window::dimension_values`]: all empty
+    /// when `properties` is missing or not an object.
+    pub dimensions: Vec<Cow<'a, str>>,
 }
 
 impl<'a> RecordView<'a> {
-    pub fn decode(bytes: &'a [u8]) -> Option<Self> {
+    /// None when the record is not a JSON object with `project_id`,
+    /// `event` and `timestamp` strings (or names a field twice).
+    pub fn decode(bytes: &'a [u8], dimensions: &[String]) -> Option<Self> {
         // One UTF-8 check of the whole record: `from_slice` checks each
         // string again as it reads it.
-        serde_json::from_str(std::str::from_utf8(bytes).ok()?).ok()
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let view = RecordSeed { dimensions }.deserialize(&mut de).ok()?;
+        de.end().ok()?;
+        Some(view)
     }
 
     pub fn user(&self) -> &str {
@@ -42,47 +46,140 @@ impl<'a> RecordView<'a> {
             .or(self.anonymous_id.as_deref())
             .unwrap_or_default()
     }
+}
 
-    /// The values of `names` in `properties`, with the meaning of
-    /// [`crate::window::dimension_values`]; all empty when `properties` is
-    /// missing or not an object.
-    pub fn dimension_values(&self, names: &[String]) -> Vec<Cow<'a, str>> {
-        if names.is_empty() {
-            return Vec::new();
+/// A string borrowed from the record when it has no escapes.
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
         }
-        let picked = self.properties.and_then(|raw| {
-            let mut de = serde_json::Deserializer::from_str(raw.get());
-            PickDimensions { names }.deserialize(&mut de).ok()
-        });
-        picked.unwrap_or_else(|| vec![Cow::Borrowed(""); names.len()])
+        d.deserialize_str(TextVisitor)
     }
 }
 
-/// Walks a `properties` object once, keeping the raw values of the named
-/// keys (the last one wins when a key repeats, as in a JSON map) and skipping
-/// everything else unparsed.
-struct PickDimensions<'n> {
-    names: &'n [String],
+struct RecordSeed<'n> {
+    dimensions: &'n [String],
 }
 
-impl<'de> DeserializeSeed<'de> for PickDimensions<'_> {
-    type Value = Vec<Cow<'de, str>>;
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = RecordView<'de>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for PickDimensions<'_> {
-    type Value = Vec<Cow<'de, str>>;
+/// `slot` takes the field's value, unless the record named it before.
+fn once<T, E: de::Error>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), E> {
+    if slot.is_some() {
+        return Err(E::duplicate_field(name));
+    }
+    *slot = Some(value);
+    Ok(())
+}
 
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON object")
+impl<'de> Visitor<'de> for RecordSeed<'_> {
+    type Value = RecordView<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an event record")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut values = vec![Cow::Borrowed(""); self.names.len()];
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        let (mut project_id, mut event, mut timestamp) = (None, None, None);
+        let (mut user_id, mut anonymous_id, mut value, mut dimensions) = (None, None, None, None);
+        while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+            match key.as_ref() {
+                "project_id" => once(&mut project_id, map.next_value::<Text>()?.0, "project_id")?,
+                "event" => once(&mut event, map.next_value::<Text>()?.0, "event")?,
+                "timestamp" => once(&mut timestamp, map.next_value::<Text>()?.0, "timestamp")?,
+                "user_id" => once(
+                    &mut user_id,
+                    map.next_value::<Option<Text>>()?.map(|t| t.0),
+                    "user_id",
+                )?,
+                "anonymous_id" => once(
+                    &mut anonymous_id,
+                    map.next_value::<Option<Text>>()?.map(|t| t.0),
+                    "anonymous_id",
+                )?,
+                "value" => once(&mut value, map.next_value::<Option<f64>>()?, "value")?,
+                "properties" if self.dimensions.is_empty() => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                "properties" => once(
+                    &mut dimensions,
+                    map.next_value_seed(PickDimensions {
+                        names: self.dimensions,
+                    })?,
+                    "properties",
+                )?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(RecordView {
+            project_id: project_id.ok_or_else(|| de::Error::missing_field("project_id"))?,
+            event: event.ok_or_else(|| de::Error::missing_field("event"))?,
+            timestamp: timestamp.ok_or_else(|| de::Error::missing_field("timestamp"))?,
+            user_id: user_id.flatten(),
+            anonymous_id: anonymous_id.flatten(),
+            value: value.flatten(),
+            dimensions: dimensions
+                .unwrap_or_else(|| vec![Cow::Borrowed(""); self.dimensions.len()]),
+        })
+    }
+}
+
+/// Walks a `properties` value once, keeping the raw values of the named
+/// keys of an object (the last one wins when a key repeats, as in a JSON
+/// map) and skipping everything else unparsed; anything but an object gives
+/// every dimension empty.
+struct PickDimensions<'n> {
+    names: &'n [String],
+}
+
+impl PickDimensions<'_> {
+    fn empty<'de>(&self) -> Vec<Cow<'de, str>> {
+        vec![Cow::Borrowed(""); self.names.len()]
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for PickDimensions<'_> {
+    type Value = Vec<Cow<'de, str>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PickDimensions<'_> {
+    type Value = Vec<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut values = self.empty();
+        while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
             match self.names.iter().position(|n| *n == key) {
                 Some(i) => values[i] = dimension_text(map.next_value::<&'de RawValue>()?),
                 None => {
@@ -91,6 +188,35 @@ impl<'de> Visitor<'de> for PickDimensions<'_> {
             }
         }
         Ok(values)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(self.empty())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(self.empty())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(self.empty())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(self.empty())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(self.empty())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(self.empty())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(self.empty())
     }
 }
 
@@ -111,6 +237,51 @@ mod tests {
     use serde_json::Map;
 
     #[test]
+    fn fields_are_read_as_the_contract_writes_them() {
+        let names = vec!["path".to_string()];
+        let record = br#"{"schema_version":2,"project_id":"p\u00e9","event_id":"x","event":"e","user_id":null,
+            "anonymous_id":"a1","session_id":null,"timestamp":"2026-01-01T00:00:00.000Z",
+            "received_at":"2026-01-01T00:00:01.000Z","value":null,"properties":{"p\u0061th":"/x"},"later":[1,{"a":2}]}"#;
+        let view = RecordView::decode(record, &names).unwrap();
+        assert_eq!(view.project_id, "pé");
+        assert!(matches!(view.project_id, Cow::Owned(_)));
+        assert!(matches!(view.event, Cow::Borrowed("e")));
+        assert_eq!(view.user(), "a1");
+        assert_eq!(view.timestamp, "2026-01-01T00:00:00.000Z");
+        assert_eq!(view.value, None);
+        assert_eq!(view.dimensions, vec![Cow::Borrowed("/x")]);
+        // No dimensions configured: `properties` is skipped, whatever it holds.
+        let view = RecordView::decode(record, &[]).unwrap();
+        assert!(view.dimensions.is_empty());
+        // Without `properties`, every dimension is empty.
+        let bare = br#"{"project_id":"p","event":"e","user_id":"u","timestamp":"t","value":3}"#;
+        let view = RecordView::decode(bare, &names).unwrap();
+        assert_eq!((view.user(), view.value), ("u", Some(3.0)));
+        assert_eq!(view.dimensions, vec![Cow::Borrowed("")]);
+    }
+
+    #[test]
+    fn records_the_aggregator_cannot_count_are_refused() {
+        for bad in [
+            &br#"{"event":"e","timestamp":"t"}"#[..],
+            br#"{"project_id":"p","timestamp":"t"}"#,
+            br#"{"project_id":"p","event":"e"}"#,
+            br#"{"project_id":"p","event":"e","timestamp":"t","event":"f"}"#,
+            br#"{"project_id":1,"event":"e","timestamp":"t"}"#,
+            br#"{"project_id":"p","event":"e","timestamp":"t","value":"1"}"#,
+            br#"{"project_id":"p","event":"e","timestamp":"t"} x"#,
+            br#"[1]"#,
+            b"{\"project_id\":\"\xff\",\"event\":\"e\",\"timestamp\":\"t\"}",
+        ] {
+            assert!(
+                RecordView::decode(bad, &["path".into()]).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
     fn dimensions_read_as_from_a_map() {
         let names: Vec<String> = ["path", "n", "flag", "obj", "missing", "nul", "esc"]
             .iter()
@@ -124,10 +295,10 @@ mod tests {
             let record = format!(
                 r#"{{"project_id":"p","event":"e","user_id":"u","timestamp":"2026-01-01T00:00:00Z","properties":{props}}}"#
             );
-            let view = RecordView::decode(record.as_bytes()).unwrap();
+            let view = RecordView::decode(record.as_bytes(), &names).unwrap();
             let map: Map<String, Value> = serde_json::from_str(props).unwrap();
             assert_eq!(
-                view.dimension_values(&names),
+                view.dimensions,
                 crate::window::dimension_values(&names, Some(&map)),
                 "{props}"
             );
@@ -137,12 +308,13 @@ mod tests {
     #[test]
     fn properties_that_are_not_an_object_give_empty_dimensions() {
         let names = vec!["path".to_string()];
-        for props in ["[1]", "\"x\"", "null"] {
+        for props in ["[1, {\"path\": \"/a\"}]", "\"x\"", "null", "12.5", "true"] {
             let record = format!(
-                r#"{{"project_id":"p","event":"e","timestamp":"2026-01-01T00:00:00Z","properties":{props}}}"#
+                r#"{{"project_id":"p","event":"e","timestamp":"2026-01-01T00:00:00Z","properties":{props},"value":2}}"#
             );
-            let view = RecordView::decode(record.as_bytes()).unwrap();
-            assert_eq!(view.dimension_values(&names), vec![Cow::Borrowed("")]);
+            let view = RecordView::decode(record.as_bytes(), &names).unwrap();
+            assert_eq!(view.dimensions, vec![Cow::Borrowed("")], "{props}");
+            assert_eq!(view.value, Some(2.0), "{props}");
         }
     }
 }
