@@ -6,7 +6,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -77,6 +79,14 @@ struct RecordSeed<'n> {
     dimensions: &'n [String],
 }
 
+impl<'n> RecordSeed<'n> {
+    fn pick(&self) -> PickDimensions<'n> {
+        PickDimensions {
+            names: self.dimensions,
+        }
+    }
+}
+
 impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
     type Value = RecordView<'de>;
 
@@ -120,14 +130,11 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                     "anonymous_id",
                 )?,
                 "value" => once(&mut value, map.next_value::<Option<f64>>()?, "value")?,
-                "properties" if self.dimensions.is_empty() => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+                // Counted as named even when skipped, so a record naming
+                // it twice is refused whatever the configuration.
                 "properties" => once(
                     &mut dimensions,
-                    map.next_value_seed(PickDimensions {
-                        names: self.dimensions,
-                    })?,
+                    map.next_value_seed(self.pick())?,
                     "properties",
                 )?,
                 _ => {
@@ -142,8 +149,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
             user_id: user_id.flatten(),
             anonymous_id: anonymous_id.flatten(),
             value: value.flatten(),
-            dimensions: dimensions
-                .unwrap_or_else(|| vec![Cow::Borrowed(""); self.dimensions.len()]),
+            dimensions: dimensions.unwrap_or_else(|| self.pick().empty()),
         })
     }
 }
@@ -166,6 +172,11 @@ impl<'de> DeserializeSeed<'de> for PickDimensions<'_> {
     type Value = Vec<Cow<'de, str>>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        if self.names.is_empty() {
+            // No dimensions configured: nothing to look for.
+            IgnoredAny::deserialize(d)?;
+            return Ok(Vec::new());
+        }
         d.deserialize_any(self)
     }
 }
@@ -267,17 +278,20 @@ mod tests {
             br#"{"project_id":"p","timestamp":"t"}"#,
             br#"{"project_id":"p","event":"e"}"#,
             br#"{"project_id":"p","event":"e","timestamp":"t","event":"f"}"#,
+            br#"{"project_id":"p","event":"e","timestamp":"t","properties":{},"properties":{}}"#,
             br#"{"project_id":1,"event":"e","timestamp":"t"}"#,
             br#"{"project_id":"p","event":"e","timestamp":"t","value":"1"}"#,
             br#"{"project_id":"p","event":"e","timestamp":"t"} x"#,
             br#"[1]"#,
             b"{\"project_id\":\"\xff\",\"event\":\"e\",\"timestamp\":\"t\"}",
         ] {
-            assert!(
-                RecordView::decode(bad, &["path".into()]).is_none(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
+            for names in [&["path".to_string()][..], &[]] {
+                assert!(
+                    RecordView::decode(bad, names).is_none(),
+                    "{} with {names:?}",
+                    String::from_utf8_lossy(bad)
+                );
+            }
         }
     }
 

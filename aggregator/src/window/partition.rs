@@ -1,9 +1,8 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-
-use ahash::AHashMap;
 use std::sync::Arc;
 
+use ahash::AHashMap;
 use chrono::Datelike;
 
 use super::aggregate::{KeyAggregate, RollupRow};

@@ -137,11 +137,10 @@ async fn main() -> Result<()> {
         args.events as f64 / started.elapsed().as_secs_f64()
     );
 
-    let ch = hourglass_core::clickhouse::client(&cfg.clickhouse);
     let mut rounds = Vec::new();
     for round in 0..args.repeat {
         let ceiling = ceiling(&cfg, &format!("{name}-ceiling-{round}"), args.events)?;
-        let ours = aggregate(&cfg, &args, &ch, &format!("{name}_{round}")).await?;
+        let ours = aggregate(&cfg, &args, &format!("{name}_{round}")).await?;
         println!(
             "round {}: ceiling {} from its creation (group join included), {} from its first record; {:.2} µs of consumer CPU per event",
             round + 1,
@@ -239,16 +238,11 @@ impl Aggregated {
     }
 }
 
-async fn aggregate(
-    cfg: &Config,
-    args: &Args,
-    ch: &clickhouse::Client,
-    database: &str,
-) -> Result<Aggregated> {
+async fn aggregate(cfg: &Config, args: &Args, database: &str) -> Result<Aggregated> {
     let mut ch_cfg = cfg.clickhouse.clone();
     ch_cfg.database = database.to_owned();
     hourglass_sql::migrate(&ch_cfg).await?;
-    let ch = ch.clone().with_database(database);
+    let ch = hourglass_core::clickhouse::client(&ch_cfg);
     let clickhouse_cpu = clickhouse_cpu_seconds(&ch).await?;
     let started = Instant::now();
     let child = Command::new(&args.hourglass)
