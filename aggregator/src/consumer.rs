@@ -77,7 +77,8 @@ pub struct Loop {
 /// One flush's INSERTs, running in the background.
 pub struct InFlight {
     batches: Arc<Vec<(i32, ClosedWindows)>>,
-    results: tokio::task::JoinHandle<Vec<Result<(), SinkError>>>,
+    /// Each batch's outcome and how many batches its INSERT carried.
+    results: tokio::task::JoinHandle<Vec<(FlushOutcome, usize)>>,
     started: Instant,
     /// Partitions revoked since the flush began: their failed writes are
     /// abandoned (their new owner settles what landed and resumes from
@@ -85,6 +86,8 @@ pub struct InFlight {
     /// for them.
     revoked: Vec<i32>,
 }
+
+type FlushOutcome = Result<(), Arc<clickhouse::error::Error>>;
 
 const RECORDS_PER_CLOCK: u32 = 256;
 
@@ -274,10 +277,10 @@ impl Loop {
     }
 
     /// Close what the watermarks allow and start writing every partition's
-    /// closed windows: one INSERT per partition, all sent at once, in the
-    /// background (written one after the other from the loop, eight
-    /// partitions' INSERTs held it for most of a second). Returns whether any
-    /// writes started.
+    /// closed windows, packed into few INSERTs sent at once
+    /// ([`RollupSink::write_flush`]), in the background (written one after
+    /// the other from the loop, eight partitions' INSERTs held it for most
+    /// of a second). Returns whether any writes started.
     fn start_flush(&mut self) -> bool {
         // After a refusal nothing more is written: a later flush's
         // checkpoint would pass the refused windows.
@@ -336,9 +339,7 @@ impl Loop {
         let batches = Arc::new(batches);
         let (sink, written) = (context.source.clone(), batches.clone());
         let results = context.runtime.spawn(async move {
-            let results =
-                futures::future::join_all(written.iter().map(|(p, closed)| sink.write(*p, closed)))
-                    .await;
+            let results = sink.write_flush(&written).await;
             drop(gate);
             results
         });
@@ -366,7 +367,7 @@ impl Loop {
         };
         let started = in_flight.started;
         let mut revoked = in_flight.revoked;
-        for ((p, closed), result) in in_flight.batches.iter().zip(results) {
+        for ((p, closed), (result, shared_by)) in in_flight.batches.iter().zip(results) {
             if self.refused.is_some() {
                 // Stopping: what else was written is kept, what failed is
                 // redone from its checkpoint on the next start.
@@ -374,7 +375,22 @@ impl Loop {
             }
             let written = match result {
                 Ok(()) => true,
-                Err(error) => self.retry_flush(*p, closed, error, &mut revoked),
+                Err(source) => {
+                    let error = if shared_by > 1 {
+                        SinkError::SharedWrite {
+                            partition: *p,
+                            others: shared_by - 1,
+                            source,
+                        }
+                    } else {
+                        SinkError::Write {
+                            partition: *p,
+                            rows: closed.rows.len(),
+                            source,
+                        }
+                    };
+                    self.retry_flush(*p, closed, error, &mut revoked)
+                }
             };
             if !written {
                 continue;

@@ -312,3 +312,64 @@ async fn a_new_owner_settles_what_the_last_flush_left() {
     assert_every_event_once(&client, sent).await;
     exec(&client, &format!("DROP DATABASE {db}")).await;
 }
+
+/// One INSERT carries several partitions' flushes (`write_flush`); when it
+/// reaches `rollup_5m` but not the views, each partition settles its own
+/// share, and a share that landed whole is found whole.
+#[tokio::test]
+async fn a_shared_flush_is_settled_partition_by_partition() {
+    let cfg = ClickHouseConfig {
+        database: format!("hgt_shared_{:08x}", rand::rng().random::<u32>()),
+        ..ClickHouseConfig::default()
+    };
+    hourglass_sql::migrate(&cfg).await.expect("migrate");
+    let client = hourglass_core::clickhouse::client(&cfg);
+    let sink = RollupSink::new(client.clone(), "events");
+    let db = format!("`{}`", cfg.database);
+    const ALL_VIEWS: &[&str] = &["aggregator_progress_mv", "rollup_1h_mv", "rollup_1d_mv"];
+
+    // Partitions 0 and 1 share an INSERT that lands whole; 2, 3 and 4 share
+    // one whose views did not run (windows across the month's end).
+    let whole = vec![(0, flush(0, 4, 3, 20, 40)), (1, flush(2, 3, 2, 21, 33))];
+    let results = sink.write_flush(&whole).await;
+    assert_eq!(results.len(), 2);
+    assert!(results.iter().all(|(r, shared)| r.is_ok() && *shared == 2));
+    let only_5m = vec![
+        (2, flush(18, 12, 4, 22, 70)),
+        (3, flush(0, 5, 3, 23, 15)),
+        (4, flush(10, 2, 6, 24, 9)),
+    ];
+    for v in ALL_VIEWS {
+        exec(&client, &format!("DETACH TABLE {db}.{v}")).await;
+    }
+    let results = sink.write_flush(&only_5m).await;
+    for v in ALL_VIEWS {
+        exec(&client, &format!("ATTACH TABLE {db}.{v}")).await;
+    }
+    assert!(results.iter().all(|(r, shared)| r.is_ok() && *shared == 3));
+    let sent: u64 = whole.iter().chain(&only_5m).map(|(_, c)| events(c)).sum();
+
+    for (p, c) in &whole {
+        assert_eq!(sink.settle(*p, c).await.unwrap(), Settled::Landed, "{p}");
+    }
+    for (p, c) in &only_5m {
+        match sink.settle(*p, c).await.expect("settle") {
+            Settled::Repaired(r) => assert!(
+                r.rows == 0 && r.progress && r.hourly_buckets > 0 && r.daily_buckets > 0,
+                "partition {p}: {r:?}"
+            ),
+            other => panic!("partition {p}: {other:?}"),
+        }
+        assert_eq!(sink.settle(*p, c).await.unwrap(), Settled::Landed, "{p}");
+    }
+
+    assert_every_event_once(&client, sent).await;
+    let mut checkpoints = sink.checkpoints().await.unwrap();
+    checkpoints.sort_by_key(|(p, _)| *p);
+    let got: Vec<(i32, i64)> = checkpoints
+        .iter()
+        .map(|(p, c)| (*p, c.resume_offset))
+        .collect();
+    assert_eq!(got, vec![(0, 40), (1, 33), (2, 70), (3, 15), (4, 9)]);
+    exec(&client, &format!("DROP DATABASE {db}")).await;
+}

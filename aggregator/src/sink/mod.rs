@@ -7,6 +7,8 @@ mod takeover;
 
 pub use settle::Settled;
 
+use std::sync::Arc;
+
 use clickhouse::{Client, Row};
 use hourglass_core::clickhouse::cluster::{ConsistentReadError, QuorumGuard};
 use serde::{Deserialize, Serialize};
@@ -63,7 +65,18 @@ pub enum SinkError {
     Write {
         partition: i32,
         rows: usize,
-        source: clickhouse::error::Error,
+        source: Arc<clickhouse::error::Error>,
+    },
+    /// An INSERT carrying this partition's rows with other partitions'
+    /// failed: whatever the error, the partition is settled and written on
+    /// its own before a refusal is believed, so a refusal names its partition.
+    #[error(
+        "the flush INSERT carrying partition {partition} with {others} other partitions failed: {source}"
+    )]
+    SharedWrite {
+        partition: i32,
+        others: usize,
+        source: Arc<clickhouse::error::Error>,
     },
     #[error("reading checkpoints of topic {topic} failed: {source}")]
     ReadCheckpoints {
@@ -90,6 +103,7 @@ impl SinkError {
         use hourglass_core::clickhouse::errors::{Failure, classify};
         match self {
             SinkError::Write { source, .. } => classify(source),
+            SinkError::SharedWrite { .. } => Failure::Transient,
             SinkError::ReadCheckpoints { source, .. } | SinkError::Settle { source, .. } => {
                 source.failure()
             }
@@ -115,6 +129,33 @@ fn lookback_secs(window_secs: u32, grace_secs: u32) -> i64 {
 
 /// Rows up to which the server reads a flush's INSERT as one block.
 const ONE_BLOCK_ROWS: &str = "1000000000000";
+
+/// Rows up to which a flush packs partitions into one INSERT: a block is
+/// held whole in the server's memory (with its views' blocks), and a history
+/// import flushes a month per partition.
+pub const FLUSH_INSERT_ROWS: usize = 200_000;
+
+/// Consecutive groups of `sizes`' indices, each summing to at most `limit`
+/// unless one size alone passes it (then it is a group of its own).
+fn pack_by_rows(
+    sizes: impl IntoIterator<Item = usize>,
+    limit: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut sum, mut end) = (0, 0, 0);
+    for size in sizes {
+        if end > start && sum + size > limit {
+            groups.push(start..end);
+            (start, sum) = (end, 0);
+        }
+        sum += size;
+        end += 1;
+    }
+    if end > start {
+        groups.push(start..end);
+    }
+    groups
+}
 
 /// The tables whose pending quorum INSERTs a checkpoint read waits for.
 pub const CHECKPOINT_TABLES: &[&str] = &["rollup_5m", "aggregator_progress"];
@@ -148,57 +189,100 @@ impl RollupSink {
     /// after the late records read before it. Rewriting late records after a
     /// restart is harmless: `late_events` counts each (partition, offset) once.
     pub async fn write(&self, partition: i32, closed: &ClosedWindows) -> Result<(), SinkError> {
-        let err = |source| SinkError::Write {
-            partition,
-            rows: closed.rows.len(),
-            source,
-        };
-        if !closed.late.is_empty() {
+        self.insert_flush(&[(partition, closed)])
+            .await
+            .map_err(|source| SinkError::Write {
+                partition,
+                rows: closed.rows.len(),
+                source: Arc::new(source),
+            })
+    }
+
+    /// A flush of many partitions: their rows packed into as few INSERTs as
+    /// [`FLUSH_INSERT_ROWS`] allows (one partition's rows never split), sent
+    /// at once. Each partition's rows carry its own checkpoint, and each
+    /// table takes an INSERT as one part per month, so what landed is still
+    /// told apart per partition ([`RollupSink::settle`]). Eight INSERTs a
+    /// flush, each with its parts in four tables, cost ClickHouse more than
+    /// the rows did. Returns each batch's outcome, in order, and how many
+    /// partitions shared its INSERT.
+    pub async fn write_flush(
+        &self,
+        batches: &[(i32, ClosedWindows)],
+    ) -> Vec<(Result<(), Arc<clickhouse::error::Error>>, usize)> {
+        let groups = pack_by_rows(batches.iter().map(|(_, c)| c.rows.len()), FLUSH_INSERT_ROWS);
+        let outcomes = futures::future::join_all(groups.iter().map(|group| async move {
+            let members: Vec<(i32, &ClosedWindows)> = group
+                .clone()
+                .map(|i| (batches[i].0, &batches[i].1))
+                .collect();
+            self.insert_flush(&members).await.map_err(Arc::new)
+        }))
+        .await;
+        let mut results = Vec::with_capacity(batches.len());
+        for (group, outcome) in groups.into_iter().zip(outcomes) {
+            for _ in group.clone() {
+                results.push((outcome.clone(), group.len()));
+            }
+        }
+        results
+    }
+
+    /// The late records of `batches` in one INSERT, then their rows in one
+    /// more.
+    async fn insert_flush(
+        &self,
+        batches: &[(i32, &ClosedWindows)],
+    ) -> Result<(), clickhouse::error::Error> {
+        if batches.iter().any(|(_, c)| !c.late.is_empty()) {
             let mut insert = self
                 .client
                 .insert::<LateEventRecord<'_>>("late_events")
-                .await
-                .map_err(err)?;
-            for late in &closed.late {
-                insert
-                    .write(&LateEventRecord {
-                        hour: late.hour.clamp(0, i64::from(u32::MAX)) as u32,
-                        project_id: &late.project_id,
-                        event: &late.event,
-                        source_topic: &self.topic,
-                        source_partition: partition as u16,
-                        source_offset: late.offset,
-                    })
-                    .await
-                    .map_err(err)?;
+                .await?;
+            for (partition, closed) in batches {
+                for late in &closed.late {
+                    insert
+                        .write(&LateEventRecord {
+                            hour: late.hour.clamp(0, i64::from(u32::MAX)) as u32,
+                            project_id: &late.project_id,
+                            event: &late.event,
+                            source_topic: &self.topic,
+                            source_partition: *partition as u16,
+                            source_offset: late.offset,
+                        })
+                        .await?;
+                }
             }
-            insert.end().await.map_err(err)?;
+            insert.end().await?;
         }
-        if closed.rows.is_empty() {
+        if batches.iter().all(|(_, c)| c.rows.is_empty()) {
             return Ok(());
         }
-        self.write_rows(partition, closed.rows.iter(), closed.checkpoint)
-            .await
-            .map_err(err)
+        let mut rows = Vec::with_capacity(batches.iter().map(|(_, c)| c.rows.len()).sum());
+        for (partition, closed) in batches {
+            for row in &closed.rows {
+                rows.push((*partition, row, closed.checkpoint));
+            }
+        }
+        self.write_rows(&rows).await
     }
 
-    /// One INSERT into `rollup_5m` of `rows`, each carrying `cp`, read by
-    /// the server as one block: it cuts an INSERT into blocks of
-    /// `max_insert_block_size` rows (a million) and fires the views per
-    /// block, so a flush of more rows could land half in a view. One block
-    /// lands in each table as one part per month, which [`settle`] checks.
-    async fn write_rows<'a>(
-        &'a self,
-        partition: i32,
-        rows: impl IntoIterator<Item = &'a RollupRow>,
-        cp: Checkpoint,
+    /// One INSERT into `rollup_5m` of `rows`, each carrying its partition's
+    /// checkpoint, read by the server as one block: it cuts an INSERT into
+    /// blocks of `max_insert_block_size` rows (a million) and fires the
+    /// views per block, so a flush of more rows could land half in a view.
+    /// One block lands in each table as one part per month, which [`settle`]
+    /// checks.
+    async fn write_rows(
+        &self,
+        rows: &[(i32, &RollupRow, Checkpoint)],
     ) -> Result<(), clickhouse::error::Error> {
         let mut insert = self
             .client
             .insert::<Rollup5mRecord<'_>>("rollup_5m")
             .await?
             .with_setting("max_insert_block_size", ONE_BLOCK_ROWS);
-        for row in rows {
+        for &(partition, row, cp) in rows {
             insert.write(&self.record(partition, row, cp)).await?;
         }
         insert.end().await
@@ -329,5 +413,24 @@ impl hourglass_core::kafka::assign::StartPositions for RollupSink {
 
     fn next_offset(position: &Checkpoint) -> i64 {
         position.resume_offset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pack_by_rows;
+
+    #[test]
+    fn partitions_are_packed_in_order_up_to_the_limit() {
+        assert_eq!(pack_by_rows([3, 4, 2, 5, 1], 7), vec![0..2, 2..4, 4..5]);
+        assert_eq!(pack_by_rows([7, 7], 7), vec![0..1, 1..2]);
+        assert_eq!(pack_by_rows([0, 0, 0], 7), vec![0..3]);
+        assert!(pack_by_rows([], 7).is_empty());
+    }
+
+    #[test]
+    fn a_partition_larger_than_the_limit_goes_alone() {
+        assert_eq!(pack_by_rows([2, 9, 2], 7), vec![0..1, 1..2, 2..3]);
+        assert_eq!(pack_by_rows([9], 7), vec![0..1]);
     }
 }

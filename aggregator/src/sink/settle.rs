@@ -152,14 +152,15 @@ impl RollupSink {
         self.complete_levels(partition, watermark, since, &mut repairs)
             .await
             .map_err(failed("completing the rollup levels from rollup_5m"))?;
-        let unwritten: Vec<&RollupRow> = closed
+        let unwritten: Vec<(i32, &RollupRow, Checkpoint)> = closed
             .rows
             .iter()
             .filter(|r| !landed.contains(&key(r)))
+            .map(|row| (partition, row, closed.checkpoint))
             .collect();
         if !unwritten.is_empty() {
             repairs.rows = unwritten.len();
-            self.write_rows(partition, unwritten, closed.checkpoint)
+            self.write_rows(&unwritten)
                 .await
                 .map_err(failed("writing the flush's missing rollup_5m rows"))?;
         } else if !self.progress_landed(partition, watermark).await? {
