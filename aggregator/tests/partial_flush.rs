@@ -51,6 +51,19 @@ fn events(c: &ClosedWindows) -> u64 {
     c.rows.iter().map(|r| r.events).sum()
 }
 
+/// A migrated database of its own (named from `prefix`), its client, a
+/// sink for topic `events`, and its quoted name.
+async fn fresh_database(prefix: &str) -> (Client, RollupSink, String) {
+    let cfg = ClickHouseConfig {
+        database: format!("{prefix}_{:08x}", rand::rng().random::<u32>()),
+        ..ClickHouseConfig::default()
+    };
+    hourglass_sql::migrate(&cfg).await.expect("migrate");
+    let client = hourglass_core::clickhouse::client(&cfg);
+    let sink = RollupSink::new(client.clone(), "events");
+    (client, sink, format!("`{}`", cfg.database))
+}
+
 async fn exec(client: &Client, sql: &str) {
     client
         .query(sql)
@@ -112,14 +125,7 @@ async fn assert_every_event_once(client: &Client, sent: u64) {
 
 #[tokio::test]
 async fn a_flush_that_landed_in_part_is_completed_exactly_once() {
-    let cfg = ClickHouseConfig {
-        database: format!("hgt_partial_{:08x}", rand::rng().random::<u32>()),
-        ..ClickHouseConfig::default()
-    };
-    hourglass_sql::migrate(&cfg).await.expect("migrate");
-    let client = hourglass_core::clickhouse::client(&cfg);
-    let sink = RollupSink::new(client.clone(), "events");
-    let db = format!("`{}`", cfg.database);
+    let (client, sink, db) = fresh_database("hgt_partial").await;
     let mut sent = 0;
 
     // Partition 0: a flush that landed whole, then one whose INSERT wrote
@@ -234,14 +240,7 @@ async fn a_flush_that_landed_in_part_is_completed_exactly_once() {
 /// tells where the partition resumes.
 #[tokio::test]
 async fn a_new_owner_settles_what_the_last_flush_left() {
-    let cfg = ClickHouseConfig {
-        database: format!("hgt_takeover_{:08x}", rand::rng().random::<u32>()),
-        ..ClickHouseConfig::default()
-    };
-    hourglass_sql::migrate(&cfg).await.expect("migrate");
-    let client = hourglass_core::clickhouse::client(&cfg);
-    let sink = RollupSink::new(client.clone(), "events");
-    let db = format!("`{}`", cfg.database);
+    let (client, sink, db) = fresh_database("hgt_takeover").await;
     let write_without = |p: i32, c: ClosedWindows, views: &'static [&'static str]| {
         let (client, sink, db) = (client.clone(), sink.clone(), db.clone());
         async move {
@@ -318,14 +317,7 @@ async fn a_new_owner_settles_what_the_last_flush_left() {
 /// share, and a share that landed whole is found whole.
 #[tokio::test]
 async fn a_shared_flush_is_settled_partition_by_partition() {
-    let cfg = ClickHouseConfig {
-        database: format!("hgt_shared_{:08x}", rand::rng().random::<u32>()),
-        ..ClickHouseConfig::default()
-    };
-    hourglass_sql::migrate(&cfg).await.expect("migrate");
-    let client = hourglass_core::clickhouse::client(&cfg);
-    let sink = RollupSink::new(client.clone(), "events");
-    let db = format!("`{}`", cfg.database);
+    let (client, sink, db) = fresh_database("hgt_shared").await;
     const ALL_VIEWS: &[&str] = &["aggregator_progress_mv", "rollup_1h_mv", "rollup_1d_mv"];
 
     // Partitions 0 and 1 share an INSERT that lands whole; 2, 3 and 4 share
