@@ -77,8 +77,7 @@ pub struct Loop {
 /// One flush's INSERTs, running in the background.
 pub struct InFlight {
     batches: Arc<Vec<(i32, ClosedWindows)>>,
-    /// Each batch's outcome and how many batches its INSERT carried.
-    results: tokio::task::JoinHandle<Vec<(FlushOutcome, usize)>>,
+    results: tokio::task::JoinHandle<Vec<Result<(), SinkError>>>,
     started: Instant,
     /// Partitions revoked since the flush began: their failed writes are
     /// abandoned (their new owner settles what landed and resumes from
@@ -86,8 +85,6 @@ pub struct InFlight {
     /// for them.
     revoked: Vec<i32>,
 }
-
-type FlushOutcome = Result<(), Arc<clickhouse::error::Error>>;
 
 const RECORDS_PER_CLOCK: u32 = 256;
 
@@ -367,7 +364,7 @@ impl Loop {
         };
         let started = in_flight.started;
         let mut revoked = in_flight.revoked;
-        for ((p, closed), (result, shared_by)) in in_flight.batches.iter().zip(results) {
+        for ((p, closed), result) in in_flight.batches.iter().zip(results) {
             if self.refused.is_some() {
                 // Stopping: what else was written is kept, what failed is
                 // redone from its checkpoint on the next start.
@@ -375,22 +372,7 @@ impl Loop {
             }
             let written = match result {
                 Ok(()) => true,
-                Err(source) => {
-                    let error = if shared_by > 1 {
-                        SinkError::SharedWrite {
-                            partition: *p,
-                            others: shared_by - 1,
-                            source,
-                        }
-                    } else {
-                        SinkError::Write {
-                            partition: *p,
-                            rows: closed.rows.len(),
-                            source,
-                        }
-                    };
-                    self.retry_flush(*p, closed, error, &mut revoked)
-                }
+                Err(error) => self.retry_flush(*p, closed, error, &mut revoked),
             };
             if !written {
                 continue;

@@ -64,6 +64,18 @@ async fn fresh_database(prefix: &str) -> (Client, RollupSink, String) {
     (client, sink, format!("`{}`", cfg.database))
 }
 
+/// Parts of `rollup_5m` as INSERTs made them (level 0, merged since or not).
+async fn inserted_parts(client: &Client) -> u64 {
+    client
+        .query(
+            "SELECT count() FROM system.parts \
+             WHERE database = currentDatabase() AND table = 'rollup_5m' AND level = 0",
+        )
+        .fetch_one()
+        .await
+        .unwrap()
+}
+
 async fn exec(client: &Client, sql: &str) {
     client
         .query(sql)
@@ -325,7 +337,13 @@ async fn a_shared_flush_is_settled_partition_by_partition() {
     let whole = vec![(0, flush(0, 4, 3, 20, 40)), (1, flush(2, 3, 2, 21, 33))];
     let results = sink.write_flush(&whole).await;
     assert_eq!(results.len(), 2);
-    assert!(results.iter().all(|(r, shared)| r.is_ok() && *shared == 2));
+    assert!(results.iter().all(Result::is_ok));
+    // Shared: one INSERT, so one part in rollup_5m per month.
+    assert_eq!(
+        inserted_parts(&client).await,
+        1,
+        "two partitions, one INSERT"
+    );
     let only_5m = vec![
         (2, flush(18, 12, 4, 22, 70)),
         (3, flush(0, 5, 3, 23, 15)),
@@ -338,7 +356,15 @@ async fn a_shared_flush_is_settled_partition_by_partition() {
     for v in ALL_VIEWS {
         exec(&client, &format!("ATTACH TABLE {db}.{v}")).await;
     }
-    assert!(results.iter().all(|(r, shared)| r.is_ok() && *shared == 3));
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(Result::is_ok));
+    // One more INSERT, across the month's end: two more parts (three
+    // INSERTs would have made four).
+    assert_eq!(
+        inserted_parts(&client).await,
+        3,
+        "three partitions, one INSERT"
+    );
     let sent: u64 = whole.iter().chain(&only_5m).map(|(_, c)| events(c)).sum();
 
     for (p, c) in &whole {

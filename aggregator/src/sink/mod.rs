@@ -204,25 +204,42 @@ impl RollupSink {
     /// table takes an INSERT as one part per month, so what landed is still
     /// told apart per partition ([`RollupSink::settle`]). Eight INSERTs a
     /// flush, each with its parts in four tables, cost ClickHouse more than
-    /// the rows did. Returns each batch's outcome, in order, and how many
-    /// partitions shared its INSERT.
+    /// the rows did. Returns each batch's outcome, in order: a failed INSERT
+    /// fails each of its partitions with [`SinkError::SharedWrite`] when it
+    /// carried several, [`SinkError::Write`] when it carried one.
     pub async fn write_flush(
         &self,
         batches: &[(i32, ClosedWindows)],
-    ) -> Vec<(Result<(), Arc<clickhouse::error::Error>>, usize)> {
+    ) -> Vec<Result<(), SinkError>> {
         let groups = pack_by_rows(batches.iter().map(|(_, c)| c.rows.len()), FLUSH_INSERT_ROWS);
         let outcomes = futures::future::join_all(groups.iter().map(|group| async move {
-            let members: Vec<(i32, &ClosedWindows)> = group
-                .clone()
-                .map(|i| (batches[i].0, &batches[i].1))
+            let members: Vec<(i32, &ClosedWindows)> = batches[group.clone()]
+                .iter()
+                .map(|(p, closed)| (*p, closed))
                 .collect();
             self.insert_flush(&members).await.map_err(Arc::new)
         }))
         .await;
         let mut results = Vec::with_capacity(batches.len());
         for (group, outcome) in groups.into_iter().zip(outcomes) {
-            for _ in group.clone() {
-                results.push((outcome.clone(), group.len()));
+            let shared_by = group.len();
+            for (partition, closed) in &batches[group] {
+                results.push(outcome.as_ref().map(|_| ()).map_err(|source| {
+                    let (partition, source) = (*partition, Arc::clone(source));
+                    if shared_by > 1 {
+                        SinkError::SharedWrite {
+                            partition,
+                            others: shared_by - 1,
+                            source,
+                        }
+                    } else {
+                        SinkError::Write {
+                            partition,
+                            rows: closed.rows.len(),
+                            source,
+                        }
+                    }
+                }));
             }
         }
         results
