@@ -4,9 +4,14 @@ well-formed file (written here by DuckDB itself: zstd, row groups of
 
 Usage: duckdb_read.py DAY_GLOB ONE_FILE ROUNDS LABEL=GLOB...
 Each LABEL=GLOB is another set of files holding the same day (e.g. the lake
-before compaction). Prints JSON: per set, its files, rows, the query's
-median seconds over ROUNDS (run in turn with the others) and rows/s.
+before compaction). Two layouts the lake could have are written here too,
+from the same rows, beside ONE_FILE: `hourly` (one file per arrival hour
+holding every partition: a cross-partition compaction tier within the hour
+folders) and `partition_day` (one file per partition and day: day folders).
+Prints JSON: per set, its files, rows, the query's median seconds over
+ROUNDS (run in turn with the others) and rows/s.
 """
+import os
 import json
 import statistics
 import sys
@@ -23,6 +28,20 @@ con.execute(
     f"TO '{one}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
 )
 sets["one_file"] = one
+layouts = os.path.join(os.path.dirname(one), "layouts")
+for name, files in [
+    ("hourly", [(f"h{h:02}", f"hour(received_at) = {h}") for h in range(24)]),
+    ("partition_day", [(f"p{p:04}", f"kafka_partition = {p}") for p in range(64)]),
+]:
+    os.makedirs(os.path.join(layouts, name), exist_ok=True)
+    for label, where in files:
+        rows = con.execute(f"SELECT count(*) FROM read_parquet('{day}') WHERE {where}").fetchone()[0]
+        if rows:
+            con.execute(
+                f"COPY (SELECT * FROM read_parquet('{day}') WHERE {where} ORDER BY kafka_partition, kafka_offset) "
+                f"TO '{layouts}/{name}/{label}.parquet' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
+            )
+    sets[name] = f"{layouts}/{name}/*.parquet"
 
 # A data engineer's query over every column a day's report touches.
 QUERY = """

@@ -112,8 +112,19 @@ impl ObjectStore for LocalStore {
                 Err(e) => return Err(Self::err(&dir, e)),
             };
             while let Some(entry) = entries.next_entry().await.map_err(|e| Self::err(&dir, e))? {
+                // A write in progress (renamed into place any moment): not
+                // an object yet.
+                if entry.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
                 let path = entry.path();
-                let meta = entry.metadata().await.map_err(|e| Self::err(&path, e))?;
+                // Removed since the folder was read (compaction, erasure,
+                // retention running beside this listing): no longer there.
+                let meta = match entry.metadata().await {
+                    Ok(meta) => meta,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Self::err(&path, e)),
+                };
                 let rel = path
                     .strip_prefix(&base)
                     .expect("under the root")
@@ -121,9 +132,7 @@ impl ObjectStore for LocalStore {
                     .replace('\\', "/");
                 if meta.is_dir() {
                     stack.push(path);
-                } else if rel.starts_with(prefix)
-                    && !entry.file_name().to_string_lossy().starts_with('.')
-                {
+                } else if rel.starts_with(prefix) {
                     out.push(ObjectInfo {
                         key: rel,
                         size: meta.len(),
@@ -404,5 +413,36 @@ mod tests {
                 .unwrap()[..],
             b"3"
         );
+    }
+
+    /// A listing runs while files are written (temporary name, then a
+    /// rename) and removed beside it, as replay or compaction list while
+    /// the archiver writes: what vanishes mid-listing is left out, never an
+    /// error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listing_tolerates_files_written_and_removed_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(LocalStore::new(dir.path()));
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..2_000 {
+                    let key = format!("dt=2026-01-01/hour=00/a-{i}.parquet");
+                    store.put(&key, Bytes::from_static(b"x")).await.unwrap();
+                    if i % 2 == 0 {
+                        store.delete(&key).await.unwrap();
+                    }
+                }
+            })
+        };
+        let mut listings = 0;
+        while !writer.is_finished() {
+            let listed = store.list("dt=2026-01-01/").await.unwrap();
+            assert!(listed.iter().all(|o| !o.key.contains("/.")), "{listed:?}");
+            listings += 1;
+        }
+        writer.await.unwrap();
+        assert!(listings > 1);
+        assert_eq!(store.list("").await.unwrap().len(), 1_000);
     }
 }

@@ -260,6 +260,14 @@ async fn main() -> Result<()> {
         ),
         ("lake", "the day of the lake, compacted"),
         ("as_written", "the day of the lake as the archiver wrote it"),
+        (
+            "hourly",
+            "the same rows as one file per arrival hour with every partition (a layout the lake does not have)",
+        ),
+        (
+            "partition_day",
+            "the same rows as one file per partition and day (a layout the lake does not have)",
+        ),
     ] {
         let r = &read[name];
         let rate = r["rows_per_s"].as_f64().unwrap_or(0.0);
