@@ -59,7 +59,7 @@ impl Store {
     }
 
     /// (table, time column, extra condition) of every table holding it.
-    fn tables(self) -> &'static [(&'static str, &'static str, &'static str)] {
+    pub fn tables(self) -> &'static [(&'static str, &'static str, &'static str)] {
         match self {
             Store::Raw => &[("events", "timestamp", "")],
             Store::Rollup5m => &[

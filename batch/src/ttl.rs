@@ -33,16 +33,33 @@ pub struct TtlChange {
     pub to: Option<String>,
 }
 
-/// The tables a TTL is kept on: name, time column, and the stores whose
-/// days apply (`batch_rollups` holds three levels, told apart by period).
-pub const TABLES: [(&str, &str); 6] = [
-    ("events", "timestamp"),
-    ("rollup_5m", "window_start"),
-    ("rollup_1h", "bucket_start"),
-    ("rollup_1d", "bucket_start"),
-    ("batch_states", "window_start"),
-    ("batch_rollups", "bucket_start"),
-];
+/// A table a TTL is kept on: its time column, and the stores whose days
+/// apply with the condition that tells their rows apart (`batch_rollups`
+/// holds three levels, told apart by period).
+pub struct TtlTable {
+    pub name: &'static str,
+    pub column: &'static str,
+    pub levels: Vec<(Store, &'static str)>,
+}
+
+/// Every table a retention pass deletes from ([`Store::tables`]), once.
+pub fn tables() -> Vec<TtlTable> {
+    let mut out: Vec<TtlTable> = Vec::new();
+    for store in Store::ALL {
+        for &(name, column, condition) in store.tables() {
+            let level = (store, condition.trim_end_matches(" AND "));
+            match out.iter_mut().find(|t| t.name == name) {
+                Some(table) => table.levels.push(level),
+                None => out.push(TtlTable {
+                    name,
+                    column,
+                    levels: vec![level],
+                }),
+            }
+        }
+    }
+    out
+}
 
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -86,22 +103,30 @@ fn days_by_project(cfg: &Config, store: Store) -> Option<String> {
 
 /// The TTL `table` should have (None: none).
 pub fn wanted(cfg: &Config, table: &str) -> Option<String> {
-    let (_, column) = TABLES.iter().find(|(t, _)| *t == table)?;
-    let days = match table {
-        "events" => days_by_project(cfg, Store::Raw)?,
-        "rollup_5m" | "batch_states" => days_by_project(cfg, Store::Rollup5m)?,
-        "rollup_1h" => days_by_project(cfg, Store::Rollup1h)?,
-        "rollup_1d" => days_by_project(cfg, Store::Rollup1d)?,
-        _ => {
-            let levels = [Store::Rollup5m, Store::Rollup1h, Store::Rollup1d]
-                .map(|s| days_by_project(cfg, s));
-            if levels.iter().all(Option::is_none) {
+    let table = tables().into_iter().find(|t| t.name == table)?;
+    let days = match &table.levels[..] {
+        [(store, _)] => days_by_project(cfg, *store)?,
+        levels => {
+            let days: Vec<_> = levels
+                .iter()
+                .map(|(store, _)| days_by_project(cfg, *store))
+                .collect();
+            if days.iter().all(Option::is_none) {
                 return None;
             }
-            let [m5, h1, d1] = levels.map(|d| d.unwrap_or_else(|| FOREVER_DAYS.to_string()));
-            format!("multiIf(period_secs = 300, {m5}, period_secs = 3600, {h1}, {d1})")
+            // multiIf(level 1, days 1, level 2, days 2, …, last level's days).
+            let mut arms: Vec<String> = Vec::new();
+            for (i, ((_, condition), days)) in levels.iter().zip(days).enumerate() {
+                let days = days.unwrap_or_else(|| FOREVER_DAYS.to_string());
+                if i + 1 < levels.len() {
+                    arms.push(condition.to_string());
+                }
+                arms.push(days);
+            }
+            format!("multiIf({})", arms.join(", "))
         }
     };
+    let column = table.column;
     // Kept through the day `days` after the row's: expired from the
     // midnight that makes it older than the pass's cutoff.
     Some(format!("toDate({column}) + toIntervalDay({days} + 1)"))
@@ -158,7 +183,7 @@ pub async fn sync(
         return Ok(Vec::new());
     }
     let mut engines = Vec::new();
-    for (table, _) in TABLES {
+    for TtlTable { name: table, .. } in tables() {
         let engine: String = client
             .query(
                 "SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = ?",
@@ -231,9 +256,9 @@ mod tests {
             Some(t) => format!("MergeTree ORDER BY (a) TTL {t} SETTINGS index_granularity = 8192"),
             None => "MergeTree ORDER BY (a) SETTINGS index_granularity = 8192".to_owned(),
         };
-        let in_sync: Vec<(&'static str, String)> = TABLES
+        let in_sync: Vec<(&'static str, String)> = tables()
             .iter()
-            .map(|(t, _)| (*t, engine(wanted(&cfg, t))))
+            .map(|t| (t.name, engine(wanted(&cfg, t.name))))
             .collect();
         assert!(changes(&cfg, &in_sync).is_empty());
         let mut later = cfg.clone();
@@ -241,9 +266,9 @@ mod tests {
         later.retention.rollup_1h_days = 0;
         let changed = changes(&later, &in_sync);
         let tables: Vec<_> = changed.iter().map(|c| c.table).collect();
-        assert_eq!(tables, vec!["events", "rollup_1h", "batch_rollups"]);
+        assert_eq!(tables, vec!["events", "batch_rollups", "rollup_1h"]);
         assert_eq!(
-            statement(&later, &changed[1]),
+            statement(&later, &changed[2]),
             "ALTER TABLE rollup_1h REMOVE TTL"
         );
         assert_eq!(

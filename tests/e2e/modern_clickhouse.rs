@@ -652,15 +652,15 @@ fn table_ttls_drop_exactly_each_projects_expired_rows_on_a_current_clickhouse() 
                 .flat_map(|m| render(m.sql, "hourglass_ttl", modern, 0)),
         )
         .collect();
-    let untouched: Vec<(&'static str, String)> = ttl::TABLES
+    let untouched: Vec<(&'static str, String)> = ttl::tables()
         .iter()
-        .map(|(t, _)| (*t, "MergeTree ORDER BY tuple()".to_owned()))
+        .map(|t| (t.name, "MergeTree ORDER BY tuple()".to_owned()))
         .collect();
     let changes = ttl::changes(&cfg, &untouched);
     let tables: Vec<&str> = changes.iter().map(|c| c.table).collect();
     assert_eq!(
         tables,
-        vec!["events", "rollup_5m", "batch_states", "batch_rollups"],
+        vec!["events", "rollup_5m", "batch_rollups", "batch_states"],
         "forever for every project: no TTL (rollup_1h, rollup_1d)"
     );
     // (table, id column, project, days old, kept?): a row 30 days old is on
@@ -748,11 +748,11 @@ fn table_ttls_drop_exactly_each_projects_expired_rows_on_a_current_clickhouse() 
         .lines()
         .filter_map(|l| {
             let (name, engine) = l.split_once('\t')?;
-            let table = ttl::TABLES.iter().find(|(t, _)| *t == name)?.0;
+            let table = ttl::tables().into_iter().find(|t| t.name == name)?.name;
             Some((table, engine.replace("\\'", "'")))
         })
         .collect();
-    assert_eq!(engines.len(), ttl::TABLES.len());
+    assert_eq!(engines.len(), ttl::tables().len());
     assert_eq!(
         ttl::changes(&cfg, &engines),
         Vec::new(),
