@@ -74,16 +74,19 @@ pub async fn user_events(
         if layout::parse_key(&info.key).is_none() || gone.contains(info.key.as_str()) {
             continue;
         }
-        let body = store.get(&info.key).await?;
+        // Compaction or erasure may have replaced it since the listing.
+        let listed = crate::listed::get_listed(store, &info.key).await?;
         found.files_read += 1;
         let for_scan = scope.clone();
-        let events = tokio::task::spawn_blocking(move || of_user(body, &for_scan))
+        let body = listed.bytes.clone();
+        let mut events = tokio::task::spawn_blocking(move || of_user(body, &for_scan))
             .await
             .expect("scan thread")
             .map_err(|source| EraseError::Read {
                 key: info.key.clone(),
                 source,
             })?;
+        listed.keep_own(&mut events);
         for e in events {
             if scope.holds(&e.event, deleted)
                 && !known.contains(&e.event.event_id.to_string())

@@ -15,6 +15,7 @@ pub mod compact;
 pub mod erase;
 pub mod export;
 pub mod layout;
+pub mod listed;
 pub mod metrics;
 pub mod replay;
 pub mod schema;

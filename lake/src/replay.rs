@@ -183,13 +183,16 @@ async fn replay_into(
     let reads = futures::stream::iter(files.into_iter().map(|f| {
         let store = store.clone();
         async move {
-            let bytes = store.get(&f.key).await?;
+            // Compaction or erasure may have replaced it since the listing.
+            let listed = crate::listed::get_listed(store.as_ref(), &f.key).await?;
             let size = f.size;
             let key = f.key.clone();
-            let events = tokio::task::spawn_blocking(move || read_parquet(bytes))
+            let bytes = listed.bytes.clone();
+            let mut events = tokio::task::spawn_blocking(move || read_parquet(bytes))
                 .await
                 .expect("decoder thread")
                 .map_err(|source| ReplayError::Read { key, source })?;
+            listed.keep_own(&mut events);
             Ok::<_, ReplayError>((size, events))
         }
     }))

@@ -19,6 +19,9 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    /// `get` of a key that is not (or no longer) there.
+    #[error("lake object {key} is not there (removed since it was listed: list again)")]
+    NotFound { key: String },
     #[error("S3 {op} {key}: {message}")]
     S3 {
         op: &'static str,
@@ -40,6 +43,7 @@ pub trait ObjectStore: Send + Sync {
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError>;
     /// Every object whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    /// The object's bytes; [`StoreError::NotFound`] when it is not there.
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
     /// Remove an object; one already gone is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
@@ -157,7 +161,12 @@ impl ObjectStore for LocalStore {
         tokio::fs::read(&path)
             .await
             .map(Bytes::from)
-            .map_err(|e| Self::err(&path, e))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => StoreError::NotFound {
+                    key: key.to_owned(),
+                },
+                _ => Self::err(&path, e),
+            })
     }
 
     fn describe(&self) -> String {
@@ -349,7 +358,13 @@ impl ObjectStore for S3Store {
             .key(&key)
             .send()
             .await
-            .map_err(|e| Self::err("GetObject", &key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+            .map_err(|e| {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    StoreError::NotFound { key: key.clone() }
+                } else {
+                    Self::err("GetObject", &key, aws_sdk_s3::error::DisplayErrorContext(e))
+                }
+            })?;
         let body = o
             .body
             .collect()

@@ -18,7 +18,7 @@ use hourglass_core::config::LakeStorage;
 use hourglass_core::contract::EventEnvelope;
 use hourglass_lake::layout;
 use hourglass_lake::schema::{LakeEvent, read_parquet};
-use hourglass_lake::store::ObjectStore;
+use hourglass_lake::store::{ObjectStore, StoreError};
 use uuid::Uuid;
 
 use crate::common::generator;
@@ -349,6 +349,35 @@ async fn erased_users_leave_no_event_in_the_lake_and_others_stay_intact() {
         want.remove(id);
     }
     assert_eq!(kept, want, "every other event intact, compared by id");
+    // A reader that listed the lake before the pass (replay, export) reads
+    // each listed file from what replaced it: the same events, once.
+    let mut through_listing: BTreeMap<Uuid, LakeEvent> = BTreeMap::new();
+    for (key, events) in &before {
+        match hourglass_lake::listed::get_listed(store.as_ref(), key).await {
+            Ok(listed) => {
+                let mut read = read_parquet(listed.bytes.clone()).unwrap();
+                listed.keep_own(&mut read);
+                for e in read {
+                    assert!(
+                        through_listing.insert(e.event.event_id, e).is_none(),
+                        "{key}: read twice"
+                    );
+                }
+            }
+            Err(StoreError::NotFound { .. }) => assert!(
+                events.iter().all(|e| covered(&e.event, requested_at)),
+                "{key} is gone with events that were not erased"
+            ),
+            Err(e) => panic!("{key}: {e}"),
+        }
+    }
+    assert_eq!(through_listing, want, "read through the earlier listing");
+    assert!(matches!(
+        store
+            .get("dt=2000-01-01/hour=00/none-0000-0-0.parquet")
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
     let keys: Vec<&str> = after.keys().map(String::as_str).collect();
     assert!(layout::superseded(keys.iter().copied()).is_empty());
     assert_eq!(
