@@ -304,7 +304,7 @@ mod tests {
     use super::*;
     use crate::schema::{BatchBuilder, read_parquet, to_parquet};
     use crate::store::LocalStore;
-    use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION};
+    use crate::test_support::{day, event, keys};
 
     fn no_deletions() -> DeletionsWatch {
         DeletionsWatch::fixed(Default::default())
@@ -317,22 +317,6 @@ mod tests {
         assert_eq!(plan(&files, 1_000), vec![0..7]);
         assert_eq!(plan(&files[..1], 100), Vec::<std::ops::Range<usize>>::new());
         assert_eq!(plan(&[], 100), Vec::<std::ops::Range<usize>>::new());
-    }
-
-    fn event(i: i64, received_at: DateTime<Utc>) -> EventEnvelope {
-        EventEnvelope {
-            schema_version: SCHEMA_VERSION,
-            project_id: "p".into(),
-            event_id: uuid::Uuid::from_u128(i as u128),
-            event: "page_view".into(),
-            user_id: Some(format!("u{i}")),
-            anonymous_id: None,
-            session_id: None,
-            timestamp: received_at,
-            received_at,
-            value: Some(i as f64),
-            properties: Default::default(),
-        }
     }
 
     /// Files of partition 0 as the archiver writes them around an hour
@@ -401,13 +385,7 @@ mod tests {
             (done.folders, done.files_in, done.files_out, done.rows),
             (2, 6, 2, 96)
         );
-        let keys: Vec<String> = store
-            .list("")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
+        let keys = keys(&store, "").await;
         assert_eq!(
             keys,
             vec![
@@ -496,18 +474,6 @@ mod tests {
             d.add("p".into(), String::new(), (*u).into(), u32::MAX);
         }
         d
-    }
-
-    fn day(dry_run: bool) -> CompactOptions {
-        CompactOptions {
-            topic: "events".into(),
-            from: "2026-01-01T00:00:00Z".parse().unwrap(),
-            to: "2026-01-02T00:00:00Z".parse().unwrap(),
-            max_bytes: 1 << 30,
-            row_group_rows: 1024,
-            tenant_property: "tenant".into(),
-            dry_run,
-        }
     }
 
     /// A day's compaction of [`archive_like`]'s files with `deletions`:

@@ -20,6 +20,8 @@ pub mod metrics;
 pub mod replay;
 pub mod schema;
 pub mod store;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::Arc;
 

@@ -98,28 +98,12 @@ async fn replacement(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compact::{CompactOptions, compact};
+    use crate::compact::compact;
     use crate::schema::{BatchBuilder, read_parquet, to_parquet};
     use crate::store::LocalStore;
+    use crate::test_support::{day, event, keys};
     use chrono::{DateTime, Duration, Utc};
     use hourglass_core::clickhouse::deletions::DeletionsWatch;
-    use hourglass_core::contract::{EventEnvelope, SCHEMA_VERSION};
-
-    fn event(offset: i64, received_at: DateTime<Utc>) -> EventEnvelope {
-        EventEnvelope {
-            schema_version: SCHEMA_VERSION,
-            project_id: "p".into(),
-            event_id: uuid::Uuid::from_u128(offset as u128),
-            event: "page_view".into(),
-            user_id: Some(format!("u{offset}")),
-            anonymous_id: None,
-            session_id: None,
-            timestamp: received_at,
-            received_at,
-            value: None,
-            properties: Default::default(),
-        }
-    }
 
     /// Read every listed file after compaction replaced them all.
     async fn read_all(store: &LocalStore, listed: &[String]) -> Vec<(String, Vec<i64>)> {
@@ -166,27 +150,12 @@ mod tests {
                 .unwrap();
             expected.push((key, offsets.collect::<Vec<_>>()));
         }
-        let listed: Vec<String> = store
-            .list("dt=2026-01-01/")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
+        let listed = keys(&store, "dt=2026-01-01/").await;
         assert_eq!(listed.len(), 7);
 
-        let opts = CompactOptions {
-            topic: "events".into(),
-            from: "2026-01-01T00:00:00Z".parse().unwrap(),
-            to: "2026-01-02T00:00:00Z".parse().unwrap(),
-            max_bytes: 1 << 30,
-            row_group_rows: 1024,
-            tenant_property: "tenant".into(),
-            dry_run: false,
-        };
         let pass = compact(
             &store,
-            &opts,
+            &day(false),
             &|_| true,
             &mut DeletionsWatch::fixed(Default::default()),
         )
