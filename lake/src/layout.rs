@@ -87,6 +87,21 @@ impl FileName {
     pub fn records(&self) -> i64 {
         self.compacted_rows.unwrap_or(self.last - self.first + 1)
     }
+
+    /// Whether this file, of the same folder, topic and partition, holds
+    /// what `other` held and replaces it: a compacted file whose range holds
+    /// `other`'s and is wider, or over the same range a later erasure's
+    /// rewrite, or (two compactions of one range, no erasure between) one
+    /// with more rows.
+    pub fn supersedes(&self, other: &FileName) -> bool {
+        self.compacted_rows.is_some()
+            && self.first <= other.first
+            && other.last <= self.last
+            && (self.first < other.first
+                || other.last < self.last
+                || self.erased > other.erased
+                || (self.erased == other.erased && self.records() > other.records()))
+    }
 }
 
 /// Parse a key made by [`file_key`] or [`compacted_key`] (topic names may
@@ -156,23 +171,12 @@ pub fn superseded<'a>(
     for (key, f) in files.iter().filter(|(_, f)| f.compacted_rows.is_some()) {
         compacted.entry(group(key, f)).or_default().push(f);
     }
-    // Its range holds theirs and is wider, or over the same range it is a
-    // later erasure's rewrite, or (two compactions of one range, no
-    // erasure between) it has more rows.
-    let covers = |c: &FileName, f: &FileName| {
-        c.first <= f.first
-            && f.last <= c.last
-            && (c.first < f.first
-                || f.last < c.last
-                || c.erased > f.erased
-                || (c.erased == f.erased && c.records() > f.records()))
-    };
     files
         .iter()
         .filter(|(key, f)| {
             compacted
                 .get(&group(key, f))
-                .is_some_and(|cs| cs.iter().any(|c| covers(c, f)))
+                .is_some_and(|cs| cs.iter().any(|c| c.supersedes(f)))
         })
         .map(|(key, _)| *key)
         .collect()

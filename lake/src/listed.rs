@@ -71,8 +71,9 @@ pub async fn get_listed(store: &dyn ObjectStore, key: &str) -> Result<Listed, St
     })
 }
 
-/// The file of `key`'s folder, topic and partition whose offsets now cover
-/// `gone`'s: the widest, and over the same range the latest rewrite.
+/// The file of `key`'s folder, topic and partition that supersedes `gone`
+/// ([`FileName::supersedes`]): the widest, and over the same range the
+/// latest rewrite.
 async fn replacement(
     store: &dyn ObjectStore,
     key: &str,
@@ -86,10 +87,7 @@ async fn replacement(
         .filter(|o| o.key != key && layout::folder_of(&o.key) == folder)
         .filter_map(|o| Some((layout::parse_key(&o.key)?, o.key)))
         .filter(|(f, _)| {
-            f.topic == gone.topic
-                && f.partition == gone.partition
-                && f.first <= gone.first
-                && gone.last <= f.last
+            f.topic == gone.topic && f.partition == gone.partition && f.supersedes(gone)
         })
         .max_by_key(|(f, _)| (f.last - f.first, f.erased, f.records()));
     Ok(best.map(|(_, key)| key))
