@@ -80,8 +80,10 @@ enum Command {
     /// Rebuild a time range from the lake into ClickHouse, the rollups, or Kafka.
     Replay(ReplayArgs),
     /// One compaction pass over the lake: each settled hour's files of a
-    /// partition made one file (the archiver runs passes on its own every
-    /// lake.compact_interval_secs).
+    /// partition made one file, then (lake.compact_across_partitions) those
+    /// made one hour file; a dry run reports hour files only for folders
+    /// whose partitions are one file each already (the archiver runs passes
+    /// on its own every lake.compact_interval_secs).
     Compact {
         /// First hour folder (RFC 3339, arrival time); default: the
         /// configured lookback before the newest settled hour.
@@ -466,7 +468,7 @@ async fn compact(
         .await
         .with_context(|| format!("compacting {}", store.describe()))?;
     println!(
-        "compact {} .. {} in {}{}: {} hour folders; {} files ({:.1} MB) {} into {} ({:.1} MB, {} rows, {} events of deleted users left out); {} left by a stopped pass removed; {:.1} s",
+        "compact {} .. {} in {}{}: {} hour folders; {} files ({:.1} MB) {} into {} ({} of them hour files; {:.1} MB, {} rows, {} events of deleted users left out); {} left by a stopped pass removed; {} merges backed off (another pass changed their folder; retried next pass); {:.1} s",
         opts.from,
         opts.to,
         store.describe(),
@@ -480,10 +482,12 @@ async fn compact(
         s.bytes_in as f64 / 1e6,
         if dry_run { "would merge" } else { "merged" },
         s.files_out,
+        s.hour_files,
         s.bytes_out as f64 / 1e6,
         s.rows,
         s.events_removed,
         s.superseded_removed,
+        s.backed_off,
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -796,6 +796,11 @@ pub struct LakeConfig {
     /// A compacted file holds at most this many bytes of source files
     /// (larger partition-hours become several files).
     pub compact_max_bytes: u64,
+    /// Once each partition's files of a settled hour are one, merge those
+    /// into hour files holding every partition (up to `compact_max_bytes`
+    /// each): what DuckDB and Spark read fastest. The archiver holding
+    /// partition 0 does it; false keeps one file per partition and hour.
+    pub compact_across_partitions: bool,
 }
 
 impl Default for LakeConfig {
@@ -814,6 +819,7 @@ impl Default for LakeConfig {
             compact_settle_secs: 600,
             compact_lookback_hours: 48,
             compact_max_bytes: 256 * 1024 * 1024,
+            compact_across_partitions: true,
         }
     }
 }

@@ -297,7 +297,7 @@ impl Archiver {
         found
             .iter()
             .filter_map(|o| layout::parse_key(&o.key))
-            .map(|f| f.last)
+            .map(|f| f.first_span().last)
             .max()
     }
 

@@ -111,11 +111,9 @@ pub async fn remove_events(
     dry_run: bool,
 ) -> Result<EraseSummary, EraseError> {
     let mut summary = EraseSummary::default();
-    let gone = layout::superseded(objects.iter().map(|o| o.key.as_str()));
-    for info in objects {
-        let Some(name) = layout::parse_key(&info.key) else {
-            continue;
-        };
+    let files = crate::named::name_all(store, objects.iter().cloned()).await?;
+    let gone = crate::named::superseded(&files);
+    for crate::named::Named { info, name } in &files {
         let body = match store.get(&info.key).await {
             Ok(body) => body,
             // Replaced since the listing by a compaction, which left out
@@ -151,7 +149,7 @@ pub async fn remove_events(
         }
         if rewritten {
             let new_key =
-                layout::erased_key(layout::folder_of(&info.key), &name, rewrite.kept as i64);
+                layout::erased_key(layout::folder_of(&info.key), name, rewrite.kept as i64);
             store.put(&new_key, rewrite.body).await?;
             tracing::info!(from = %info.key, to = %new_key, removed = rewrite.removed, kept = rewrite.kept, "lake file rewritten without removed events");
         } else {
@@ -175,10 +173,11 @@ pub(crate) fn without_covered(
     removal: &Removal,
     row_group_rows: usize,
 ) -> Result<Option<Rewrite>, SchemaError> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(body)?
-        .with_batch_size(CHUNK_ROWS)
-        .build()?;
-    let mut writer = FilteringWriter::new(removal, row_group_rows)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(body)?;
+    // An hour file's spans, in its footer, stay with its rewrite.
+    let footer = layout::spans_footer(builder.metadata().file_metadata());
+    let reader = builder.with_batch_size(CHUNK_ROWS).build()?;
+    let mut writer = FilteringWriter::new(removal, row_group_rows, footer)?;
     for batch in reader {
         writer.write(&batch?)?;
     }
@@ -206,10 +205,16 @@ pub(crate) struct FilteringWriter<'a> {
 }
 
 impl<'a> FilteringWriter<'a> {
-    pub fn new(removal: &'a Removal, row_group_rows: usize) -> Result<Self, SchemaError> {
+    /// `footer`: key-value metadata of the file written (an hour file's
+    /// spans, [`layout::spans_footer`]).
+    pub fn new(
+        removal: &'a Removal,
+        row_group_rows: usize,
+        footer: Vec<parquet::file::metadata::KeyValue>,
+    ) -> Result<Self, SchemaError> {
         Ok(Self {
             removal,
-            writer: parquet_writer(row_group_rows)?,
+            writer: parquet_writer(row_group_rows, footer)?,
             builder: BatchBuilder::default(),
             events: Vec::new(),
             kept: 0,

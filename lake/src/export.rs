@@ -18,7 +18,6 @@ use hourglass_core::contract::EventEnvelope;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::erase::{EraseError, any_row};
-use crate::layout;
 use crate::schema::{LakeEvent, SchemaError, decode_batch};
 use crate::store::ObjectStore;
 
@@ -65,17 +64,15 @@ pub async fn user_events(
     known: &HashSet<String>,
     deleted: &DeletedUsers,
 ) -> Result<UserEvents, EraseError> {
-    let objects = store.list("dt=").await?;
-    let gone = layout::superseded(objects.iter().map(|o| o.key.as_str()));
+    let files = crate::named::list_named(store, "dt=").await?;
+    let gone = crate::named::superseded(&files);
     let scope = Arc::new(scope.clone());
     let mut found = UserEvents::default();
     let mut seen: HashSet<uuid::Uuid> = HashSet::new();
-    for info in &objects {
-        if layout::parse_key(&info.key).is_none() || gone.contains(info.key.as_str()) {
-            continue;
-        }
+    for file in files.iter().filter(|f| !gone.contains(f.info.key.as_str())) {
+        let info = &file.info;
         // Compaction or erasure may have replaced it since the listing.
-        let listed = crate::listed::get_listed(store, &info.key).await?;
+        let listed = crate::listed::get_listed(store, file).await?;
         found.files_read += 1;
         let for_scan = scope.clone();
         let body = listed.bytes.clone();
@@ -181,7 +178,13 @@ mod tests {
                 }
             }
             let hour = t0 + Duration::hours(file);
-            let key = layout::file_key(hour, "events", 0, range.start as i64, range.end as i64 - 1);
+            let key = crate::layout::file_key(
+                hour,
+                "events",
+                0,
+                range.start as i64,
+                range.end as i64 - 1,
+            );
             store
                 .put(&key, to_parquet(&b.finish(), 1024).unwrap())
                 .await

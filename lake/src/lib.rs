@@ -4,10 +4,14 @@
 //!
 //! - [`archive`]: the archiver consumer group (exactly once through
 //!   deterministic object names and an existence check, see its docs).
-//! - [`compact`]: a settled hour's small files of a partition made one.
+//! - [`compact`]: a settled hour's small files of a partition made one,
+//!   then every partition's made one hour file.
 //! - [`erase`]: files rewritten without deleted users' events.
 //! - [`replay`]: lake → ClickHouse `events`, the rollups, or Kafka.
 //! - [`store`]: the one small trait over S3 and a local folder.
+//! - [`named`]: a listing's files with what each holds (hour files' spans
+//!   from their footers); [`listed`]: reading a listed file that was
+//!   replaced since.
 //! - [`schema`], [`layout`]: the Parquet columns and the object names.
 
 pub mod archive;
@@ -17,6 +21,7 @@ pub mod export;
 pub mod layout;
 pub mod listed;
 pub mod metrics;
+pub mod named;
 pub mod replay;
 pub mod schema;
 pub mod store;
@@ -103,18 +108,24 @@ async fn compaction_loop(
         if mine.is_empty() {
             continue;
         }
-        let opts = compact::CompactOptions::settled(&cfg, chrono::Utc::now());
+        let mut opts = compact::CompactOptions::settled(&cfg, chrono::Utc::now());
+        // One member makes the hour files: the holder of partition 0, which
+        // the group gives to one member at a time (a rebalance overlap is
+        // resolved by the merge's race check).
+        opts.across_partitions &= mine.contains(&0);
         let owns = |p: i32| mine.contains(&p);
         let pass = compact::compact(store.as_ref(), &opts, &owns, &mut deletions);
         tokio::select! {
             () = shutdown.cancelled() => return,
             result = pass => match result {
-                Ok(s) if s.files_in + s.superseded_removed > 0 => tracing::info!(
+                Ok(s) if s.files_in + s.superseded_removed + s.backed_off > 0 => tracing::info!(
                     files_in = s.files_in,
                     files_out = s.files_out,
+                    hour_files = s.hour_files,
                     bytes_out = s.bytes_out,
                     superseded_removed = s.superseded_removed,
                     deleted_users_events_removed = s.events_removed,
+                    backed_off = s.backed_off,
                     "compaction pass"
                 ),
                 Ok(_) => {}

@@ -3,12 +3,14 @@
 //! erased events) is written, then the files it replaces are removed. A
 //! reader that listed a folder before the swap and reads after it finds its
 //! file gone; it reads the file of the folder that now holds the same
-//! partition's offsets instead, keeping only the gone file's offsets, so no
-//! event is missed or read twice.
+//! partitions' offsets instead (a partition's merged file, or an hour file),
+//! keeping only the gone file's offsets, so no event is missed or read
+//! twice.
 
 use bytes::Bytes;
 
-use crate::layout::{self, FileName};
+use crate::layout::{self, FileName, Span};
+use crate::named::{self, Named};
 use crate::schema::LakeEvent;
 use crate::store::{ObjectStore, StoreError};
 
@@ -20,34 +22,32 @@ const LOOKS: usize = 5;
 pub struct Listed {
     pub bytes: Bytes,
     /// Set when the file had been replaced: the replacement's events that
-    /// were the listed file's (its partition, first and last offset).
-    pub only: Option<(i32, i64, i64)>,
+    /// were the listed file's (its spans).
+    pub only: Option<Vec<Span>>,
 }
 
 impl Listed {
     /// Keep the events that were the listed file's.
     pub fn keep_own(&self, events: &mut Vec<LakeEvent>) {
-        if let Some((partition, first, last)) = self.only {
-            events.retain(|e| e.partition == partition && (first..=last).contains(&e.offset));
+        if let Some(spans) = &self.only {
+            events.retain(|e| spans.iter().any(|s| s.holds(e.partition, e.offset)));
         }
     }
 }
 
-/// The bytes of `key`, or of the file that replaced it since it was listed.
-/// A file gone with nothing holding its offsets (removed by retention, or
-/// every event of it erased) is [`StoreError::NotFound`]: a reader listing
-/// again no longer finds it.
-pub async fn get_listed(store: &dyn ObjectStore, key: &str) -> Result<Listed, StoreError> {
-    let gone = match store.get(key).await {
-        Err(StoreError::NotFound { .. }) => {
-            layout::parse_key(key).ok_or_else(|| StoreError::NotFound {
-                key: key.to_owned(),
-            })?
-        }
+/// The bytes of the `listed` file, or of the file that replaced it since
+/// it was listed. A file gone with nothing holding its offsets (removed by
+/// retention, or every event of it erased) is [`StoreError::NotFound`]: a
+/// reader listing again no longer finds it.
+pub async fn get_listed(store: &dyn ObjectStore, listed: &Named) -> Result<Listed, StoreError> {
+    let key = listed.info.key.as_str();
+    match store.get(key).await {
+        Err(StoreError::NotFound { .. }) => {}
         other => return other.map(|bytes| Listed { bytes, only: None }),
-    };
+    }
+    let gone = &listed.name;
     for _ in 0..LOOKS {
-        let Some(replacement) = replacement(store, key, &gone).await? else {
+        let Some(replacement) = replacement(store, key, gone).await? else {
             break;
         };
         match store.get(&replacement).await {
@@ -59,7 +59,7 @@ pub async fn get_listed(store: &dyn ObjectStore, key: &str) -> Result<Listed, St
                 );
                 return Ok(Listed {
                     bytes,
-                    only: Some((gone.partition, gone.first, gone.last)),
+                    only: Some(gone.spans.clone()),
                 });
             }
             Err(StoreError::NotFound { .. }) => continue,
@@ -71,8 +71,8 @@ pub async fn get_listed(store: &dyn ObjectStore, key: &str) -> Result<Listed, St
     })
 }
 
-/// The file of `key`'s folder, topic and partition that supersedes `gone`
-/// ([`FileName::supersedes`]): the widest, and over the same range the
+/// The file of `key`'s folder that supersedes `gone`
+/// ([`FileName::supersedes`]): the widest, and over the same spans the
 /// latest rewrite.
 async fn replacement(
     store: &dyn ObjectStore,
@@ -80,17 +80,19 @@ async fn replacement(
     gone: &FileName,
 ) -> Result<Option<String>, StoreError> {
     let folder = layout::folder_of(key);
-    let best = store
-        .list(folder)
+    let best = named::list_named(store, folder)
         .await?
         .into_iter()
-        .filter(|o| o.key != key && layout::folder_of(&o.key) == folder)
-        .filter_map(|o| Some((layout::parse_key(&o.key)?, o.key)))
-        .filter(|(f, _)| {
-            f.topic == gone.topic && f.partition == gone.partition && f.supersedes(gone)
-        })
-        .max_by_key(|(f, _)| (f.last - f.first, f.erased, f.records()));
-    Ok(best.map(|(_, key)| key))
+        .filter(|f| f.info.key != key && layout::folder_of(&f.info.key) == folder)
+        .filter(|f| f.name.supersedes(gone))
+        .max_by_key(|f| (width(&f.name), f.name.erased, f.name.records()));
+    Ok(best.map(|f| f.info.key))
+}
+
+/// How many offsets a file's spans reach over: of two files that both
+/// supersede a gone one, the wider holds the other.
+fn width(f: &FileName) -> i64 {
+    f.spans.iter().map(|s| s.last - s.first + 1).sum()
 }
 
 #[cfg(test)]
@@ -99,26 +101,40 @@ mod tests {
     use crate::compact::compact;
     use crate::schema::{BatchBuilder, read_parquet, to_parquet};
     use crate::store::LocalStore;
-    use crate::test_support::{day, event, keys};
+    use crate::test_support::{day, event};
     use chrono::{DateTime, Duration, Utc};
     use hourglass_core::clickhouse::deletions::DeletionsWatch;
 
-    /// Read every listed file after compaction replaced them all.
-    async fn read_all(store: &LocalStore, listed: &[String]) -> Vec<(String, Vec<i64>)> {
+    /// Read every listed file after compaction replaced them all: each
+    /// one's (partition, offset) pairs, by key.
+    async fn read_all(store: &LocalStore, listed: &[Named]) -> Vec<(String, Vec<(i32, i64)>)> {
         let mut out = Vec::new();
-        for key in listed {
-            let got = get_listed(store, key).await.unwrap();
-            assert!(got.only.is_some(), "{key} was replaced");
+        for f in listed {
+            let got = get_listed(store, f).await.unwrap();
+            assert!(got.only.is_some(), "{} was replaced", f.info.key);
             let mut events = read_parquet(got.bytes.clone()).unwrap();
             got.keep_own(&mut events);
-            out.push((key.clone(), events.iter().map(|e| e.offset).collect()));
+            let records = events.iter().map(|e| (e.partition, e.offset)).collect();
+            out.push((f.info.key.clone(), records));
         }
+        out.sort();
         out
+    }
+
+    async fn compact_day(store: &LocalStore) -> crate::compact::CompactSummary {
+        compact(
+            store,
+            &day(false),
+            &|_| true,
+            &mut DeletionsWatch::fixed(Default::default()),
+        )
+        .await
+        .unwrap()
     }
 
     /// Files listed before a compaction pass merged them (two partitions,
     /// records of two hours interleaved at the boundary) are read after it
-    /// from the merged files: each listed file gives exactly its own
+    /// from the merged files (an hour file for hour 13): each listed file gives exactly its own
     /// records, so the reader sees every record once.
     #[tokio::test]
     async fn files_listed_before_a_compaction_are_read_from_what_replaced_them() {
@@ -146,34 +162,53 @@ mod tests {
                 .put(&key, to_parquet(&b.finish(), 1024).unwrap())
                 .await
                 .unwrap();
-            expected.push((key, offsets.collect::<Vec<_>>()));
+            expected.push((key, offsets.map(|o| (partition, o)).collect::<Vec<_>>()));
         }
-        let listed = keys(&store, "dt=2026-01-01/").await;
+        let listed = named::list_named(&store, "dt=2026-01-01/").await.unwrap();
         assert_eq!(listed.len(), 7);
 
-        let pass = compact(
-            &store,
-            &day(false),
-            &|_| true,
-            &mut DeletionsWatch::fixed(Default::default()),
-        )
-        .await
-        .unwrap();
-        assert_eq!((pass.files_in, pass.files_out), (7, 3));
+        let pass = compact_day(&store).await;
+        // Each partition-hour's files made one, then hour 13's two
+        // partitions' files one hour file.
+        assert_eq!(
+            (pass.files_in, pass.files_out, pass.hour_files),
+            (7 + 2, 3 + 1, 1)
+        );
         assert!(
             store
                 .list("")
                 .await
                 .unwrap()
                 .iter()
-                .all(|o| !listed.contains(&o.key)),
+                .all(|o| listed.iter().all(|f| f.info.key != o.key)),
             "every listed file was replaced"
         );
-
         expected.sort();
-        let mut read = read_all(&store, &listed).await;
-        read.sort();
-        assert_eq!(read, expected);
+        assert_eq!(read_all(&store, &listed).await, expected);
+
+        // The hour file listed, then replaced by a wider one (a straggler of
+        // partition 1 merged in): read from it, only its own records.
+        let h13_folder = layout::hour_folder(h13);
+        let listed = named::list_named(&store, &h13_folder).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        let mut expected: Vec<(i32, i64)> = (0..90)
+            .chain([91])
+            .map(|o| (0, o))
+            .chain((0..20).map(|o| (1, o)))
+            .collect();
+        expected.sort();
+        let mut b = BatchBuilder::default();
+        b.append(&event(50, h13), 1, 50);
+        let straggler = layout::file_key(h13, "events", 1, 50, 50);
+        store
+            .put(&straggler, to_parquet(&b.finish(), 1024).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(compact_day(&store).await.hour_files, 1);
+        assert_eq!(
+            read_all(&store, &listed).await,
+            vec![(listed[0].info.key.clone(), expected)]
+        );
     }
 
     /// A listed file gone with nothing holding its offsets is an error, not
@@ -186,8 +221,15 @@ mod tests {
         let key = layout::file_key(hour, "events", 0, 0, 9);
         let other = layout::file_key(hour, "events", 1, 0, 99);
         store.put(&other, Bytes::from_static(b"x")).await.unwrap();
+        let listed = Named {
+            info: crate::store::ObjectInfo {
+                key: key.clone(),
+                size: 1,
+            },
+            name: layout::parse_key(&key).unwrap(),
+        };
         assert!(matches!(
-            get_listed(&store, &key).await,
+            get_listed(&store, &listed).await,
             Err(StoreError::NotFound { key: k }) if k == key
         ));
     }

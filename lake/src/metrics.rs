@@ -17,6 +17,7 @@ pub const COMPACTION_OUTPUT_FILES: &str = "hourglass_lake_compaction_output_file
 pub const COMPACTION_OUTPUT_BYTES: &str = "hourglass_lake_compaction_output_bytes_total";
 pub const COMPACTION_SUPERSEDED: &str = "hourglass_lake_compaction_superseded_removed_total";
 pub const COMPACTION_ERRORS: &str = "hourglass_lake_compaction_errors_total";
+pub const COMPACTION_BACKED_OFF: &str = "hourglass_lake_compaction_backed_off_total";
 pub const CONSUMER_LAG: &str = "hourglass_archiver_consumer_lag_messages";
 /// Erasure passes run in `hourglass batch` / `hourglass erase`.
 pub const ERASED_EVENTS: &str = "hourglass_lake_erased_events_total";
@@ -42,10 +43,20 @@ pub fn describe() {
     );
     describe_counter!(
         COMPACTED_FILES,
-        "small files merged into compacted ones (and removed)"
+        "files merged into compacted ones (and removed), by tier (partition, hour)"
     );
-    describe_counter!(COMPACTION_OUTPUT_FILES, "compacted files written");
-    describe_counter!(COMPACTION_OUTPUT_BYTES, "bytes of compacted files written");
+    describe_counter!(
+        COMPACTION_OUTPUT_FILES,
+        "compacted files written, by tier (partition: one partition's files of an hour; hour: every partition's)"
+    );
+    describe_counter!(
+        COMPACTION_OUTPUT_BYTES,
+        "bytes of compacted files written, by tier"
+    );
+    describe_counter!(
+        COMPACTION_BACKED_OFF,
+        "merges undone because another pass changed their folder meanwhile (sources kept for the next pass)"
+    );
     describe_counter!(
         COMPACTION_SUPERSEDED,
         "files a stopped compaction left behind, removed by a later pass"
@@ -101,10 +112,14 @@ pub fn store_error(op: &'static str) {
     counter!(STORE_ERRORS, "op" => op).increment(1);
 }
 
-pub fn compacted(sources: usize, bytes: u64) {
-    counter!(COMPACTED_FILES).increment(sources as u64);
-    counter!(COMPACTION_OUTPUT_FILES).increment(1);
-    counter!(COMPACTION_OUTPUT_BYTES).increment(bytes);
+pub fn compacted(tier: &'static str, sources: usize, bytes: u64) {
+    counter!(COMPACTED_FILES, "tier" => tier).increment(sources as u64);
+    counter!(COMPACTION_OUTPUT_FILES, "tier" => tier).increment(1);
+    counter!(COMPACTION_OUTPUT_BYTES, "tier" => tier).increment(bytes);
+}
+
+pub fn compaction_backed_off() {
+    counter!(COMPACTION_BACKED_OFF).increment(1);
 }
 
 pub fn compaction_superseded_removed() {

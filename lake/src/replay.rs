@@ -27,8 +27,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::FutureRecord;
 
 use crate::layout;
+use crate::named::{self, Named};
 use crate::schema::{LakeEvent, read_parquet};
-use crate::store::{ObjectInfo, ObjectStore};
+use crate::store::ObjectStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -103,28 +104,19 @@ pub async fn list_files(
     store: &dyn ObjectStore,
     topic: &str,
     opts: &ReplayOptions,
-) -> Result<Vec<ObjectInfo>, ReplayError> {
+) -> Result<Vec<Named>, ReplayError> {
     let mut files = Vec::new();
     for folder in layout::hour_folders(opts.from, opts.to, opts.lead, opts.lateness) {
-        files.extend(
-            store
-                .list(&folder)
-                .await?
-                .into_iter()
-                .filter(|o| layout::parse_key(&o.key).is_some_and(|f| f.topic == topic)),
-        );
-    }
-    // Sources a stopped compaction left beside their compacted file.
-    let gone: std::collections::HashSet<String> =
-        layout::superseded(files.iter().map(|o| o.key.as_str()))
+        let mut listed = named::list_named(store, &folder).await?;
+        listed.retain(|f| f.name.topic == topic);
+        // Sources a stopped compaction left beside their compacted file.
+        let gone: HashSet<String> = named::superseded(&listed)
             .into_iter()
             .map(str::to_owned)
             .collect();
-    files.retain(|o| !gone.contains(&o.key));
-    files.sort_by_key(|o| {
-        let f = layout::parse_key(&o.key).expect("filtered above");
-        (f.partition, f.first)
-    });
+        files.extend(listed.into_iter().filter(|f| !gone.contains(&f.info.key)));
+    }
+    files.sort_by_key(|f| f.name.first_span());
     Ok(files)
 }
 
@@ -175,7 +167,7 @@ async fn replay_into(
     let files = list_files(store.as_ref(), &cfg.kafka.topic, opts).await?;
     let mut summary = ReplaySummary {
         files: files.len(),
-        bytes: files.iter().map(|f| f.size).sum(),
+        bytes: files.iter().map(|f| f.info.size).sum(),
         ..Default::default()
     };
     let bar = progress_bar(summary.bytes, opts.progress);
@@ -184,9 +176,9 @@ async fn replay_into(
         let store = store.clone();
         async move {
             // Compaction or erasure may have replaced it since the listing.
-            let listed = crate::listed::get_listed(store.as_ref(), &f.key).await?;
-            let size = f.size;
-            let key = f.key.clone();
+            let listed = crate::listed::get_listed(store.as_ref(), &f).await?;
+            let size = f.info.size;
+            let key = f.info.key.clone();
             let bytes = listed.bytes.clone();
             let mut events = tokio::task::spawn_blocking(move || read_parquet(bytes))
                 .await

@@ -17,6 +17,7 @@ use hourglass_core::contract::EventEnvelope;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 pub static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -146,18 +147,23 @@ impl BatchBuilder {
 /// zstd Parquet bytes of `batch`, with page statistics (readers prune by
 /// `timestamp`, `event`, `project_id`).
 pub fn to_parquet(batch: &RecordBatch, row_group_rows: usize) -> Result<Bytes, SchemaError> {
-    let mut writer = parquet_writer(row_group_rows)?;
+    let mut writer = parquet_writer(row_group_rows, Vec::new())?;
     writer.write(batch)?;
     Ok(Bytes::from(writer.into_inner()?))
 }
 
-/// A writer of the lake's Parquet files (the archiver's and compaction's).
-pub fn parquet_writer(row_group_rows: usize) -> Result<ArrowWriter<Vec<u8>>, SchemaError> {
+/// A writer of the lake's Parquet files (the archiver's and compaction's),
+/// `footer` added to the file's key-value metadata.
+pub fn parquet_writer(
+    row_group_rows: usize,
+    footer: Vec<KeyValue>,
+) -> Result<ArrowWriter<Vec<u8>>, SchemaError> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_max_row_group_size(row_group_rows.max(1))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_created_by(format!("hourglass {}", env!("CARGO_PKG_VERSION")))
+        .set_key_value_metadata((!footer.is_empty()).then_some(footer))
         .build();
     Ok(ArrowWriter::try_new(
         Vec::new(),

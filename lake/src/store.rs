@@ -19,6 +19,10 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    /// An object among the lake's files that the lake did not write as it
+    /// is (an hour file's footer without its spans).
+    #[error("lake object {key} is not a file the lake wrote: {reason}")]
+    NotLake { key: String, reason: String },
     /// `get` of a key that is not (or no longer) there.
     #[error("lake object {key} is not there (removed since it was listed: list again)")]
     NotFound { key: String },
@@ -45,6 +49,9 @@ pub trait ObjectStore: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
     /// The object's bytes; [`StoreError::NotFound`] when it is not there.
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+    /// The object's last `bytes` bytes (all of it when smaller): a Parquet
+    /// file's footer without the file.
+    async fn get_tail(&self, key: &str, bytes: u64) -> Result<Bytes, StoreError>;
     /// Remove an object; one already gone is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Where this store is, for people.
@@ -167,6 +174,26 @@ impl ObjectStore for LocalStore {
                 },
                 _ => Self::err(&path, e),
             })
+    }
+
+    async fn get_tail(&self, key: &str, bytes: u64) -> Result<Bytes, StoreError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let path = self.root.join(key);
+        let failed = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::NotFound {
+                key: key.to_owned(),
+            },
+            _ => Self::err(&path, e),
+        };
+        let mut file = tokio::fs::File::open(&path).await.map_err(failed)?;
+        let size = file.metadata().await.map_err(failed)?.len();
+        let from = size.saturating_sub(bytes);
+        file.seek(std::io::SeekFrom::Start(from))
+            .await
+            .map_err(failed)?;
+        let mut out = Vec::with_capacity((size - from) as usize);
+        file.read_to_end(&mut out).await.map_err(failed)?;
+        Ok(Bytes::from(out))
     }
 
     fn describe(&self) -> String {
@@ -350,12 +377,29 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.get_range(key, None).await
+    }
+
+    async fn get_tail(&self, key: &str, bytes: u64) -> Result<Bytes, StoreError> {
+        self.get_range(key, Some(format!("bytes=-{}", bytes.max(1))))
+            .await
+    }
+
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+impl S3Store {
+    /// GetObject, of `range` (an HTTP Range) when given.
+    async fn get_range(&self, key: &str, range: Option<String>) -> Result<Bytes, StoreError> {
         let key = self.full(key);
         let o = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(&key)
+            .set_range(range)
             .send()
             .await
             .map_err(|e| {
@@ -371,10 +415,6 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| Self::err("GetObject", &key, e))?;
         Ok(body.into_bytes())
-    }
-
-    fn describe(&self) -> String {
-        format!("s3://{}/{}", self.bucket, self.prefix)
     }
 }
 
@@ -428,6 +468,15 @@ mod tests {
                 .unwrap()[..],
             b"3"
         );
+        let a2 = "dt=2026-01-01/hour=01/a-2.parquet";
+        assert_eq!(&store.get_tail(a2, 2).await.unwrap()[..], b"o!");
+        assert_eq!(&store.get_tail(a2, 10).await.unwrap()[..], b"two!");
+        assert!(matches!(
+            store
+                .get_tail("dt=2026-01-01/hour=01/gone.parquet", 8)
+                .await,
+            Err(StoreError::NotFound { .. })
+        ));
     }
 
     /// A listing runs while files are written (temporary name, then a

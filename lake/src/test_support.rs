@@ -33,6 +33,7 @@ pub fn day(dry_run: bool) -> CompactOptions {
         max_bytes: 1 << 30,
         row_group_rows: 1024,
         tenant_property: "tenant".into(),
+        across_partitions: true,
         dry_run,
     }
 }

@@ -159,8 +159,8 @@ async fn every_event_is_archived_exactly_once_through_kills() {
     read_back(store.as_ref(), &objects, &expected).await;
     eprintln!("{} objects as the archiver wrote them", objects.len());
 
-    // Compaction of those hours: one file per partition and hour, the
-    // same events each once.
+    // Compaction of those hours: each partition's files of an hour made
+    // one, then those one hour file, the same events each once.
     let arrivals = || generated.events.iter().map(|e| e.received_at);
     let opts = hourglass_lake::compact::CompactOptions {
         topic: env.cfg.kafka.topic.clone(),
@@ -169,6 +169,7 @@ async fn every_event_is_archived_exactly_once_through_kills() {
         max_bytes: env.cfg.lake.compact_max_bytes,
         row_group_rows: env.cfg.lake.row_group_rows,
         tenant_property: env.cfg.contract.tenant_property.clone(),
+        across_partitions: true,
         dry_run: false,
     };
     let mut deletions = hourglass_core::clickhouse::deletions::DeletionsWatch::new(
@@ -178,15 +179,26 @@ async fn every_event_is_archived_exactly_once_through_kills() {
         .await
         .unwrap();
     let compacted = store.list("").await.unwrap();
-    let mut partition_hours = HashSet::new();
+    let mut hours = HashSet::new();
     for o in &compacted {
-        let name = hourglass_lake::layout::parse_key(&o.key).unwrap();
         assert!(
-            partition_hours.insert((hourglass_lake::layout::folder_of(&o.key), name.partition)),
-            "one file per partition and hour: {}",
+            hours.insert(hourglass_lake::layout::folder_of(&o.key)),
+            "one file per hour: {}",
             o.key
         );
     }
+    // Each hour file's spans, from its footer (an S3 range read).
+    let partitions_of_hours: usize = hourglass_lake::named::list_named(store.as_ref(), "")
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.name.spans.len())
+        .sum();
+    assert!(
+        partitions_of_hours > compacted.len() && pass.hour_files > 0,
+        "hour files hold several partitions each: {partitions_of_hours} spans in {} files",
+        compacted.len()
+    );
     assert!(
         pass.files_in > pass.files_out,
         "the kills left small files to merge"

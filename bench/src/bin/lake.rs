@@ -205,23 +205,19 @@ async fn main() -> Result<()> {
             args.events
         );
     }
-    let partition_hours: std::collections::HashSet<(String, i32)> = compacted
+    let hours: std::collections::HashSet<&str> = compacted
         .iter()
-        .filter_map(|o| {
-            let name = hourglass_lake::layout::parse_key(&o.key)?;
-            Some((
-                hourglass_lake::layout::folder_of(&o.key).to_owned(),
-                name.partition,
-            ))
-        })
+        .map(|o| hourglass_lake::layout::folder_of(&o.key))
         .collect();
     println!(
-        "compaction: {} files ({:.1} MB) merged into {} in {took:.1} s ({:.0} events/s); {} partition-hours",
+        "compaction: {} files ({:.1} MB) merged into {} ({} of them hour files) in {took:.1} s ({:.0} events/s); {} files left in {} hour folders",
         pass.files_in,
         pass.bytes_in as f64 / 1e6,
         pass.files_out,
+        pass.hour_files,
         pass.rows as f64 / took,
-        partition_hours.len()
+        compacted.len(),
+        hours.len()
     );
     println!(
         "after compaction: {}",
@@ -262,7 +258,7 @@ async fn main() -> Result<()> {
         ("as_written", "the day of the lake as the archiver wrote it"),
         (
             "hourly",
-            "the same rows as one file per arrival hour with every partition (a layout the lake does not have)",
+            "the same rows as one file per arrival hour with every partition, written by DuckDB (the layout of the lake's hour files)",
         ),
         (
             "partition_day",
