@@ -172,6 +172,10 @@ pub fn parquet_writer(
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_max_row_group_size(row_group_rows.max(1))
         .set_statistics_enabled(EnabledStatistics::Page)
+        // Pages end at the byte limit (1 MiB), not also every 20,000 rows:
+        // DuckDB read a day of hour files 8 points faster, level with its
+        // own files, and page statistics still prune by the MiB.
+        .set_data_page_row_count_limit(usize::MAX)
         .set_created_by(format!("hourglass {}", env!("CARGO_PKG_VERSION")))
         .set_key_value_metadata((!footer.is_empty()).then_some(footer));
     // Nearly one value per row: a dictionary only costs readers a lookup
