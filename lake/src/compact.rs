@@ -186,21 +186,13 @@ async fn sources(
 ) -> Result<Vec<Source>, CompactError> {
     let mut listed = named::list_named(store, folder).await?;
     listed.retain(|f| f.name.topic == opts.topic);
-    let gone: HashSet<String> = named::superseded(&listed)
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    let mut files = Vec::new();
-    for f in listed {
-        if !gone.contains(&f.info.key) {
-            files.push(f);
-        } else if removes(&f.name) {
-            if !opts.dry_run {
-                store.delete(&f.info.key).await?;
-                metrics::compaction_superseded_removed();
-            }
-            summary.superseded_removed += 1;
+    let (mut files, gone) = named::split_superseded(listed);
+    for f in gone.iter().filter(|f| removes(&f.name)) {
+        if !opts.dry_run {
+            store.delete(&f.info.key).await?;
+            metrics::compaction_superseded_removed();
         }
+        summary.superseded_removed += 1;
     }
     files.sort_by_key(|f| f.name.first_span());
     Ok(files)
@@ -293,12 +285,13 @@ async fn merge_run(
         summary.rows += run.iter().map(|f| f.name.records() as u64).sum::<u64>();
         return Ok(());
     }
-    let tier = if merged_spans(run).len() > 1 {
+    let name = merged_name(&opts.topic, run);
+    let tier = if name.hour.is_some() {
         "hour"
     } else {
         "partition"
     };
-    let Some(merged) = merge(store, folder, opts, run, deletions).await? else {
+    let Some(merged) = merge(store, folder, opts, run, name, deletions).await? else {
         summary.backed_off += 1;
         metrics::compaction_backed_off();
         return Ok(());
@@ -324,7 +317,8 @@ struct Merged {
 }
 
 /// Write the run's rows, in their order, as one file without the events
-/// of deleted users; then remove the run's files. None: backed off, the
+/// of deleted users, named `name` ([`merged_name`], rows as written); then
+/// remove the run's files. None: backed off, the
 /// folder changed under the merge (a source gone, or a racing merge's file
 /// sharing records with this one), nothing removed.
 async fn merge(
@@ -332,11 +326,11 @@ async fn merge(
     folder: &str,
     opts: &CompactOptions,
     run: &[Source],
+    mut name: FileName,
     deletions: &mut DeletionsWatch,
 ) -> Result<Option<Merged>, CompactError> {
     deletions.refresh().await?;
     let removal = Removal::deleted_users(deletions.users().clone(), &opts.tenant_property);
-    let mut name = merged_name(&opts.topic, run);
     let named = name.records();
     let mut writer = FilteringWriter::new(&removal, opts.row_group_rows, name.footer())?;
     let mut found = 0i64;

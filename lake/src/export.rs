@@ -65,11 +65,11 @@ pub async fn user_events(
     deleted: &DeletedUsers,
 ) -> Result<UserEvents, EraseError> {
     let files = crate::named::list_named(store, "dt=").await?;
-    let gone = crate::named::superseded(&files);
+    let (files, _superseded) = crate::named::split_superseded(files);
     let scope = Arc::new(scope.clone());
     let mut found = UserEvents::default();
     let mut seen: HashSet<uuid::Uuid> = HashSet::new();
-    for file in files.iter().filter(|f| !gone.contains(f.info.key.as_str())) {
+    for file in &files {
         let info = &file.info;
         // Compaction or erasure may have replaced it since the listing.
         let listed = crate::listed::get_listed(store, file).await?;

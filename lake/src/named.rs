@@ -58,6 +58,13 @@ pub fn superseded(files: &[Named]) -> HashSet<&str> {
     layout::superseded(files.iter().map(|f| (f.info.key.as_str(), &f.name)))
 }
 
+/// `files` split into those readers read and those another of them
+/// supersedes ([`superseded`]).
+pub fn split_superseded(files: Vec<Named>) -> (Vec<Named>, Vec<Named>) {
+    let gone: HashSet<String> = superseded(&files).into_iter().map(str::to_owned).collect();
+    files.into_iter().partition(|f| !gone.contains(&f.info.key))
+}
+
 /// `name` (an hour file's) with the spans its footer holds, reading
 /// `first_read` bytes of its end first.
 async fn footer_spans(

@@ -109,12 +109,8 @@ pub async fn list_files(
     for folder in layout::hour_folders(opts.from, opts.to, opts.lead, opts.lateness) {
         let mut listed = named::list_named(store, &folder).await?;
         listed.retain(|f| f.name.topic == topic);
-        // Sources a stopped compaction left beside their compacted file.
-        let gone: HashSet<String> = named::superseded(&listed)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        files.extend(listed.into_iter().filter(|f| !gone.contains(&f.info.key)));
+        // Without sources a stopped compaction left beside their merged file.
+        files.extend(named::split_superseded(listed).0);
     }
     files.sort_by_key(|f| f.name.first_span());
     Ok(files)

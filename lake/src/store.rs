@@ -91,6 +91,16 @@ impl LocalStore {
             source,
         }
     }
+
+    /// A failed read of `key`: [`StoreError::NotFound`] when it is not there.
+    fn read_err(key: &str, path: &std::path::Path, e: std::io::Error) -> StoreError {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::NotFound {
+                key: key.to_owned(),
+            },
+            _ => Self::err(path, e),
+        }
+    }
 }
 
 #[async_trait]
@@ -168,23 +178,13 @@ impl ObjectStore for LocalStore {
         tokio::fs::read(&path)
             .await
             .map(Bytes::from)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => StoreError::NotFound {
-                    key: key.to_owned(),
-                },
-                _ => Self::err(&path, e),
-            })
+            .map_err(|e| Self::read_err(key, &path, e))
     }
 
     async fn get_tail(&self, key: &str, bytes: u64) -> Result<Bytes, StoreError> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let path = self.root.join(key);
-        let failed = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::NotFound {
-                key: key.to_owned(),
-            },
-            _ => Self::err(&path, e),
-        };
+        let failed = |e| Self::read_err(key, &path, e);
         let mut file = tokio::fs::File::open(&path).await.map_err(failed)?;
         let size = file.metadata().await.map_err(failed)?.len();
         let from = size.saturating_sub(bytes);
