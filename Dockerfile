@@ -6,7 +6,8 @@
 
 FROM rust:1.95-bookworm AS build
 # librdkafka, zstd and zlib are built from source (rdkafka's bundled build);
-# the rust image's C toolchain and make are all they need.
+# the rust image's C toolchain and make are all they need. The checkout's
+# .cargo/config.toml applies (zstd built without its per-call CPU check).
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and target between builds; the binary is
