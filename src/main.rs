@@ -1,5 +1,6 @@
 //! `hourglass`: one binary, one subcommand per component.
 
+mod out;
 mod stack;
 mod up;
 
@@ -9,6 +10,8 @@ mod up;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
+
+use out::outln;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -291,13 +294,13 @@ async fn main() -> Result<()> {
                         .map_err(anyhow::Error::msg)?
                 );
             } else if schema {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&hourglass_core::config::reference::schema())?
                 );
             } else if check {
                 cfg.validate()?;
-                println!("configuration valid");
+                outln!("configuration valid");
             } else {
                 print!("{}", cfg.to_toml_redacted());
             }
@@ -307,15 +310,17 @@ async fn main() -> Result<()> {
                 hourglass_core::kafka::ensure_pipeline_topics(&cfg.kafka)
                     .await
                     .with_context(|| format!("creating topics on {}", cfg.kafka.brokers))?;
-                println!(
+                outln!(
                     "topics {} ({} partitions) and {} exist",
-                    cfg.kafka.topic, cfg.kafka.partitions, cfg.kafka.dlq_topic
+                    cfg.kafka.topic,
+                    cfg.kafka.partitions,
+                    cfg.kafka.dlq_topic
                 );
             }
             let report = hourglass_sql::migrate(&cfg.clickhouse)
                 .await
                 .context("hourglass migrate")?;
-            println!(
+            outln!(
                 "database {}: ClickHouse {} ({:?}); applied {:?}, already applied {:?}",
                 cfg.clickhouse.database,
                 report.server_version,
@@ -341,12 +346,12 @@ async fn main() -> Result<()> {
         Command::Keys { action } => match action {
             KeysAction::New { project } => {
                 let (key, hash) = hourglass_ingest::keys::new_key();
-                println!("write key (give it to the app; it is not stored anywhere): {key}");
-                println!();
-                println!("config entry:");
-                println!("[[ingest.keys]]\nproject_id = {project:?}\nsha256 = \"{hash}\"");
+                outln!("write key (give it to the app; it is not stored anywhere): {key}");
+                outln!();
+                outln!("config entry:");
+                outln!("[[ingest.keys]]\nproject_id = {project:?}\nsha256 = \"{hash}\"");
             }
-            KeysAction::Hash { key } => println!("{}", hourglass_ingest::keys::hash_key(&key)),
+            KeysAction::Hash { key } => outln!("{}", hourglass_ingest::keys::hash_key(&key)),
         },
         Command::Archive => hourglass_lake::run_archiver(cfg, on_signal()).await?,
         Command::Replay(args) => replay(&cfg, args).await?,
@@ -379,7 +384,7 @@ async fn main() -> Result<()> {
                 .context("hourglass reconcile")?;
             print!("{}", hourglass_batch::reconcile::table(&rows));
             let errors = rows.iter().filter(|r| r.unexplained != 0).count();
-            println!(
+            outln!(
                 "{} hours, {} rows; {errors} with a difference that late events, duplicates and deletions do not explain",
                 rows.iter()
                     .map(|r| r.hour)
@@ -408,7 +413,7 @@ async fn batch(cfg: &Config, args: BatchArgs) -> Result<()> {
         )
         .await
         .context("hourglass batch --source lake")?;
-        println!(
+        outln!(
             "batched {} hours ({} events) and {} days from the lake",
             r.hours.len(),
             r.events,
@@ -427,7 +432,7 @@ async fn batch(cfg: &Config, args: BatchArgs) -> Result<()> {
     let r = hourglass_batch::run_once(cfg, range)
         .await
         .context("hourglass batch --once")?;
-    println!(
+    outln!(
         "batched {} hours ({} events) and {} days{}",
         r.hours.len(),
         r.events,
@@ -467,7 +472,7 @@ async fn compact(
     let s = hourglass_lake::compact::compact(store.as_ref(), &opts, &|_| true, &mut deletions)
         .await
         .with_context(|| format!("compacting {}", store.describe()))?;
-    println!(
+    outln!(
         "compact {} .. {} in {}{}: {} hour folders; {} files ({:.1} MB) {} into {} ({} of them hour files; {:.1} MB, {} rows, {} events of deleted users left out); {} left by a stopped pass removed; {} merges backed off (another pass changed their folder; retried next pass); {:.1} s",
         opts.from,
         opts.to,
@@ -524,7 +529,7 @@ async fn replay(cfg: &Config, args: ReplayArgs) -> Result<()> {
         Target::Rollups => "rollup_5m rows written",
         Target::Kafka => "records produced",
     };
-    println!(
+    outln!(
         "replay {} .. {} from {where_}{}: {} files ({:.1} MB), {} events read, {} in range, {} {what}{}, {:.1} s ({:.0} events/s)",
         opts.from,
         opts.to,
@@ -572,15 +577,15 @@ async fn checkpoint(cfg: &Config, action: CheckpointAction) -> Result<()> {
         CheckpointAction::Show => {
             let mut rows = sink.checkpoints().await?;
             rows.sort_by_key(|(p, _)| *p);
-            println!("topic {}", cfg.kafka.topic);
-            println!("{:>9}  {:>14}  watermark", "partition", "resume offset");
+            outln!("topic {}", cfg.kafka.topic);
+            outln!("{:>9}  {:>14}  watermark", "partition", "resume offset");
             for (p, cp) in rows {
                 let flag = if cp.watermark_ms > now_ms + allowance_ms {
                     "  <- ahead of the clock: reset it (`hourglass checkpoint reset`)"
                 } else {
                     ""
                 };
-                println!(
+                outln!(
                     "{p:>9}  {:>14}  {}{flag}",
                     cp.resume_offset,
                     show(cp.watermark_ms)
@@ -627,13 +632,13 @@ async fn checkpoint(cfg: &Config, action: CheckpointAction) -> Result<()> {
             sink.reset_checkpoint(&cfg.clickhouse, partition, to)
                 .await?;
             match current {
-                Some(cp) => println!(
+                Some(cp) => outln!(
                     "partition {partition}: resume offset {} -> {resume_offset}, watermark {} -> {}",
                     cp.resume_offset,
                     show(cp.watermark_ms),
                     show(watermark_ms)
                 ),
-                None => println!(
+                None => outln!(
                     "partition {partition}: resume offset {resume_offset}, watermark {}",
                     show(watermark_ms)
                 ),

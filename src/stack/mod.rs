@@ -6,6 +6,8 @@
 //! waits until each answers, then creates the topics and the bucket. `down`
 //! stops what `up` started, by the PIDs it recorded.
 
+use crate::out::outln;
+
 mod clickhouse_server;
 pub mod cluster;
 mod process;
@@ -116,7 +118,7 @@ pub async fn up(cfg: &Config, dir: &Path, with_cluster: bool) -> Result<()> {
     })
     .await?;
     if cluster::is_set_up(&dir) {
-        println!(
+        outln!(
             "cluster {:?}: {} shards × {} replicas, ClickHouse at {} (and the next ports), ZooKeeper 127.0.0.1:{}",
             cluster::CLUSTER,
             cluster::SHARDS,
@@ -125,7 +127,7 @@ pub async fn up(cfg: &Config, dir: &Path, with_cluster: bool) -> Result<()> {
             cluster::ZOOKEEPER_PORT
         );
     }
-    println!(
+    outln!(
         "stack ready: kafka {} (topics {}, {}), clickhouse {}, s3 {} (bucket {}); state in {}",
         cfg.kafka.brokers,
         cfg.kafka.topic,
@@ -251,7 +253,7 @@ pub async fn reset_kafka(cfg: &Config, dir: &Path) -> Result<()> {
         hourglass_core::kafka::ensure_pipeline_topics(&cfg.kafka)
     })
     .await?;
-    println!("kafka (tansu): reset to an empty store");
+    outln!("kafka (tansu): reset to an empty store");
     Ok(())
 }
 
@@ -276,7 +278,7 @@ pub async fn status(cfg: &Config, dir: &Path) -> Result<bool> {
             Some(pid) => format!("pid {pid}"),
             None => "not started by this stack".into(),
         };
-        println!(
+        outln!(
             "{:<26} port {:<6} {:<6} {}",
             server.name,
             server.port,

@@ -1,5 +1,7 @@
 //! Installing, starting, probing and stopping one local server.
 
+use crate::out::outln;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -216,7 +218,7 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = std::fs::remove_file(self.pid_file(root));
-        println!("{}: stopped (pid {pid})", self.name);
+        outln!("{}: stopped (pid {pid})", self.name);
         Ok(())
     }
 }

@@ -6,6 +6,8 @@
 //! traffic through the real HTTP endpoint; and a live view in the terminal.
 //! Logs go to a file.
 
+use crate::out::outln;
+
 mod demo;
 mod view;
 
@@ -112,7 +114,7 @@ fn banner(cfg: &Config, key: &str, token: &str, log: &Path) {
             format!("s3://{}/{}", cfg.s3.bucket, cfg.s3.prefix)
         }
     };
-    println!(
+    outln!(
         r#"
 Hourglass is up.
 
@@ -337,20 +339,20 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
     }
     let _ = view.await;
     let text = telemetry::metrics_handle().render();
-    println!();
+    outln!();
     if let Some(d) = &demo_counters {
-        println!(
+        outln!(
             "demo: {} events sent, {} accepted, {} dated past the grace period on purpose, {} imported as history",
             d.sent.load(Ordering::Relaxed),
             d.accepted.load(Ordering::Relaxed),
             d.late_on_purpose.load(Ordering::Relaxed),
             d.imported.load(Ordering::Relaxed)
         );
-        println!(
+        outln!(
             "history import: {} events dated 1-3 hours back (late for the speed layer, recomputed by the batch layer)",
             d.imported.load(Ordering::Relaxed)
         );
-        println!(
+        outln!(
             "demo requests: {} answered 2xx (p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms), {} refused or unanswered, {} events abandoned at stop",
             d.answered_requests(),
             d.latency_ms(0.5),
@@ -360,12 +362,12 @@ pub async fn run(mut cfg: Config, dir: &Path, args: UpArgs) -> Result<()> {
             d.abandoned.load(Ordering::Relaxed)
         );
     }
-    println!(
+    outln!(
         "late events (aggregator): {}",
         view::late_events(&text) as u64
     );
     if failures.is_empty() {
-        println!("stopped cleanly");
+        outln!("stopped cleanly");
         Ok(())
     } else {
         anyhow::bail!("components failed: {}", failures.join("; "))
