@@ -11,7 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 
-use out::outln;
+use out::{out, outln};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -288,7 +288,7 @@ async fn main() -> Result<()> {
             schema,
         } => {
             if reference {
-                print!(
+                out!(
                     "{}",
                     hourglass_core::config::reference::reference_markdown()
                         .map_err(anyhow::Error::msg)?
@@ -302,7 +302,7 @@ async fn main() -> Result<()> {
                 cfg.validate()?;
                 outln!("configuration valid");
             } else {
-                print!("{}", cfg.to_toml_redacted());
+                out!("{}", cfg.to_toml_redacted());
             }
         }
         Command::Migrate { create_topics } => {
@@ -365,24 +365,24 @@ async fn main() -> Result<()> {
             let report = hourglass_batch::retention::pass(&cfg, chrono::Utc::now(), dry_run)
                 .await
                 .context("hourglass retention")?;
-            print!("{}", hourglass_batch::retention::table(&report, dry_run));
+            out!("{}", hourglass_batch::retention::table(&report, dry_run));
             let pruned = hourglass_batch::prune::pass(&cfg, dry_run)
                 .await
                 .context("hourglass retention: pruning superseded batch versions")?;
-            print!("{}", hourglass_batch::prune::table(&pruned, dry_run));
+            out!("{}", hourglass_batch::prune::table(&pruned, dry_run));
         }
         Command::Erase { dry_run } => {
             let report = hourglass_batch::erasure::pass(&cfg, chrono::Utc::now(), dry_run)
                 .await
                 .context("hourglass erase")?;
-            print!("{}", hourglass_batch::erasure::table(&report, dry_run));
+            out!("{}", hourglass_batch::erasure::table(&report, dry_run));
         }
         Command::Reconcile { from, to } => {
             let client = hourglass_core::clickhouse::client(&cfg.clickhouse);
             let rows = hourglass_batch::reconcile::range(&client, from.timestamp(), to.timestamp())
                 .await
                 .context("hourglass reconcile")?;
-            print!("{}", hourglass_batch::reconcile::table(&rows));
+            out!("{}", hourglass_batch::reconcile::table(&rows));
             let errors = rows.iter().filter(|r| r.unexplained != 0).count();
             outln!(
                 "{} hours, {} rows; {errors} with a difference that late events, duplicates and deletions do not explain",
